@@ -1,0 +1,314 @@
+"""The worker agent: enroll (or re-register), heartbeat, obey control commands, serve its local sockets.
+
+Run by `fleet agent run` (fleet.cli.agent_cmds). Lifecycle: connect to NATS (reconnecting forever once
+connected), enroll with the key on first start (the server assigns the machine ID and a host credential, saved
+in the state dir) or register with machine ID + credential afterwards, then publish a heartbeat every interval.
+After a NATS reconnect it registers again. SIGTERM/SIGINT: report draining, say goodbye (so the server marks it
+offline at once), exit 0. A revoke from the control plane stops it with exit code 3.
+Sessions do not run yet (the dispatcher is a later issue): heartbeats carry the empty session list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet import __version__
+from fleet.agents.control import serve_json_socket
+from fleet.agents.state import AgentPaths, load_identity, load_status, save_identity, save_status
+from fleet.bus import subjects
+from fleet.bus.connection import Bus, NoResponders, RequestTimeout, connect
+from fleet.bus.messages import (
+    Bye,
+    Capacity,
+    ControlCommand,
+    ControlReply,
+    EnrollRequest,
+    Heartbeat,
+    JoinReply,
+    PoolMembership,
+    ProtocolError,
+    RegisterRequest,
+    SessionInfo,
+    decode,
+)
+from fleet.errors import FleetError, Refused, TransientError
+
+log = logging.getLogger(__name__)
+
+EXIT_REVOKED = 3
+
+
+class Revoked(Refused):
+    """The control plane revoked this host."""
+
+    exit_code = EXIT_REVOKED
+
+
+@dataclass
+class AgentSettings:
+    state_dir: Path
+    nats_url: str = "nats://127.0.0.1:4222"
+    creds: str | None = None
+    connect_timeout: float = 10.0
+    enroll_key: str | None = None
+    pools: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    max_sessions: int | None = None
+    pool_max_disk_gb: float | None = None
+    heartbeat_interval: float = 2.0
+    hostname: str = field(default_factory=socket.gethostname)
+    join_timeout: float = 30.0
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.paths = AgentPaths.of(settings.state_dir)
+        self.bus: Bus | None = None
+        self.machine_id: str | None = None
+        self.credential: str | None = None
+        self.tenant: str | None = None
+        self.pools: list[PoolMembership] = []
+        self.labels: list[str] = []
+        self.models: list[str] = []
+        self.capacity = Capacity(max_concurrent_sessions=settings.max_sessions or 0)
+        self.status = "active"
+        self.sessions: dict[str, SessionInfo] = {}
+        self.started_at = time.time()
+        self.seq = 0
+        self._stop = asyncio.Event()
+        self._exit: FleetError | None = None
+        self._wake = asyncio.Event()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._reregister: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT (returns) or a revoke / refusal (raises a FleetError)."""
+        self.paths.ensure()
+        self.status = load_status(self.paths)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        s = self.settings
+        self.bus = await connect(s.nats_url, creds=s.creds, connect_timeout=s.connect_timeout,
+                                 name=f"fleet-agent {s.hostname}", persistent=True, on_reconnect=self._on_reconnect)
+        try:
+            await self._join()
+            await self.bus.subscribe(subjects.host_control(self.machine_id or ""), self._on_control)
+            self._servers.append(await serve_json_socket(self.paths.control_socket, self._on_local))
+            self._servers.append(await serve_json_socket(self.paths.credential_socket, self._on_credential))
+            log.info("agent %s (%s) running: tenant %s, pools %s, status %s", self.machine_id, s.hostname,
+                     self.tenant, ", ".join(p.id for p in self.pools), self.status)
+            await self._heartbeat_loop()
+            if self._exit is not None:
+                raise self._exit
+            await self._goodbye()
+        finally:
+            for server in self._servers:
+                server.close()
+            for sock in (self.paths.control_socket, self.paths.credential_socket):
+                with contextlib.suppress(FileNotFoundError):
+                    sock.unlink()
+            await self.bus.close()
+
+    async def _join(self) -> None:
+        """Enroll (first start) or register (known identity); retry while no server answers."""
+        deadline = time.monotonic() + self.settings.join_timeout
+        while True:
+            try:
+                reply = await self._join_once()
+                break
+            except (NoResponders, RequestTimeout, TransientError) as exc:
+                if time.monotonic() > deadline:
+                    raise TransientError(f"could not join the fleet: {exc}",
+                                         hint="is `fleet server` running? (`fleet up` starts one)") from exc
+                log.info("waiting for the fleet server: %s", exc)
+                await asyncio.sleep(0.5)
+        self._apply(reply)
+
+    async def _join_once(self) -> JoinReply:
+        assert self.bus is not None
+        s = self.settings
+        saved = load_identity(self.paths)
+        if saved is not None:
+            identity, credential = saved
+            req = RegisterRequest(machine_id=identity["machine_id"], credential=credential, hostname=s.hostname,
+                                  version=__version__)
+            reply = decode(JoinReply, await self.bus.request(subjects.REGISTER, req.encode(), timeout=5.0,
+                                                             what="fleet server"))
+            if not reply.ok:
+                if reply.reason is None:  # the server failed (e.g. its store is still recovering): retry
+                    raise TransientError(f"registration failed: {reply.message}")
+                cls = Revoked if reply.reason == "revoked" else Refused
+                raise cls(f"registration refused ({reply.reason}): {reply.message}")
+            self.credential = credential
+            return reply
+        if not s.enroll_key:
+            raise Refused(f"no identity in {self.paths.root} and no enrollment key",
+                          hint="pass --enroll-key, --enroll-key-file or FLEET_ENROLL_KEY")
+        req = EnrollRequest(key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
+                            labels=s.labels, models=s.models, max_sessions=s.max_sessions,
+                            pool_max_disk_gb=s.pool_max_disk_gb)
+        reply = decode(JoinReply, await self.bus.request(subjects.ENROLL, req.encode(), timeout=10.0,
+                                                         what="fleet server"))
+        if not reply.ok:
+            if reply.reason is None:
+                raise TransientError(f"enrollment failed: {reply.message}")
+            raise Refused(f"enrollment refused ({reply.reason}): {reply.message}")
+        if not reply.machine_id or not reply.credential:
+            raise Refused("enrollment reply carries no machine ID or credential")
+        save_identity(self.paths, {"machine_id": reply.machine_id, "tenant": reply.tenant, "key_id": reply.key_id,
+                                   "pools": [p.id for p in reply.pools],
+                                   "enrolled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                      reply.credential)
+        self.credential = reply.credential
+        log.info("enrolled as %s", reply.machine_id)
+        return reply
+
+    def _apply(self, reply: JoinReply) -> None:
+        self.machine_id = reply.machine_id
+        self.tenant = reply.tenant
+        self.pools = reply.pools
+        self.labels = reply.labels
+        self.models = reply.models
+        if reply.capacity is not None:
+            self.capacity = reply.capacity
+
+    async def _on_reconnect(self) -> None:
+        if self._reregister is None or self._reregister.done():
+            self._reregister = asyncio.get_running_loop().create_task(self._register_again())
+
+    async def _register_again(self) -> None:
+        try:
+            await self._join()
+            log.info("re-registered as %s after reconnect", self.machine_id)
+            self._wake.set()
+        except Revoked as exc:
+            self._exit = exc
+            self._stop.set()
+        except FleetError as exc:
+            log.warning("re-registration failed: %s", exc)
+
+    # ------------------------------------------------------------------------------------------ heartbeats
+    def heartbeat(self) -> Heartbeat:
+        self.seq += 1
+        running = sum(1 for sess in self.sessions.values() if sess.phase in ("assigned", "running"))
+        status = self.status
+        if status == "draining" and running == 0:
+            status = "idle"
+        return Heartbeat(
+            machine_id=self.machine_id or "", hostname=self.settings.hostname, version=__version__,
+            started_at=self.started_at, sent_at=time.time(), seq=self.seq, status=status,  # type: ignore[arg-type]
+            capacity=self.capacity, pools=self.pools, labels=self.labels, models=self.models,
+            sessions=list(self.sessions.values()), running=running,
+            max_sessions=self.capacity.max_concurrent_sessions,
+            credential_socket=str(self.paths.credential_socket),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.bus is not None
+        subject = subjects.heartbeat(self.machine_id or "")
+        while not self._stop.is_set():
+            if self.bus.is_connected:
+                with contextlib.suppress(FleetError):
+                    await self.bus.publish(subject, self.heartbeat().encode())
+            self._wake.clear()
+            stop = asyncio.ensure_future(self._stop.wait())
+            wake = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait({stop, wake}, timeout=self.settings.heartbeat_interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for fut in (stop, wake):
+                fut.cancel()
+
+    async def _goodbye(self) -> None:
+        """Clean shutdown: one heartbeat saying draining, then the goodbye (the server marks us offline)."""
+        assert self.bus is not None
+        self.status = "draining" if self.status != "paused" else self.status
+        with contextlib.suppress(FleetError):
+            if self.bus.is_connected and self.machine_id:
+                hb = self.heartbeat()
+                hb.status = "draining"
+                await self.bus.publish(subjects.heartbeat(self.machine_id), hb.encode())
+                await self.bus.publish(subjects.bye(self.machine_id), Bye(machine_id=self.machine_id).encode())
+                await self.bus.flush(timeout=2.0)
+        log.info("agent %s stopped (said goodbye)", self.machine_id)
+
+    # ------------------------------------------------------------------------------------------ control
+    def set_status(self, action: str) -> str:
+        new = {"pause": "paused", "resume": "active", "drain": "draining"}[action]
+        self.status = new
+        save_status(self.paths, new)
+        self._wake.set()  # report the change at once
+        log.info("status -> %s", new)
+        return self.heartbeat_status()
+
+    def heartbeat_status(self) -> str:
+        running = sum(1 for sess in self.sessions.values() if sess.phase in ("assigned", "running"))
+        return "idle" if self.status == "draining" and running == 0 else self.status
+
+    async def _on_control(self, msg: Any) -> None:
+        try:
+            cmd = decode(ControlCommand, msg.data)
+        except ProtocolError as exc:
+            reply = ControlReply(ok=False, message=exc.message)
+        else:
+            if cmd.action == "revoke":
+                log.warning("this host was revoked by %s", cmd.by)
+                self._exit = Revoked(f"host {self.machine_id} was revoked by the control plane")
+                self._stop.set()
+                reply = ControlReply(ok=True, status="revoked")
+            else:
+                reply = ControlReply(ok=True, status=self.set_status(cmd.action))
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(reply.encode())
+
+    async def _on_local(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd in ("pause", "resume", "drain"):
+            self.set_status(cmd)
+            return {"ok": True, "status": self.local_status()}
+        if cmd == "status":
+            return {"ok": True, "status": self.local_status()}
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, pause, resume, drain)"}
+
+    def local_status(self) -> dict[str, Any]:
+        return {
+            "machine_id": self.machine_id,
+            "hostname": self.settings.hostname,
+            "tenant": self.tenant,
+            "status": self.heartbeat_status(),
+            "connected": bool(self.bus and self.bus.is_connected),
+            "nats": self.settings.nats_url,
+            "pools": [p.model_dump() for p in self.pools],
+            "labels": self.labels,
+            "models": self.models,
+            "sessions": {"running": 0, "max": self.capacity.max_concurrent_sessions},
+            "capacity": self.capacity.model_dump(),
+            "version": __version__,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "heartbeats_sent": self.seq,
+            "state_dir": str(self.paths.root),
+            "credential_socket": str(self.paths.credential_socket),
+        }
+
+    async def _on_credential(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A session asks for its identity; only sessions that run on this host get one."""
+        session_id = request.get("session_id")
+        session = self.sessions.get(session_id) if isinstance(session_id, str) else None
+        if session is None:
+            return {"ok": False, "error": f"no session {session_id!r} runs on this host"}
+        return {"ok": True, "session_id": session.id, "phase": session.phase, "machine_id": self.machine_id,
+                "tenant": self.tenant}

@@ -1,0 +1,164 @@
+"""Connecting to NATS with bounded timeouts, and the thin `Bus` handle the rest of fleet talks through.
+
+Called by the CLI (short-lived, `persistent=False`: a few fast attempts, then ConnectionFailed), by the agent
+and by `fleet server` (`persistent=True`: the first connection is bounded too, after which the client
+reconnects forever). Nothing outside fleet.bus imports nats: `Bus` exposes publish / subscribe / request and
+the KV stores (fleet.bus.kv), and turns nats' exceptions into fleet.errors types at this boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from fleet.errors import ConnectionFailed, TransientError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+UP_HINT = "start one with `fleet up`, or point --nats / FLEET_NATS_URL at a running server"
+
+Handler = Callable[[Msg], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+
+class NoResponders(TransientError):
+    """NATS answered but no service listens on the subject (e.g. no `fleet server` runs)."""
+
+
+class RequestTimeout(TransientError):
+    """A request got no reply in time."""
+
+
+def _servers(url: str) -> list[str]:
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+class Bus:
+    """A connected NATS client plus fleet's conveniences. Create it with `connect()`; close it with `close()`."""
+
+    def __init__(self, nc: NATS, url: str) -> None:
+        self.nc = nc
+        self.url = url
+        self._js: Any = None
+
+    # -- core ------------------------------------------------------------------------------------------
+    async def publish(self, subject: str, payload: bytes) -> None:
+        try:
+            await self.nc.publish(subject, payload)
+        except nats.errors.Error as exc:
+            raise TransientError(f"publish on {subject} failed: {exc}") from exc
+
+    async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Any:
+        """Subscribe `handler(msg)`; msg has `.subject`, `.data`, `.reply` and `await msg.respond(bytes)`."""
+        return await self.nc.subscribe(subject, queue=queue, cb=handler, pending_msgs_limit=1_000_000,
+                                       pending_bytes_limit=1024 * 1024 * 1024)
+
+    async def request(self, subject: str, payload: bytes, *, timeout: float = 3.0, what: str = "") -> bytes:
+        """Request/reply; NoResponders if nobody listens, RequestTimeout if nobody answers in time."""
+        try:
+            msg = await self.nc.request(subject, payload, timeout=timeout)
+        except nats.errors.NoRespondersError as exc:
+            raise NoResponders(f"no {what or 'service'} answers on {subject} at {self.url}") from exc
+        except (TimeoutError, nats.errors.TimeoutError) as exc:
+            raise RequestTimeout(f"no reply from {what or subject} within {timeout:g}s at {self.url}") from exc
+        except nats.errors.Error as exc:
+            raise TransientError(f"request on {subject} failed: {exc}") from exc
+        return msg.data
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        try:
+            await self.nc.flush(timeout=timeout)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"flush to {self.url} failed: {exc}") from exc
+
+    @property
+    def is_connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.close(), 5.0)
+            except Exception:  # closing is best effort
+                log.debug("close failed", exc_info=True)
+
+    # -- JetStream -------------------------------------------------------------------------------------
+    @property
+    def js(self) -> Any:
+        if self._js is None:
+            self._js = self.nc.jetstream(timeout=5.0)
+        return self._js
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def connect(
+    url: str = DEFAULT_URL,
+    *,
+    creds: str | None = None,
+    connect_timeout: float = 3.0,
+    name: str = "fleet",
+    persistent: bool = False,
+    on_reconnect: Hook | None = None,
+    on_disconnect: Hook | None = None,
+) -> Bus:
+    """Connect within about `connect_timeout` seconds or raise ConnectionFailed naming the URL.
+
+    persistent=True (agents, `fleet server`): once connected, reconnect forever after any outage.
+    """
+    servers = _servers(url) or [DEFAULT_URL]
+    attempt_timeout = max(0.2, min(connect_timeout, 2.0))
+    wait = 0.2
+    attempts = max(1, int(connect_timeout / (attempt_timeout + wait)))
+
+    async def error_cb(exc: Exception) -> None:
+        log.debug("nats error: %s", exc)
+
+    async def reconnected_cb() -> None:
+        log.info("reconnected to NATS at %s", url)
+        if on_reconnect is not None:
+            await on_reconnect()
+
+    async def disconnected_cb() -> None:
+        log.info("disconnected from NATS at %s", url)
+        if on_disconnect is not None:
+            await on_disconnect()
+
+    kwargs: dict[str, Any] = dict(
+        servers=servers,
+        name=name,
+        connect_timeout=attempt_timeout,
+        allow_reconnect=True,
+        max_reconnect_attempts=attempts,
+        reconnect_time_wait=wait,
+        error_cb=error_cb,
+        reconnected_cb=reconnected_cb,
+        disconnected_cb=disconnected_cb,
+        ping_interval=5 if persistent else 120,
+        max_outstanding_pings=2,
+    )
+    if creds:
+        kwargs["user_credentials"] = creds
+    try:
+        nc = await asyncio.wait_for(nats.connect(**kwargs), connect_timeout + attempt_timeout + 1.0)
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        raise ConnectionFailed(f"cannot reach NATS at {url}", hint=UP_HINT) from exc
+    except Exception as exc:  # nats-py raises assorted errors for bad URLs and credentials
+        raise ConnectionFailed(f"cannot connect to NATS at {url}: {exc}", hint=UP_HINT) from exc
+    if persistent:
+        # From now on, never give up: the agent or server outlives NATS restarts.
+        nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = 0.5
+    return Bus(nc, url)

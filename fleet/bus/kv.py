@@ -1,0 +1,141 @@
+"""JetStream KV helpers: open-or-create buckets, a JSON record codec, compare-and-set and counters.
+
+Used by fleet.service (host registry, enrollment counters, applied config), by `fleet keys` and later by the
+reconciler. Writes to contested keys go through `create` (only if absent) and `update(last=revision)`; a lost
+race raises fleet.errors.Conflict, a missing key returns None. nats' own exceptions never leave this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.api
+import nats.js.errors
+
+from fleet.bus.connection import Bus
+from fleet.errors import Conflict, TransientError
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: bytes
+    revision: int
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+
+class Store:
+    """One KV bucket."""
+
+    def __init__(self, kv: Any, bucket: str) -> None:
+        self._kv = kv
+        self.bucket = bucket
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            entry = await self._kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"KV get {self.bucket}/{key} failed: {exc}") from exc
+        if entry.value is None:
+            return None
+        return Entry(key, entry.value, entry.revision)
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Unconditional write: only for keys nobody else writes."""
+        try:
+            return await self._kv.put(key, value)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"KV put {self.bucket}/{key} failed: {exc}") from exc
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Write only if `key` does not exist; Conflict otherwise."""
+        try:
+            return await self._kv.create(key, value)
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise Conflict(f"{self.bucket}/{key} already exists") from exc
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"KV create {self.bucket}/{key} failed: {exc}") from exc
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        """Write only if the key is still at revision `last`; Conflict otherwise."""
+        try:
+            return await self._kv.update(key, value, last=last)
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise Conflict(f"{self.bucket}/{key} changed (expected revision {last})") from exc
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"KV update {self.bucket}/{key} failed: {exc}") from exc
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._kv.delete(key)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"KV delete {self.bucket}/{key} failed: {exc}") from exc
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"KV keys {self.bucket} failed: {exc}") from exc
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    async def entries(self, prefix: str = "") -> list[Entry]:
+        out = []
+        for key in await self.keys(prefix):
+            entry = await self.get(key)
+            if entry is not None:
+                out.append(entry)
+        return out
+
+    async def increment(self, key: str, *, limit: int | None = None, attempts: int = 50) -> int | None:
+        """Add one to the counter at `key` by compare-and-set; None (and no change) if it is at `limit`.
+
+        N concurrent callers never push the counter past `limit`: each write is conditional on the
+        revision it read, and a loser re-reads and retries.
+        """
+        for _ in range(attempts):
+            entry = await self.get(key)
+            current = int(entry.value) if entry is not None else 0
+            if limit is not None and current >= limit:
+                return None
+            try:
+                if entry is None:
+                    await self.create(key, str(current + 1).encode())
+                else:
+                    await self.update(key, str(current + 1).encode(), last=entry.revision)
+                return current + 1
+            except Conflict:
+                await asyncio.sleep(0.005)
+        raise Conflict(f"{self.bucket}/{key}: too much contention, gave up after {attempts} attempts")
+
+
+async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int = 5) -> Store:
+    """Open bucket `bucket`, creating it (file storage) when missing and `create` is set. Idempotent."""
+    js = bus.js
+    try:
+        kv = await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError as exc:
+        if not create:
+            raise TransientError(f"KV bucket {bucket} does not exist at {bus.url}",
+                                 hint="start the control plane with `fleet server` or `fleet up`") from exc
+        try:
+            kv = await js.create_key_value(
+                config=nats.js.api.KeyValueConfig(bucket=bucket, history=history,
+                                                  storage=nats.js.api.StorageType.FILE)
+            )
+        except nats.js.errors.BadRequestError:
+            kv = await js.key_value(bucket)  # another process created it in the meantime
+    except nats.js.errors.ServiceUnavailableError as exc:
+        raise TransientError(f"JetStream is not enabled on {bus.url}", hint="run nats-server with -js") from exc
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise TransientError(f"cannot open KV bucket {bucket} at {bus.url}: {exc}") from exc
+    return Store(kv, bucket)

@@ -1,0 +1,119 @@
+"""The applied-config record codec of KV bucket fleet-v1-config (key `<kind>.<id>`).
+
+A record is `{"v": 1, "kind": "key", "id": "local-dev", "spec": {...}}`. Written by `fleet apply` (later) and
+`fleet keys create` (now); read by the enrollment authority in fleet.service and by the reconciler. Only the
+SHA-256 of an enrollment key's secret is ever stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleet.bus.messages import UnsupportedVersion
+from fleet.errors import FleetError
+
+RECORD_VERSION = 1
+_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class RecordError(FleetError):
+    """A config record is malformed."""
+
+
+class ConfigRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    v: int = RECORD_VERSION
+    kind: str
+    id: str
+    spec: dict[str, Any]
+
+
+class KeySpec(BaseModel):
+    """The spec of an enrollment key record."""
+
+    model_config = ConfigDict(extra="ignore")
+    tenant: str
+    pools: list[str] = Field(default_factory=list)
+    models: list[str] | None = None
+    labels: list[str] = Field(default_factory=list)
+    max_uses: int | None = None
+    expires: str | None = None  # RFC 3339
+    secret_sha256: str
+
+    def expires_at(self) -> datetime | None:
+        return parse_time(self.expires) if self.expires else None
+
+
+class PoolHosts(BaseModel):
+    min: int = 0
+    max: int | None = None
+
+
+class PoolCapacity(BaseModel):
+    max_concurrent_sessions: int | None = None
+    pool_max_disk_gb: float | None = None
+
+
+class PoolSpec(BaseModel):
+    """The spec of a pool record (the fields the live fleet needs; more may be present)."""
+
+    model_config = ConfigDict(extra="ignore")
+    tenant: str
+    backend: str = "local"
+    mode: str = "persistent"
+    hosts: PoolHosts = Field(default_factory=PoolHosts)
+    capacity: PoolCapacity = Field(default_factory=PoolCapacity)
+    labels: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    disconnect_grace_s: float | None = None
+
+
+def record_key(kind: str, ident: str) -> str:
+    """The KV key of a record: `<kind>.<id>`."""
+    if not _ID.match(kind) or not _ID.match(ident):
+        raise RecordError(f"invalid record address {kind}.{ident} (letters, digits, '-' and '_' only)")
+    return f"{kind}.{ident}"
+
+
+def encode_record(kind: str, ident: str, spec: dict[str, Any]) -> bytes:
+    record_key(kind, ident)
+    return json.dumps({"v": RECORD_VERSION, "kind": kind, "id": ident, "spec": spec}, sort_keys=True).encode()
+
+
+def decode_record(data: bytes) -> ConfigRecord:
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise RecordError(f"config record is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise RecordError("config record is not a JSON object")
+    if obj.get("v") != RECORD_VERSION:
+        raise UnsupportedVersion(f"unsupported config record version {obj.get('v')!r} (expected {RECORD_VERSION})")
+    return ConfigRecord.model_validate(obj)
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 timestamp (a trailing Z allowed); naive times are taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise RecordError(f"invalid RFC 3339 time {text!r}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,201 @@
+"""Shared fixtures: a real nats-server with JetStream on a free 127.0.0.1 port (`nats_server`), and a live fleet.
+
+Used by every integration test. `nats_server` yields a NatsHandle (url, stop(), start() on the same port and
+store dir, for restart tests) and stops the server by PID in teardown. `live_fleet` adds a real `fleet server`
+process (short heartbeat/grace for tests) and helpers to start real agent processes; `processes` stops every
+process a test started, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from fleet.bus.embedded import EmbeddedNats, free_port, stop_pid
+
+
+@dataclass
+class NatsHandle:
+    server: EmbeddedNats
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+
+@pytest.fixture
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsHandle]:
+    store = Path(tmp_path_factory.mktemp("nats"))
+    server = EmbeddedNats(store_dir=store, port=free_port())
+    server.start()
+    try:
+        yield NatsHandle(server)
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------------------------ live fleet
+
+
+
+FAST_HEARTBEAT = 0.2
+FAST_GRACE = 1.0
+
+
+def fleet_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fleet.cli.main", *args]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> Any:
+    """Run a fleet command in-process (click's CliRunner); returns the click Result."""
+    from fleet.cli.main import cli
+
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+class ProcessSet:
+    """Processes a test started; all stopped by PID in teardown."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[Proc] = []
+
+    def spawn(self, name: str, argv: list[str]) -> Proc:
+        log = self.root / f"{name}.out"
+        with open(log, "ab") as fh:
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = Proc(popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                stop_pid(proc.pid, timeout=5)
+            proc.stop(signal.SIGKILL, timeout=5)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[ProcessSet]:
+    procs = ProcessSet(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+class LiveFleet:
+    """A real nats-server + a real `fleet server` process; helpers to start agents and read the inventory."""
+
+    def __init__(self, nats: NatsHandle, procs: ProcessSet, root: Path) -> None:
+        self.nats = nats
+        self.procs = procs
+        self.root = root
+        self.server: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return self.nats.url
+
+    def start_server(self, *extra: str) -> Proc:
+        self.server = self.procs.spawn("server", fleet_argv(
+            "server", "--nats", self.url, "--offline-after", str(FAST_GRACE), "--monitor-interval", "0.1",
+            "--heartbeat-interval", str(FAST_HEARTBEAT), *extra))
+        wait_for(lambda: run_cli("list", "--json", "--nats", self.url).exit_code == 0, 20, 0.2, "fleet server")
+        return self.server
+
+    def key(self, key_id: str, *args: str) -> str:
+        secret = f"secret-{key_id}"
+        result = run_cli("keys", "create", key_id, "--secret", secret, "--nats", self.url, *args)
+        assert result.exit_code == 0, result.output
+        return secret
+
+    def agent_dir(self, name: str) -> Path:
+        return self.root / "agents" / name
+
+    def agent(self, name: str, *args: str, key: str | None = None) -> Proc:
+        argv = fleet_argv("agent", "run", "--nats", self.url, "--state-dir", str(self.agent_dir(name)),
+                          "--hostname", name, "--heartbeat-interval", str(FAST_HEARTBEAT), "--join-timeout", "20",
+                          *args)
+        if key is not None:
+            argv += ["--enroll-key", key]
+        return self.procs.spawn(f"agent-{name}", argv)
+
+    def hosts(self) -> list[dict[str, Any]]:
+        result = run_cli("list", "--json", "--nats", self.url)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    def by_name(self) -> dict[str, dict[str, Any]]:
+        return {h["hostname"]: h for h in self.hosts()}
+
+    def wait_status(self, name: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
+        return wait_for(lambda: (h := self.by_name().get(name)) and h["status"] == status and h, timeout,
+                        what=f"{name} {status}")
+
+    def machine_id(self, name: str) -> str:
+        return json.loads((self.agent_dir(name) / "identity.json").read_text())["machine_id"]
+
+
+@pytest.fixture
+def live_fleet(nats_server: NatsHandle, processes: ProcessSet, tmp_path: Path) -> LiveFleet:
+    fleet = LiveFleet(nats_server, processes, tmp_path)
+    fleet.start_server()
+    return fleet

@@ -1,0 +1,129 @@
+"""Enrollment over a real nats-server with real agent processes and a real `fleet server`: the "Done when".
+
+One key (max_uses 3) onboards 3 hosts and refuses a 4th; expired keys, out-of-scope pools, labels and models,
+unknown keys and pools of another tenant are refused with their reasons; `fleet list --json` shows the hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import uuid
+
+import pytest
+
+from fleet.bus import subjects
+from fleet.bus.connection import connect
+from fleet.bus.kv import open_store
+from fleet.bus.messages import EnrollRequest, JoinReply, decode
+from fleet.bus.records import encode_record
+from tests.conftest import run_cli, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+def test_three_enroll_fourth_refused(live_fleet) -> None:
+    key = live_fleet.key("trio", "--tenant", "fin-prod", "--pool", "pool-local-main", "--max-uses", "3",
+                         "--labels", "region=eu-west,tier=dev")
+    agents = {name: live_fleet.agent(name, "--pool", "pool-local-main", "--labels", "tier=dev", key=key)
+              for name in ("h1", "h2", "h3")}
+    hosts = wait_for(lambda: (hs := live_fleet.hosts()) and len(hs) == 3 and all(h["status"] == "active" for h in hs)
+                     and hs, 30, 0.2, "3 active hosts")
+    active = [h for h in hosts if h["status"] == "active"]  # what jq '[.[] | select(.status == "active")]' does
+    assert len(active) == 3
+    for host in hosts:
+        assert uuid.UUID(host["id"]).version == 4
+        assert host["tenant"] == "fin-prod"
+        assert host["pools"] == ["pool-local-main"]
+        assert set(host["labels"]) == {"region=eu-west", "tier=dev"}  # the key's labels are pre-set
+        assert host["sessions"] == {"running": 0, "max": 4}
+    for name in agents:
+        state = live_fleet.agent_dir(name)
+        identity = json.loads((state / "identity.json").read_text())
+        assert identity["machine_id"] in {h["id"] for h in hosts}
+        assert stat.S_IMODE((state / "credential").stat().st_mode) == 0o600
+
+    fourth = live_fleet.agent("h4", "--pool", "pool-local-main", key=key)
+    assert fourth.popen.wait(30) == 1
+    assert "exhausted" in fourth.output()
+    assert len(live_fleet.hosts()) == 3
+
+    table = run_cli("list", "--nats", live_fleet.url)
+    assert table.exit_code == 0
+    lines = table.output.splitlines()
+    assert lines[0].split() == ["ID", "HOSTNAME", "STATUS", "POOLS", "SESSIONS", "LAST", "SEEN"]
+    assert len(lines) == 4 and all(" active " in line and "0/4" in line and "s ago" in line for line in lines[1:])
+
+    keys = json.loads(run_cli("keys", "list", "--json", "--nats", live_fleet.url).output)
+    assert keys[0]["uses"] == 3 and "secret_sha256" not in keys[0] and "secret" not in keys[0]
+
+
+def test_refusals_carry_reasons(live_fleet) -> None:
+    expired = live_fleet.key("old", "--tenant", "fin-prod", "--pool", "pool-local-main",
+                             "--expires", "2020-01-01T00:00:00Z")
+    scoped = live_fleet.key("scoped", "--tenant", "fin-prod", "--pool", "pool-local-main",
+                            "--labels", "region=eu-west", "--models", "claude-3-5-haiku")
+    other = live_fleet.key("cross", "--tenant", "fin-prod", "--pool", "pool-docker-gpu")
+
+    async def apply_pool() -> None:  # an applied pool of another tenant
+        async with await connect(live_fleet.url) as bus:
+            store = await open_store(bus, subjects.BUCKET_CONFIG)
+            await store.put("pool.pool-docker-gpu", encode_record("pool", "pool-docker-gpu", {
+                "tenant": "health-prod", "backend": "docker", "mode": "persistent", "labels": ["gpu"]}))
+
+    asyncio.run(apply_pool())
+    cases = {
+        "expired": (expired, ["--pool", "pool-local-main"]),
+        "pool_out_of_scope": (scoped, ["--pool", "pool-cloud-e2b"]),
+        "label_out_of_scope": (scoped, ["--labels", "gpu"]),
+        "model_out_of_scope": (scoped, ["--models", "gpt-x"]),
+        "unknown_key": ("not-a-key", []),
+        "tenant_mismatch": (other, []),
+    }
+    procs = {reason: live_fleet.agent(f"r-{i}", *args, key=secret)
+             for i, (reason, (secret, args)) in enumerate(cases.items())}
+    for reason, proc in procs.items():
+        assert proc.popen.wait(30) == 1, proc.output()
+        out = proc.output()
+        assert f"enrollment refused ({reason})" in out, out
+        assert "Traceback" not in out
+    assert live_fleet.hosts() == []
+
+
+def test_tenant_comes_from_the_key(live_fleet) -> None:
+    secret = live_fleet.key("fin", "--tenant", "fin-prod", "--pool", "pool-local-main")
+
+    async def enroll() -> JoinReply:
+        async with await connect(live_fleet.url) as bus:
+            req = EnrollRequest(key=secret, hostname="liar", version="0", pools=["pool-local-main"],
+                                tenant="health-prod")
+            return decode(JoinReply, await bus.request(subjects.ENROLL, req.encode(), timeout=5))
+
+    reply = asyncio.run(enroll())
+    assert reply.ok and reply.tenant == "fin-prod"
+    host = wait_for(lambda: live_fleet.hosts(), 5, what="host listed")[0]
+    assert host["tenant"] == "fin-prod" and host["status"] == "offline"  # enrolled, no heartbeat yet
+
+    async def bad_heartbeats() -> None:  # a host sending garbage must not break the inventory
+        async with await connect(live_fleet.url) as bus:
+            mid = reply.machine_id
+            await bus.publish(subjects.heartbeat(mid), json.dumps({"v": 1, "machine_id": mid, "pools": 5}).encode())
+            await bus.publish(subjects.heartbeat(mid), json.dumps({"v": 1, "machine_id": ["x"]}).encode())
+            await bus.publish(subjects.heartbeat(mid), b"not json")
+            await bus.flush()
+
+    asyncio.run(bad_heartbeats())
+    host = wait_for(lambda: (h := live_fleet.hosts()[0])["status"] == "active" and h, 5, what="seen")
+    assert host["tenant"] == "fin-prod" and host["pools"] == ["pool-local-main"]  # from the record
+    assert run_cli("show", reply.machine_id, "--nats", live_fleet.url).exit_code == 0
+
+
+def test_unsupported_version_is_refused_clearly(live_fleet) -> None:
+    async def enroll() -> JoinReply:
+        async with await connect(live_fleet.url) as bus:
+            data = json.dumps({"v": 99, "key": "x", "hostname": "h", "version": "9"}).encode()
+            return decode(JoinReply, await bus.request(subjects.ENROLL, data, timeout=5))
+
+    reply = asyncio.run(enroll())
+    assert not reply.ok and reply.reason == "unsupported_version" and "99" in (reply.message or "")

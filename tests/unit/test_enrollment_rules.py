@@ -1,0 +1,68 @@
+"""The enrollment rules (fleet.service.enrollment.check_enrollment), table-driven."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from fleet.bus.messages import EnrollRequest
+from fleet.bus.records import KeySpec, PoolSpec
+from fleet.service.enrollment import DEFAULT_MAX_SESSIONS, check_enrollment
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+KEY = KeySpec(tenant="fin-prod", pools=["pool-local-main", "pool-ci"], models=["m1", "m2"],
+              labels=["region=eu-west"], max_uses=3, expires="2027-01-01T00:00:00Z", secret_sha256="x")
+POOLS = {
+    "pool-local-main": PoolSpec(tenant="fin-prod", mode="persistent", labels=["tier=dev"],
+                                capacity={"max_concurrent_sessions": 4, "pool_max_disk_gb": 50},
+                                disconnect_grace_s=6),
+    "pool-gpu": PoolSpec(tenant="health-prod", mode="hybrid"),
+}
+
+
+def req(**kw) -> EnrollRequest:
+    return EnrollRequest(key="secret", hostname="h", version="1", **kw)
+
+
+@pytest.mark.parametrize("key, request_, reason", [
+    (KEY.model_copy(update={"expires": "2026-01-01T00:00:00Z"}), req(), "expired"),
+    (KEY, req(pools=["pool-other"]), "pool_out_of_scope"),
+    (KEY, req(models=["m3"]), "model_out_of_scope"),
+    (KEY, req(labels=["gpu"]), "label_out_of_scope"),
+    (KEY.model_copy(update={"pools": ["pool-gpu"]}), req(), "tenant_mismatch"),
+    (KEY.model_copy(update={"pools": []}), req(), "pool_out_of_scope"),
+])
+def test_refusals(key: KeySpec, request_: EnrollRequest, reason: str) -> None:
+    decision = check_enrollment("k", key, POOLS, request_, NOW)
+    assert not decision.ok and decision.reason == reason and decision.message
+
+
+@pytest.mark.parametrize("request_, pools, modes, labels, max_sessions, disk", [
+    # no pools requested: every pool of the key; unapplied pool-ci is persistent
+    (req(), None, {"pool-local-main": "persistent", "pool-ci": "persistent"}, ["region=eu-west"], 4, 50),
+    # a pool's labels may be requested; the key's labels are always set
+    (req(pools=["pool-local-main"], labels=["tier=dev"]), None, {"pool-local-main": "persistent"},
+     ["region=eu-west", "tier=dev"], 4, 50),
+    # an unapplied pool in the key's scope is allowed; defaults when nothing is applied
+    (req(pools=["pool-ci"]), None, {"pool-ci": "persistent"}, ["region=eu-west"], DEFAULT_MAX_SESSIONS, None),
+    (req(pools=["pool-ci"], max_sessions=8, pool_max_disk_gb=10), None, {"pool-ci": "persistent"},
+     ["region=eu-west"], 8, 10),
+])
+def test_acceptances(request_, pools, modes, labels, max_sessions, disk) -> None:
+    decision = check_enrollment("k", KEY, POOLS, request_, NOW)
+    assert decision.ok and decision.tenant == "fin-prod"
+    assert {p.id: p.mode for p in decision.pools} == modes
+    assert decision.labels == labels
+    assert decision.capacity.max_concurrent_sessions == max_sessions
+    assert decision.capacity.pool_max_disk_gb == disk
+
+
+def test_the_tenant_is_the_keys_whatever_the_host_claims() -> None:
+    decision = check_enrollment("k", KEY, POOLS, req(tenant="health-prod"), NOW)
+    assert decision.ok and decision.tenant == "fin-prod"
+
+
+def test_models_unrestricted_when_key_has_none() -> None:
+    key = KEY.model_copy(update={"models": None})
+    assert check_enrollment("k", key, POOLS, req(models=["anything"]), NOW).ok
