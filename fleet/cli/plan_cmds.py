@@ -1,0 +1,257 @@
+"""`fleet plan`, `fleet apply` and `fleet force-unlock`: the reconciler's commands.
+
+plan: load fleet.yaml, gather the live state, compute the Plan (pure), render it (human / --summary / json /
+markdown), optionally save it (--out) and exit with --detailed-exitcode semantics. apply: under the apply lock,
+plan (or load a saved plan and refuse it if its basis moved), confirm on a TTY (CI needs --auto-approve),
+write with compare-and-set, reveal generated key secrets once, and release the lock. Registered by
+fleet.cli.main.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from fleet import __version__
+from fleet.bus.applied import ApplyLock, ConfigStore
+from fleet.bus.connection import Bus, connect
+from fleet.cli.live import observe_hosts
+from fleet.cli.options import NatsSettings, file_option, nats_options
+from fleet.cli.shared import load_config_or_report
+from fleet.errors import FleetError, UsageError
+from fleet.reconciler.apply import ApplyReport, apply_plan
+from fleet.reconciler.basis import moved
+from fleet.reconciler.desired import desired_resources
+from fleet.reconciler.diff import make_plan
+from fleet.reconciler.gather import gather, key_hashes
+from fleet.reconciler.plan import Basis, Change, Plan
+from fleet.reconciler.rendering import render_human, render_json, render_markdown, render_summary
+from fleet.schema.api import LoadResult
+
+
+async def _connect(nats: NatsSettings) -> Bus:
+    return await connect(nats.url, creds=nats.creds, connect_timeout=nats.connect_timeout, name="fleet-cli")
+
+
+async def compute_plan(bus: Bus, result: LoadResult, file: Path, *, refresh_only: bool = False) -> Plan:
+    """Gather live state and diff it against the loaded config."""
+    cfg = result.config
+    assert cfg is not None
+    hashes, warnings = key_hashes(cfg, os.environ)
+    store = await ConfigStore.open(bus)
+    hosts, host_warning = await observe_hosts(bus)
+    if host_warning:
+        warnings.append(host_warning)
+    got = await gather(store, hosts, hosts_observed=host_warning is None)
+    basis = Basis(config_file=str(file), config_hash=cfg.source_hash, applied_revision=got.live.revision,
+                  applied_resources={a: r.revision for a, r in got.live.applied.items()}, tool_version=__version__)
+    return make_plan(desired_resources(cfg, hashes), got.live, basis, refresh_only=refresh_only, errors=tuple(warnings))
+
+
+def render(plan: Plan, fmt: str, summary: bool = False) -> str:
+    if fmt == "json":
+        return render_json(plan)
+    if fmt == "markdown":
+        return render_markdown(plan)
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return render_summary(plan, color=color) if summary else render_human(plan, color=color)
+
+
+@click.command("plan")
+@file_option
+@nats_options
+@click.option("--format", "fmt", type=click.Choice(["human", "json", "markdown"]), default="human", show_default=True,
+              help="human for terminals, json for tools, markdown for a pull-request comment.")
+@click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json.")
+@click.option("--summary", is_flag=True, help="One line per resource (for large plans).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Save the plan (JSON) for `fleet apply PLAN`.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when there are no changes, 2 when there are, 1 on error.")
+@click.option("--refresh-only", is_flag=True, help="Show only drift: the live fleet against the applied state.")
+def plan_cmd(file: Path, nats: NatsSettings, fmt: str, as_json: bool, summary: bool, out: Path | None,
+             detailed_exitcode: bool, refresh_only: bool) -> None:
+    """Show what `fleet apply` would change in the live fleet, and what that does to dispatch.
+
+    Compares fleet.yaml (desired) with the applied state in the control plane and the hosts it observes.
+    Secrets never appear in any format.
+    """
+    fmt = "json" if as_json else fmt
+    result = load_config_or_report(file, fmt=fmt)
+
+    async def run() -> Plan:
+        async with await _connect(nats) as bus:
+            return await compute_plan(bus, result, file, refresh_only=refresh_only)
+
+    plan = asyncio.run(run())
+    click.echo(render(plan, fmt, summary), nl=False)
+    if out:
+        write_private(out, plan.to_json() + "\n", mode=0o644)
+        click.echo(f"\nSaved the plan to {out}. Apply exactly this plan with: fleet apply {out}", err=True)
+    if detailed_exitcode and not plan.no_op:
+        sys.exit(2)
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a file atomically with `mode` (0600 for secrets)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _is_saved_plan(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(64).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{")
+
+
+def _progress(total: int):
+    interactive = sys.stderr.isatty()
+    step = max(1, total // 10)
+
+    def report(done: int, total_: int, change: Change) -> None:
+        if interactive:
+            click.echo(f"\r  applying {done}/{total_} {change.symbol} {change.address[:60]:<60}", nl=False, err=True)
+            if done == total_:
+                click.echo("", err=True)
+        elif done % step == 0 or done == total_ or total_ <= 20:
+            click.echo(f"  {change.symbol} {change.address} ({done}/{total_})", err=True)
+
+    return report
+
+
+def _confirm(auto_approve: bool) -> None:
+    if auto_approve:
+        return
+    if not sys.stdin.isatty() or os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        raise UsageError("refusing to apply without confirmation: this is not an interactive terminal",
+                         hint="in CI, review `fleet plan` and run `fleet apply --auto-approve`")
+    answer = click.prompt("\nDo you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n"
+                          "  Enter a value", default="", show_default=False)
+    if answer.strip() != "yes":
+        raise FleetError("apply cancelled", hint="nothing was written")
+
+
+def _reveal(report: ApplyReport, reveal_to: Path | None) -> None:
+    if not report.revealed:
+        return
+    if reveal_to:
+        lines = [f"{key_id}={secret}" for key_id, secret in sorted(report.revealed.items())]
+        write_private(reveal_to, "\n".join(lines) + "\n")
+        click.echo(f"Generated enrollment key secrets written to {reveal_to} (mode 0600). They are not shown again.", err=True)
+        return
+    click.secho("\nGenerated enrollment key secrets (shown once; store them now, only hashes are kept):", bold=True, err=True)
+    for key_id, secret in sorted(report.revealed.items()):
+        click.echo(f"  {key_id}: {secret}", err=True)
+
+
+@click.command("apply")
+@click.argument("plan_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@file_option
+@nats_options
+@click.option("--auto-approve", is_flag=True, help="Apply without asking (required when not on a terminal, e.g. CI).")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait for the apply lock held by someone else (0: fail at once).")
+@click.option("--reveal-keys-to", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write generated enrollment key secrets to this file (mode 0600) instead of the terminal.")
+@click.option("--summary", is_flag=True, help="Show the plan one line per resource.")
+def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_approve: bool, lock_timeout: float,
+              reveal_keys_to: Path | None, summary: bool) -> None:
+    """Make the live fleet match fleet.yaml (or apply a saved plan: `fleet apply plan.json`).
+
+    Takes the apply lock, computes the plan, asks for confirmation on a terminal (CI: --auto-approve), then
+    writes each change with compare-and-set. A saved plan whose basis moved is refused.
+    """
+    saved: Plan | None = None
+    result: LoadResult | None = None
+    if plan_file is not None:
+        if plan_file.suffix in (".yaml", ".yml") or not _is_saved_plan(plan_file):
+            file, plan_file = plan_file, None
+        else:
+            try:
+                saved = Plan.from_json(plan_file.read_text(encoding="utf-8"), str(plan_file))
+            except OSError as exc:
+                raise FleetError(f"cannot read {plan_file}: {exc.strerror}") from exc
+    if saved is None:
+        result = load_config_or_report(file)
+
+    async def run() -> None:
+        async with await _connect(nats) as bus:
+            lock = await ApplyLock.open(bus)
+            info = await lock.acquire(f"fleet apply {plan_file or file}", timeout=lock_timeout)
+            click.echo(f"Acquired the apply lock {info.id}.", err=True)
+            try:
+                if saved is not None:
+                    plan = saved
+                    store = await ConfigStore.open(bus)
+                    snap = await store.snapshot()
+                    config_hash = _file_hash(Path(plan.basis.config_file)) if plan.basis.config_file else None
+                    changed = moved(plan.basis, {k: r.revision for k, r in snap.records.items()}, snap.revision, config_hash)
+                    if changed:
+                        raise FleetError("the saved plan is stale: the fleet changed since it was made:\n"
+                                         + "\n".join(f"  - {c}" for c in changed),
+                                         hint="run `fleet plan --out …` again and review the new plan")
+                    click.echo(render(plan, "human", summary), nl=False)
+                else:
+                    assert result is not None
+                    plan = await compute_plan(bus, result, file)
+                    click.echo(render(plan, "human", summary), nl=False)
+                    if plan.no_op:
+                        return
+                    _confirm(auto_approve)
+                if plan.no_op:
+                    click.echo("Nothing to apply.")
+                    return
+                store = await ConfigStore.open(bus)
+                report = await apply_plan(store, plan, os.environ, progress=_progress(len(plan.changes)),
+                                          applied_by=info.holder)
+                s = plan.summary
+                click.secho(f"\nApply complete! Resources: {s.add} added, {s.change} changed, {s.destroy} destroyed"
+                            + (f" ({report.already} were already in place)" if report.already else "")
+                            + f" in {report.seconds:.2f}s.", bold=True)
+                _reveal(report, reveal_keys_to)
+            finally:
+                await lock.release()
+
+    asyncio.run(run())
+
+
+def _file_hash(path: Path) -> str | None:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+@click.command("force-unlock")
+@click.argument("lock_id")
+@nats_options
+def force_unlock_cmd(lock_id: str, nats: NatsSettings) -> None:
+    """Remove the apply lock LOCK_ID left by a process that is gone.
+
+    Only for a lock whose holder is dead: the lock also expires by itself after its TTL.
+    """
+
+    async def run() -> None:
+        async with await _connect(nats) as bus:
+            lock = await ApplyLock.open(bus)
+            held = await lock.force_unlock(lock_id)
+            click.echo(f"Removed {held.describe()}.")
+
+    asyncio.run(run())
+
+
+def register(group: click.Group) -> None:
+    group.add_command(plan_cmd)
+    group.add_command(apply_cmd)
+    group.add_command(force_unlock_cmd)

@@ -1,0 +1,256 @@
+"""`fleet route show|set|test` (formats of the Rensei seed) and the hidden deprecated `fleet execution route`.
+
+show: a project's routing policy from fleet.yaml. set: edit fleet.yaml in place so that the change is a
+one-line diff (comments, order and formatting of everything else untouched), refusing unknown pools or pools
+of another tenant; `--apply` applies it. test: simulate the next dispatch against live capacity, with
+`--explain` listing every reason each host is not eligible. Registered by fleet.cli.main.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import click
+
+from fleet.bus.connection import connect
+from fleet.cli.live import observe_hosts
+from fleet.cli.options import NatsSettings, file_option, json_option, nats_options
+from fleet.cli.shared import load_config_or_report, plugin_registry, print_diagnostics
+from fleet.errors import FleetError, NotFound, UsageError
+from fleet.reconciler.desired import pool_spec, route_spec
+from fleet.routing import Capacity, HostView, PoolView, RouteView, decide, ineligibility, pool_capacity
+from fleet.schema.api import load_fleet_text
+from fleet.schema.diagnostics import did_you_mean
+from fleet.schema.editing import RouteEdit, edit_route
+from fleet.schema.models import FleetConfig, Project
+
+PROJECT_HELP = "Project slug (default: FLEET_PROJECT, or the only project in fleet.yaml)."
+
+
+def pick_project(cfg: FleetConfig, slug: str | None) -> Project:
+    slug = slug or os.environ.get("FLEET_PROJECT")
+    if slug is None:
+        if len(cfg.projects) == 1:
+            return cfg.projects[0]
+        names = ", ".join(p.id for p in cfg.projects) or "(none)"
+        raise UsageError("which project? fleet.yaml has several", hint=f"name one of: {names} (or set FLEET_PROJECT)")
+    project = cfg.project(slug)
+    if project is None:
+        raise NotFound(f"no project {slug!r} in fleet.yaml",
+                       hint=did_you_mean(slug, [p.id for p in cfg.projects]) or
+                       f"projects: {', '.join(p.id for p in cfg.projects) or '(none)'}")
+    return project
+
+
+def _pool_note(cfg: FleetConfig, pool_id: str | None) -> str:
+    pool = cfg.pool(pool_id) if pool_id else None
+    return f"({pool.backend}, {pool.mode})" if pool else ""
+
+
+@click.group("route")
+def route_group() -> None:
+    """Show, change and test a project's routing policy (preferred pool, fallback pool, mode)."""
+
+
+@route_group.command("show")
+@click.argument("project", required=False)
+@file_option
+@json_option
+def route_show(project: str | None, file: Path, as_json: bool) -> None:
+    """Show the routing policy of PROJECT as fleet.yaml declares it."""
+    cfg = load_config_or_report(file, fmt="json" if as_json else "human").config
+    assert cfg is not None
+    p = pick_project(cfg, project)
+    r = p.routing
+    if as_json:
+        data = {"project": p.id, "tenant": p.tenant, **route_spec(p)}
+        data["preferred_pool"] = {"id": r.preferred_pool, **_pool_json(cfg, r.preferred_pool)}
+        data["fallback_pool"] = {"id": r.fallback_pool, **_pool_json(cfg, r.fallback_pool)} if r.fallback_pool else None
+        data["routing_mode"] = data.pop("mode")
+        click.echo(json.dumps(data, indent=2))
+        return
+    width = max(len(r.preferred_pool), len(r.fallback_pool or ""))
+    click.echo(f"{'Project:':<18}{p.id}")
+    click.echo(f"{'Preferred pool:':<18}{r.preferred_pool:<{width}}  {_pool_note(cfg, r.preferred_pool)}")
+    if r.mode == "adaptive":
+        for c in r.candidates:
+            click.echo(f"{'Candidate pool:':<18}{c:<{width}}  {_pool_note(cfg, c)}")
+    else:
+        fallback = f"{r.fallback_pool:<{width}}  {_pool_note(cfg, r.fallback_pool)}" if r.fallback_pool else "(none)"
+        click.echo(f"{'Fallback pool:':<18}{fallback}")
+    click.echo(f"{'Routing mode:':<18}{r.mode}")
+
+
+def _pool_json(cfg: FleetConfig, pool_id: str | None) -> dict:
+    pool = cfg.pool(pool_id) if pool_id else None
+    return {"backend": pool.backend, "mode": pool.mode} if pool else {}
+
+
+@route_group.command("set")
+@click.argument("project", required=False)
+@click.option("--preferred-pool", required=True, metavar="POOL", help="Pool ID to use as the primary execution target.")
+@click.option("--fallback-pool", metavar="POOL",
+              help="Pool ID to fall back to when the preferred pool is full. Omit to remove the fallback.")
+@click.option("--apply", "then_apply", is_flag=True, help="Also run `fleet apply --auto-approve` afterwards.")
+@file_option
+@nats_options
+@click.pass_context
+def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fallback_pool: str | None, then_apply: bool,
+              file: Path, nats: NatsSettings) -> None:
+    """Change PROJECT's routing in fleet.yaml, in place (a one-line diff in your pull request).
+
+    Takes effect on the next session dispatch after `fleet apply`; in-flight sessions stay where they are.
+    """
+    result = load_config_or_report(file)
+    cfg = result.config
+    assert cfg is not None
+    p = pick_project(cfg, project)
+    for pool_id in (preferred_pool, fallback_pool):
+        if pool_id is None:
+            continue
+        pool = cfg.pool(pool_id)
+        if pool is None:
+            raise NotFound(f"no pool {pool_id!r} in {file}", hint=did_you_mean(pool_id, [x.id for x in cfg.pools if not x.abstract])
+                           or f"pools of tenant {p.tenant}: {', '.join(x.id for x in cfg.pools if x.tenant == p.tenant and not x.abstract)}")
+        if pool.tenant != p.tenant:
+            raise UsageError(f"pool {pool_id!r} belongs to tenant {pool.tenant!r}; project {p.id!r} is in tenant {p.tenant!r}",
+                             hint="a project may only route to pools of its own tenant")
+        if pool.abstract:
+            raise UsageError(f"pool {pool_id!r} is abstract (a template) and cannot take sessions")
+    if fallback_pool is not None and fallback_pool == preferred_pool:
+        raise UsageError("--fallback-pool must differ from --preferred-pool")
+    if p.routing.mode == "adaptive" and fallback_pool is not None:
+        raise UsageError(f"project {p.id!r} uses adaptive routing, which has candidates, not a fallback pool",
+                         hint="edit `routing.candidates` in fleet.yaml")
+    new_text = edit_route(result.document, p.id, RouteEdit(preferred_pool, fallback_pool))
+    checked = load_fleet_text(new_text, str(file), backends=plugin_registry().settings_validators())
+    if not checked.ok:
+        print_diagnostics(checked)
+        raise FleetError(f"the edited {file} would not be valid; nothing was written")
+    if new_text == result.document.text:
+        click.echo(f"{p.id}: routing already preferred={preferred_pool} fallback={fallback_pool or '(none)'}; {file} unchanged")
+    else:
+        _write_keeping_mode(file, new_text)
+        mode = checked.config.project(p.id).routing.mode if checked.config else "?"
+        click.echo(f"Updated {file}: {p.id} -> preferred {preferred_pool}, fallback {fallback_pool or '(none)'}, mode {mode}.")
+        click.echo("Takes effect on the next dispatch after `fleet apply`; in-flight sessions stay where they are.")
+    if then_apply:
+        from fleet.cli.plan_cmds import apply_cmd
+
+        ctx.invoke(apply_cmd, plan_file=None, file=file, nats=nats, auto_approve=True, lock_timeout=0.0,
+                   reveal_keys_to=None, summary=False)
+
+
+def _write_keeping_mode(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o777
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _state_word(cap: Capacity) -> str:
+    return "AVAILABLE" if cap.available else "FULL"
+
+
+@route_group.command("test")
+@click.argument("project", required=False)
+@click.option("--explain", is_flag=True, help="List, per host, every reason it is not eligible.")
+@file_option
+@nats_options
+@json_option
+def route_test(project: str | None, explain: bool, file: Path, nats: NatsSettings, as_json: bool) -> None:
+    """Dry-run the routing of PROJECT's next session against live capacity.
+
+    Uses the routing and pools of fleet.yaml (what you are about to promote) and the hosts the control plane
+    sees now. Reports which pool would get the next session and whether the fallback would activate.
+    """
+    cfg = load_config_or_report(file, fmt="json" if as_json else "human").config
+    assert cfg is not None
+    p = pick_project(cfg, project)
+
+    async def run() -> list:
+        async with await connect(nats.url, creds=nats.creds, connect_timeout=nats.connect_timeout, name="fleet-cli") as bus:
+            hosts, _ = await observe_hosts(bus, required=True)
+            return hosts
+
+    observed = asyncio.run(run())
+    hosts = [HostView(machine_id=h.machine_id, tenant=h.tenant, pools=h.pools, labels=h.labels, models=h.models,
+                      status=h.status, running=h.running, max_sessions=h.max_sessions, hostname=h.hostname) for h in observed]
+    route = RouteView.from_spec(p.id, route_spec(p))
+    pools = {pid: PoolView.from_spec(pid, pool_spec(cfg.pool(pid))) for pid in route.pools if cfg.pool(pid)}
+    caps = {pid: pool_capacity(view, hosts, route) for pid, view in pools.items()}
+    decision = decide(route, caps)
+    if as_json:
+        click.echo(json.dumps({
+            "project": p.id, "routing_mode": route.mode,
+            "pools": [{"id": c.pool, "role": _role(route, c.pool), "used": c.used, "total": c.total,
+                       "available": c.available, "eligible_hosts": list(c.eligible_hosts)} for c in decision.considered],
+            "decision": {"pool": decision.pool, "role": decision.role},
+            "fallback": route.fallback_pool if route.mode == "preferred-with-fallback" else None,
+            "explain": _explain_json(route, pools, hosts) if explain else None,
+        }, indent=2))
+        return
+    click.echo(f"Simulating dispatch for project: {p.id}")
+    width = max([len(c.pool) for c in decision.considered] + [len(route.fallback_pool or "")])
+    for cap in decision.considered:
+        label = {"preferred": "Preferred pool:", "fallback": "Fallback pool:", "candidate": "Candidate pool:"}[_role(route, cap.pool)]
+        click.echo(f"  {label:<17}{cap.pool:<{width}}  {cap.label}  → {_state_word(cap)}")
+    if decision.pending:
+        click.echo(f"  {'Decision:':<17}queue (pending until a slot opens)")
+    else:
+        suffix = " (fallback)" if decision.role == "fallback" else ""
+        click.echo(f"  {'Decision:':<17}route to {decision.pool}{suffix}")
+    if route.mode == "preferred-with-fallback" and decision.role == "preferred" and route.fallback_pool:
+        click.echo(f"  {'Fallback:':<17}{route.fallback_pool} (not needed)")
+    elif route.mode != "adaptive" and not route.fallback_pool:
+        click.echo(f"  {'Fallback:':<17}(none configured)")
+    if explain:
+        click.echo("")
+        click.echo("Hosts:")
+        rows = _explain_json(route, pools, hosts)
+        if not rows:
+            click.echo("  (no hosts registered)")
+        for row in rows:
+            verdict = "eligible" if not row["reasons"] else "; ".join(row["reasons"])
+            click.echo(f"  {row['id'][:8]}  {row['hostname'] or '-':<16} {row['pool'] or '-':<{width}}  {verdict}")
+
+
+def _role(route: RouteView, pool_id: str) -> str:
+    if pool_id == route.preferred_pool:
+        return "preferred"
+    if pool_id == route.fallback_pool and route.mode == "preferred-with-fallback":
+        return "fallback"
+    return "candidate"
+
+
+def _explain_json(route: RouteView, pools: dict[str, PoolView], hosts: list[HostView]) -> list[dict]:
+    rows = []
+    for h in sorted(hosts, key=lambda h: (h.hostname, h.machine_id)):
+        best: tuple[str | None, list[str]] | None = None
+        for pid, view in pools.items():
+            reasons = ineligibility(h, view, route)
+            if best is None or len(reasons) < len(best[1]):
+                best = (pid, reasons)
+        pid, reasons = best if best else (None, ["no pool of this route exists"])
+        rows.append({"id": h.machine_id, "hostname": h.hostname, "pool": pid, "reasons": reasons})
+    return rows
+
+
+@click.group("execution", hidden=True)
+def execution_group() -> None:
+    """Deprecated: use `fleet route`."""
+    click.echo("warning: `fleet execution route` is deprecated; use `fleet route` (it will be removed in a future version)",
+               err=True)
+
+
+execution_group.add_command(route_group, "route")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(route_group)
+    group.add_command(execution_group)
+

@@ -1,0 +1,60 @@
+"""Drift: observed state that differs from applied state, made outside fleet.
+
+Hosts that serve a pool the applied config does not know, hosts whose tenant differs from their pool's, hosts
+lacking the labels their pool declares, persistent/hybrid pools with fewer live hosts than hosts.min, and
+backend instances recorded by the controller but gone (deleted by hand) or present without an applied pool.
+Shown separately from config changes; `fleet plan --refresh-only` shows drift alone. Pure; called by make_plan.
+"""
+
+from __future__ import annotations
+
+from fleet.reconciler.live import LiveState
+from fleet.reconciler.plan import DriftItem
+
+LIVE = ("active", "paused", "draining")
+
+
+def drift(live: LiveState) -> list[DriftItem]:
+    pools = live.applied_of("pool")
+    items: list[DriftItem] = []
+    count: dict[str, int] = {}
+    for h in live.hosts:
+        if h.status == "revoked":
+            continue
+        name = h.hostname or h.machine_id
+        for p in h.pools:
+            spec = pools.get(p)
+            if spec is None:
+                if pools:
+                    items.append(DriftItem(address=f"host.{h.machine_id}", kind="host", tenant=h.tenant, pool=p,
+                                           message=f"host {name} serves pool {p}, which is not in the applied config"))
+                continue
+            if h.status in LIVE:
+                count[p] = count.get(p, 0) + 1
+            ptenant = spec.spec.get("tenant")
+            if ptenant and ptenant != h.tenant:
+                items.append(DriftItem(address=f"host.{h.machine_id}", kind="host", tenant=h.tenant, pool=p,
+                                       message=f"host {name} of tenant {h.tenant} serves pool {p} of tenant {ptenant}"))
+            missing = [lbl for lbl in spec.spec.get("labels") or [] if lbl not in h.labels]
+            if missing:
+                items.append(DriftItem(address=f"host.{h.machine_id}", kind="host", tenant=h.tenant, pool=p,
+                                       message=f"host {name} in pool {p} lacks the pool's labels {', '.join(missing)}"))
+    if live.hosts_observed:
+        for pid, res in sorted(pools.items()):
+            spec = res.spec
+            want = (spec.get("hosts") or {}).get("min") or 0
+            if spec.get("mode") in ("persistent", "hybrid") and count.get(pid, 0) < want:
+                items.append(DriftItem(address=f"pool.{pid}", kind="pool", tenant=spec.get("tenant"), pool=pid,
+                                       message=f"pool {pid} has {count.get(pid, 0)} of its {want} required hosts"))
+    if live.instances_observed:
+        for inst in live.instances:
+            if inst.pool not in pools:
+                items.append(DriftItem(address=f"instance.{inst.instance_id}", kind="instance", pool=inst.pool,
+                                       message=f"{inst.backend} instance {inst.instance_id} belongs to pool {inst.pool}, "
+                                               "which is not in the applied config"))
+            elif inst.state == "missing":
+                items.append(DriftItem(address=f"instance.{inst.instance_id}", kind="instance", pool=inst.pool,
+                                       tenant=pools[inst.pool].spec.get("tenant"),
+                                       message=f"{inst.backend} instance {inst.instance_id} of pool {inst.pool} is gone "
+                                               "(deleted outside fleet?)"))
+    return items

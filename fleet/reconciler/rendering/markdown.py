@@ -1,0 +1,117 @@
+"""The Markdown view of a Plan, for a pull-request comment.
+
+Summary first, then consequences called out (a GitHub alert), a capacity table, then the changes in collapsible
+<details> sections grouped by tenant and, inside a tenant, by pool (a pool's own change with the routes and keys
+that use it), then drift. Never longer than GitHub's 65,536-character comment limit: when it would be, later
+sections are cut and a note points at the full JSON plan. Pure; called by `fleet plan --format markdown`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from fleet import __version__
+from fleet.reconciler.plan import Change, Plan
+from fleet.reconciler.rendering.values import VERBS, attribute_lines, slots
+
+GITHUB_COMMENT_LIMIT = 65_536
+_RESERVE = 600  # room for the truncation note and the footer
+
+
+def _group(change: Change) -> tuple[str, str]:
+    """(tenant, pool) a change is shown under; ('(org)', '') for org-wide changes."""
+    tenant = change.tenant or "(org)"
+    spec = change.after or change.before or {}
+    if change.kind == "pool":
+        return tenant, change.id
+    if change.kind == "route":
+        return tenant, spec.get("preferred_pool") or ""
+    if change.kind == "key":
+        pools = spec.get("pools") or []
+        return tenant, pools[0] if pools else ""
+    return tenant, ""
+
+
+def _counts(changes: list[Change]) -> str:
+    n = defaultdict(int)
+    for c in changes:
+        n[c.action] += 1
+    words = {"create": "to add", "update": "to change", "replace": "to replace", "delete": "to destroy"}
+    return ", ".join(f"{n[a]} {words[a]}" for a in ("create", "update", "replace", "delete") if n[a])
+
+
+def _change_block(c: Change) -> str:
+    lines = [f"{c.symbol} {c.address}  # {VERBS[c.action]}"]
+    lines += [f"{s}   {text}" for s, text in attribute_lines(c)]
+    return "\n".join(lines)
+
+
+def render_markdown(plan: Plan, *, limit: int = GITHUB_COMMENT_LIMIT) -> str:
+    head: list[str] = ["## fleet plan", ""]
+    if plan.refresh_only:
+        head.append(f"**Refresh only: {len(plan.drift)} drift item(s).**" if plan.drift else "**No drift.**")
+    elif plan.no_op:
+        head.append("**No changes.** The live fleet matches fleet.yaml.")
+    else:
+        head.append(f"**{plan.summary.line}**")
+    head.append("")
+    for e in plan.errors:
+        head += [f"> [!NOTE]\n> {e}", ""]
+
+    cons = plan.consequences
+    if cons.items:
+        head.append("> [!WARNING]")
+        head.append("> **Consequences for dispatch**")
+        head += [f"> - {i.message}" for i in cons.items]
+        head.append("")
+    if cons.capacity_changes:
+        head += ["| Project | Tenant | Slots before | Slots after |", "|---|---|--:|--:|"]
+        head += [f"| `{c.project}` | {c.tenant} | {slots(c.before)} | {slots(c.after)} |" for c in cons.capacity_changes]
+        head.append("")
+
+    sections: list[str] = []
+    by_tenant: dict[str, dict[str, list[Change]]] = defaultdict(lambda: defaultdict(list))
+    for c in plan.changes:
+        tenant, pool = _group(c)
+        by_tenant[tenant][pool].append(c)
+    if by_tenant:
+        sections.append("### Changes\n")
+    for tenant in sorted(by_tenant):
+        pools = by_tenant[tenant]
+        all_changes = [c for cs in pools.values() for c in cs]
+        parts = [f"<details><summary><b>{'tenant ' + tenant if tenant != '(org)' else 'org'}</b>: {_counts(all_changes)}</summary>\n"]
+        for pool in sorted(pools):
+            title = f"pool `{pool}`" if pool else "tenant and projects"
+            blocks = "\n\n".join(_change_block(c) for c in pools[pool])
+            parts.append(f"#### {title}\n\n```diff\n{blocks}\n```\n")
+        parts.append("</details>\n")
+        sections.append("\n".join(parts))
+    if plan.drift:
+        drift = ["### Drift", "", "Changed outside fleet; not part of this plan:", ""]
+        drift += [f"- `{d.address}`: {d.message}" for d in plan.drift]
+        sections.append("\n".join(drift) + "\n")
+
+    b = plan.basis
+    footer = (f"<sub>fleet {b.tool_version or __version__} · plan format {plan.format_version} · "
+              f"config {(b.config_hash or 'n/a')[:19]} · applied revision {b.applied_revision}</sub>\n")
+    text = "\n".join(head)
+    budget = limit - _RESERVE - len(footer)
+    if len(text) > budget:  # even the head is too long: cut it line by line
+        text = text[:budget].rsplit("\n", 1)[0] + "\n"
+        sections = []
+        cut = True
+    else:
+        cut = False
+    shown = 0
+    for section in sections:
+        if len(text) + len(section) + 1 > budget:
+            cut = True
+            break
+        text += "\n" + section
+        shown += 1
+    if cut:
+        omitted = len(sections) - shown
+        text += (f"\n> [!NOTE]\n> Truncated to fit GitHub's {limit:,}-character comment limit"
+                 + (f" ({omitted} section(s) omitted)" if omitted else "")
+                 + ". The full plan: `fleet plan --format json` (or the saved `plan.json` artifact).\n")
+    return text + "\n" + footer

@@ -1,0 +1,75 @@
+"""Value formatting shared by the text renderers: HCL-like literals and attribute lines of a change.
+
+Called by fleet.reconciler.rendering.human and .markdown.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fleet.reconciler.desired import SENSITIVE, UNKNOWN
+from fleet.reconciler.plan import Change
+
+
+def literal(value: Any) -> str:
+    """`"text"`, `4`, `true`, `null`, `["a", "b"]`, `{ k = v }`; masked markers stay bare."""
+    if value in (SENSITIVE, UNKNOWN):
+        return value
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        return "{ " + ", ".join(f"{k} = {literal(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value, default=str)
+
+
+def _flat(spec: dict[str, Any] | None, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in (spec or {}).items():
+        if isinstance(value, dict) and value and key != "settings":
+            out += _flat(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def attribute_lines(change: Change) -> list[tuple[str, str]]:
+    """(symbol, text) per attribute line of a change, Terraform style; nulls are left out of creates/deletes."""
+    lines: list[tuple[str, str]] = []
+    if change.action == "create":
+        rows = [(k, v) for k, v in _flat(change.after) if v is not None and v != [] and v != {}]
+        width = max((len(k) for k, _ in rows), default=0)
+        lines = [("+", f"{k.ljust(width)} = {literal(v)}") for k, v in rows]
+    elif change.action == "delete":
+        rows = [(k, v) for k, v in _flat(change.before) if v is not None and v != [] and v != {}]
+        width = max((len(k) for k, _ in rows), default=0)
+        lines = [("-", f"{k.ljust(width)} = {literal(v)} -> null") for k, v in rows]
+    else:
+        width = max((len(a.path) for a in change.attributes), default=0)
+        for a in change.attributes:
+            note = " # forces replacement" if a.forces_replacement else ""
+            if a.before is None:
+                lines.append(("+", f"{a.path.ljust(width)} = {literal(a.after)}{note}"))
+            elif a.after is None:
+                lines.append(("-", f"{a.path.ljust(width)} = {literal(a.before)} -> null{note}"))
+            else:
+                lines.append(("~", f"{a.path.ljust(width)} = {literal(a.before)} -> {literal(a.after)}{note}"))
+    return lines
+
+
+VERBS = {"create": "will be created", "update": "will be updated in-place", "replace": "must be replaced",
+         "delete": "will be destroyed"}
+
+
+def slots(value: int | None) -> str:
+    return "∞" if value is None else str(value)

@@ -1,0 +1,202 @@
+"""Routing rules (Rensei + Sagewai semantics) as pure functions of plain views.
+
+- `ineligibility(host, pool, route)`: every reason a host cannot take a route's next session in a pool (not only
+  the first): other tenant, not in the pool, status not active, revoked, missing labels, model not served, full.
+- `pool_capacity(pool, hosts, route)`: slots used / total of a pool for a route. Persistent pools count the slots
+  of their eligible live hosts; on_demand and hybrid pools can grow to hosts.max (∞ without a max).
+- `decide(route, capacities)`: preferred pool if it has a free slot, else fallback (preferred-with-fallback),
+  else the pending queue; adaptive picks among preferred + candidates with free slots (least loaded here; the
+  dispatcher samples).
+Called by fleet.reconciler.consequences, fleet.cli (route test) and the dispatcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+UNBOUNDED = None
+
+
+@dataclass(frozen=True)
+class HostView:
+    machine_id: str
+    tenant: str
+    pools: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    status: str = "active"
+    running: int = 0
+    max_sessions: int = 0
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class PoolView:
+    id: str
+    tenant: str
+    backend: str
+    mode: str
+    max_concurrent_sessions: int
+    hosts_max: int | None = None
+    labels: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+
+    @property
+    def elastic(self) -> bool:
+        """on_demand and hybrid pools create hosts when sessions wait."""
+        return self.mode in ("on_demand", "hybrid")
+
+    @classmethod
+    def from_spec(cls, pool_id: str, spec: Mapping[str, Any]) -> PoolView:
+        return cls(
+            id=pool_id,
+            tenant=spec.get("tenant", ""),
+            backend=spec.get("backend", ""),
+            mode=spec.get("mode", "persistent"),
+            max_concurrent_sessions=int((spec.get("capacity") or {}).get("max_concurrent_sessions") or 0),
+            hosts_max=(spec.get("hosts") or {}).get("max"),
+            labels=tuple(spec.get("labels") or ()),
+            models=tuple(spec.get("models") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class RouteView:
+    project: str
+    tenant: str
+    mode: str
+    preferred_pool: str
+    fallback_pool: str | None = None
+    candidates: tuple[str, ...] = ()
+    required_labels: tuple[str, ...] = ()
+    model: str | None = None
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        out = [self.preferred_pool]
+        if self.mode == "preferred-with-fallback" and self.fallback_pool:
+            out.append(self.fallback_pool)
+        if self.mode == "adaptive":
+            out += [c for c in self.candidates if c not in out]
+        return tuple(out)
+
+    @classmethod
+    def from_spec(cls, project: str, spec: Mapping[str, Any]) -> RouteView:
+        return cls(
+            project=project,
+            tenant=spec.get("tenant", ""),
+            mode=spec.get("mode", "preferred-only"),
+            preferred_pool=spec.get("preferred_pool", ""),
+            fallback_pool=spec.get("fallback_pool"),
+            candidates=tuple(spec.get("candidates") or ()),
+            required_labels=tuple(spec.get("required_labels") or ()),
+            model=spec.get("model"),
+        )
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Slots of one pool for one route. total None means unbounded (∞)."""
+
+    pool: str
+    used: int
+    total: int | None
+    eligible_hosts: tuple[str, ...] = ()
+
+    @property
+    def available(self) -> bool:
+        return self.total is None or self.used < self.total
+
+    @property
+    def label(self) -> str:
+        return f"[{self.used}/{'∞' if self.total is None else self.total} slots used]"
+
+
+@dataclass(frozen=True)
+class Decision:
+    project: str
+    pool: str | None
+    role: str  # preferred | fallback | candidate | pending
+    considered: tuple[Capacity, ...] = field(default_factory=tuple)
+
+    @property
+    def pending(self) -> bool:
+        return self.pool is None
+
+
+def ineligibility(host: HostView, pool: PoolView, route: RouteView | None = None, *, count_full: bool = True) -> list[str]:
+    """Every reason `host` cannot take the next session of `route` in `pool`; empty when it can."""
+    reasons = []
+    tenant = route.tenant if route else pool.tenant
+    if host.tenant != tenant:
+        reasons.append(f"tenant {host.tenant} (needs {tenant})")
+    if pool.id not in host.pools:
+        reasons.append(f"not in pool {pool.id}")
+    if host.status == "revoked":
+        reasons.append("revoked")
+    elif host.status != "active":
+        reasons.append(f"status {host.status}")
+    if route:
+        missing = [lbl for lbl in route.required_labels if lbl not in host.labels]
+        if missing:
+            reasons.append("missing labels " + ", ".join(missing))
+        if route.model and host.models and route.model not in host.models or route.model and not host.models and pool.models and route.model not in pool.models:
+            reasons.append(f"does not serve model {route.model}")
+    if count_full and host.max_sessions and host.running >= host.max_sessions:
+        reasons.append(f"full ({host.running}/{host.max_sessions})")
+    return reasons
+
+
+def pool_capacity(pool: PoolView, hosts: Iterable[HostView], route: RouteView | None = None,
+                  *, slots_per_host: int | None = None) -> Capacity:
+    """Slots used/total of `pool` for `route` (see module docstring)."""
+    eligible = [h for h in hosts if not ineligibility(h, pool, route, count_full=False)]
+    used = sum(h.running for h in eligible)
+    live_total = sum(slots_per_host if slots_per_host is not None else (h.max_sessions or pool.max_concurrent_sessions)
+                     for h in eligible)
+    ids = tuple(h.machine_id for h in eligible)
+    if pool.elastic and _new_hosts_match(pool, route):
+        if pool.hosts_max is None:
+            return Capacity(pool.id, used, UNBOUNDED, ids)
+        return Capacity(pool.id, used, max(live_total, pool.hosts_max * pool.max_concurrent_sessions), ids)
+    return Capacity(pool.id, used, live_total, ids)
+
+
+def _new_hosts_match(pool: PoolView, route: RouteView | None) -> bool:
+    """Would a host the backend creates for `pool` (with the pool's labels and models) suit `route`?"""
+    if route is None:
+        return True
+    if route.tenant != pool.tenant:
+        return False
+    if route.model and pool.models and route.model not in pool.models:
+        return False
+    return all(lbl in pool.labels for lbl in route.required_labels)
+
+
+def decide(route: RouteView, capacities: Mapping[str, Capacity]) -> Decision:
+    """Which pool takes the route's next session (Rensei semantics), or pending."""
+    considered: list[Capacity] = []
+
+    def cap(pool_id: str) -> Capacity:
+        c = capacities.get(pool_id) or Capacity(pool_id, 0, 0)
+        considered.append(c)
+        return c
+
+    preferred = cap(route.preferred_pool)
+    if route.mode == "adaptive":
+        options = [preferred] + [cap(p) for p in route.candidates if p != route.preferred_pool]
+        free = [c for c in options if c.available]
+        if not free:
+            return Decision(route.project, None, "pending", tuple(considered))
+        best = min(free, key=lambda c: (0 if c.total is None else c.used / max(c.total, 1), c.pool != route.preferred_pool))
+        return Decision(route.project, best.pool, "preferred" if best.pool == route.preferred_pool else "candidate",
+                        tuple(considered))
+    if preferred.available:
+        return Decision(route.project, preferred.pool, "preferred", tuple(considered))
+    if route.mode == "preferred-with-fallback" and route.fallback_pool:
+        fallback = cap(route.fallback_pool)
+        if fallback.available:
+            return Decision(route.project, fallback.pool, "fallback", tuple(considered))
+    return Decision(route.project, None, "pending", tuple(considered))

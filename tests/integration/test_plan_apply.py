@@ -1,0 +1,272 @@
+"""Integration tests of `fleet plan` / `fleet apply` against a real nats-server (no mocks).
+
+plan on an empty store -> apply -> plan shows no changes; edits give exit 2 and the expected diff; a stale saved
+plan is refused with the list of what changed; two concurrent applies: exactly one holds the lock; SIGKILL of an
+apply midway: the lock expires by TTL, re-plan shows the remaining changes, re-apply converges; secrets appear
+in no output and not in the KV store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet.bus.applied import BUCKET_LOCKS
+from fleet.bus.connection import connect
+from fleet.bus.subjects import BUCKET_CONFIG
+from fleet.schema.generate import synthetic_fleet
+
+from .clihelpers import EXAMPLE, SECRETS, fleet, popen
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "fleet.yaml").write_text(EXAMPLE.read_text())
+    return tmp_path
+
+
+def plan_json(url: str, cwd: Path, *args: str) -> dict:
+    r = fleet(["plan", "--format", "json", *args], url, cwd=cwd)
+    assert r.returncode in (0, 2), r.stderr
+    return json.loads(r.stdout)
+
+
+def test_empty_store_apply_then_no_changes(nats_server, workdir):
+    url = nats_server.url
+    r = fleet(["plan", "--detailed-exitcode"], url, cwd=workdir)
+    assert r.returncode == 2, r.stderr
+    assert "Plan: 17 to add, 0 to change, 0 to destroy." in r.stdout
+    r = fleet(["apply", "--auto-approve"], url, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "Apply complete! Resources: 17 added, 0 changed, 0 destroyed" in r.stdout
+    r = fleet(["plan", "--detailed-exitcode"], url, cwd=workdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "No changes." in r.stdout
+    assert plan_json(url, workdir)["no_op"] is True
+
+    # edit the file: exit 2 and exactly the expected diff
+    path = workdir / "fleet.yaml"
+    path.write_text(path.read_text().replace("max_concurrent_sessions: 4   # slots per host", "max_concurrent_sessions: 6"))
+    r = fleet(["plan", "--detailed-exitcode"], url, cwd=workdir)
+    assert r.returncode == 2
+    data = plan_json(url, workdir)
+    assert [(c["address"], c["action"]) for c in data["changes"]] == [("pool.pool-local-main", "update")]
+    attr = data["changes"][0]["attributes"][0]
+    assert (attr["path"], attr["before"], attr["after"]) == ("capacity.max_concurrent_sessions", 4, 6)
+    assert data["summary"] == {"add": 0, "change": 1, "destroy": 0}
+
+
+def test_apply_refuses_without_approval_in_ci(nats_server, workdir):
+    r = fleet(["apply"], nats_server.url, cwd=workdir)
+    assert r.returncode == 2
+    assert "--auto-approve" in r.stderr and "Traceback" not in r.stderr
+    assert plan_json(nats_server.url, workdir)["summary"]["add"] == 17, "nothing was written"
+
+
+def test_stale_saved_plan_is_refused_with_the_changes(nats_server, workdir):
+    url = nats_server.url
+    r = fleet(["plan", "--out", "empty-plan.json"], url, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert fleet(["apply", "--auto-approve"], url, cwd=workdir).returncode == 0
+    r = fleet(["apply", "empty-plan.json"], url, cwd=workdir)
+    assert r.returncode == 1
+    assert "the saved plan is stale" in r.stderr
+    assert "pool.pool-local-main was created" in r.stderr and "tenant.fin-prod was created" in r.stderr
+
+    # a fresh saved plan applies; then a concurrent change makes the next one stale
+    path = workdir / "fleet.yaml"
+    path.write_text(path.read_text().replace("max_uses: 50", "max_uses: 60"))
+    assert fleet(["plan", "--out", "p1.json"], url, cwd=workdir).returncode == 0
+    other = workdir / "other.yaml"
+    other.write_text(path.read_text().replace("hosts: {min: 2, max: 4}", "hosts: {min: 2, max: 5}"))
+    assert fleet(["apply", "--auto-approve", "-f", str(other)], url, cwd=workdir).returncode == 0
+    r = fleet(["apply", "p1.json"], url, cwd=workdir)
+    assert r.returncode == 1
+    assert re.search(r"pool\.pool-local-main changed \(revision \d+ -> \d+\)", r.stderr), r.stderr
+    # an unchanged basis applies without prompting
+    assert fleet(["plan", "--out", "p2.json"], url, cwd=workdir).returncode == 0
+    r = fleet(["apply", "p2.json"], url, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert fleet(["plan", "--detailed-exitcode"], url, cwd=workdir).returncode == 0
+
+
+def _read_until(fd: int, pattern: str, timeout: float = 30.0) -> str:
+    buf = ""
+    deadline = time.monotonic() + timeout
+    while pattern not in buf:
+        left = deadline - time.monotonic()
+        assert left > 0, f"did not see {pattern!r} in {buf[-2000:]!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                buf += os.read(fd, 65536).decode(errors="replace")
+            except OSError:
+                break
+    return buf
+
+
+def test_two_concurrent_applies_one_wins_other_names_the_holder(nats_server, workdir):
+    url = nats_server.url
+    # apply #1 on a terminal: it takes the lock, shows the plan and waits at the confirmation prompt
+    master, slave = pty.openpty()
+    first = popen(["apply"], url, cwd=workdir, stdin=slave, stdout=slave, stderr=slave, env_extra={"CI": ""})
+    os.close(slave)
+    try:
+        out = _read_until(master, "Enter a value")
+        assert "Acquired the apply lock" in out
+        lock_id = re.search(r"Acquired the apply lock (\w+)", out).group(1)
+        second = fleet(["apply", "--auto-approve"], url, cwd=workdir)
+        assert second.returncode == 1
+        assert f"the apply lock is held: lock {lock_id} held by" in second.stderr
+        assert "fleet apply" in second.stderr and "force-unlock" in second.stderr
+        os.write(master, b"yes\n")
+        out = _read_until(master, "Apply complete!")
+        assert first.wait(30) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        os.close(master)
+    # the winner released the lock: the next apply finds nothing to do
+    r = fleet(["apply", "--auto-approve"], url, cwd=workdir)
+    assert r.returncode == 0 and "No changes." in r.stdout
+
+
+def test_lock_timeout_waits_for_the_holder(nats_server, workdir):
+    url = nats_server.url
+
+    async def hold_for(seconds: float) -> None:
+        from fleet.bus.applied import ApplyLock
+
+        async with await connect(url) as bus:
+            lock = await ApplyLock.open(bus)
+            await lock.acquire("test holder")
+            await asyncio.sleep(seconds)
+            await lock.release()
+
+    import threading
+
+    t = threading.Thread(target=lambda: asyncio.run(hold_for(2.0)))
+    t.start()
+    time.sleep(0.8)
+    try:
+        r = fleet(["apply", "--auto-approve", "--lock-timeout", "20"], url, cwd=workdir)
+    finally:
+        t.join()
+    assert r.returncode == 0, r.stderr
+    assert "Apply complete!" in r.stdout
+
+
+def test_sigkill_midway_lock_expires_and_reapply_converges(nats_server, tmp_path):
+    url = nats_server.url
+    (tmp_path / "fleet.yaml").write_text(synthetic_fleet(pools=1500, projects=300, keys=0))
+    env = {"FLEET_LOCK_TTL": "2"}
+    proc = popen(["apply", "--auto-approve"], url, cwd=tmp_path, env_extra=env, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + 60
+    total = 1 + 2 + 300 + 1500 + 300  # org, tenants, projects, pools, routes
+    while not re.search(rf"\((\d+)/{total}\)", seen):  # the first progress line: ~10% written
+        assert time.monotonic() < deadline, seen
+        line = proc.stderr.readline()
+        assert line, f"apply ended early: {seen}"
+        seen += line
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    proc.stderr.close()
+
+    data = plan_json(url, tmp_path)
+    remaining = data["summary"]["add"]
+    assert 0 < remaining < total, remaining
+    # the lock is still held by the dead apply ...
+    r = fleet(["apply", "--auto-approve"], url, cwd=tmp_path, **env)
+    if r.returncode == 1:
+        assert "the apply lock is held" in r.stderr
+        r = fleet(["apply", "--auto-approve", "--lock-timeout", "10"], url, cwd=tmp_path, **env)
+    # ... until its TTL frees it; then the re-apply converges
+    assert r.returncode == 0, r.stderr
+    assert f"{remaining} added" in r.stdout
+    assert fleet(["plan", "--detailed-exitcode"], url, cwd=tmp_path).returncode == 0
+
+
+def test_secrets_never_in_outputs_or_kv(nats_server, workdir):
+    url = nats_server.url
+    outputs = []
+    for fmt in ("human", "json", "markdown"):
+        r = fleet(["plan", "--format", fmt], url, cwd=workdir)
+        outputs.append(r.stdout + r.stderr)
+    r = fleet(["apply", "--auto-approve", "--reveal-keys-to", "keys.txt"], url, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    outputs.append(r.stdout + r.stderr)
+    revealed = (workdir / "keys.txt").read_text()
+    assert oct((workdir / "keys.txt").stat().st_mode & 0o777) == "0o600"
+    generated = dict(line.split("=", 1) for line in revealed.split())
+    assert set(generated) == {"ci-runners"}
+    # rotate one env secret: plan shows (sensitive), never the value
+    rotated = {"FLEET_KEY_LOCAL_DEV": "rotated-secret-0b9d"}
+    for fmt in ("human", "json", "markdown"):
+        r = fleet(["plan", "--format", fmt], url, cwd=workdir, **rotated)
+        outputs.append(r.stdout + r.stderr)
+        assert "key.local-dev" in r.stdout
+    assert "(sensitive)" in outputs[-3]
+    everything = "\n".join(outputs)
+    kv_dump = asyncio.run(_dump_stream(url, f"KV_{BUCKET_CONFIG}")) + asyncio.run(_dump_stream(url, f"KV_{BUCKET_LOCKS}"))
+    for secret in [*SECRETS.values(), *generated.values(), rotated["FLEET_KEY_LOCAL_DEV"]]:
+        assert secret not in everything
+        assert secret.encode() not in kv_dump
+    import hashlib
+
+    assert hashlib.sha256(SECRETS["FLEET_KEY_LOCAL_DEV"].encode()).hexdigest().encode() in kv_dump, "the hash is stored"
+    assert hashlib.sha256(SECRETS["FLEET_KEY_LOCAL_DEV"].encode()).hexdigest() not in everything
+
+
+async def _dump_stream(url: str, stream: str) -> bytes:
+    """Every message ever stored in a stream (all history), raw."""
+    async with await connect(url) as bus:
+        js = bus.js
+        try:
+            info = await js.stream_info(stream)
+        except Exception:
+            return b""
+        out = b""
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            try:
+                msg = await js.get_msg(stream, seq)
+            except Exception:
+                continue
+            out += (msg.data or b"") + b"\n"
+        return out
+
+
+def test_force_unlock(nats_server, workdir):
+    url = nats_server.url
+
+    async def leave_lock() -> str:
+        from fleet.bus.applied import ApplyLock
+
+        async with await connect(url) as bus:
+            lock = await ApplyLock.open(bus)
+            info = await lock.acquire("abandoned apply")
+            lock.info = None  # walk away without releasing, like a killed process
+            lock._refresher.cancel()
+            return info.id
+
+    lock_id = asyncio.run(leave_lock())
+    r = fleet(["apply", "--auto-approve"], url, cwd=workdir)
+    assert r.returncode == 1 and lock_id in r.stderr
+    r = fleet(["force-unlock", "nope"], url, cwd=workdir)
+    assert r.returncode == 1 and f"fleet force-unlock {lock_id}" in r.stderr
+    r = fleet(["force-unlock", lock_id], url, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert fleet(["apply", "--auto-approve"], url, cwd=workdir).returncode == 0

@@ -1,0 +1,127 @@
+"""Golden-file tests of the three plan renderers (human, JSON, Markdown), and their invariants.
+
+Regenerate the golden files after an intended change with: UPDATE_GOLDEN=1 pytest tests/unit/test_rendering.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fleet.reconciler.desired import desired_resources
+from fleet.reconciler.diff import make_plan
+from fleet.reconciler.live import LiveState
+from fleet.reconciler.plan import Plan
+from fleet.reconciler.rendering import (
+    GITHUB_COMMENT_LIMIT,
+    render_human,
+    render_json,
+    render_markdown,
+    render_summary,
+)
+
+from .reconciler_fixtures import BASIS, HASH, edited_config, example_config, hashes, live
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+
+EDITS = (
+    ("      fallback_pool: pool-cloud-e2b\n", ""),  # my-fintech-app loses its fallback ...
+    ("      mode: preferred-with-fallback\n      preferred_pool: pool-local-main\n",
+     "      mode: preferred-only\n      preferred_pool: pool-local-main\n"),
+    ("max_concurrent_sessions: 4   # slots per host", "max_concurrent_sessions: 6"),  # capacity change
+    ("  - id: health-gpu\n", "  - id: health-gpu-v2\n"),  # key renamed: delete + create; hosts locked out
+    ("    pools: [pool-local-main]\n    models: [claude-3-5-sonnet, claude-3-5-haiku]\n",
+     "    pools: [pool-local-main]\n    models: [claude-3-5-sonnet]\n"),
+)
+
+
+def scenario_plan() -> Plan:
+    cfg = edited_config(*EDITS)
+    return make_plan(desired_resources(cfg, hashes(cfg) | {"health-gpu-v2": None}), live(), BASIS)
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"missing golden file {path}: run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
+
+
+def test_human_golden():
+    check_golden("plan_human.txt", render_human(scenario_plan()))
+
+
+def test_summary_golden():
+    check_golden("plan_summary.txt", render_summary(scenario_plan()))
+
+
+def test_markdown_golden():
+    check_golden("plan_markdown.md", render_markdown(scenario_plan()))
+
+
+def test_json_golden_and_roundtrip():
+    plan = scenario_plan()
+    text = render_json(plan)
+    check_golden("plan.json", text)
+    data = json.loads(text)
+    assert data["format_version"] == 1 and data["no_op"] is False
+    assert data["summary"] == {"add": 1, "change": 3, "destroy": 1}
+    again = Plan.from_json(text)
+    assert again == plan
+
+
+def test_no_changes_views():
+    cfg = example_config()
+    plan = make_plan(desired_resources(cfg, hashes(cfg)), LiveState(applied=live().applied, revision=5), BASIS)
+    assert plan.no_op
+    assert "No changes." in render_human(plan)
+    assert json.loads(render_json(plan))["no_op"] is True
+    assert "**No changes.**" in render_markdown(plan)
+
+
+def test_colours_only_when_asked():
+    plan = scenario_plan()
+    assert "\x1b[" not in render_human(plan)
+    assert "\x1b[32m" in render_human(plan, color=True) or "\x1b[33m" in render_human(plan, color=True)
+
+
+@pytest.mark.parametrize("render", [render_human, render_summary, render_json, render_markdown])
+def test_no_secret_in_any_view(render):
+    plan = scenario_plan()
+    text = render(plan)
+    assert HASH not in text
+    assert "secret_sha256" not in text or "(sensitive)" in text or "(known after apply)" in text
+
+
+def test_consequences_of_the_scenario():
+    plan = scenario_plan()
+    kinds = {(i.kind, i.subject) for i in plan.consequences.items}
+    assert ("host-locked-out", "aa11bb22-cc33-dd44-ee55-ff6677889900") in kinds  # its key health-gpu is deleted
+    cap = {c.project: (c.before, c.after) for c in plan.consequences.capacity}
+    assert cap["my-fintech-app"] == (None, 12)  # ∞ (e2b fallback) -> 2 hosts x 6 slots, fallback removed
+    # gpu-01 (2 slots in the persistent docker pool) is locked out; the on_demand k8s pool still offers 10 x 4
+    assert cap["clinical-notes"] == (42, 40)
+    assert ("route-without-capacity", "route.clinical-notes") in kinds
+    assert not any(i.subject.startswith("cc00dd11") for i in plan.consequences.items), "the key change did not touch it"
+    human = render_human(plan)
+    assert "slots ∞ → 12" in human
+
+
+def test_markdown_never_exceeds_github_limit():
+    cfg = example_config()
+    # a huge plan: 3,000 pools to create
+    big = dict(desired_resources(cfg, hashes(cfg)))
+    template = big["pool.pool-local-main"]
+    for i in range(3000):
+        res = template.model_copy(update={"id": f"pool-bulk-{i:05d}"})
+        big[res.address] = res
+    plan = make_plan(big, LiveState(), BASIS)
+    text = render_markdown(plan)
+    assert len(text) <= GITHUB_COMMENT_LIMIT
+    assert "Truncated to fit GitHub's 65,536-character comment limit" in text
+    assert "fleet plan --format json" in text
+    assert text.startswith("## fleet plan\n\n**Plan: 3017 to add, 0 to change, 0 to destroy.**")

@@ -1,0 +1,118 @@
+"""`fleet route show|set` on fleet.yaml.example: seed formats, and in-place edits that change exactly the right lines."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fleet.cli.main import cli
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "fleet.yaml.example"
+
+
+@pytest.fixture
+def fleet_file(tmp_path: Path) -> Path:
+    path = tmp_path / "fleet.yaml"
+    shutil.copy(EXAMPLE, path)
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    return [line for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+
+def test_route_show_seed_format(fleet_file):
+    r = run("route", "show", "my-fintech-app", "-f", str(fleet_file))
+    assert r.exit_code == 0
+    assert r.output == (
+        "Project:          my-fintech-app\n"
+        "Preferred pool:   pool-local-main  (local, persistent)\n"
+        "Fallback pool:    pool-cloud-e2b   (e2b, on_demand)\n"
+        "Routing mode:     preferred-with-fallback\n"
+    )
+    data = json.loads(run("route", "show", "my-fintech-app", "--json", "-f", str(fleet_file)).output)
+    assert data["preferred_pool"] == {"id": "pool-local-main", "backend": "local", "mode": "persistent"}
+    assert data["routing_mode"] == "preferred-with-fallback"
+
+
+def test_route_show_needs_a_project_when_there_are_several(fleet_file):
+    r = CliRunner().invoke(cli, ["route", "show", "-f", str(fleet_file)])
+    assert r.exit_code == 2 and "my-fintech-app" in r.output
+    r = CliRunner().invoke(cli, ["route", "show", "my-fintech-ap", "-f", str(fleet_file)])
+    assert r.exit_code == 1 and "did you mean 'my-fintech-app'?" in r.output
+
+
+def test_route_set_swaps_pools_changes_exactly_two_lines(fleet_file):
+    before = fleet_file.read_text()
+    r = run("route", "set", "my-fintech-app", "--preferred-pool", "pool-cloud-e2b", "--fallback-pool", "pool-local-main",
+            "-f", str(fleet_file))
+    assert r.exit_code == 0, r.output
+    assert changed_lines(before, fleet_file.read_text()) == [
+        "-      preferred_pool: pool-local-main",
+        "-      fallback_pool: pool-cloud-e2b",
+        "+      preferred_pool: pool-cloud-e2b",
+        "+      fallback_pool: pool-local-main",
+    ]
+
+
+def test_route_set_without_fallback_removes_it_and_switches_mode(fleet_file):
+    before = fleet_file.read_text()
+    r = run("route", "set", "my-fintech-app", "--preferred-pool", "pool-local-main", "-f", str(fleet_file))
+    assert r.exit_code == 0, r.output
+    after = fleet_file.read_text()
+    assert changed_lines(before, after) == [
+        "-      mode: preferred-with-fallback",
+        "+      mode: preferred-only",
+        "-      fallback_pool: pool-cloud-e2b",
+    ]
+    # comments survive, and adding the fallback back restores the original file byte for byte
+    assert "# preferred-with-fallback: local hosts while they have a free slot" in after
+    r = run("route", "set", "my-fintech-app", "--preferred-pool", "pool-local-main", "--fallback-pool", "pool-cloud-e2b",
+            "-f", str(fleet_file))
+    assert r.exit_code == 0, r.output
+    assert fleet_file.read_text() == before
+
+
+def test_route_set_adds_fallback_to_preferred_only_project(fleet_file):
+    before = fleet_file.read_text()
+    r = run("route", "set", "ledger-batch", "--preferred-pool", "pool-k8s-batch", "--fallback-pool", "pool-local-main",
+            "-f", str(fleet_file))
+    assert r.exit_code == 0, r.output
+    assert changed_lines(before, fleet_file.read_text()) == [
+        "-      mode: preferred-only",
+        "+      mode: preferred-with-fallback",
+        "+      fallback_pool: pool-local-main",
+    ]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--preferred-pool", "pool-nope"], "no pool 'pool-nope'"),
+    (["--preferred-pool", "pool-docker-gpu"], "belongs to tenant 'health-prod'"),
+    (["--preferred-pool", "pool-local-main", "--fallback-pool", "pool-local-main"], "must differ"),
+    (["--preferred-pool", "k8s-defaults"], "abstract"),
+])
+def test_route_set_refuses_and_leaves_the_file_alone(fleet_file, args, message):
+    before = fleet_file.read_text()
+    r = CliRunner().invoke(cli, ["route", "set", "my-fintech-app", *args, "-f", str(fleet_file)])
+    assert r.exit_code in (1, 2)
+    assert message in r.output
+    assert "Traceback" not in r.output
+    assert fleet_file.read_text() == before
+
+
+def test_deprecated_execution_route_alias(fleet_file):
+    r = CliRunner().invoke(cli, ["execution", "route", "show", "my-fintech-app", "-f", str(fleet_file)])
+    assert r.exit_code == 0
+    assert "deprecated" in r.stderr and "fleet route" in r.stderr
+    assert "Preferred pool:   pool-local-main" in r.stdout
+    assert "execution" not in CliRunner().invoke(cli, ["--help"]).output
