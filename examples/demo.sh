@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make demo: validate the example fleet, start the embedded fleet (`fleet up`), enroll two local agents in the
-# example's local pool (pool-local-main of tenant fin-prod, key `local-dev`), and show `fleet list`.
+# make demo: validate the example fleet, start the embedded fleet (`fleet up`), plan and apply fleet.yaml.example,
+# enroll two local agents in its local pool (pool-local-main of tenant fin-prod, key `local-dev`), show
+# `fleet list` and simulate a dispatch with `fleet route test`.
 # The fleet keeps running afterwards; `fleet down` (or `make down`) stops it, agents included.
 # (Run through `make demo`, which puts .venv/bin on PATH.) Idempotent: a second run reuses what runs.
 set -euo pipefail
@@ -9,6 +10,9 @@ cd "$(dirname "$0")/.."
 STATE_DIR="${FLEET_STATE_DIR:-.fleet}"
 export FLEET_STATE_DIR="$STATE_DIR"
 SECRET="${FLEET_KEY_LOCAL_DEV:-local-dev-demo-secret}"
+# The example's keys read their secrets from these variables at apply (only hashes are stored).
+export FLEET_KEY_LOCAL_DEV="$SECRET"
+export FLEET_KEY_HEALTH_GPU="${FLEET_KEY_HEALTH_GPU:-health-gpu-demo-secret}"
 
 echo "== fleet validate -f fleet.yaml.example"
 fleet validate -f fleet.yaml.example
@@ -18,12 +22,13 @@ echo "== fleet up"
 fleet up
 
 echo
-echo "== enrollment key local-dev (tenant fin-prod, pool pool-local-main)"
-# Until `fleet apply` writes the keys of fleet.yaml, create the example's key directly (only its hash is stored).
-fleet keys create local-dev --tenant fin-prod --pool pool-local-main \
-  --labels region=eu-west,tier=dev --models claude-3-5-sonnet,claude-3-5-haiku \
-  --max-uses 10 --expires 2030-01-01T00:00:00Z --secret "$SECRET" >/dev/null
-fleet keys list
+echo "== fleet plan -f fleet.yaml.example --summary"
+fleet plan -f fleet.yaml.example --summary
+
+echo
+echo "== fleet apply -f fleet.yaml.example --auto-approve"
+# Generated key secrets (key ci-runners) go to a 0600 file instead of the terminal.
+fleet apply -f fleet.yaml.example --auto-approve --summary --reveal-keys-to "$STATE_DIR/generated-keys.txt"
 
 echo
 echo "== two local agents"
@@ -56,8 +61,14 @@ echo "== fleet list"
 fleet list
 
 echo
+echo "== fleet route test my-fintech-app"
+fleet route test my-fintech-app -f fleet.yaml.example
+
+echo
 echo "The fleet keeps running. Try:"
 echo "  fleet list --json | jq '[.[] | select(.status == \"active\")]'"
 echo "  fleet show <machine-id or prefix>"
+echo "  fleet route show my-fintech-app -f fleet.yaml.example"
+echo "  fleet plan -f fleet.yaml.example --format markdown"
 echo "  fleet hosts pause <machine-id>       fleet agent status --state-dir $STATE_DIR/agents/agent-1"
 echo "Stop everything (agents, fleet server, nats-server) with:  fleet down   (or: make down)"

@@ -3,7 +3,9 @@
 Run by `fleet agent run` (fleet.cli.agent_cmds). Lifecycle: connect to NATS (reconnecting forever once
 connected), enroll with the key on first start (the server assigns the machine ID and a host credential, saved
 in the state dir) or register with machine ID + credential afterwards, then publish a heartbeat every interval.
-After a NATS reconnect it registers again. SIGTERM/SIGINT: report draining, say goodbye (so the server marks it
+After a NATS reconnect it registers again. It watches the applied records of its pools and of itself in the
+config store and converges: capacity (max_concurrent_sessions, pool_max_disk_gb), pool labels and modes, and the
+admin status fleet.yaml declares for it (`hosts:`). SIGTERM/SIGINT: report draining, say goodbye (so the server marks it
 offline at once), exit 0. A revoke from the control plane stops it with exit code 3.
 Sessions do not run yet (the dispatcher is a later issue): heartbeats carry the empty session list.
 """
@@ -24,6 +26,7 @@ from fleet import __version__
 from fleet.agents.control import serve_json_socket
 from fleet.agents.state import AgentPaths, load_identity, load_status, save_identity, save_status
 from fleet.bus import subjects
+from fleet.bus.applied import RecordWatch, StoredRecord
 from fleet.bus.connection import Bus, NoResponders, RequestTimeout, connect
 from fleet.bus.messages import (
     Bye,
@@ -90,6 +93,9 @@ class Agent:
         self._wake = asyncio.Event()
         self._servers: list[asyncio.AbstractServer] = []
         self._reregister: asyncio.Task | None = None
+        self._join_labels: list[str] = []
+        self._pool_specs: dict[str, dict[str, Any]] = {}
+        self._watch: RecordWatch | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -108,6 +114,7 @@ class Agent:
             await self.bus.subscribe(subjects.host_control(self.machine_id or ""), self._on_control)
             self._servers.append(await serve_json_socket(self.paths.control_socket, self._on_local))
             self._servers.append(await serve_json_socket(self.paths.credential_socket, self._on_credential))
+            await self._start_watch()
             log.info("agent %s (%s) running: tenant %s, pools %s, status %s", self.machine_id, s.hostname,
                      self.tenant, ", ".join(p.id for p in self.pools), self.status)
             await self._heartbeat_loop()
@@ -115,6 +122,8 @@ class Agent:
                 raise self._exit
             await self._goodbye()
         finally:
+            if self._watch is not None:
+                await self._watch.stop()
             for server in self._servers:
                 server.close()
             for sock in (self.paths.control_socket, self.paths.credential_socket):
@@ -180,10 +189,57 @@ class Agent:
         self.machine_id = reply.machine_id
         self.tenant = reply.tenant
         self.pools = reply.pools
+        self._join_labels = list(reply.labels)
         self.labels = reply.labels
         self.models = reply.models
         if reply.capacity is not None:
             self.capacity = reply.capacity
+        self._converge()
+
+    # ------------------------------------------------------------------------------------------ applied state
+    async def _start_watch(self) -> None:
+        """Watch the applied records of our pools and of this host, and converge on them."""
+        assert self.bus is not None
+        keys = [f"pool.{p.id}" for p in self.pools] + [f"host.{self.machine_id}"]
+        self._watch = RecordWatch(self.bus, keys, self._on_record)
+        try:
+            await self._watch.start()
+        except FleetError as exc:
+            log.warning("cannot watch the applied config (%s); capacity and labels stay as enrolled", exc)
+
+    async def _on_record(self, key: str, record: StoredRecord | None) -> None:
+        kind, _, ident = key.partition(".")
+        if kind == "pool":
+            if record is None:
+                self._pool_specs.pop(ident, None)
+            else:
+                self._pool_specs[ident] = record.spec
+            self._converge()
+            self._wake.set()
+        elif kind == "host" and record is not None:
+            want = record.spec.get("status")
+            action = {"active": "resume", "paused": "pause", "draining": "drain"}.get(want or "")
+            if action and self.status != want:
+                log.info("fleet.yaml declares this host %s", want)
+                self.set_status(action)
+
+    def _converge(self) -> None:
+        """Capacity, labels and pool modes from the applied pool records (when there are any)."""
+        specs = [self._pool_specs[p.id] for p in self.pools if p.id in self._pool_specs]
+        if not specs:
+            return
+        slots = [(sp.get("capacity") or {}).get("max_concurrent_sessions") for sp in specs]
+        slots = [n for n in slots if n]
+        disk = [(sp.get("capacity") or {}).get("pool_max_disk_gb") for sp in specs]
+        disk = [d for d in disk if d]
+        self.capacity = Capacity(max_concurrent_sessions=min(slots) if slots else self.capacity.max_concurrent_sessions,
+                                 pool_max_disk_gb=min(disk) if disk else self.capacity.pool_max_disk_gb)
+        labels = set(self._join_labels)
+        for sp in specs:
+            labels.update(sp.get("labels") or [])
+        self.labels = sorted(labels)
+        self.pools = [PoolMembership(id=p.id, mode=(self._pool_specs.get(p.id) or {}).get("mode", p.mode))
+                      for p in self.pools]
 
     async def _on_reconnect(self) -> None:
         if self._reregister is None or self._reregister.done():
@@ -193,6 +249,9 @@ class Agent:
         try:
             await self._join()
             log.info("re-registered as %s after reconnect", self.machine_id)
+            if self._watch is not None:
+                with contextlib.suppress(FleetError):
+                    await self._watch.restart()
             self._wake.set()
         except Revoked as exc:
             self._exit = exc

@@ -275,3 +275,57 @@ class ApplyLock:
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise _wrap(exc, "removing the apply lock") from exc
         return held
+
+
+class RecordWatch:
+    """Watch some applied records (e.g. `pool.pool-local-main`, `host.<id>`): `on_change(key, record | None)` is
+    called with each record's current value first, then on every change (None when it is deleted).
+
+    Used by the agent to converge on applied pool capacity, labels and its declared status. `restart()` after a
+    reconnection re-reads the current values (an ordered consumer may not survive a server restart).
+    """
+
+    def __init__(self, bus: Bus, keys: list[str], on_change: Any) -> None:
+        self.bus = bus
+        self.keys = keys
+        self.on_change = on_change
+        self._tasks: list[asyncio.Task] = []
+        self._watchers: list[Any] = []
+
+    async def start(self) -> None:
+        kv = await _bucket(self.bus, BUCKET_CONFIG)
+        for key in self.keys:
+            try:
+                watcher = await kv.watch(key)
+            except (TimeoutError, nats.errors.Error) as exc:
+                raise _wrap(exc, f"watching {key}") from exc
+            self._watchers.append(watcher)
+            self._tasks.append(asyncio.create_task(self._pump(key, watcher)))
+
+    async def _pump(self, key: str, watcher: Any) -> None:
+        async for entry in watcher:
+            if entry is None:
+                continue
+            record = None
+            if entry.value and entry.operation is None:
+                try:
+                    rec = decode_record(entry.value)
+                    record = StoredRecord(rec.kind, rec.id, rec.spec, entry.revision)
+                except FleetError:
+                    continue
+            with contextlib.suppress(Exception):
+                await self.on_change(key, record)
+
+    async def stop(self) -> None:
+        for watcher in self._watchers:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks, self._watchers = [], []
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()

@@ -3,7 +3,8 @@
 plan: load fleet.yaml, gather the live state, compute the Plan (pure), render it (human / --summary / json /
 markdown), optionally save it (--out) and exit with --detailed-exitcode semantics. apply: under the apply lock,
 plan (or load a saved plan and refuse it if its basis moved), confirm on a TTY (CI needs --auto-approve),
-write with compare-and-set, reveal generated key secrets once, and release the lock. Registered by
+write with compare-and-set, reveal generated key secrets once, release the lock, then wait (with progress, up to
+--wait-timeout) until the live hosts converge on the applied pools and declared host states. Registered by
 fleet.cli.main.
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -26,6 +28,7 @@ from fleet.cli.shared import load_config_or_report
 from fleet.errors import FleetError, UsageError
 from fleet.reconciler.apply import ApplyReport, apply_plan
 from fleet.reconciler.basis import moved
+from fleet.reconciler.converge import Targets, pending, targets
 from fleet.reconciler.desired import desired_resources
 from fleet.reconciler.diff import make_plan
 from fleet.reconciler.gather import gather, key_hashes
@@ -164,8 +167,12 @@ def _reveal(report: ApplyReport, reveal_to: Path | None) -> None:
 @click.option("--reveal-keys-to", type=click.Path(dir_okay=False, path_type=Path),
               help="Write generated enrollment key secrets to this file (mode 0600) instead of the terminal.")
 @click.option("--summary", is_flag=True, help="Show the plan one line per resource.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until the live hosts converge on the applied pools and host states.")
+@click.option("--wait-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds to wait for convergence before failing (the changes stay applied).")
 def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_approve: bool, lock_timeout: float,
-              reveal_keys_to: Path | None, summary: bool) -> None:
+              reveal_keys_to: Path | None, summary: bool, wait: bool = True, wait_timeout: float = 60.0) -> None:
     """Make the live fleet match fleet.yaml (or apply a saved plan: `fleet apply plan.json`).
 
     Takes the apply lock, computes the plan, asks for confirmation on a terminal (CI: --auto-approve), then
@@ -217,12 +224,49 @@ def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_appro
                 s = plan.summary
                 click.secho(f"\nApply complete! Resources: {s.add} added, {s.change} changed, {s.destroy} destroyed"
                             + (f" ({report.already} were already in place)" if report.already else "")
-                            + f" in {report.seconds:.2f}s.", bold=True)
+                            + f" in {report.seconds:.3f}s.", bold=True)
                 _reveal(report, reveal_keys_to)
             finally:
                 await lock.release()
+            if wait:
+                await wait_for_convergence(bus, targets(plan), wait_timeout)
 
     asyncio.run(run())
+
+
+async def wait_for_convergence(bus: Bus, t: Targets, timeout: float) -> None:
+    """Poll the control plane until every live host has caught up with `t`, showing progress."""
+    if not t:
+        return
+    interactive = sys.stderr.isatty()
+    start = time.monotonic()
+    last = None
+    while True:
+        hosts, warning = await observe_hosts(bus)
+        if warning:
+            click.echo(f"warning: not waiting for convergence: {warning}", err=True)
+            return
+        left = pending(t, hosts)
+        elapsed = time.monotonic() - start
+        if not left:
+            if interactive and last is not None:
+                click.echo("", err=True)
+            click.echo(f"Converged: every live host runs the applied state ({elapsed:.1f}s).", err=True)
+            return
+        if elapsed > timeout:
+            if interactive:
+                click.echo("", err=True)
+            raise FleetError(f"applied, but {len(left)} host change(s) did not converge within {timeout:g}s:\n"
+                             + "\n".join(f"  - {line}" for line in left[:20])
+                             + (f"\n  … and {len(left) - 20} more" if len(left) > 20 else ""),
+                             hint="check those hosts with `fleet show ID`; the config is applied, re-running apply is safe")
+        line = f"Waiting for {len(left)} host change(s) to converge ({elapsed:.0f}s): {left[0]}"
+        if interactive:
+            click.echo(f"\r{line[:110]:<110}", nl=False, err=True)
+        elif line != last:
+            click.echo(line, err=True)
+        last = line
+        await asyncio.sleep(0.5)
 
 
 def _file_hash(path: Path) -> str | None:

@@ -141,7 +141,7 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
         from fleet.cli.plan_cmds import apply_cmd
 
         ctx.invoke(apply_cmd, plan_file=None, file=file, nats=nats, auto_approve=True, lock_timeout=0.0,
-                   reveal_keys_to=None, summary=False)
+                   reveal_keys_to=None, summary=False, wait=True, wait_timeout=60.0)
 
 
 def _write_keeping_mode(path: Path, text: str) -> None:

@@ -3,6 +3,7 @@
 For every project: session slots before (applied routing and pools, live hosts) and after (desired routing and
 pools, the hosts that stay eligible). Routes whose preferred or fallback pool loses all capacity. Hosts that a
 key change locks out (key deleted, tenant changed, pool dropped from its scope) or that a pool removal orphans.
+Hosts that fleet.yaml pauses, drains or resumes (`hosts:`), and declared hosts that are not registered.
 Queued sessions that become unroutable. Pure: uses fleet.routing rules on desired/applied specs and live hosts;
 called by fleet.reconciler.diff.make_plan.
 """
@@ -18,9 +19,10 @@ from fleet.reconciler.plan import Change, Consequence, Consequences, ProjectCapa
 from fleet.routing import HostView, PoolView, RouteView, decide, pool_capacity
 
 
-def _host_view(h: ObservedHost, pools: tuple[str, ...] | None = None) -> HostView:
+def _host_view(h: ObservedHost, pools: tuple[str, ...] | None = None, status: str | None = None) -> HostView:
     return HostView(machine_id=h.machine_id, tenant=h.tenant, pools=h.pools if pools is None else pools, labels=h.labels,
-                    models=h.models, status=h.status, running=h.running, max_sessions=h.max_sessions, hostname=h.hostname)
+                    models=h.models, status=status or h.status, running=h.running, max_sessions=h.max_sessions,
+                    hostname=h.hostname)
 
 
 def _specs(resources: Mapping[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -54,11 +56,26 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
     applied_keys, desired_keys = _specs(live.applied, "key"), _specs(desired, "key")
     items: list[Consequence] = []
 
-    # hosts after the change: locked out by key changes, orphaned by pool removals
+    declared = _specs(desired, "host")
+    known = {h.machine_id for h in live.hosts}
+    if live.hosts_observed:
+        for host_id in sorted(declared.keys() - known):
+            items.append(Consequence(kind="host-not-registered", subject=host_id,
+                                     message=f"host {host_id} is declared in fleet.yaml but not registered: nothing to pause or drain"))
+
+    # hosts after the change: locked out by key changes, orphaned by pool removals, paused/drained by the file
     after_hosts: list[HostView] = []
     for h in live.hosts:
         pools = h.pools
         reason = None
+        status = h.status
+        want = (declared.get(h.machine_id) or {}).get("status")
+        if want and h.status in ("active", "paused", "draining") and want != h.status:
+            status = want
+            note = (declared[h.machine_id].get("note") or "").strip()
+            effect = "takes sessions again" if want == "active" else f"is {want}: it takes no new sessions"
+            items.append(Consequence(kind="host-status", subject=h.machine_id, tenant=h.tenant,
+                                     message=f"host {_host_label(h)} {effect}" + (f" ({note})" if note else "")))
         if h.status != "revoked" and h.key_id and h.key_id in applied_keys:
             new_key = desired_keys.get(h.key_id)
             if new_key is None:
@@ -82,7 +99,7 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
                 items.append(Consequence(kind="host-orphaned", subject=h.machine_id, tenant=h.tenant, pool=p,
                                          message=f"host {_host_label(h)} serves pool {p}, which is deleted: it is orphaned"))
         pools = tuple(p for p in pools if p in desired_pools or p not in applied_pools)
-        after_hosts.append(_host_view(h, pools))
+        after_hosts.append(_host_view(h, pools, status))
     before_hosts = [_host_view(h) for h in live.hosts]
 
     capacity = []

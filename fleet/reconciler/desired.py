@@ -2,7 +2,7 @@
 
 Addresses are `kind.id`: `org.acme`, `tenant.fin-prod`, `project.my-fintech-app`, `pool.pool-local-main`,
 `route.my-fintech-app` (a project's routing policy is its own resource so that a routing change reads as one
-line), `key.ci-runners`. Abstract pools are templates and are not resources. Specs are canonical plain JSON
+line), `key.ci-runners`, `host.<machine-id>` (a host's declared admin state). Abstract pools are templates and are not resources. Specs are canonical plain JSON
 (sorted label/model/pool sets) so that a reorder in the file is not a change. Key secrets: the spec carries
 `secret_source` (never the secret) and `secret_sha256`, which the edge fills from the environment (or leaves
 None: unknown until apply). Pure; called by fleet.reconciler.diff and the apply edge.
@@ -17,13 +17,13 @@ from pydantic import BaseModel, ConfigDict
 
 from fleet.schema.models import FleetConfig, Key, Pool, Project
 
-KIND_ORDER = ("org", "tenant", "project", "pool", "route", "key")
+KIND_ORDER = ("org", "tenant", "project", "pool", "route", "key", "host")
 SENSITIVE_ATTRS = frozenset({"secret_sha256"})
 SENSITIVE = "(sensitive)"
 UNKNOWN = "(known after apply)"
 #: attributes whose change cannot be made in place
 FORCES_REPLACEMENT = {"pool": {"tenant", "backend"}, "project": {"tenant"}, "key": {"tenant"}, "route": set(),
-                      "tenant": set(), "org": set()}
+                      "tenant": set(), "org": set(), "host": set()}
 
 
 class Resource(BaseModel):
@@ -98,6 +98,7 @@ def desired_resources(cfg: FleetConfig, key_hashes: Mapping[str, str | None] | N
         out.append(Resource(kind="route", id=p.id, spec=route_spec(p)))
     out += [Resource(kind="pool", id=p.id, spec=pool_spec(p)) for p in cfg.pools if not p.abstract]
     out += [Resource(kind="key", id=k.id, spec=key_spec(k, key_hashes.get(k.id))) for k in cfg.keys]
+    out += [Resource(kind="host", id=h.id, spec={"status": h.status, "note": h.note}) for h in cfg.hosts]
     return {r.address: r for r in out}
 
 

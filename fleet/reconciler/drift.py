@@ -1,7 +1,7 @@
 """Drift: observed state that differs from applied state, made outside fleet.
 
 Hosts that serve a pool the applied config does not know, hosts whose tenant differs from their pool's, hosts
-lacking the labels their pool declares, persistent/hybrid pools with fewer live hosts than hosts.min, and
+lacking the labels their pool declares, hosts whose status differs from the one fleet.yaml declared, persistent/hybrid pools with fewer live hosts than hosts.min, and
 backend instances recorded by the controller but gone (deleted by hand) or present without an applied pool.
 Shown separately from config changes; `fleet plan --refresh-only` shows drift alone. Pure; called by make_plan.
 """
@@ -39,6 +39,12 @@ def drift(live: LiveState) -> list[DriftItem]:
             if missing:
                 items.append(DriftItem(address=f"host.{h.machine_id}", kind="host", tenant=h.tenant, pool=p,
                                        message=f"host {name} in pool {p} lacks the pool's labels {', '.join(missing)}"))
+    declared = live.applied_of("host")
+    for h in live.hosts:
+        want = declared[h.machine_id].spec.get("status") if h.machine_id in declared else None
+        if want and h.status in LIVE and h.status != want:
+            items.append(DriftItem(address=f"host.{h.machine_id}", kind="host", tenant=h.tenant,
+                                   message=f"host {h.hostname or h.machine_id} is {h.status}; the applied state says {want}"))
     if live.hosts_observed:
         for pid, res in sorted(pools.items()):
             spec = res.spec

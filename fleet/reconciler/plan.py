@@ -83,7 +83,8 @@ class ProjectCapacity(_Model):
 class Consequence(_Model):
     """Something the change does to dispatch that a reviewer must see."""
 
-    kind: Literal["route-without-capacity", "host-locked-out", "host-orphaned", "session-unroutable", "project-unroutable"]
+    kind: Literal["route-without-capacity", "host-locked-out", "host-orphaned", "host-status", "host-not-registered",
+                  "session-unroutable", "project-unroutable"]
     subject: str
     message: str
     tenant: str | None = None

@@ -125,6 +125,14 @@ class Key(_Model):
         return value
 
 
+class HostState(_Model):
+    """A host's admin state declared in fleet.yaml (`hosts:`)."""
+
+    id: str
+    status: Literal["active", "paused", "draining"]
+    note: str | None = None
+
+
 class FleetConfig(_Model):
     """The whole desired state of one fleet.yaml."""
 
@@ -134,6 +142,7 @@ class FleetConfig(_Model):
     projects: tuple[Project, ...] = ()
     pools: tuple[Pool, ...] = ()
     keys: tuple[Key, ...] = ()
+    hosts: tuple[HostState, ...] = ()
     source_hash: str = ""
 
     def tenant(self, tenant_id: str) -> Tenant | None:

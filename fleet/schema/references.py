@@ -22,7 +22,7 @@ from fleet.schema.diagnostics import Diagnostic, PathPart, did_you_mean
 from fleet.schema.loading import LoadedDocument
 
 SettingsValidator = Callable[[dict[str, Any]], list[tuple[tuple[PathPart, ...], str]]]
-KINDS = ("tenants", "projects", "pools", "keys")
+KINDS = ("tenants", "projects", "pools", "keys", "hosts")
 _INHERITED = ("tenant", "backend", "mode", "hosts", "capacity", "labels", "models", "cost", "disconnect_grace",
               "idle_timeout", "settings", "description")
 _MERGED = ("hosts", "capacity", "cost", "settings")

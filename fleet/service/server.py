@@ -1,11 +1,12 @@
 """`fleet server`: the control-plane process. Enrollment authority, host registry, liveness monitor, host API.
 
 Started by `fleet server` (foreground) and `fleet up` (background) in fleet.cli.runtime_cmds, in-process by
-bench/heartbeats.py and tests. It keeps the registry in memory (loaded from KV bucket fleet-v1-hosts, written
-back only on state changes: enrollment, revocation, status transitions), ingests heartbeats on
-`fleet.v1.hb.*` (the hot path: a JSON parse and a dict update), marks hosts offline when their heartbeats stop
-for longer than the grace period, and answers the CLI on `fleet.v1.api.*`. Later issues add the controller and
-the dispatcher to this process.
+bench/heartbeats.py, bench/plan.py and tests. It keeps the registry in memory (loaded from KV bucket
+fleet-v1-hosts in one ordered watch at start, written back only on state changes: enrollment, revocation, status
+transitions), ingests heartbeats on `fleet.v1.hb.*` (the hot path: a JSON parse and a dict update), marks hosts
+offline when their heartbeats stop for longer than the grace period, and answers the CLI on `fleet.v1.api.*`,
+including the paged observed-hosts snapshots `fleet plan` reads (`fleet.v1.api.hosts.observed`). Later issues
+add the controller and the dispatcher to this process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -28,6 +30,8 @@ from fleet.bus import subjects
 from fleet.bus.connection import Bus, connect
 from fleet.bus.kv import open_store
 from fleet.bus.messages import (
+    OBSERVED_COLUMNS,
+    PROTOCOL_VERSION,
     ApiReply,
     ControlCommand,
     ControlReply,
@@ -36,6 +40,7 @@ from fleet.bus.messages import (
     HostCommand,
     HostQuery,
     HostRecord,
+    HostsPageRequest,
     JoinReply,
     ProtocolError,
     RegisterRequest,
@@ -52,6 +57,9 @@ DEFAULT_OFFLINE_AFTER = 5.0
 DEFAULT_MONITOR_INTERVAL = 0.25
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 CONFIG_REFRESH_S = 5.0
+SNAPSHOT_TTL_S = 30.0  # an observed-hosts snapshot lives this long after its last page was asked for
+MAX_SNAPSHOTS = 8
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
 _ID_PREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
 
 
@@ -99,9 +107,23 @@ class HostView:
 
 
 @dataclass
+class HostSnapshot:
+    """Every host at one moment, sorted by machine ID: (record, last heartbeat, status) per host.
+
+    Rows are built from it page by page (records and heartbeat dicts are replaced, never mutated, so the
+    references stay as they were), so all pages of one `fleet plan` describe the same moment.
+    """
+
+    id: str
+    items: list[tuple[HostRecord, dict[str, Any] | None, str]]
+    used: float
+
+
+@dataclass
 class ControlPlane:
     settings: ServerSettings
     bus: Bus | None = None
+    server_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     hosts: dict[str, HostView] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
     keys: dict[str, KeySpec] = field(default_factory=dict)
@@ -113,6 +135,9 @@ class ControlPlane:
     _revoke_nudged: dict[str, float] = field(default_factory=dict)
     _dirty: set[str] = field(default_factory=set)
     _dirty_event: asyncio.Event = field(default_factory=asyncio.Event)
+    _config_revision: int = -1
+    _sorted_ids: list[str] = field(default_factory=list)
+    _snapshots: dict[str, HostSnapshot] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -123,13 +148,15 @@ class ControlPlane:
         self.hosts_store = await open_store(self.bus, subjects.BUCKET_HOSTS)
         self.enroll_store = await open_store(self.bus, subjects.BUCKET_ENROLL)
         await self.refresh_config()
-        for entry in await self.hosts_store.entries():
+        started = time.monotonic()
+        for entry in await self.hosts_store.snapshot():  # one ordered watch, not one get per host
             try:
-                record = decode(HostRecord, entry.value)
+                record = decode_host_record(entry.value)
             except ProtocolError as exc:
                 log.warning("skipping host record %s: %s", entry.key, exc)
                 continue
             self.hosts[record.machine_id] = HostView(record, entry.revision, grace=self.grace_for(record))
+        log.info("loaded %d host records in %.2fs", len(self.hosts), time.monotonic() - started)
         bus = self.bus
         await bus.subscribe(subjects.HEARTBEAT_WILDCARD, self._on_heartbeat)
         await bus.subscribe(subjects.BYE_WILDCARD, self._on_bye)
@@ -140,6 +167,8 @@ class ControlPlane:
         await bus.subscribe(subjects.API_HOSTS_LIST, self._guard(self._on_list), queue=q)
         await bus.subscribe(subjects.API_HOSTS_GET, self._guard(self._on_get), queue=q)
         await bus.subscribe(subjects.API_HOSTS_COMMAND, self._guard(self._on_command), queue=q)
+        await bus.subscribe(subjects.API_HOSTS_OBSERVED, self._guard(self._on_observed), queue=q)
+        await bus.subscribe(subjects.hosts_observed_at(self.server_id), self._guard(self._on_observed))
         await bus.flush()
         self._spawn(self._monitor())
         self._spawn(self._writer())
@@ -185,15 +214,22 @@ class ControlPlane:
                 reply = ApiReply(ok=False, error="internal", message=f"internal error: {exc}")
             if msg.reply:
                 with contextlib.suppress(Exception):
-                    await msg.respond(reply.encode())
+                    await msg.respond(reply if isinstance(reply, bytes) else reply.encode())
 
         return wrapped
 
     # ------------------------------------------------------------------------------------------ config
     async def refresh_config(self) -> None:
+        """Reload keys and pools from the applied config, when it moved since the last load (one round trip if not)."""
+        revision = await self.config_store.revision()
+        if revision == self._config_revision:
+            self._config_loaded_at = time.monotonic()
+            return
         keys: dict[str, KeySpec] = {}
         pools: dict[str, PoolSpec] = {}
-        for entry in await self.config_store.entries():
+        for entry in await self.config_store.snapshot():
+            if entry.key.startswith("meta."):
+                continue
             try:
                 rec = decode_record(entry.value)
                 if rec.kind == "key":
@@ -203,6 +239,7 @@ class ControlPlane:
             except Exception as exc:  # one bad record must not hide the others
                 log.warning("skipping config record %s: %s", entry.key, exc)
         self.keys, self.pools = keys, pools
+        self._config_revision = revision
         self._config_loaded_at = time.monotonic()
         for view in self.hosts.values():
             view.grace = self.grace_for(view.record)
@@ -416,8 +453,50 @@ class ControlPlane:
 
     # ------------------------------------------------------------------------------------------ API
     async def _on_ping(self, msg: Any) -> ApiReply:
-        return ApiReply(ok=True, data={"version": __version__, "hosts": len(self.hosts),
+        # Subscriptions open only once the registry is loaded: `hosts` is the number of host records loaded.
+        return ApiReply(ok=True, data={"version": __version__, "server": self.server_id, "hosts": len(self.hosts),
                                        "heartbeats": self.stats.heartbeats})
+
+    async def _on_observed(self, msg: Any) -> ApiReply | bytes:
+        """A page of an observed-hosts snapshot: a new snapshot when the request names none."""
+        req = decode(HostsPageRequest, msg.data)
+        now = time.monotonic()
+        for sid in [sid for sid, snap in self._snapshots.items() if now - snap.used > SNAPSHOT_TTL_S]:
+            del self._snapshots[sid]
+        if req.snapshot is None:
+            snap = self.take_snapshot(now)
+        else:
+            found = self._snapshots.get(req.snapshot)
+            if found is None:
+                return ApiReply(ok=False, error="expired",
+                                message=f"host snapshot {req.snapshot} is unknown or expired; take a new one")
+            snap = found
+            snap.used = now
+        return self.page(snap, req.offset, req.limit)
+
+    def take_snapshot(self, now: float) -> HostSnapshot:
+        if len(self._sorted_ids) != len(self.hosts):  # hosts are only ever added: same size, same set
+            self._sorted_ids = sorted(self.hosts)
+        hosts = self.hosts
+        items = [(v.record, v.hb, v.status()) for v in map(hosts.__getitem__, self._sorted_ids)]
+        snap = HostSnapshot(uuid.uuid4().hex[:12], items, now)
+        while len(self._snapshots) >= MAX_SNAPSHOTS:
+            del self._snapshots[min(self._snapshots, key=lambda sid: self._snapshots[sid].used)]
+        self._snapshots[snap.id] = snap
+        return snap
+
+    def page(self, snap: HostSnapshot, offset: int, limit: int) -> bytes:
+        """The encoded ApiReply of rows [offset, offset+limit), cut short to stay under NATS max_payload."""
+        rows = [observed_row(*item) for item in snap.items[offset:offset + limit]]
+        max_payload = getattr(getattr(self.bus, "nc", None), "max_payload", None) or DEFAULT_MAX_PAYLOAD
+        budget = max_payload - 512
+        while True:
+            data = {"snapshot": snap.id, "server": self.server_id, "total": len(snap.items), "offset": offset,
+                    "columns": OBSERVED_COLUMNS, "rows": rows}
+            payload = json.dumps({"v": PROTOCOL_VERSION, "ok": True, "data": data}, separators=(",", ":")).encode()
+            if len(payload) <= budget or len(rows) <= 1:
+                return payload
+            rows = rows[:max(1, int(len(rows) * budget / len(payload) * 0.95))]
 
     async def _on_list(self, msg: Any) -> ApiReply:
         views = sorted(self.hosts.values(), key=lambda v: (v.record.enrolled_at, v.record.machine_id))
@@ -531,13 +610,49 @@ class ControlPlane:
             "uptime_s": round(now_wall - started, 1) if started and not view.offline else None,
             "capacity": {"maxConcurrentSessions": cap.get("max_concurrent_sessions"),
                          "poolMaxDiskGb": cap.get("pool_max_disk_gb")},
-            "labels": rec.labels,
-            "models": rec.models,
+            "labels": hb.get("labels") or rec.labels,
+            "models": hb.get("models") or rec.models,
             "credential_socket": hb.get("credential_socket"),
             "key_id": rec.key_id,
             "enrolled_at": rec.enrolled_at,
             "revoked_at": rec.revoked_at,
         }
+
+
+def decode_host_record(value: bytes) -> HostRecord:
+    """A stored HostRecord, parsed by pydantic in one step (the registry load at start does 100k of these)."""
+    try:
+        record = HostRecord.model_validate_json(value)
+    except ValidationError:
+        return decode(HostRecord, value)  # raises the ProtocolError that says what is wrong
+    if record.v != PROTOCOL_VERSION:
+        return decode(HostRecord, value)  # raises UnsupportedVersion
+    return record
+
+
+def _sane_heartbeat(hb: dict[str, Any]) -> bool:
+    """The heartbeat fields an observed row uses have the right types (the hot path only parsed it)."""
+    try:
+        return (isinstance(hb.get("hostname", ""), str) and type(hb.get("running", 0)) is int
+                and type(hb.get("max_sessions", 0)) is int and isinstance(hb.get("capacity", {}), dict)
+                and all(isinstance(p["id"], str) for p in hb.get("pools") or ())
+                and all(isinstance(s["id"], str) and isinstance(s["phase"], str) for s in hb.get("sessions") or ()))
+    except (TypeError, KeyError, AttributeError):
+        return False
+
+
+def observed_row(record: HostRecord, hb: dict[str, Any] | None, status: str) -> list[Any]:
+    """One host as the reconciler needs it, in the order of OBSERVED_COLUMNS (the same values `describe` shows)."""
+    if hb and _sane_heartbeat(hb):
+        pools = [p["id"] for p in hb.get("pools") or ()] or [p.id for p in record.pools]
+        cap = hb.get("capacity") or {}
+        max_sessions = hb.get("max_sessions", cap.get("max_concurrent_sessions",
+                                                     record.capacity.max_concurrent_sessions))
+        return [record.machine_id, hb.get("hostname") or record.hostname, record.tenant, record.key_id, pools,
+                record.labels, record.models, status, hb.get("running", 0), max_sessions,
+                [[s["id"], s["phase"]] for s in hb.get("sessions") or ()]]
+    return [record.machine_id, record.hostname, record.tenant, record.key_id, [p.id for p in record.pools],
+            record.labels, record.models, status, 0, record.capacity.max_concurrent_sessions, []]
 
 
 def _admin_status(reported: str | None) -> str:

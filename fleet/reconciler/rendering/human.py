@@ -42,7 +42,7 @@ def _consequence_lines(plan: Plan, st: _Style) -> list[str]:
 def _drift_lines(plan: Plan, st: _Style) -> list[str]:
     if not plan.drift:
         return []
-    lines = [st("Drift: the live fleet differs from the applied state (changed outside fleet):", "bold")]
+    lines = [st("Drift: the live fleet differs from the applied state (not part of this plan):", "bold")]
     lines += [f"  {st('!', '!')} {d.message}" for d in plan.drift]
     lines.append("")
     return lines
@@ -56,7 +56,7 @@ def render_human(plan: Plan, *, color: bool = False) -> str:
     if plan.refresh_only:
         out += _drift_lines(plan, st)
         out.append("No drift: the live fleet matches the applied state." if not plan.drift
-                   else f"Drift: {len(plan.drift)} difference(s). `fleet apply` restores the applied state.")
+                   else f"Drift: {len(plan.drift)} difference(s) between the live fleet and the applied state.")
         return "\n".join(out) + "\n"
     if not plan.changes:
         out += _drift_lines(plan, st)

@@ -87,7 +87,7 @@ def render_markdown(plan: Plan, *, limit: int = GITHUB_COMMENT_LIMIT) -> str:
         parts.append("</details>\n")
         sections.append("\n".join(parts))
     if plan.drift:
-        drift = ["### Drift", "", "Changed outside fleet; not part of this plan:", ""]
+        drift = ["### Drift", "", "The live fleet differs from the applied state (not part of this plan):", ""]
         drift += [f"- `{d.address}`: {d.message}" for d in plan.drift]
         sections.append("\n".join(drift) + "\n")
 

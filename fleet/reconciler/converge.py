@@ -1,0 +1,69 @@
+"""Convergence: have the live hosts caught up with what an apply wrote? Pure.
+
+After `fleet apply` writes pool and host records, agents watching the store converge: their capacity and labels
+follow their pools, their status follows the `hosts:` declarations. `targets(plan)` extracts what to wait for;
+`pending(targets, hosts)` lists, in words, every live host that has not caught up yet (offline and revoked hosts
+are skipped: they pick the change up when they return). Called by `fleet apply`, which polls until nothing is
+pending or its timeout passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from fleet.reconciler.live import ObservedHost
+from fleet.reconciler.plan import Plan
+
+LIVE = ("active", "paused", "draining")
+
+
+@dataclass(frozen=True)
+class PoolTarget:
+    slots: int | None
+    labels: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Targets:
+    pools: dict[str, PoolTarget] = field(default_factory=dict)
+    hosts: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.pools or self.hosts)
+
+
+def targets(plan: Plan) -> Targets:
+    pools: dict[str, PoolTarget] = {}
+    hosts: dict[str, str] = {}
+    for c in plan.changes:
+        if c.action == "delete" or not c.after:
+            continue
+        if c.kind == "pool":
+            slots = (c.after.get("capacity") or {}).get("max_concurrent_sessions")
+            pools[c.id] = PoolTarget(slots, frozenset(c.after.get("labels") or ()))
+        elif c.kind == "host" and c.after.get("status"):
+            hosts[c.id] = c.after["status"]
+    return Targets(pools, hosts)
+
+
+def pending(t: Targets, hosts: Iterable[ObservedHost]) -> list[str]:
+    """What is not converged yet, one line per host and reason; empty when everything has caught up."""
+    out: list[str] = []
+    for h in hosts:
+        if h.status not in LIVE:
+            continue
+        name = h.hostname or h.machine_id[:8]
+        for pool_id in h.pools:
+            target = t.pools.get(pool_id)
+            if target is None:
+                continue
+            if target.slots is not None and h.max_sessions != target.slots:
+                out.append(f"{name}: {h.max_sessions} slots, {pool_id} wants {target.slots}")
+            missing = sorted(target.labels - set(h.labels))
+            if missing:
+                out.append(f"{name}: lacks {pool_id} labels {', '.join(missing)}")
+        want = t.hosts.get(h.machine_id)
+        if want and h.status != want:
+            out.append(f"{name}: {h.status}, fleet.yaml says {want}")
+    return out

@@ -1,0 +1,101 @@
+"""Apply against a live fleet: agents converge on applied pools and declared host states; `fleet route test`.
+
+Real nats-server, real `fleet server`, real agent processes enrolled with a key that `fleet apply` created from
+an environment variable. Covers: apply waits for convergence (capacity and labels follow the pool), a host paused
+from fleet.yaml, plan consequences for it, and `fleet route test` in the seed's format (AVAILABLE, FULL and
+fallback, `--explain` with every reason per host).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+
+from .clihelpers import EXAMPLE, SECRETS, fleet
+
+pytestmark = pytest.mark.integration
+
+
+def test_apply_converges_and_route_test(live_fleet, tmp_path: Path):
+    url = live_fleet.url
+    path = tmp_path / "fleet.yaml"
+    path.write_text(EXAMPLE.read_text())
+    r = fleet(["apply", "--auto-approve"], url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    key = SECRETS["FLEET_KEY_LOCAL_DEV"]
+    live_fleet.agent("a1", "--pool", "pool-local-main", key=key)
+    live_fleet.agent("a2", "--pool", "pool-local-main", key=key)
+    live_fleet.wait_status("a1", "active", 20)
+    live_fleet.wait_status("a2", "active", 20)
+    hosts = live_fleet.by_name()
+    assert hosts["a1"]["sessions"]["max"] == 4  # the applied pool's capacity
+    assert hosts["a1"]["tenant"] == "fin-prod"
+
+    r = fleet(["route", "test", "my-fintech-app"], url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (
+        "Simulating dispatch for project: my-fintech-app\n"
+        "  Preferred pool:  pool-local-main  [0/8 slots used]  → AVAILABLE\n"
+        "  Decision:        route to pool-local-main\n"
+        "  Fallback:        pool-cloud-e2b (not needed)\n"
+    )
+
+    # capacity and labels change in the file; apply waits until both agents run them
+    text = path.read_text()
+    text = text.replace("max_concurrent_sessions: 4   # slots per host", "max_concurrent_sessions: 6")
+    text = text.replace("labels: [region=eu-west, tier=dev]\n    models: [claude-3-5-sonnet, claude-3-5-haiku]\n    cost",
+                        "labels: [region=eu-west, tier=dev, ssd]\n    models: [claude-3-5-sonnet, claude-3-5-haiku]\n    cost")
+    path.write_text(text)
+    r = fleet(["apply", "--auto-approve", "--wait-timeout", "30"], url, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Converged: every live host runs the applied state" in r.stderr
+    for name in ("a1", "a2"):
+        h = live_fleet.by_name()[name]
+        assert h["sessions"]["max"] == 6 and h["capacity"]["maxConcurrentSessions"] == 6
+        assert "ssd" in h["labels"]
+
+    # pause a1 from the file: the plan says what it does to dispatch, apply makes it so
+    a1 = live_fleet.machine_id("a1")
+    path.write_text(path.read_text() + f"\nhosts:\n  - id: {a1}\n    status: paused\n    note: kernel upgrade\n")
+    r = fleet(["plan", "--format", "json"], url, cwd=tmp_path)
+    plan = json.loads(r.stdout)
+    assert [(c["address"], c["action"]) for c in plan["changes"]] == [(f"host.{a1}", "create")]
+    assert any(i["kind"] == "host-status" and "kernel upgrade" in i["message"] for i in plan["consequences"]["items"])
+    cap = {c["project"]: (c["before"], c["after"]) for c in plan["consequences"]["capacity"]}
+    assert cap["ledger-batch"] == (160, 160)
+    r = fleet(["apply", "--auto-approve", "--wait-timeout", "30"], url, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert live_fleet.by_name()["a1"]["status"] == "paused"
+    assert fleet(["plan", "--detailed-exitcode"], url, cwd=tmp_path).returncode == 0
+
+    r = fleet(["route", "test", "my-fintech-app", "--explain"], url, cwd=tmp_path)
+    assert "pool-local-main  [0/6 slots used]  → AVAILABLE" in r.stdout
+    explain = r.stdout.split("Hosts:")[1]
+    assert "a1" in explain and "status paused" in explain
+    assert "eligible" in explain.split("a2", 1)[1].splitlines()[0]
+
+    # both paused: the preferred pool is FULL, the unbounded e2b fallback takes the session
+    a2 = live_fleet.machine_id("a2")
+    path.write_text(path.read_text() + f"  - id: {a2}\n    status: paused\n")
+    assert fleet(["apply", "--auto-approve", "--wait-timeout", "30"], url, cwd=tmp_path).returncode == 0
+    r = fleet(["route", "test", "my-fintech-app"], url, cwd=tmp_path)
+    assert r.stdout == (
+        "Simulating dispatch for project: my-fintech-app\n"
+        "  Preferred pool:  pool-local-main  [0/0 slots used]  → FULL\n"
+        "  Fallback pool:   pool-cloud-e2b   [0/∞ slots used]  → AVAILABLE\n"
+        "  Decision:        route to pool-cloud-e2b (fallback)\n"
+    )
+    # a drift: someone resumes a2 by hand; plan shows it apart from the changes
+    assert live_fleet.procs  # agents still run
+    r = fleet(["hosts", "resume", a2], url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: live_fleet.by_name()["a2"]["status"] == "active", 10, what="a2 resumed")
+    plan = json.loads(fleet(["plan", "--format", "json"], url, cwd=tmp_path).stdout)
+    assert plan["no_op"] is True
+    assert any(d["address"] == f"host.{a2}" and "the applied state says paused" in d["message"] for d in plan["drift"])
+    r = fleet(["plan", "--refresh-only", "--detailed-exitcode"], url, cwd=tmp_path)
+    assert r.returncode == 2 and "the applied state says paused" in r.stdout

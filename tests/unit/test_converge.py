@@ -1,0 +1,83 @@
+"""Table-driven tests of the pure convergence check (fleet.reconciler.converge) and declared host states."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.reconciler.converge import pending, targets
+from fleet.reconciler.desired import desired_resources
+from fleet.reconciler.diff import make_plan
+from fleet.reconciler.live import AppliedResource, LiveState, ObservedHost
+from fleet.schema.api import load_fleet_text
+
+from .reconciler_fixtures import BASIS, EXAMPLE, HOSTS, applied_from_example, edited_config, hashes
+
+A, B = HOSTS[0], HOSTS[1]
+
+
+def plan_for(*edits, hosts=HOSTS):
+    cfg = edited_config(*edits)
+    return make_plan(desired_resources(cfg, hashes(cfg)), LiveState(applied=applied_from_example(), hosts=hosts), BASIS)
+
+
+CAPACITY = ("max_concurrent_sessions: 4   # slots per host", "max_concurrent_sessions: 6")
+
+
+@pytest.mark.parametrize("host,expected", [
+    (A, ["build-01.corp: 4 slots, pool-local-main wants 6"]),
+    (A.model_copy(update={"max_sessions": 6}), []),
+    (A.model_copy(update={"status": "offline"}), []),  # offline hosts catch up when they return
+    (A.model_copy(update={"status": "revoked"}), []),
+    (HOSTS[2], []),  # another pool
+])
+def test_pool_capacity_convergence(host, expected):
+    t = targets(plan_for(CAPACITY))
+    assert pending(t, [host]) == expected
+
+
+def test_labels_convergence():
+    t = targets(plan_for(("labels: [region=eu-west, tier=dev]\n    models: [claude-3-5-sonnet, claude-3-5-haiku]\n    cost",
+                          "labels: [region=eu-west, tier=dev, ssd]\n    models: [claude-3-5-sonnet, claude-3-5-haiku]\n    cost")))
+    assert pending(t, [A]) == ["build-01.corp: lacks pool-local-main labels ssd"]
+    assert pending(t, [A.model_copy(update={"labels": (*A.labels, "ssd")})]) == []
+
+
+def test_declared_host_state_plan_and_convergence():
+    cfg_text = f"\nhosts:\n  - id: {A.machine_id}\n    status: draining\n    note: disk swap\n"
+    result = load_fleet_text(EXAMPLE.read_text() + cfg_text)
+    assert result.ok, [d.format() for d in result.diagnostics]
+    cfg = result.config
+    plan = make_plan(desired_resources(cfg, hashes(cfg)), LiveState(applied=applied_from_example(), hosts=HOSTS), BASIS)
+    assert [(c.address, c.action) for c in plan.changes] == [(f"host.{A.machine_id}", "create")]
+    messages = [i.message for i in plan.consequences.items if i.kind == "host-status"]
+    assert messages == ["host build-01.corp (b2c4a1e0) is draining: it takes no new sessions (disk swap)"]
+    cap = {c.project: (c.before, c.after) for c in plan.consequences.capacity}
+    assert cap["ledger-batch"] == (160, 160)
+    t = targets(plan)
+    assert pending(t, [A]) == ["build-01.corp: active, fleet.yaml says draining"]
+    assert pending(t, [A.model_copy(update={"status": "draining"})]) == []
+
+
+def test_declared_unknown_host_is_called_out():
+    ghost = "0b0e3c4d-1111-4222-8333-444455556666"
+    cfg = load_fleet_text(EXAMPLE.read_text() + f"\nhosts:\n  - id: {ghost}\n    status: paused\n").config
+    plan = make_plan(desired_resources(cfg, hashes(cfg)), LiveState(applied=applied_from_example(), hosts=HOSTS), BASIS)
+    assert any(i.kind == "host-not-registered" and i.subject == ghost for i in plan.consequences.items)
+
+
+def test_bad_host_declarations_are_diagnostics():
+    r = load_fleet_text(EXAMPLE.read_text() + "\nhosts:\n  - id: not-a-uuid\n    status: sleeping\n", "fleet.yaml")
+    messages = [d.format() for d in r.errors]
+    assert any("'not-a-uuid' is not valid" in m and "$.hosts[0].id" in m for m in messages), messages
+    assert any("'sleeping' is not one of 'active', 'paused', 'draining'" in m for m in messages), messages
+
+
+def test_host_status_drift():
+    applied = applied_from_example()
+    applied[f"host.{B.machine_id}"] = AppliedResource(kind="host", id=B.machine_id, spec={"status": "paused", "note": None},
+                                                      revision=300)
+    cfg = edited_config()
+    hosts: tuple[ObservedHost, ...] = (B,)
+    plan = make_plan(desired_resources(cfg, hashes(cfg)), LiveState(applied=applied, hosts=hosts), BASIS)
+    assert [c.action for c in plan.changes] == ["delete"]  # the file no longer declares it
+    assert any(d.message == "host dev-mbp-mark is active; the applied state says paused" for d in plan.drift)
