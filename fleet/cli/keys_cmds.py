@@ -1,4 +1,7 @@
-"""`fleet keys create|list`: make enrollment keys in the applied config until `fleet apply` exists.
+"""`fleet keys create|list`: ad-hoc enrollment keys in the applied config, and the list of applied keys.
+
+`fleet apply` manages the keys declared in fleet.yaml (and deletes applied keys that fleet.yaml does not declare,
+so a key made here lasts until the next apply).
 
 Writes `key.<id>` records (fleet.bus.records) into KV bucket fleet-v1-config; only the SHA-256 of the secret is
 stored, the secret itself is printed once. `list` shows the keys with their use counters (fleet-v1-enroll).
@@ -52,7 +55,11 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 @click.group("keys")
 def keys_group() -> None:
-    """Enrollment keys (minimal, until `fleet apply` manages them from fleet.yaml)."""
+    """Enrollment keys: list the applied ones, or create an ad-hoc one.
+
+    Keys declared in fleet.yaml are managed by `fleet apply`, which also deletes applied keys that fleet.yaml does
+    not declare: a key created here lasts until the next apply.
+    """
 
 
 @keys_group.command("create")
