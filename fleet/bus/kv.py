@@ -88,6 +88,40 @@ class Store:
             raise TransientError(f"KV keys {self.bucket} failed: {exc}") from exc
         return sorted(k for k in keys if k.startswith(prefix))
 
+    async def revision(self) -> int:
+        """The bucket's last stream sequence: moves on every write, deletes included (0: never written)."""
+        try:
+            status = await self._kv.status()
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"KV status {self.bucket} failed: {exc}") from exc
+        return int(status.stream_info.state.last_seq)
+
+    async def snapshot(self, prefix: str = "", *, idle_timeout: float = 10.0) -> list[Entry]:
+        """Every live entry (latest revision of each key starting with `prefix`) in one ordered watch.
+
+        One pass over the bucket instead of keys() plus one get per key: `fleet server` loads a registry of
+        100k hosts this way at start. Entries come in stream order. TransientError if the stream stalls for
+        `idle_timeout` seconds.
+        """
+        out: list[Entry] = []
+        try:
+            watcher = await self._kv.watch(">", ignore_deletes=True)
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(idle_timeout) as deadline:
+                    async for entry in watcher:
+                        if entry is None:  # the watcher's marker: every current value was delivered
+                            break
+                        deadline.reschedule(loop.time() + idle_timeout)
+                        if entry.value is None or entry.operation is not None or not entry.key.startswith(prefix):
+                            continue
+                        out.append(Entry(entry.key, entry.value, entry.revision))
+            finally:
+                await watcher.stop()
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"KV snapshot {self.bucket} failed: {exc}") from exc
+        return out
+
     async def entries(self, prefix: str = "") -> list[Entry]:
         out = []
         for key in await self.keys(prefix):

@@ -209,6 +209,42 @@ class ApiReply(Message):
     data: Any = None
 
 
+#: most rows one observed-hosts page may carry (the server also keeps a page under the NATS max_payload)
+HOSTS_PAGE_MAX = 5000
+#: the columns of an observed-hosts row, in order (a row is a JSON array, to keep 100k hosts small on the wire)
+OBSERVED_COLUMNS = ("machine_id", "hostname", "tenant", "key_id", "pools", "labels", "models", "status", "running",
+                    "max_sessions", "sessions")
+
+
+class HostsPageRequest(Message):
+    """fleet.v1.api.hosts.observed[.<server>]: rows [offset, offset+limit) of an observed-hosts snapshot.
+
+    Without `snapshot` the server takes a new one (every host sorted by machine ID, statuses as of now) and
+    answers its first page; the other pages name that snapshot, so that all pages describe the same moment.
+    """
+
+    snapshot: str | None = None
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=HOSTS_PAGE_MAX, ge=1, le=HOSTS_PAGE_MAX)
+
+
+class HostsPage(Message):
+    """One page of an observed-hosts snapshot (the `data` of the ApiReply).
+
+    `rows` are arrays in the order of `columns` (OBSERVED_COLUMNS): machine_id, hostname, tenant, key_id,
+    pools[], labels[], models[], status (active, paused, draining, offline, revoked: as the server computes it),
+    running, max_sessions, sessions[[id, phase]]. A page may hold fewer than `limit` rows (the server keeps it
+    under NATS max_payload): `offset + len(rows)` is where the next one starts; `total` rows in all.
+    """
+
+    snapshot: str
+    server: str  # the replica holding the snapshot: ask it for the other pages on hosts_observed_at(server)
+    total: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    columns: list[str] = Field(default_factory=lambda: list(OBSERVED_COLUMNS))
+    rows: list[list[Any]] = Field(default_factory=list)
+
+
 # ------------------------------------------------------------------------------------------- stored records
 
 

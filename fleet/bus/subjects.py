@@ -22,6 +22,9 @@ API_PING = f"{PREFIX}.api.ping"
 API_HOSTS_LIST = f"{PREFIX}.api.hosts.list"
 API_HOSTS_GET = f"{PREFIX}.api.hosts.get"
 API_HOSTS_COMMAND = f"{PREFIX}.api.hosts.command"
+# Paged, compact view of every host for the reconciler (`fleet plan`): the first page (queue group) takes a
+# snapshot in one replica; the later pages of that snapshot go to that replica's own subject (see below).
+API_HOSTS_OBSERVED = f"{PREFIX}.api.hosts.observed"
 
 # KV buckets (JetStream, file storage).
 BUCKET_CONFIG = "fleet-v1-config"
@@ -42,6 +45,16 @@ def bye(machine_id: str) -> str:
 def host_control(machine_id: str) -> str:
     """Server -> agent commands (pause, resume, drain, revoke) for host `machine_id` (request/reply)."""
     return f"{PREFIX}.host.{machine_id}.control"
+
+
+def hosts_observed_at(server_id: str) -> str:
+    """The pages of an observed-hosts snapshot held by `fleet server` replica `server_id` (no queue group)."""
+    return f"{API_HOSTS_OBSERVED}.{server_id}"
+
+
+def hosts_list_at(server_id: str) -> str:
+    """The pages of a `fleet list` snapshot held by `fleet server` replica `server_id` (no queue group)."""
+    return f"{API_HOSTS_LIST}.{server_id}"
 
 
 def machine_id_of(subject: str) -> str:

@@ -10,7 +10,8 @@ called by fleet.reconciler.diff.make_plan.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fleet.reconciler.desired import Resource
@@ -29,8 +30,19 @@ def _specs(resources: Mapping[str, Any], kind: str) -> dict[str, dict[str, Any]]
     return {r.id: r.spec for r in resources.values() if r.kind == kind}
 
 
-def _slots(route: RouteView | None, pools: Mapping[str, dict], hosts: list[HostView], *, after: bool) -> tuple[int | None, dict]:
-    """Total slots a route can use over its pools (None = ∞), and the per-pool Capacity."""
+def _by_pool(hosts: Iterable[HostView | ObservedHost]) -> dict[str, list[HostView | ObservedHost]]:
+    """Hosts indexed by the pools they serve (in their original order): a host outside a pool is never eligible
+    in it, so pool_capacity over this list equals pool_capacity over all hosts, without O(routes × hosts)."""
+    index: dict[str, list[HostView | ObservedHost]] = {}
+    for h in hosts:
+        for p in dict.fromkeys(h.pools):
+            index.setdefault(p, []).append(h)
+    return index
+
+
+def _slots(route: RouteView | None, pools: Mapping[str, dict], hosts: Mapping[str, list[HostView | ObservedHost]], *,
+           after: bool) -> tuple[int | None, dict]:
+    """Total slots a route can use over its pools (None = ∞), and the per-pool Capacity (`hosts` by pool)."""
     if route is None:
         return 0, {}
     caps = {}
@@ -40,7 +52,7 @@ def _slots(route: RouteView | None, pools: Mapping[str, dict], hosts: list[HostV
         if spec is None:
             continue
         view = PoolView.from_spec(pool_id, spec)
-        cap = pool_capacity(view, hosts, route, slots_per_host=view.max_concurrent_sessions if after else None)
+        cap = pool_capacity(view, hosts.get(pool_id, ()), route, slots_per_host=view.max_concurrent_sessions if after else None)
         caps[pool_id] = cap
         total = None if (total is None or cap.total is None) else total + cap.total
     return total, caps
@@ -64,7 +76,9 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
                                      message=f"host {host_id} is declared in fleet.yaml but not registered: nothing to pause or drain"))
 
     # hosts after the change: locked out by key changes, orphaned by pool removals, paused/drained by the file
-    after_hosts: list[HostView] = []
+    after_hosts: list[HostView | ObservedHost] = []
+    # An ObservedHost has every attribute the routing rules read, under the same names as HostView: the hosts
+    # serve as their own `before` views, and as `after` views when the change leaves them alone (no copy per host).
     for h in live.hosts:
         pools = h.pools
         reason = None
@@ -99,15 +113,17 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
                 items.append(Consequence(kind="host-orphaned", subject=h.machine_id, tenant=h.tenant, pool=p,
                                          message=f"host {_host_label(h)} serves pool {p}, which is deleted: it is orphaned"))
         pools = tuple(p for p in pools if p in desired_pools or p not in applied_pools)
-        after_hosts.append(_host_view(h, pools, status))
-    before_hosts = [_host_view(h) for h in live.hosts]
+        after_hosts.append(h if pools == h.pools and status == h.status else _host_view(h, pools, status))
+    before_hosts = _by_pool(live.hosts)
+    unchanged = len(after_hosts) == len(live.hosts) and all(map(operator.is_, after_hosts, live.hosts))
+    after_by_pool = before_hosts if unchanged else _by_pool(after_hosts)
 
     capacity = []
     for project in sorted(applied_routes.keys() | desired_routes.keys()):
         rb = RouteView.from_spec(project, applied_routes[project]) if project in applied_routes else None
         ra = RouteView.from_spec(project, desired_routes[project]) if project in desired_routes else None
         before, caps_b = _slots(rb, applied_pools, before_hosts, after=False)
-        after, caps_a = _slots(ra, desired_pools, after_hosts, after=True)
+        after, caps_a = _slots(ra, desired_pools, after_by_pool, after=True)
         used = sum(c.used for c in caps_b.values())
         tenant = (ra or rb).tenant if (ra or rb) else None
         capacity.append(ProjectCapacity(project=project, tenant=tenant, before=before, after=after, used=used))
@@ -136,7 +152,7 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
         rv = RouteView.from_spec(s.project, route)
         rv = RouteView(**{**rv.__dict__, "required_labels": tuple(sorted({*rv.required_labels, *s.required_labels})),
                           "model": s.model or rv.model})
-        _, caps = _slots(rv, desired_pools, after_hosts, after=True)
+        _, caps = _slots(rv, desired_pools, after_by_pool, after=True)
         if decide(rv, caps).pending and all((c.total == 0) for c in caps.values()):
             items.append(Consequence(kind="session-unroutable", subject=s.session_id, tenant=s.tenant,
                                      message=f"queued session {s.session_id} of project {s.project}: no pool of its route can ever take it"))
