@@ -66,12 +66,13 @@ def fleet_cmd(args: list[str], url: str, cwd: Path, timeout: float = 900) -> tup
 
 
 def host_key(pool: int, keys: int) -> str:
-    """The key host records of `pool` enrolled with: a key of the pool's tenant (synthetic_fleet puts key k on pool
-    2k, tenant-000); tenant-001 has no key in the synthetic fleet, so its hosts name a key that was retired since
-    (not in the applied config: no consequence, as for a real fleet whose old keys were deleted)."""
-    if pool % TENANTS == 0:
-        return f"key-{(pool // TENANTS) % keys:06d}"
-    return "key-retired"
+    """The key host records of `pool` enrolled with: a key of the pool's tenant (synthetic_fleet puts key k on pool k,
+    tenant k % 2). With a single key, tenant-001 has none, so its hosts name a key that was retired since (not in
+    the applied config: no consequence, as for a real fleet whose old keys were deleted)."""
+    k = pool % keys
+    if k % TENANTS != pool % TENANTS:
+        k = (k + 1) % keys
+    return f"key-{k:06d}" if k % TENANTS == pool % TENANTS else "key-retired"
 
 
 async def seed_hosts(url: str, n: int, pools: int, keys: int) -> float:

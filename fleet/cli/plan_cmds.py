@@ -85,11 +85,14 @@ def plan_cmd(file: Path, nats: NatsSettings, fmt: str, as_json: bool, summary: b
     fmt = "json" if as_json else fmt
     result = load_config_or_report(file, fmt=fmt)
 
-    async def run() -> Plan:
-        async with await _connect(nats) as bus:
-            return await compute_plan(bus, result, file, refresh_only=refresh_only)
+    plans: list[Plan] = []
 
-    plan = asyncio.run(run())
+    async def run() -> None:  # returns nothing: asyncio would format a returned Plan's repr on exit
+        async with await _connect(nats) as bus:
+            plans.append(await compute_plan(bus, result, file, refresh_only=refresh_only))
+
+    asyncio.run(run())
+    plan = plans[0]
     click.echo(render(plan, fmt, summary), nl=False)
     if out:
         write_private(out, plan.to_json() + "\n", mode=0o644)

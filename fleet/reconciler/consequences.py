@@ -94,7 +94,7 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
             new_key = desired_keys.get(h.key_id)
             if new_key is None:
                 reason = f"its enrollment key {h.key_id} is deleted"
-            elif new_key.get("tenant") != h.tenant:
+            elif new_key.get("tenant") != applied_keys[h.key_id].get("tenant"):
                 reason = f"its enrollment key {h.key_id} moves to tenant {new_key.get('tenant')}"
             else:
                 old_pools = applied_keys[h.key_id].get("pools") or []

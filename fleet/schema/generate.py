@@ -29,7 +29,7 @@ def synthetic_fleet(*, pools: int, projects: int, keys: int, slots: int = 4, ten
                    f"      preferred_pool: pool-{a:06d}{fallback}")
     out.append("keys:" if keys else "keys: []")
     for i in range(keys):
-        a = (i * tenants) % max(pools, 1)
+        a = i % max(pools, 1)
         secret = f"{{from_env: {key_env}}}" if key_env else "{generate: true}"
         out.append(f"  - id: key-{i:06d}\n    tenant: {tenant_ids[a % tenants]}\n    pools: [pool-{a:06d}]\n"
                    f"    max_uses: 1000\n    secret: {secret}")
