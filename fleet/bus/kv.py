@@ -73,11 +73,32 @@ class Store:
         except (TimeoutError, nats.errors.Error) as exc:
             raise TransientError(f"KV update {self.bucket}/{key} failed: {exc}") from exc
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, last: int | None = None) -> None:
+        """Delete `key`; with `last`, only if it is still at that revision (Conflict otherwise)."""
         try:
-            await self._kv.delete(key)
+            await self._kv.delete(key, last=last)
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise Conflict(f"{self.bucket}/{key} changed (expected revision {last})") from exc
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) in (10071, 10164):  # wrong last sequence, as a plain API error
+                raise Conflict(f"{self.bucket}/{key} changed (expected revision {last})") from exc
+            raise TransientError(f"KV delete {self.bucket}/{key} failed: {exc}") from exc
         except (TimeoutError, nats.errors.Error) as exc:
             raise TransientError(f"KV delete {self.bucket}/{key} failed: {exc}") from exc
+
+    async def watch(self, key: str) -> Any:
+        """A nats KeyWatcher of `key` (its current value first, then every change); used by RecordWatch."""
+        try:
+            return await self._kv.watch(key)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"KV watch {self.bucket}/{key} failed: {exc}") from exc
+
+    async def ttl(self) -> float | None:
+        """The bucket's entry TTL in seconds (None: entries never expire)."""
+        try:
+            return (await self._kv.status()).ttl
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"KV status {self.bucket} failed: {exc}") from exc
 
     async def keys(self, prefix: str = "") -> list[str]:
         try:
@@ -152,8 +173,9 @@ class Store:
         raise Conflict(f"{self.bucket}/{key}: too much contention, gave up after {attempts} attempts")
 
 
-async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int = 5) -> Store:
-    """Open bucket `bucket`, creating it (file storage) when missing and `create` is set. Idempotent."""
+async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int = 5, ttl: float | None = None) -> Store:
+    """Open bucket `bucket`, creating it (file storage; entries expiring after `ttl` seconds if given) when missing
+    and `create` is set. Idempotent."""
     js = bus.js
     try:
         kv = await js.key_value(bucket)
@@ -163,7 +185,7 @@ async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int
                                  hint="start the control plane with `fleet server` or `fleet up`") from exc
         try:
             kv = await js.create_key_value(
-                config=nats.js.api.KeyValueConfig(bucket=bucket, history=history,
+                config=nats.js.api.KeyValueConfig(bucket=bucket, history=history, ttl=ttl,
                                                   storage=nats.js.api.StorageType.FILE)
             )
         except nats.js.errors.BadRequestError:

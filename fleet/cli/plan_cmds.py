@@ -26,7 +26,7 @@ from fleet.cli.live import observe_hosts
 from fleet.cli.options import NatsSettings, file_option, nats_options
 from fleet.cli.shared import load_config_or_report
 from fleet.errors import FleetError, UsageError
-from fleet.reconciler.apply import ApplyReport, apply_plan
+from fleet.reconciler.apply import apply_plan
 from fleet.reconciler.basis import moved
 from fleet.reconciler.converge import Targets, pending, targets
 from fleet.reconciler.desired import desired_resources
@@ -147,17 +147,45 @@ def _confirm(auto_approve: bool) -> None:
         raise FleetError("apply cancelled", hint="nothing was written")
 
 
-def _reveal(report: ApplyReport, reveal_to: Path | None) -> None:
-    if not report.revealed:
-        return
-    if reveal_to:
-        lines = [f"{key_id}={secret}" for key_id, secret in sorted(report.revealed.items())]
-        write_private(reveal_to, "\n".join(lines) + "\n")
-        click.echo(f"Generated enrollment key secrets written to {reveal_to} (mode 0600). They are not shown again.", err=True)
-        return
-    click.secho("\nGenerated enrollment key secrets (shown once; store them now, only hashes are kept):", bold=True, err=True)
-    for key_id, secret in sorted(report.revealed.items()):
-        click.echo(f"  {key_id}: {secret}", err=True)
+class SecretReveal:
+    """Shows each generated key secret once, the moment it exists (before its hash is stored): on stderr, or
+    appended to the --reveal-keys-to file (mode 0600)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.shown = 0
+
+    def __call__(self, key_id: str, secret: str | None) -> None:
+        if secret is None:
+            self._void(key_id)
+            return
+        if self.path is not None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                fh.write(f"{key_id}={secret}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        else:
+            if not self.shown:
+                click.secho("Generated enrollment key secrets (shown once; store them now, only hashes are kept):",
+                            bold=True, err=True)
+            click.echo(f"  {key_id}: {secret}", err=True)
+        self.shown += 1
+
+    def _void(self, key_id: str) -> None:
+        self.shown -= 1
+        if self.path is not None and self.path.exists():
+            kept = [ln for ln in self.path.read_text(encoding="utf-8").splitlines() if not ln.startswith(f"{key_id}=")]
+            write_private(self.path, "".join(f"{ln}\n" for ln in kept))
+        else:
+            click.echo(f"  {key_id}: ignore the secret above: an earlier apply already stored this key "
+                       "(use the secret it showed)", err=True)
+
+    def summary(self) -> None:
+        if self.path is not None and self.shown > 0:
+            click.echo(f"Generated enrollment key secrets written to {self.path} (mode 0600). They are not shown again.",
+                       err=True)
 
 
 @click.command("apply")
@@ -222,13 +250,14 @@ def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_appro
                     click.echo("Nothing to apply.")
                     return
                 store = await ConfigStore.open(bus)
+                reveal = SecretReveal(reveal_keys_to)
                 report = await apply_plan(store, plan, os.environ, progress=_progress(len(plan.changes)),
-                                          applied_by=info.holder)
+                                          reveal=reveal, applied_by=info.holder)
                 s = plan.summary
                 click.secho(f"\nApply complete! Resources: {s.add} added, {s.change} changed, {s.destroy} destroyed"
                             + (f" ({report.already} were already in place)" if report.already else "")
                             + f" in {report.seconds:.3f}s.", bold=True)
-                _reveal(report, reveal_keys_to)
+                reveal.summary()
             finally:
                 await lock.release()
             if wait:

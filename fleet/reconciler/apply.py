@@ -4,7 +4,8 @@ Each change writes against the revision the plan saw: create only if absent, upd
 `base_revision`. A lost race is re-checked: if the store already holds exactly the target (a re-run after a
 crash), the change counts as done; otherwise apply stops with Conflict and nothing half-written is left that a
 new plan would not show. Key secrets are resolved here and only here: `env:VAR` is read and hashed, a
-generated secret is created once and returned for a one-time reveal; only hashes are stored. The batches come
+generated secret is created once and handed to `reveal` before its hash is stored (so no crash can lose it);
+only hashes are stored. The batches come
 from fleet.reconciler.ordering; changes inside a batch run concurrently. Called by `fleet apply`.
 """
 
@@ -26,6 +27,10 @@ from fleet.reconciler.ordering import batches
 from fleet.reconciler.plan import Change, Plan
 
 Progress = Callable[[int, int, Change], None]
+#: called with (key_id, secret) as soon as a secret is generated, before its hash is stored (so a crash cannot
+#: lose a secret whose hash was stored), and with (key_id, None) when that secret turned out void: the store
+#: already held that key from an earlier, interrupted apply.
+Reveal = Callable[[str, str | None], None]
 CONCURRENCY = 256
 
 
@@ -54,7 +59,16 @@ def check_secrets(plan: Plan, env: Mapping[str, str]) -> None:
                          hint="export the variables (from your CI secret store) and re-run; nothing was written")
 
 
-async def _target(store: ConfigStore, c: Change, env: Mapping[str, str], report: ApplyReport) -> dict[str, Any]:
+def _generate(c: Change, report: ApplyReport, reveal: Reveal | None) -> str:
+    secret = new_secret()
+    report.revealed[c.id] = secret
+    if reveal is not None:
+        reveal(c.id, secret)
+    return secret_sha256(secret)
+
+
+async def _target(store: ConfigStore, c: Change, env: Mapping[str, str], report: ApplyReport,
+                  reveal: Reveal | None) -> dict[str, Any]:
     spec = dict(c.after or {})
     if c.kind != "key":
         return spec
@@ -63,25 +77,23 @@ async def _target(store: ConfigStore, c: Change, env: Mapping[str, str], report:
         spec["secret_sha256"] = secret_sha256(env[source[4:]])
     elif c.action == "update":
         current = await store.get(f"key.{c.id}")
-        spec["secret_sha256"] = current.spec.get("secret_sha256") if current else None
-        if not spec["secret_sha256"]:
-            secret = new_secret()
-            report.revealed[c.id] = secret
-            spec["secret_sha256"] = secret_sha256(secret)
+        spec["secret_sha256"] = (current.spec.get("secret_sha256") if current else None) or _generate(c, report, reveal)
     else:
-        secret = new_secret()
-        report.revealed[c.id] = secret
-        spec["secret_sha256"] = secret_sha256(secret)
+        spec["secret_sha256"] = _generate(c, report, reveal)
     return spec
+
+
+def _public(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in SENSITIVE_ATTRS}
 
 
 def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """Equal apart from secrets (a generated secret differs between runs but is not a conflict)."""
-    strip = lambda s: {k: v for k, v in s.items() if k not in SENSITIVE_ATTRS}  # noqa: E731
-    return strip(a) == strip(b)
+    return _public(a) == _public(b)
 
 
-async def _apply_one(store: ConfigStore, c: Change, env: Mapping[str, str], report: ApplyReport) -> bool:
+async def _apply_one(store: ConfigStore, c: Change, env: Mapping[str, str], report: ApplyReport,
+                     reveal: Reveal | None) -> bool:
     """Apply one change; True if written, False if the store already had the target."""
     if c.action == "delete":
         try:
@@ -91,7 +103,7 @@ async def _apply_one(store: ConfigStore, c: Change, env: Mapping[str, str], repo
             if await store.get(c.address) is None:
                 return False
             raise
-    spec = await _target(store, c, env, report)
+    spec = await _target(store, c, env, report, reveal)
     try:
         if c.action == "create":
             await store.create(c.kind, c.id, spec)
@@ -101,14 +113,15 @@ async def _apply_one(store: ConfigStore, c: Change, env: Mapping[str, str], repo
     except Conflict:
         current = await store.get(c.address)
         if current is not None and _same(current.spec, spec):
-            report.revealed.pop(c.id, None) if c.kind == "key" else None
+            if c.kind == "key" and report.revealed.pop(c.id, None) is not None and reveal is not None:
+                reveal(c.id, None)  # an earlier run stored this key: the secret generated now is void
             return False
         raise Conflict(f"{c.address} was changed by someone else since the plan was made",
                        hint="run `fleet plan` again and review the new plan") from None
 
 
 async def apply_plan(store: ConfigStore, plan: Plan, env: Mapping[str, str], *, progress: Progress | None = None,
-                     applied_by: str = "") -> ApplyReport:
+                     reveal: Reveal | None = None, applied_by: str = "") -> ApplyReport:
     """Write every change of `plan`; see the module docstring."""
     check_secrets(plan, env)
     report = ApplyReport()
@@ -120,7 +133,7 @@ async def apply_plan(store: ConfigStore, plan: Plan, env: Mapping[str, str], *, 
     async def run(c: Change) -> None:
         nonlocal done
         async with sem:
-            wrote = await _apply_one(store, c, env, report)
+            wrote = await _apply_one(store, c, env, report, reveal)
         if wrote:
             report.applied += 1
         else:

@@ -94,8 +94,6 @@ def _error_to_diagnostics(err: ValidationError, doc: LoadedDocument) -> list[Dia
     path = tuple(err.absolute_path)
     value = err.instance
     kind = err.validator
-    hint = None
-    at_key = True
 
     def diag(message: str, p: tuple = path, *, key: bool = True, h: str | None = None) -> Diagnostic:
         line, col = doc.positions.of_key(p) if key else doc.positions.of_value(p)
@@ -151,7 +149,6 @@ def _error_to_diagnostics(err: ValidationError, doc: LoadedDocument) -> list[Dia
             "maxLength": "must have at most this many characters:",
         }
         return [diag(f"{_short(value)} {words[kind]} {err.validator_value}", key=False)]
-    del at_key
     return [diag(err.message, key=False)]
 
 

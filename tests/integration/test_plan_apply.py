@@ -270,3 +270,42 @@ def test_force_unlock(nats_server, workdir):
     r = fleet(["force-unlock", lock_id], url, cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert fleet(["apply", "--auto-approve"], url, cwd=workdir).returncode == 0
+
+
+def test_rerun_after_interrupted_apply_is_idempotent_and_voids_a_regenerated_secret(nats_server):
+    """A change already in the store (an earlier apply died after writing it) counts as done; a secret generated
+    again for such a key is declared void to the reveal callback, and the stored hash is kept."""
+    from fleet.bus.applied import ConfigStore
+    from fleet.reconciler.apply import apply_plan
+    from fleet.reconciler.desired import desired_resources
+    from fleet.reconciler.diff import make_plan
+    from fleet.reconciler.gather import gather, key_hashes
+    from fleet.reconciler.plan import Basis
+    from fleet.schema.api import load_fleet
+
+    cfg = load_fleet(EXAMPLE).config
+    hashes, _ = key_hashes(cfg, SECRETS)
+    desired = desired_resources(cfg, hashes)
+    events: list[tuple[str, str | None]] = []
+
+    async def run() -> tuple:
+        async with await connect(nats_server.url) as bus:
+            store = await ConfigStore.open(bus)
+            plan = make_plan(desired, (await gather(store)).live, Basis())
+            # the "earlier run": it stored two records, ci-runners with its own generated secret, then died
+            earlier = {"pool.pool-local-main": None, "key.ci-runners": "f" * 64}
+            for c in plan.changes:
+                if c.address in earlier:
+                    spec = dict(c.after, secret_sha256=earlier[c.address]) if c.kind == "key" else dict(c.after)
+                    await store.create(c.kind, c.id, spec)
+            report = await apply_plan(store, plan, SECRETS, reveal=lambda k, s: events.append((k, s)))
+            stored = await store.get("key.ci-runners")
+            again = make_plan(desired, (await gather(store)).live, Basis())
+            return report, stored, again
+
+    report, stored, again = asyncio.run(run())
+    assert report.already == 2 and report.applied == 15
+    assert [k for k, _ in events] == ["ci-runners", "ci-runners"] and events[1][1] is None
+    assert report.revealed == {}
+    assert stored.spec["secret_sha256"] == "f" * 64, "the earlier run's secret stays the valid one"
+    assert again.no_op
