@@ -1,4 +1,4 @@
-"""Table-driven tests of the pure convergence check (fleet.reconciler.converge) and declared host states."""
+"""Table-driven tests of the pure convergence check, declared host states, queued-session consequences, drift."""
 
 from __future__ import annotations
 
@@ -81,3 +81,41 @@ def test_host_status_drift():
     plan = make_plan(desired_resources(cfg, hashes(cfg)), LiveState(applied=applied, hosts=hosts), BASIS)
     assert [c.action for c in plan.changes] == ["delete"]  # the file no longer declares it
     assert any(d.message == "host dev-mbp-mark is active; the applied state says paused" for d in plan.drift)
+
+
+def test_queued_session_of_a_deleted_project_becomes_unroutable():
+    from .reconciler_fixtures import QUEUED
+
+    cfg = edited_config(("  - id: ledger-batch\n    tenant: fin-prod\n    routing:\n      mode: preferred-only\n"
+                         "      preferred_pool: pool-k8s-batch\n      required_labels: [region=eu-west]\n", ""))
+    plan = make_plan(desired_resources(cfg, hashes(cfg)),
+                     LiveState(applied=applied_from_example(), hosts=HOSTS, queued=QUEUED), BASIS)
+    assert {c.address for c in plan.changes} == {"project.ledger-batch", "route.ledger-batch"}
+    items = [(i.kind, i.subject) for i in plan.consequences.items]
+    assert ("session-unroutable", "s-1") in items
+
+
+def test_queued_session_whose_labels_no_pool_offers_becomes_unroutable():
+    from fleet.reconciler.live import QueuedSession
+
+    queued = (QueuedSession(session_id="s-gpu", project="ledger-batch", tenant="fin-prod", required_labels=("gpu",)),)
+    cfg = edited_config()
+    plan = make_plan(desired_resources(cfg, hashes(cfg)),
+                     LiveState(applied=applied_from_example(), hosts=HOSTS, queued=queued), BASIS)
+    assert [(i.kind, i.subject) for i in plan.consequences.items] == [("session-unroutable", "s-gpu")]
+
+
+def test_instance_drift():
+    from fleet.reconciler.drift import drift
+    from fleet.reconciler.live import ObservedInstance
+
+    live = LiveState(applied=applied_from_example(), instances_observed=True, hosts_observed=False, instances=(
+        ObservedInstance(backend="docker", pool="pool-docker-gpu", instance_id="c-1", state="missing"),
+        ObservedInstance(backend="docker", pool="pool-gone", instance_id="c-2"),
+        ObservedInstance(backend="docker", pool="pool-docker-gpu", instance_id="c-3"),
+    ))
+    messages = [d.message for d in drift(live)]
+    assert messages == [
+        "docker instance c-1 of pool pool-docker-gpu is gone (deleted outside fleet?)",
+        "docker instance c-2 belongs to pool pool-gone, which is not in the applied config",
+    ]
