@@ -40,6 +40,12 @@ class Resource(BaseModel):
         return f"{self.kind}.{self.id}"
 
 
+def field_order(kind: str) -> list[str]:
+    """The top-level fields of a kind's spec in the order the spec builders write them (for rendering: records read
+    back from the store have their keys sorted)."""
+    return _FIELD_ORDER.get(kind, [])
+
+
 def pool_spec(pool: Pool) -> dict[str, Any]:
     return {
         "tenant": pool.tenant,
@@ -123,3 +129,16 @@ def tenant_of(kind: str, ident: str, spec: Mapping[str, Any] | None) -> str | No
     if kind == "tenant":
         return ident
     return (spec or {}).get("tenant")
+
+
+_FIELD_ORDER = {
+    "org": ["name"],
+    "tenant": ["name", "description"],
+    "project": ["tenant", "description"],
+    "pool": ["tenant", "backend", "mode", "description", "hosts", "capacity", "labels", "models", "cost",
+             "disconnect_grace_s", "idle_timeout_s", "settings"],
+    "route": ["tenant", "mode", "preferred_pool", "fallback_pool", "candidates", "required_labels", "model"],
+    "key": ["tenant", "description", "pools", "models", "labels", "max_uses", "expires", "secret_source",
+            "secret_sha256"],
+    "host": ["status", "note"],
+}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fleet.reconciler.desired import SENSITIVE, UNKNOWN
+from fleet.reconciler.desired import SENSITIVE, UNKNOWN, field_order
 from fleet.reconciler.plan import Change
 
 
@@ -43,15 +43,21 @@ def _flat(spec: dict[str, Any] | None, prefix: str = "") -> list[tuple[str, Any]
     return out
 
 
+def _ordered(kind: str, spec: dict[str, Any] | None) -> dict[str, Any]:
+    order = field_order(kind)
+    rank = {name: i for i, name in enumerate(order)}
+    return dict(sorted((spec or {}).items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0])))
+
+
 def attribute_lines(change: Change) -> list[tuple[str, str]]:
     """(symbol, text) per attribute line of a change, Terraform style; nulls are left out of creates/deletes."""
     lines: list[tuple[str, str]] = []
     if change.action == "create":
-        rows = [(k, v) for k, v in _flat(change.after) if v is not None and v != [] and v != {}]
+        rows = [(k, v) for k, v in _flat(_ordered(change.kind, change.after)) if v is not None and v != [] and v != {}]
         width = max((len(k) for k, _ in rows), default=0)
         lines = [("+", f"{k.ljust(width)} = {literal(v)}") for k, v in rows]
     elif change.action == "delete":
-        rows = [(k, v) for k, v in _flat(change.before) if v is not None and v != [] and v != {}]
+        rows = [(k, v) for k, v in _flat(_ordered(change.kind, change.before)) if v is not None and v != [] and v != {}]
         width = max((len(k) for k, _ in rows), default=0)
         lines = [("-", f"{k.ljust(width)} = {literal(v)} -> null") for k, v in rows]
     else:
