@@ -43,6 +43,7 @@ from fleet.bus.messages import (
     decode,
 )
 from fleet.errors import FleetError, Refused, TransientError
+from fleet.routing import host_slots
 
 log = logging.getLogger(__name__)
 
@@ -228,11 +229,10 @@ class Agent:
         specs = [self._pool_specs[p.id] for p in self.pools if p.id in self._pool_specs]
         if not specs:
             return
-        slots = [(sp.get("capacity") or {}).get("max_concurrent_sessions") for sp in specs]
-        slots = [n for n in slots if n]
+        slots = host_slots((sp.get("capacity") or {}).get("max_concurrent_sessions") for sp in specs)
         disk = [(sp.get("capacity") or {}).get("pool_max_disk_gb") for sp in specs]
         disk = [d for d in disk if d]
-        self.capacity = Capacity(max_concurrent_sessions=min(slots) if slots else self.capacity.max_concurrent_sessions,
+        self.capacity = Capacity(max_concurrent_sessions=slots or self.capacity.max_concurrent_sessions,
                                  pool_max_disk_gb=min(disk) if disk else self.capacity.pool_max_disk_gb)
         labels = set(self._join_labels)
         for sp in specs:

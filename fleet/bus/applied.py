@@ -121,6 +121,10 @@ class LockHeld(FleetError):
         self.info = info
 
 
+class LockLost(FleetError):
+    """The apply lock expired or was taken over while we held it: stop writing."""
+
+
 class ApplyLock:
     """One writer at a time (bucket fleet-v1-locks, TTL-expiring entries refreshed by the holder)."""
 
@@ -128,12 +132,21 @@ class ApplyLock:
         self.store = store
         self.ttl = ttl
         self.info: LockInfo | None = None
+        self.lost: str | None = None
+        self._payload = b""
         self._refresher: asyncio.Task | None = None
 
     @classmethod
     async def open(cls, bus: Bus, ttl: float | None = None) -> ApplyLock:
         """The lock bucket; created with `ttl` (default FLEET_LOCK_TTL or 30 s), else the existing bucket's TTL."""
-        ttl = ttl or float(os.environ.get("FLEET_LOCK_TTL", DEFAULT_LOCK_TTL))
+        if ttl is None:
+            raw = os.environ.get("FLEET_LOCK_TTL", str(DEFAULT_LOCK_TTL))
+            try:
+                ttl = float(raw)
+            except ValueError:
+                ttl = 0.0
+            if not ttl > 0:
+                raise FleetError(f"FLEET_LOCK_TTL={raw!r} is not a positive number of seconds")
         store = await open_store(bus, BUCKET_LOCKS, history=1, ttl=ttl)
         return cls(store, (await store.ttl()) or ttl)
 
@@ -163,20 +176,36 @@ class ApplyLock:
                 await asyncio.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
                 continue
             self.info = LockInfo(info.id, info.holder, info.command, info.acquired_at, rev)
-            self._refresher = asyncio.create_task(self._refresh(payload))
+            self._payload = payload
+            self.lost = None
+            self._refresher = asyncio.create_task(self._refresh())
             return self.info
 
-    async def _refresh(self, payload: bytes) -> None:
-        while self.info is not None:
+    async def refresh(self) -> None:
+        """Renew the lock now (compare-and-set on our own revision); LockLost if it is no longer ours."""
+        if self.info is None:
+            raise LockLost("the apply lock is not held")
+        if self.lost:
+            raise LockLost(self.lost)
+        try:
+            rev = await self.store.update(APPLY_LOCK_KEY, self._payload, last=self.info.revision)
+        except FleetError as exc:
+            self.lost = f"lost the apply lock {self.info.id}: {exc.message}"
+            raise LockLost(self.lost, hint="another apply may have taken it after it expired; run `fleet plan` again") from exc
+        self.info = LockInfo(self.info.id, self.info.holder, self.info.command, self.info.acquired_at, rev)
+
+    def check(self) -> None:
+        """Raise LockLost if a background refresh failed (called by apply between batches)."""
+        if self.lost:
+            raise LockLost(self.lost, hint="another apply may have taken it after it expired; run `fleet plan` again")
+
+    async def _refresh(self) -> None:
+        while self.info is not None and not self.lost:
             await asyncio.sleep(self.ttl / 3)
             if self.info is None:
                 return
-            try:
-                rev = await self.store.update(APPLY_LOCK_KEY, payload, last=self.info.revision)
-            except FleetError as exc:  # lost it (force-unlocked) or NATS is away; CAS writes still protect the store
-                log.warning("could not refresh the apply lock: %s", exc)
-                return
-            self.info = LockInfo(self.info.id, self.info.holder, self.info.command, self.info.acquired_at, rev)
+            with contextlib.suppress(LockLost):
+                await self.refresh()
 
     async def release(self) -> None:
         info, self.info = self.info, None

@@ -29,7 +29,7 @@ def validate_cmd(file: Path, fmt: str, strict: bool, quiet: bool) -> None:
     Every problem is reported at once as FILE:LINE:COL: error: MESSAGE (at JSON.PATH). Exit status: 0 valid,
     1 invalid, 2 usage error. Use --format json in CI.
     """
-    result = load_config_or_report(file, fmt=fmt, exit_on_error=False, strict=strict)
+    result = load_config_or_report(file, report=fmt != "json", exit_on_error=False, strict=strict)
     failed = not result.ok or (strict and result.warnings)
     if fmt == "json":
         payload = {

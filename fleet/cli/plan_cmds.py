@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def plan_cmd(file: Path, nats: NatsSettings, fmt: str, as_json: bool, summary: b
     Secrets never appear in any format.
     """
     fmt = "json" if as_json else fmt
-    result = load_config_or_report(file, fmt=fmt)
+    writable_target(out, "--out")
+    result = load_config_or_report(file)
 
     plans: list[Plan] = []
 
@@ -104,11 +106,26 @@ def plan_cmd(file: Path, nats: NatsSettings, fmt: str, as_json: bool, summary: b
 def write_private(path: Path, text: str, mode: int = 0o600) -> None:
     """Write a file atomically with `mode` (0600 for secrets)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FleetError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def writable_target(path: Path | None, option: str) -> None:
+    """Fail before any work if `path` could not be written (missing directory, no permission)."""
+    if path is None:
+        return
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option} {path}: not writable")
 
 
 def _is_saved_plan(path: Path) -> bool:
@@ -147,6 +164,31 @@ def _confirm(auto_approve: bool) -> None:
         raise FleetError("apply cancelled", hint="nothing was written")
 
 
+async def _confirm_async(auto_approve: bool) -> None:
+    """_confirm on a daemon thread, so the event loop (and the lock refresher) runs while the user reads the plan,
+    and Ctrl-C still ends the command at once."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+    def ask() -> None:
+        error: BaseException | None = None
+        try:
+            _confirm(auto_approve)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            error = exc
+        loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=ask, name="fleet-apply-confirm", daemon=True).start()
+    await done
+
+
 class SecretReveal:
     """Shows each generated key secret once, the moment it exists (before its hash is stored): on stderr, or
     appended to the --reveal-keys-to file (mode 0600)."""
@@ -160,12 +202,16 @@ class SecretReveal:
             self._void(key_id)
             return
         if self.path is not None:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "a", encoding="utf-8") as fh:
-                fh.write(f"{key_id}={secret}\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.fchmod(fd, 0o600)
+                with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                    fh.write(f"{key_id}={secret}\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:  # before the key's hash is stored: nothing half-done
+                raise FleetError(f"cannot write the secret of key {key_id} to {self.path}: {exc.strerror or exc}",
+                                 hint="the key was not written; fix the path and run `fleet apply` again") from exc
         else:
             if not self.shown:
                 click.secho("Generated enrollment key secrets (shown once; store them now, only hashes are kept):",
@@ -209,6 +255,7 @@ def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_appro
     Takes the apply lock, computes the plan, asks for confirmation on a terminal (CI: --auto-approve), then
     writes each change with compare-and-set. A saved plan whose basis moved is refused.
     """
+    writable_target(reveal_keys_to, "--reveal-keys-to")
     saved: Plan | None = None
     result: LoadResult | None = None
     if plan_file is not None:
@@ -233,6 +280,9 @@ def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_appro
                     store = await ConfigStore.open(bus)
                     snap = await store.snapshot()
                     config_hash = _file_hash(Path(plan.basis.config_file)) if plan.basis.config_file else None
+                    if plan.basis.config_file and config_hash is None:
+                        click.echo(f"warning: cannot read {plan.basis.config_file} from here: not checking that it is "
+                                   "unchanged since the plan (the applied state is checked)", err=True)
                     changed = moved(plan.basis, {k: r.revision for k, r in snap.records.items()}, snap.revision, config_hash)
                     if changed:
                         raise FleetError("the saved plan is stale: the fleet changed since it was made:\n"
@@ -245,14 +295,15 @@ def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_appro
                     click.echo(render(plan, "human", summary), nl=False)
                     if plan.no_op:
                         return
-                    _confirm(auto_approve)
+                    await _confirm_async(auto_approve)  # the lock refresher keeps running meanwhile
+                await lock.refresh()  # still ours after the prompt? (LockLost otherwise: nothing written)
                 if plan.no_op:
                     click.echo("Nothing to apply.")
                     return
                 store = await ConfigStore.open(bus)
                 reveal = SecretReveal(reveal_keys_to)
                 report = await apply_plan(store, plan, os.environ, progress=_progress(len(plan.changes)),
-                                          reveal=reveal, applied_by=info.holder)
+                                          reveal=reveal, applied_by=info.holder, still_ours=lock.check)
                 s = plan.summary
                 click.secho(f"\nApply complete! Resources: {s.add} added, {s.change} changed, {s.destroy} destroyed"
                             + (f" ({report.already} were already in place)" if report.already else "")
@@ -273,12 +324,15 @@ async def wait_for_convergence(bus: Bus, t: Targets, timeout: float) -> None:
     interactive = sys.stderr.isatty()
     start = time.monotonic()
     last = None
+    snap = await (await ConfigStore.open(bus)).snapshot()
+    pool_slots = {r.id: (r.spec.get("capacity") or {}).get("max_concurrent_sessions")
+                  for r in snap.records.values() if r.kind == "pool"}
     while True:
         hosts, warning = await observe_hosts(bus)
         if warning:
             click.echo(f"warning: not waiting for convergence: {warning}", err=True)
             return
-        left = pending(t, hosts)
+        left = pending(t, hosts, pool_slots)
         elapsed = time.monotonic() - start
         if not left:
             if interactive and last is not None:

@@ -61,7 +61,7 @@ def route_group() -> None:
 @json_option
 def route_show(project: str | None, file: Path, as_json: bool) -> None:
     """Show the routing policy of PROJECT as fleet.yaml declares it."""
-    cfg = load_config_or_report(file, fmt="json" if as_json else "human").config
+    cfg = load_config_or_report(file).config
     assert cfg is not None
     p = pick_project(cfg, project)
     r = p.routing
@@ -145,11 +145,21 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
 
 
 def _write_keeping_mode(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o777
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    """Replace the file's content atomically, keeping its mode, a UTF-8 BOM if it had one, and symlinks (the
+    link's target is written, the link stays)."""
+    target = path.resolve()
+    raw_head = target.read_bytes()[:3]
+    data = ("\ufeff" if raw_head == b"\xef\xbb\xbf" else "") + text
+    mode = target.stat().st_mode & 0o777
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FleetError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _state_word(cap: Capacity) -> str:
@@ -168,7 +178,7 @@ def route_test(project: str | None, explain: bool, file: Path, nats: NatsSetting
     Uses the routing and pools of fleet.yaml (what you are about to promote) and the hosts the control plane
     sees now. Reports which pool would get the next session and whether the fallback would activate.
     """
-    cfg = load_config_or_report(file, fmt="json" if as_json else "human").config
+    cfg = load_config_or_report(file).config
     assert cfg is not None
     p = pick_project(cfg, project)
 

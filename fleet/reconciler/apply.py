@@ -75,7 +75,7 @@ async def _target(store: ConfigStore, c: Change, env: Mapping[str, str], report:
     source = spec.get("secret_source", "")
     if source.startswith("env:"):
         spec["secret_sha256"] = secret_sha256(env[source[4:]])
-    elif c.action == "update":
+    elif c.action == "update" and (c.before or {}).get("secret_source") == "generated":
         current = await store.get(f"key.{c.id}")
         spec["secret_sha256"] = (current.spec.get("secret_sha256") if current else None) or _generate(c, report, reveal)
     else:
@@ -121,7 +121,8 @@ async def _apply_one(store: ConfigStore, c: Change, env: Mapping[str, str], repo
 
 
 async def apply_plan(store: ConfigStore, plan: Plan, env: Mapping[str, str], *, progress: Progress | None = None,
-                     reveal: Reveal | None = None, applied_by: str = "") -> ApplyReport:
+                     reveal: Reveal | None = None, applied_by: str = "",
+                     still_ours: Callable[[], None] | None = None) -> ApplyReport:
     """Write every change of `plan`; see the module docstring."""
     check_secrets(plan, env)
     report = ApplyReport()
@@ -143,6 +144,8 @@ async def apply_plan(store: ConfigStore, plan: Plan, env: Mapping[str, str], *, 
             progress(done, total, c)
 
     for batch in batches(list(plan.changes)):
+        if still_ours is not None:
+            still_ours()  # raises when the apply lock was lost: stop before the next batch
         results = await asyncio.gather(*(run(c) for c in batch), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:

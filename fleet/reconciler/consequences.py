@@ -75,6 +75,13 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
             items.append(Consequence(kind="host-not-registered", subject=host_id,
                                      message=f"host {host_id} is declared in fleet.yaml but not registered: nothing to pause or drain"))
 
+    undeclared = _specs(live.applied, "host").keys() - declared.keys()
+    for h in live.hosts:
+        if h.machine_id in undeclared and h.status in ("paused", "draining"):
+            items.append(Consequence(kind="host-status", subject=h.machine_id, tenant=h.tenant,
+                                     message=f"host {_host_label(h)} stays {h.status}: fleet.yaml no longer declares it "
+                                             f"(resume it with `fleet hosts resume {h.machine_id[:8]}`)"))
+
     # hosts after the change: locked out by key changes, orphaned by pool removals, paused/drained by the file
     after_hosts: list[HostView | ObservedHost] = []
     # An ObservedHost has every attribute the routing rules read, under the same names as HostView: the hosts

@@ -9,11 +9,12 @@ pending or its timeout passes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fleet.reconciler.live import ObservedHost
 from fleet.reconciler.plan import Plan
+from fleet.routing import host_slots
 
 LIVE = ("active", "paused", "draining")
 
@@ -47,19 +48,29 @@ def targets(plan: Plan) -> Targets:
     return Targets(pools, hosts)
 
 
-def pending(t: Targets, hosts: Iterable[ObservedHost]) -> list[str]:
-    """What is not converged yet, one line per host and reason; empty when everything has caught up."""
+def pending(t: Targets, hosts: Iterable[ObservedHost], pool_slots: Mapping[str, int | None] | None = None) -> list[str]:
+    """What is not converged yet, one line per host and reason; empty when everything has caught up.
+
+    `pool_slots` is max_concurrent_sessions of every applied pool (a host serving several pools converges on the
+    smallest, fleet.routing.host_slots); without it only the changed pools are known.
+    """
     out: list[str] = []
+    slots_of = dict(pool_slots or {})
+    for pool_id, target in t.pools.items():
+        slots_of.setdefault(pool_id, target.slots)
     for h in hosts:
         if h.status not in LIVE:
             continue
         name = h.hostname or h.machine_id[:8]
+        if any(p in t.pools for p in h.pools):
+            want = host_slots(slots_of.get(p) for p in h.pools)
+            if want is not None and h.max_sessions != want:
+                wanted_by = ", ".join(p for p in h.pools if slots_of.get(p) == want)
+                out.append(f"{name}: {h.max_sessions} slots, {wanted_by} wants {want}")
         for pool_id in h.pools:
             target = t.pools.get(pool_id)
             if target is None:
                 continue
-            if target.slots is not None and h.max_sessions != target.slots:
-                out.append(f"{name}: {h.max_sessions} slots, {pool_id} wants {target.slots}")
             missing = sorted(target.labels - set(h.labels))
             if missing:
                 out.append(f"{name}: lacks {pool_id} labels {', '.join(missing)}")

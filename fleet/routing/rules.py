@@ -126,6 +126,14 @@ class Decision:
         return self.pool is None
 
 
+def host_slots(pool_slots: Iterable[int | None]) -> int | None:
+    """A host's session slots given the max_concurrent_sessions of every pool it serves: the smallest (a host
+    serving two pools must fit both envelopes). None when no pool says. The agent converges on this; `fleet apply`
+    waits for it."""
+    known = [n for n in pool_slots if n]
+    return min(known) if known else None
+
+
 def ineligibility(host: HostView, pool: PoolView, route: RouteView | None = None, *, count_full: bool = True) -> list[str]:
     """Every reason `host` cannot take the next session of `route` in `pool`; empty when it can."""
     reasons = []

@@ -121,12 +121,14 @@ def test_two_concurrent_applies_one_wins_other_names_the_holder(nats_server, wor
     url = nats_server.url
     # apply #1 on a terminal: it takes the lock, shows the plan and waits at the confirmation prompt
     master, slave = pty.openpty()
-    first = popen(["apply"], url, cwd=workdir, stdin=slave, stdout=slave, stderr=slave, env_extra={"CI": ""})
+    first = popen(["apply"], url, cwd=workdir, stdin=slave, stdout=slave, stderr=slave,
+                  env_extra={"CI": "", "FLEET_LOCK_TTL": "2"})
     os.close(slave)
     try:
         out = _read_until(master, "Enter a value")
         assert "Acquired the apply lock" in out
         lock_id = re.search(r"Acquired the apply lock (\w+)", out).group(1)
+        time.sleep(5)  # longer than the lock's 2 s TTL: the waiting apply keeps refreshing it
         second = fleet(["apply", "--auto-approve"], url, cwd=workdir)
         assert second.returncode == 1
         assert f"the apply lock is held: lock {lock_id} held by" in second.stderr
@@ -309,3 +311,18 @@ def test_rerun_after_interrupted_apply_is_idempotent_and_voids_a_regenerated_sec
     assert report.revealed == {}
     assert stored.spec["secret_sha256"] == "f" * 64, "the earlier run's secret stays the valid one"
     assert again.no_op
+
+
+def test_switching_a_key_to_a_generated_secret_rotates_it(nats_server, workdir):
+    import hashlib
+
+    url = nats_server.url
+    assert fleet(["apply", "--auto-approve"], url, cwd=workdir).returncode == 0
+    path = workdir / "fleet.yaml"
+    path.write_text(path.read_text().replace("secret: {from_env: FLEET_KEY_LOCAL_DEV}", "secret: {generate: true}"))
+    r = fleet(["apply", "--auto-approve", "--reveal-keys-to", "keys.txt"], url, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    secret = dict(line.split("=", 1) for line in (workdir / "keys.txt").read_text().split())["local-dev"]
+    kv = asyncio.run(_dump_stream(url, f"KV_{BUCKET_CONFIG}"))
+    assert hashlib.sha256(secret.encode()).hexdigest().encode() in kv
+    assert fleet(["plan", "--detailed-exitcode"], url, cwd=workdir).returncode == 0

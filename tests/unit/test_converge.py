@@ -119,3 +119,24 @@ def test_instance_drift():
         "docker instance c-1 of pool pool-docker-gpu is gone (deleted outside fleet?)",
         "docker instance c-2 belongs to pool pool-gone, which is not in the applied config",
     ]
+
+
+def test_host_of_several_pools_converges_on_the_smallest_envelope():
+    # a host serving pool-local-main (changed to 6) and pool-cloud-e2b (1 slot): the agent runs min(6, 1) = 1
+    host = A.model_copy(update={"pools": ("pool-local-main", "pool-cloud-e2b"), "max_sessions": 1})
+    t = targets(plan_for(CAPACITY))
+    assert pending(t, [host], {"pool-local-main": 6, "pool-cloud-e2b": 1}) == []
+    assert pending(t, [host.model_copy(update={"max_sessions": 4})], {"pool-local-main": 6, "pool-cloud-e2b": 1}) == [
+        "build-01.corp: 4 slots, pool-cloud-e2b wants 1"]
+
+
+def test_host_no_longer_declared_stays_paused_and_the_plan_says_so():
+    applied = applied_from_example()
+    applied[f"host.{B.machine_id}"] = AppliedResource(kind="host", id=B.machine_id, spec={"status": "paused", "note": None},
+                                                      revision=300)
+    cfg = edited_config()
+    plan = make_plan(desired_resources(cfg, hashes(cfg)),
+                     LiveState(applied=applied, hosts=(B.model_copy(update={"status": "paused"}),)), BASIS)
+    assert [i.message for i in plan.consequences.items if i.kind == "host-status"] == [
+        "host dev-mbp-mark (7f3e9c12) stays paused: fleet.yaml no longer declares it "
+        "(resume it with `fleet hosts resume 7f3e9c12`)"]

@@ -116,3 +116,79 @@ def test_deprecated_execution_route_alias(fleet_file):
     assert "deprecated" in r.stderr and "fleet route" in r.stderr
     assert "Preferred pool:   pool-local-main" in r.stdout
     assert "execution" not in CliRunner().invoke(cli, ["--help"]).output
+
+
+def _variant(fleet_file: Path, old: str, new: str) -> str:
+    text = fleet_file.read_text()
+    assert old in text
+    text = text.replace(old, new, 1)
+    fleet_file.write_text(text)
+    return text
+
+
+ROUTING_BLOCK = ("    routing:\n      mode: preferred-with-fallback\n      preferred_pool: pool-local-main\n"
+                 "      fallback_pool: pool-cloud-e2b\n      model: claude-3-5-sonnet\n")
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--preferred-pool", "pool-cloud-e2b", "--fallback-pool", "pool-local-main"],
+     "    routing: {mode: preferred-with-fallback, preferred_pool: pool-cloud-e2b, fallback_pool: pool-local-main, "
+     "model: claude-3-5-sonnet}"),
+    (["--preferred-pool", "pool-local-main"],
+     "    routing: {mode: preferred-only, preferred_pool: pool-local-main, model: claude-3-5-sonnet}"),
+])
+def test_route_set_flow_style_edits_only_that_line(fleet_file, args, expected):
+    before = _variant(fleet_file, ROUTING_BLOCK, "    routing: {mode: preferred-with-fallback, preferred_pool: "
+                      "pool-local-main, fallback_pool: pool-cloud-e2b, model: claude-3-5-sonnet}\n")
+    r = run("route", "set", "my-fintech-app", *args, "-f", str(fleet_file))
+    assert r.exit_code == 0, r.output
+    diff = changed_lines(before, fleet_file.read_text())
+    assert diff[1:] == ["+" + expected] and len(diff) == 2
+
+
+def test_route_set_flow_style_first_entry_removed_and_added_back(fleet_file):
+    before = _variant(fleet_file, ROUTING_BLOCK, "    routing: {fallback_pool: pool-cloud-e2b, mode: preferred-with-fallback,"
+                      " preferred_pool: pool-local-main, model: claude-3-5-sonnet}\n")
+    assert run("route", "set", "my-fintech-app", "--preferred-pool", "pool-local-main", "-f", str(fleet_file)).exit_code == 0
+    assert changed_lines(before, fleet_file.read_text())[1] == \
+        "+    routing: {mode: preferred-only, preferred_pool: pool-local-main, model: claude-3-5-sonnet}"
+
+
+def test_route_set_keeps_crlf_bom_and_symlinks(tmp_path, fleet_file):
+    real = tmp_path / "real.yaml"
+    real.write_bytes(b"\xef\xbb\xbf" + fleet_file.read_text().replace("\n", "\r\n").encode())
+    link = tmp_path / "link.yaml"
+    link.symlink_to(real)
+    r = run("route", "set", "my-fintech-app", "--preferred-pool", "pool-cloud-e2b", "--fallback-pool", "pool-local-main",
+            "-f", str(link))
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink()
+    data = real.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf")
+    assert b"\r\n" in data and data.count(b"\n") == data.count(b"\r\n"), "no mixed line endings"
+    assert b"      preferred_pool: pool-cloud-e2b\r\n      fallback_pool: pool-local-main\r\n" in data
+
+
+def test_route_set_value_on_its_own_line(fleet_file):
+    before = _variant(fleet_file, "      mode: preferred-only\n      preferred_pool: pool-k8s-batch\n",
+                      "      mode: preferred-only\n      preferred_pool:\n        pool-k8s-batch\n")
+    r = run("route", "set", "ledger-batch", "--preferred-pool", "pool-k8s-batch", "--fallback-pool", "pool-local-main",
+            "-f", str(fleet_file))
+    assert r.exit_code == 0, r.output
+    assert changed_lines(before, fleet_file.read_text()) == [
+        "-      mode: preferred-only", "+      mode: preferred-with-fallback", "+      fallback_pool: pool-local-main"]
+
+
+@pytest.mark.parametrize("routing_of_other", ["*fin", "{<<: *fin, model: claude-3-5-haiku}"])
+def test_route_set_refuses_routing_shared_through_anchors(fleet_file, routing_of_other):
+    text = fleet_file.read_text().replace("    routing:\n      mode: preferred-with-fallback", "    routing: &fin\n"
+                                          "      mode: preferred-with-fallback", 1)
+    text = text.replace("  # preferred-only: the Kubernetes pool", f"  - id: other-app\n    tenant: fin-prod\n"
+                        f"    routing: {routing_of_other}\n\n  # preferred-only: the Kubernetes pool", 1)
+    fleet_file.write_text(text)
+    for project in ("other-app", "my-fintech-app"):
+        r = CliRunner().invoke(cli, ["route", "set", project, "--preferred-pool", "pool-cloud-e2b", "-f", str(fleet_file)])
+        assert r.exit_code == 1, r.output
+        assert "shared through a YAML anchor, alias or merge key" in r.output
+        assert "Traceback" not in r.output
+    assert fleet_file.read_text() == text
