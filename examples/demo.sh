@@ -65,10 +65,10 @@ echo "== fleet route test my-fintech-app"
 fleet route test my-fintech-app -f fleet.yaml.example
 
 echo
-echo "The fleet keeps running. Try:"
+echo "The fleet keeps running. Try (after \`. .venv/bin/activate\`):"
 echo "  fleet list --json | jq '[.[] | select(.status == \"active\")]'"
 echo "  fleet show <machine-id or prefix>"
 echo "  fleet route show my-fintech-app -f fleet.yaml.example"
 echo "  fleet plan -f fleet.yaml.example --format markdown"
 echo "  fleet hosts pause <machine-id>       fleet agent status --state-dir $STATE_DIR/agents/agent-1"
-echo "Stop everything (agents, fleet server, nats-server) with:  fleet down   (or: make down)"
+echo "Stop everything (agents, fleet server, nats-server) with:  make down   (or: .venv/bin/fleet down)"
