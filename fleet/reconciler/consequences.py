@@ -142,11 +142,13 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
             cap_a = caps_a.get(pool_id)
             cap_b = caps_b.get(pool_id) if rb and pool_id in rb.pools else None
             had = cap_b is not None and cap_b.total != 0
-            if (cap_a is None or cap_a.total == 0) and (had or pool_id not in desired_pools):
+            deleted = pool_id not in desired_pools
+            # without observed hosts, a persistent pool's capacity is unknown: only a deletion is certain
+            if (cap_a is None or cap_a.total == 0) and (deleted or (had and live.hosts_observed)):
                 items.append(Consequence(kind="route-without-capacity", subject=f"route.{project}", tenant=ra.tenant, pool=pool_id,
                                          message=f"route {project}: {role} pool {pool_id} "
-                                                 + ("is deleted" if pool_id not in desired_pools else "loses all capacity")))
-        if after == 0 and before != 0:
+                                                 + ("is deleted" if deleted else "loses all capacity")))
+        if after == 0 and before != 0 and live.hosts_observed:
             items.append(Consequence(kind="project-unroutable", subject=f"project.{project}", tenant=ra.tenant,
                                      message=f"project {project} has no slots left: its sessions will wait in the pending queue"))
 

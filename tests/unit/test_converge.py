@@ -140,3 +140,17 @@ def test_host_no_longer_declared_stays_paused_and_the_plan_says_so():
     assert [i.message for i in plan.consequences.items if i.kind == "host-status"] == [
         "host dev-mbp-mark (7f3e9c12) stays paused: fleet.yaml no longer declares it "
         "(resume it with `fleet hosts resume 7f3e9c12`)"]
+
+
+def test_without_observed_hosts_capacity_losses_are_not_claimed():
+    # the e2b fallback is removed; with no hosts observed, the local pool's capacity is unknown, not zero
+    edits = (("      fallback_pool: pool-cloud-e2b\n", ""),
+             ("      mode: preferred-with-fallback\n      preferred_pool: pool-local-main\n",
+              "      mode: preferred-only\n      preferred_pool: pool-local-main\n"))
+    cfg = edited_config(*edits)
+    blind = make_plan(desired_resources(cfg, hashes(cfg)),
+                      LiveState(applied=applied_from_example(), hosts_observed=False), BASIS)
+    assert not [i for i in blind.consequences.items if i.kind in ("project-unroutable", "route-without-capacity")]
+    seeing = make_plan(desired_resources(cfg, hashes(cfg)),
+                       LiveState(applied=applied_from_example(), hosts=(), hosts_observed=True), BASIS)
+    assert [i.kind for i in seeing.consequences.items] == ["project-unroutable"]
