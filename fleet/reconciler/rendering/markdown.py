@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from fleet import __version__
 from fleet.reconciler.plan import Change, Plan
-from fleet.reconciler.rendering.values import VERBS, attribute_lines, slots
+from fleet.reconciler.rendering.values import VERBS, attribute_lines, literal, slots
 
 GITHUB_COMMENT_LIMIT = 65_536
 _RESERVE = 600  # room for the truncation note and the footer
@@ -41,8 +41,18 @@ def _counts(changes: list[Change]) -> str:
 
 
 def _change_block(c: Change) -> str:
+    """A ```diff block body; an updated attribute is a `-` old line and a `+` new line, so GitHub colours both."""
     lines = [f"{c.symbol} {c.address}  # {VERBS[c.action]}"]
-    lines += [f"{s}   {text}" for s, text in attribute_lines(c)]
+    if c.action in ("create", "delete"):
+        lines += [f"{s}   {text}" for s, text in attribute_lines(c)]
+        return "\n".join(lines)
+    width = max((len(a.path) for a in c.attributes), default=0)
+    for a in c.attributes:
+        note = "  # forces replacement" if a.forces_replacement else ""
+        if a.before is not None:
+            lines.append(f"-   {a.path.ljust(width)} = {literal(a.before)}{note if a.after is None else ''}")
+        if a.after is not None:
+            lines.append(f"+   {a.path.ljust(width)} = {literal(a.after)}{note}")
     return "\n".join(lines)
 
 
