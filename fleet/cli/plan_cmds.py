@@ -25,7 +25,7 @@ from fleet.bus.applied import ApplyLock, ConfigStore
 from fleet.bus.connection import Bus, connect
 from fleet.cli.live import observe_hosts
 from fleet.cli.options import NatsSettings, file_option, nats_options
-from fleet.cli.shared import load_config_or_report
+from fleet.cli.shared import atomic_write, load_config_or_report
 from fleet.errors import FleetError, UsageError
 from fleet.reconciler.apply import apply_plan
 from fleet.reconciler.basis import moved
@@ -97,24 +97,10 @@ def plan_cmd(file: Path, nats: NatsSettings, fmt: str, as_json: bool, summary: b
     plan = plans[0]
     click.echo(render(plan, fmt, summary), nl=False)
     if out:
-        write_private(out, plan.to_json() + "\n", mode=0o644)
+        atomic_write(out, plan.to_json() + "\n", mode=0o644)
         click.echo(f"\nSaved the plan to {out}. Apply exactly this plan with: fleet apply {out}", err=True)
     if detailed_exitcode and not plan.no_op:
         sys.exit(2)
-
-
-def write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write a file atomically with `mode` (0600 for secrets)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise FleetError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def writable_target(path: Path | None, option: str) -> None:
@@ -223,7 +209,7 @@ class SecretReveal:
         self.shown -= 1
         if self.path is not None and self.path.exists():
             kept = [ln for ln in self.path.read_text(encoding="utf-8").splitlines() if not ln.startswith(f"{key_id}=")]
-            write_private(self.path, "".join(f"{ln}\n" for ln in kept))
+            atomic_write(self.path, "".join(f"{ln}\n" for ln in kept))
         else:
             click.echo(f"  {key_id}: ignore the secret above: an earlier apply already stored this key "
                        "(use the secret it showed)", err=True)

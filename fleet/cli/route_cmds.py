@@ -18,7 +18,7 @@ import click
 from fleet.bus.connection import connect
 from fleet.cli.live import observe_hosts
 from fleet.cli.options import NatsSettings, file_option, json_option, nats_options
-from fleet.cli.shared import load_config_or_report, plugin_registry, print_diagnostics
+from fleet.cli.shared import atomic_write, load_config_or_report, plugin_registry, print_diagnostics
 from fleet.errors import FleetError, NotFound, UsageError
 from fleet.reconciler.desired import pool_spec, route_spec
 from fleet.routing import Capacity, HostView, PoolView, RouteView, decide, ineligibility, pool_capacity
@@ -133,7 +133,7 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
     if new_text == result.document.text:
         click.echo(f"{p.id}: routing already preferred={preferred_pool} fallback={fallback_pool or '(none)'}; {file} unchanged")
     else:
-        _write_keeping_mode(file, new_text)
+        atomic_write(file, new_text)
         mode = checked.config.project(p.id).routing.mode if checked.config else "?"
         click.echo(f"Updated {file}: {p.id} -> preferred {preferred_pool}, fallback {fallback_pool or '(none)'}, mode {mode}.")
         click.echo("Takes effect on the next dispatch after `fleet apply`; in-flight sessions stay where they are.")
@@ -142,24 +142,6 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
 
         ctx.invoke(apply_cmd, plan_file=None, file=file, nats=nats, auto_approve=True, lock_timeout=0.0,
                    reveal_keys_to=None, summary=False, wait=True, wait_timeout=60.0)
-
-
-def _write_keeping_mode(path: Path, text: str) -> None:
-    """Replace the file's content atomically, keeping its mode, a UTF-8 BOM if it had one, and symlinks (the
-    link's target is written, the link stays)."""
-    target = path.resolve()
-    raw_head = target.read_bytes()[:3]
-    data = ("\ufeff" if raw_head == b"\xef\xbb\xbf" else "") + text
-    mode = target.stat().st_mode & 0o777
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise FleetError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _state_word(cap: Capacity) -> str:

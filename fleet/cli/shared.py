@@ -1,4 +1,5 @@
-"""Helpers shared by the CLI commands: loading the config with diagnostics printed, the plugin registry.
+"""Helpers shared by the CLI commands: loading the config with diagnostics printed, the plugin registry, and
+atomic file writes.
 
 Called by fleet.cli.*_cmds modules only.
 """
@@ -6,11 +7,13 @@ Called by fleet.cli.*_cmds modules only.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from fleet.errors import FleetError
 from fleet.plugins.registry import Registry, load_registry
 from fleet.schema.api import LoadResult, load_fleet
 
@@ -44,3 +47,26 @@ def load_config_or_report(file: Path, *, report: bool = True, exit_on_error: boo
     if exit_on_error and (not result.ok or (strict and result.warnings)):
         sys.exit(1)
     return result
+
+
+def atomic_write(path: Path, text: str, *, mode: int | None = None) -> None:
+    """Replace a file's content atomically (temp file + rename), so a crash never leaves half a file.
+
+    mode=None edits an existing file: its mode, a UTF-8 BOM and symlinks are kept (the link's target is written).
+    With a mode (0600 for secrets) the file is created or replaced with exactly that mode.
+    """
+    target = path.resolve()
+    prefix = ""
+    if mode is None:
+        mode = target.stat().st_mode & 0o777
+        prefix = "\ufeff" if target.read_bytes()[:3] == b"\xef\xbb\xbf" else ""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(prefix + text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FleetError(f"cannot write {path}: {exc.strerror or exc}") from exc
