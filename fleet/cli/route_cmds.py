@@ -104,7 +104,7 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
 
     Takes effect on the next session dispatch after `fleet apply`; in-flight sessions stay where they are.
     """
-    result = load_config_or_report(file, exact=True)  # edits by position: needs the round-trip parse
+    result = load_config_or_report(file)
     cfg = result.config
     assert cfg is not None
     p = pick_project(cfg, project)
@@ -126,7 +126,7 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
         raise UsageError(f"project {p.id!r} uses adaptive routing, which has candidates, not a fallback pool",
                          hint="edit `routing.candidates` in fleet.yaml")
     new_text = edit_route(result.document, p.id, RouteEdit(preferred_pool, fallback_pool))
-    checked = load_fleet_text(new_text, str(file), backends=plugin_registry().settings_validators(), exact=True)
+    checked = load_fleet_text(new_text, str(file), backends=plugin_registry().settings_validators())
     if not checked.ok:
         print_diagnostics(checked)
         raise FleetError(f"the edited {file} would not be valid; nothing was written")

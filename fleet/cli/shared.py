@@ -38,11 +38,10 @@ def print_diagnostics(result: LoadResult) -> None:
         click.echo(f"{n} error{'s' if n != 1 else ''}" + (f", {w} warning{'s' if w != 1 else ''}" if w else ""), err=True)
 
 
-def load_config_or_report(file: Path, *, report: bool = True, exit_on_error: bool = True, strict: bool = False,
-                          exact: bool = False) -> LoadResult:
+def load_config_or_report(file: Path, *, report: bool = True, exit_on_error: bool = True, strict: bool = False) -> LoadResult:
     """Load fleet.yaml; print its diagnostics on stderr (unless the caller reports them itself, as
     `fleet validate --format json` does); exit 1 on errors when exit_on_error."""
-    result = load_fleet(file, backends=plugin_registry().settings_validators(), exact=exact)
+    result = load_fleet(file, backends=plugin_registry().settings_validators())
     if report:
         print_diagnostics(result)
     if exit_on_error and (not result.ok or (strict and result.warnings)):

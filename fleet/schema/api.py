@@ -44,24 +44,15 @@ class LoadResult:
 
 
 def load_fleet(path: str | Path, *, backends: Mapping[str, SettingsValidator] | None = None,
-               now: dt.datetime | None = None, exact: bool = False) -> LoadResult:
-    """Read, validate and model one fleet.yaml file. exact=True always keeps positions and the round-trip tree
-    (for in-place edits); otherwise a plain, valid file takes the fast parse and positions are computed only
-    when a diagnostic needs them."""
-    return _load(load_document(path, fast=not exact), backends, now)
+               now: dt.datetime | None = None) -> LoadResult:
+    """Read, validate and model one fleet.yaml file."""
+    return _finish(load_document(path), backends, now)
 
 
 def load_fleet_text(text: str, file: str = "<string>", *, backends: Mapping[str, SettingsValidator] | None = None,
-                    now: dt.datetime | None = None, exact: bool = False) -> LoadResult:
+                    now: dt.datetime | None = None) -> LoadResult:
     """Same as load_fleet, for YAML given as text."""
-    return _load(load_text(text, file, fast=not exact), backends, now)
-
-
-def _load(doc: LoadedDocument, backends: Mapping[str, SettingsValidator] | None, now: dt.datetime | None) -> LoadResult:
-    result = _finish(doc, backends, now)
-    if doc.fast and result.diagnostics:  # place them: parse again, exactly, and report from that
-        result = _finish(load_text(doc.text, doc.file), backends, now)
-    return result
+    return _finish(load_text(text, file), backends, now)
 
 
 def _finish(doc: LoadedDocument, backends: Mapping[str, SettingsValidator] | None, now: dt.datetime | None) -> LoadResult:

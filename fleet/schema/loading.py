@@ -68,7 +68,6 @@ class LoadedDocument:
     text: str = ""
     positions: PositionIndex = field(default_factory=PositionIndex)
     diagnostics: list[Diagnostic] = field(default_factory=list)
-    fast: bool = False  # parsed by the fast path: data only, no positions and no round-trip tree
 
     @property
     def ok(self) -> bool:
@@ -332,72 +331,16 @@ def _duplicate_key_message(exc: MarkedYAMLError) -> str:
     return "duplicate key"
 
 
-_FAST_UNSAFE = re.compile(r"[&*!\t]|<<")  # tabs: libyaml accepts some that ruamel rejects
-
-
-class _NotFast(Exception):
-    pass
-
-
-def _plain(node: Any, budget: list[int]) -> Any:
-    """Plain JSON-like data from the safe loader's output, exactly as _Converter makes it from the round-trip tree."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise _NotFast
-    if isinstance(node, dict):
-        return {(k if isinstance(k, str) else _scalar_text(k)): _plain(v, budget) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v, budget) for v in node]
-    if node is None or isinstance(node, bool | str):
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, dt.datetime):
-        text = node.isoformat()
-        return text if node.tzinfo else text + "Z"
-    if isinstance(node, dt.date):
-        return node.isoformat()
-    raise _NotFast
-
-
-def fast_parse(text: str) -> Any:
-    """The data of a plain document through ruamel's safe loader (libyaml's C parser when ruamel.yaml.clib is
-    installed: about 5x faster than the round-trip parse), or None when the fast path does not apply: anchors,
-    aliases, tags or merge keys anywhere, or any problem at all. The caller then parses with the round-trip
-    loader, which also gives positions. A valid plain document yields exactly the round-trip loader's data (a
-    property test holds the two to that)."""
-    if _FAST_UNSAFE.search(text) or _FLOW_RUN.search(text):
-        return None
-    yaml = YAML(typ="safe")
-    yaml.allow_duplicate_keys = False
-    try:
-        data = yaml.load(text)
-        if not isinstance(data, dict):
-            return None
-        return _plain(data, [MAX_NODES])
-    except (_NotFast, RecursionError):
-        return None
-    except Exception:  # any parse problem: the round-trip loader reports it with a position
-        return None
-
-
-def load_document(path: str | Path, *, fast: bool = False) -> LoadedDocument:
-    """Read and parse one fleet.yaml; see the module docstring. fast=True tries fast_parse first (no positions,
-    no tree: the caller re-parses exactly when it has a diagnostic to place)."""
+def load_document(path: str | Path) -> LoadedDocument:
+    """Read and parse one fleet.yaml; see the module docstring."""
     path = Path(path)
     doc = LoadedDocument(file=str(path))
     text = read_text(path, doc)
     if text is None:
         return doc
-    return load_text(text, str(path), fast=fast)
+    return parse_text(text, doc)
 
 
-def load_text(text: str, file: str = "<string>", *, fast: bool = False) -> LoadedDocument:
-    """Parse YAML given as text (tests, stdin); fast as in load_document."""
-    if fast:
-        data = fast_parse(text)
-        if data is not None:
-            return LoadedDocument(file=file, data=data, text=text, fast=True)
+def load_text(text: str, file: str = "<string>") -> LoadedDocument:
+    """Parse YAML given as text (tests, stdin)."""
     return parse_text(text, LoadedDocument(file=file))
