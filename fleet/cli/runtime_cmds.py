@@ -128,25 +128,16 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
 def down_cmd(state_dir: Path) -> None:
     """Stop what `fleet up` started (and local agents under <state-dir>/agents/), by PID. Harmless if idle."""
     state_dir = state_dir.absolute()
+    targets = [(f, AGENT_PROCESS_MARK, f"agent {f.parent.name}") for f in sorted(state_dir.glob("agents/*/agent.pid"))]
+    targets += [(state_dir / "server.pid", SERVER_MARK, "fleet server"),
+                (state_dir / "nats-server.pid", "nats-server", "nats-server")]  # agents first, NATS last
     stopped = []
-    for pid_file in sorted(state_dir.glob("agents/*/agent.pid")):
-        pid = read_pid(pid_file, AGENT_PROCESS_MARK)
-        if pid is not None and stop_pid(pid, expect=AGENT_PROCESS_MARK):
-            stopped.append(f"agent {pid_file.parent.name} (pid {pid})")
+    for pid_file, mark, label in targets:
+        pid = read_pid(pid_file, mark)
+        if pid is not None and stop_pid(pid, expect=mark):
+            stopped.append(f"{label} (pid {pid})")
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
-    server_pid_file = state_dir / "server.pid"
-    spid = read_pid(server_pid_file, SERVER_MARK)
-    if spid is not None and stop_pid(spid, expect=SERVER_MARK):
-        stopped.append(f"fleet server (pid {spid})")
-    with contextlib.suppress(FileNotFoundError):
-        server_pid_file.unlink()
-    nats_pid_file = state_dir / "nats-server.pid"
-    npid = read_pid(nats_pid_file, "nats-server")
-    if npid is not None and stop_pid(npid, expect="nats-server"):
-        stopped.append(f"nats-server (pid {npid})")
-    with contextlib.suppress(FileNotFoundError):
-        nats_pid_file.unlink()
     if stopped:
         for what in stopped:
             click.echo(f"stopped {what}")
