@@ -34,27 +34,25 @@ def test_no_changes_when_applied_matches():
 
 
 CASES = [
-    # (edit old, edit new, address, action, changed attribute paths)
-    ("max_concurrent_sessions: 4   # slots per host", "max_concurrent_sessions: 6", "pool.pool-local-main", "update",
-     ["capacity.max_concurrent_sessions"]),
-    ("      fallback_pool: pool-cloud-e2b\n", "", "route.my-fintech-app", "update", ["fallback_pool"]),
-    ("hosts: {min: 2, max: 4}", "hosts: {min: 1, max: 8}", "pool.pool-local-main", "update", ["hosts.max", "hosts.min"]),
-    ("labels: [region=eu-west, tier=dev]\n    models", "labels: [tier=dev, region=eu-west]\n    models", None, None, []),
-    ("backend: docker\n", "backend: local\n", "pool.pool-docker-gpu", "replace", ["backend", "settings.image",
-                                                                                 "settings.network_mode"]),
-    ("max_uses: 50", "max_uses: 60", "key.ci-runners", "update", ["max_uses"]),
+    # (edits as (old, new) pairs, address, action, changed attribute paths); every row is asserted as written
+    ([("max_concurrent_sessions: 4   # slots per host", "max_concurrent_sessions: 6")], "pool.pool-local-main",
+     "update", ["capacity.max_concurrent_sessions"]),
+    ([("      fallback_pool: pool-cloud-e2b\n", "")], "route.my-fintech-app", "update", ["fallback_pool"]),
+    ([("hosts: {min: 2, max: 4}", "hosts: {min: 1, max: 8}")], "pool.pool-local-main", "update",
+     ["hosts.max", "hosts.min"]),
+    ([("labels: [region=eu-west, tier=dev]\n    models", "labels: [tier=dev, region=eu-west]\n    models")],
+     None, None, []),
+    # a local pool takes local settings, so the backend change comes with the settings change
+    ([("backend: docker\n", "backend: local\n"),
+      ("      image: fleet-agent:local\n      network_mode: host\n", "      workdir: .fleet/gpu\n")],
+     "pool.pool-docker-gpu", "replace", ["backend", "settings.image", "settings.network_mode", "settings.workdir"]),
+    ([("max_uses: 50", "max_uses: 60")], "key.ci-runners", "update", ["max_uses"]),
 ]
 
 
-@pytest.mark.parametrize("old,new,address,action,paths", CASES)
-def test_single_edit(old, new, address, action, paths):
-    if address == "pool.pool-docker-gpu":  # a local pool takes local settings
-        new = "backend: local\n"
-        edits = [(old, new), ("      image: fleet-agent:local\n      network_mode: host\n", "      workdir: .fleet/gpu\n")]
-        changes = changes_for(*edits)
-        paths = ["backend", "settings.image", "settings.network_mode", "settings.workdir"]
-    else:
-        changes = changes_for((old, new))
+@pytest.mark.parametrize("edits,address,action,paths", CASES)
+def test_single_edit(edits, address, action, paths):
+    changes = changes_for(*edits)
     if address is None:
         assert changes == {}, "reordering a label set is not a change"
         return
