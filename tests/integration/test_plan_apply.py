@@ -146,28 +146,62 @@ def test_two_concurrent_applies_one_wins_other_names_the_holder(nats_server, wor
 
 
 def test_lock_timeout_waits_for_the_holder(nats_server, workdir):
+    """An apply started with --lock-timeout while another holder has the lock keeps retrying, writes nothing
+    while the lock is held, then takes the lock once it is released and applies everything."""
     url = nats_server.url
 
-    async def hold_for(seconds: float) -> None:
-        from fleet.bus.applied import ApplyLock
+    async def hold_while_the_second_apply_waits() -> tuple[subprocess.Popen, str]:
+        from fleet.bus.applied import ApplyLock, ConfigStore
 
         async with await connect(url) as bus:
             lock = await ApplyLock.open(bus)
-            await lock.acquire("test holder")
-            await asyncio.sleep(seconds)
-            await lock.release()
+            held = await lock.acquire("test holder")
+            config = await ConfigStore.open(bus)
+            # every attempt to take the lock is a KV create (a publish on the lock's subject expecting no previous
+            # value); refreshes expect the holder's revision and releases carry no payload: count the creates
+            tries: list[dict] = []
 
-    import threading
+            async def on_try(msg) -> None:
+                if msg.data and (msg.headers or {}).get("Nats-Expected-Last-Subject-Sequence") == "0":
+                    tries.append(json.loads(msg.data))
 
-    t = threading.Thread(target=lambda: asyncio.run(hold_for(2.0)))
-    t.start()
-    time.sleep(0.8)
+            await bus.subscribe(f"$KV.{BUCKET_LOCKS}.apply", on_try)
+            await bus.flush()
+            second = popen(["apply", "--auto-approve", "--lock-timeout", "120"], url, cwd=workdir,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + 60  # a guard against a hang, not a timing assert
+                # a refused create and a retry: the second apply is waiting for us, not failing or done
+                while sum(t["holder"].endswith(f" pid {second.pid}") for t in tries) < 2:
+                    assert second.poll() is None, "the second apply ended while the lock was held: " \
+                        + "".join(second.communicate())
+                    assert time.monotonic() < deadline, "the second apply never tried to take the lock"
+                    await asyncio.sleep(0.05)
+                current = await lock.current()
+                assert current is not None and current.id == held.id, "the lock changed hands while it was held"
+                assert (await config.snapshot()).revision == 0, "the second apply wrote while the lock was held"
+                assert second.poll() is None
+            except BaseException:
+                if second.poll() is None:
+                    second.kill()
+                    second.communicate()
+                raise
+            finally:
+                await lock.release()
+        return second, held.id
+
+    second, first_lock = asyncio.run(hold_while_the_second_apply_waits())
     try:
-        r = fleet(["apply", "--auto-approve", "--lock-timeout", "20"], url, cwd=workdir)
+        out, err = second.communicate(timeout=120)
     finally:
-        t.join()
-    assert r.returncode == 0, r.stderr
-    assert "Apply complete!" in r.stdout
+        if second.poll() is None:
+            second.kill()
+            second.communicate()
+    assert second.returncode == 0, err
+    acquired = re.search(r"Acquired the apply lock (\w+)", err)
+    assert acquired and acquired.group(1) != first_lock, err
+    assert "Apply complete! Resources: 17 added, 0 changed, 0 destroyed" in out
+    assert plan_json(url, workdir)["no_op"] is True
 
 
 def test_sigkill_midway_lock_expires_and_reapply_converges(nats_server, tmp_path):
