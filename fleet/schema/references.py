@@ -3,10 +3,10 @@
 Works on the plain data of a LoadedDocument (so it can run even when the JSON Schema found problems, and
 report everything at once) and is defensive about wrong types. Checks: duplicate IDs, undefined
 tenant/pool references (with 'did you mean'), `extends` cycles and cross-tenant inheritance, fallback equal
-to preferred, routing options that the mode ignores, projects routed to pools of another tenant or to
-abstract pools, keys scoped to pools of another tenant, min > max hosts, expired keys, backends that are not
-installed, and backend settings (through each backend's settings model). Also resolves pool `extends` into
-flat pool data. Called by fleet.schema.api.
+to preferred, an adaptive preferred pool also listed among its candidates, routing options that the mode
+ignores, projects routed to pools of another tenant or to abstract pools, keys scoped to pools of another
+tenant, min > max hosts, expired keys, backends that are not installed, and backend settings (through each
+backend's settings model). Also resolves pool `extends` into flat pool data. Called by fleet.schema.api.
 """
 
 from __future__ import annotations
@@ -231,6 +231,12 @@ class _Checker:
             if cands and mode != "adaptive":
                 self.error(f"candidates are only used in mode 'adaptive', not {mode!r}", (*rpath, "candidates"),
                            code="invariant.mode")
+            if mode == "adaptive" and isinstance(cands, list) and isinstance(preferred, str) and preferred in cands:
+                # the sampler chooses among the preferred pool *and* the candidates: the pool would be one choice
+                # listed twice, and removing it from one place would not stop routing to it
+                self.error(f"preferred_pool {preferred!r} is also listed in candidates",
+                           (*rpath, "candidates", cands.index(preferred)), code="invariant.candidate-equals-preferred",
+                           hint=f"candidates are the pools besides the preferred pool: remove {preferred!r} from candidates")
             if mode == "preferred-with-fallback" and fallback is None:
                 self.error("mode is preferred-with-fallback but no fallback_pool is set: sessions queue when the preferred pool is full",
                            (*rpath, "mode"), code="invariant.no-fallback", severity="warning",

@@ -182,6 +182,12 @@ def routed(routing: str, tenant: str = "fin-prod") -> str:
         (routed("{mode: adaptive, preferred_pool: pa, fallback_pool: pb}"), ["fallback_pool is ignored in mode 'adaptive'"]),
         (routed("{mode: preferred-only, preferred_pool: pa, candidates: [pb]}"),
          ["candidates are only used in mode 'adaptive', not 'preferred-only'"]),
+        # adaptive samples the preferred pool and the candidates: the preferred pool is not a candidate too
+        (routed("{mode: adaptive, preferred_pool: pa, candidates: [pb, pa]}"),
+         ["preferred_pool 'pa' is also listed in candidates"]),
+        # outside adaptive the candidates are ignored altogether: reported once, as such
+        (routed("{mode: preferred-only, preferred_pool: pa, candidates: [pa]}"),
+         ["candidates are only used in mode 'adaptive', not 'preferred-only'"]),
         (routed("{mode: adaptive, preferred_pool: pa, candidates: [ph]}"),
          ["project 'app' of tenant 'fin-prod' is routed to pool 'ph' of tenant 'health-prod'"]),
         (routed("{mode: adaptive, preferred_pool: pa, candidates: [pc]}"), ["unknown pool 'pc'"]),
