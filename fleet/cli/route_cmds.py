@@ -1,8 +1,8 @@
 """`fleet route show|set|test` (formats of the Rensei seed) and the hidden deprecated `fleet execution route`.
 
 show: a project's routing policy from fleet.yaml. set: edit fleet.yaml in place so that the change is a
-one-line diff (comments, order and formatting of everything else untouched), refusing unknown pools or pools
-of another tenant; `--apply` applies it. test: simulate the next dispatch against live capacity, with
+one-line diff (comments, order and formatting of everything else untouched), refusing unknown pools, pools
+of another tenant, and (adaptive) a preferred pool that is one of the candidates; `--apply` applies it. test: simulate the next dispatch against live capacity, with
 `--explain` listing every reason each host is not eligible. Registered by fleet.cli.main.
 """
 
@@ -125,6 +125,10 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
     if p.routing.mode == "adaptive" and fallback_pool is not None:
         raise UsageError(f"project {p.id!r} uses adaptive routing, which has candidates, not a fallback pool",
                          hint="edit `routing.candidates` in fleet.yaml")
+    if p.routing.mode == "adaptive" and preferred_pool in p.routing.candidates:
+        raise UsageError(f"pool {preferred_pool!r} is already a candidate of project {p.id!r}: adaptive routing samples "
+                         "the preferred pool and the candidates, so it cannot be both",
+                         hint=f"remove {preferred_pool!r} from `routing.candidates` in {file} first, or prefer another pool")
     new_text = edit_route(result.document, p.id, RouteEdit(preferred_pool, fallback_pool))
     checked = load_fleet_text(new_text, str(file), backends=plugin_registry().settings_validators())
     if not checked.ok:

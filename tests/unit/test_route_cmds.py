@@ -110,6 +110,23 @@ def test_route_set_refuses_and_leaves_the_file_alone(fleet_file, args, message):
     assert fleet_file.read_text() == before
 
 
+@pytest.mark.parametrize("args,message", [
+    # adaptive samples the preferred pool and the candidates: a candidate cannot also become the preferred pool
+    (["--preferred-pool", "pool-health-k8s"],
+     "pool 'pool-health-k8s' is already a candidate of project 'clinical-notes'"),
+    (["--preferred-pool", "pool-docker-gpu", "--fallback-pool", "pool-health-k8s"],
+     "project 'clinical-notes' uses adaptive routing, which has candidates, not a fallback pool"),
+])
+def test_route_set_refuses_inconsistent_adaptive_routing_as_a_usage_error(fleet_file, args, message):
+    before = fleet_file.read_text()
+    r = CliRunner().invoke(cli, ["route", "set", "clinical-notes", *args, "-f", str(fleet_file)])
+    assert r.exit_code == 2, r.output
+    lines = r.output.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == ["error", "hint"], r.output  # no diagnostics dump
+    assert message in lines[0]
+    assert fleet_file.read_text() == before
+
+
 def test_deprecated_execution_route_alias(fleet_file):
     r = CliRunner().invoke(cli, ["execution", "route", "show", "my-fintech-app", "-f", str(fleet_file)])
     assert r.exit_code == 0
