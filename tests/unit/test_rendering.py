@@ -14,7 +14,7 @@ import pytest
 
 from fleet.reconciler.desired import SENSITIVE, UNKNOWN, desired_resources
 from fleet.reconciler.diff import make_plan
-from fleet.reconciler.live import LiveState
+from fleet.reconciler.live import LiveState, ObservedHost
 from fleet.reconciler.plan import Plan
 from fleet.reconciler.rendering import (
     GITHUB_COMMENT_LIMIT,
@@ -24,7 +24,7 @@ from fleet.reconciler.rendering import (
     render_summary,
 )
 
-from .reconciler_fixtures import BASIS, HASH, edited_config, example_config, hashes, live
+from .reconciler_fixtures import BASIS, HASH, HOSTS, edited_config, example_config, hashes, live
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
@@ -75,13 +75,31 @@ def test_json_golden_and_roundtrip():
     assert again == plan
 
 
-def test_no_changes_views():
+# every pool's hosts.min met by hosts that serve it as applied: nothing has drifted
+K8S_HOST = ObservedHost(machine_id="dd00ee11-2222-4333-8444-555566667777", hostname="batch-01", tenant="fin-prod",
+                        key_id="ci-runners", pools=("pool-k8s-batch",), labels=("batch", "region=eu-west"),
+                        models=("claude-3-5-haiku",), running=0, max_sessions=4)
+IN_STEP = HOSTS[:3] + (K8S_HOST,)
+DRIFTED = "No changes. fleet.yaml matches the applied state, but the live fleet has drifted from it (see Drift {})."
+
+
+@pytest.mark.parametrize("hosts,render,line", [
+    (IN_STEP, render_human, "No changes. The live fleet matches fleet.yaml."),
+    (IN_STEP, render_summary, "No changes. The live fleet matches fleet.yaml."),
+    (IN_STEP, render_markdown, "**No changes.** The live fleet matches fleet.yaml."),
+    # drift is not a change of the plan, but the fleet does not match either: never claim it does
+    (HOSTS, render_human, DRIFTED.format("above")),
+    (HOSTS, render_summary, DRIFTED.format("above")),
+    (HOSTS, render_markdown, DRIFTED.format("below").replace("No changes.", "**No changes.**", 1)),
+], ids=["human", "summary", "markdown", "human-drift", "summary-drift", "markdown-drift"])
+def test_no_changes_views(hosts, render, line):
     cfg = example_config()
-    plan = make_plan(desired_resources(cfg, hashes(cfg)), LiveState(applied=live().applied, revision=5), BASIS)
-    assert plan.no_op
-    assert "No changes." in render_human(plan)
-    assert json.loads(render_json(plan))["no_op"] is True
-    assert "**No changes.**" in render_markdown(plan)
+    plan = make_plan(desired_resources(cfg, hashes(cfg)), live(hosts=hosts), BASIS)
+    assert plan.no_op and bool(plan.drift) == (hosts is HOSTS)
+    text = render(plan)
+    assert line in text.splitlines()
+    data = json.loads(render_json(plan))
+    assert (data["no_op"], len(data["drift"])) == (True, len(plan.drift))
 
 
 def test_colours_only_when_asked():

@@ -7,7 +7,7 @@ Pure; called by `fleet plan` and `fleet apply`.
 from __future__ import annotations
 
 from fleet.reconciler.plan import Plan
-from fleet.reconciler.rendering.values import VERBS, attribute_lines, slots
+from fleet.reconciler.rendering.values import NO_CHANGES, VERBS, attribute_lines, no_changes_detail, slots
 
 _COLORS = {"+": "32", "~": "33", "-": "31", "-/+": "35", "!": "33", "bold": "1", "dim": "2"}
 
@@ -60,7 +60,7 @@ def render_human(plan: Plan, *, color: bool = False) -> str:
         return "\n".join(out) + "\n"
     if not plan.changes:
         out += _drift_lines(plan, st)
-        out.append(st("No changes.", "bold") + " The live fleet matches fleet.yaml.")
+        out.append(st(NO_CHANGES, "bold") + " " + no_changes_detail(plan, "above"))
         return "\n".join(out) + "\n"
     out.append("fleet will perform the following actions:")
     out.append("")
@@ -91,5 +91,5 @@ def render_summary(plan: Plan, *, color: bool = False) -> str:
         out.append("")
     out += _consequence_lines(plan, st)
     out += _drift_lines(plan, st)
-    out.append(st(plan.summary.line, "bold") if plan.changes else "No changes. The live fleet matches fleet.yaml.")
+    out.append(st(plan.summary.line, "bold") if plan.changes else f"{NO_CHANGES} {no_changes_detail(plan, 'above')}")
     return "\n".join(out) + "\n"

@@ -12,7 +12,14 @@ from collections import defaultdict
 
 from fleet import __version__
 from fleet.reconciler.plan import Change, Plan
-from fleet.reconciler.rendering.values import VERBS, attribute_lines, literal, slots
+from fleet.reconciler.rendering.values import (
+    NO_CHANGES,
+    VERBS,
+    attribute_lines,
+    literal,
+    no_changes_detail,
+    slots,
+)
 
 GITHUB_COMMENT_LIMIT = 65_536
 _RESERVE = 600  # room for the truncation note and the footer
@@ -61,7 +68,7 @@ def render_markdown(plan: Plan, *, limit: int = GITHUB_COMMENT_LIMIT) -> str:
     if plan.refresh_only:
         head.append(f"**Refresh only: {len(plan.drift)} drift item(s).**" if plan.drift else "**No drift.**")
     elif plan.no_op:
-        head.append("**No changes.** The live fleet matches fleet.yaml.")
+        head.append(f"**{NO_CHANGES}** {no_changes_detail(plan, 'below')}")
     else:
         head.append(f"**{plan.summary.line}**")
     head.append("")

@@ -1,4 +1,5 @@
-"""Value formatting shared by the text renderers: HCL-like literals and attribute lines of a change.
+"""Value formatting shared by the text renderers: HCL-like literals, attribute lines of a change, and the
+wording of a plan without changes.
 
 Called by fleet.reconciler.rendering.human and .markdown.
 """
@@ -9,7 +10,18 @@ import json
 from typing import Any
 
 from fleet.reconciler.desired import SENSITIVE, UNKNOWN, field_order
-from fleet.reconciler.plan import Change
+from fleet.reconciler.plan import Change, Plan
+
+NO_CHANGES = "No changes."
+
+
+def no_changes_detail(plan: Plan, drift_shown: str) -> str:
+    """What follows "No changes." in a plan without changes; `drift_shown` says where the drift is listed
+    ("above", "below"). Drift is not a change of this plan, so with drift the live fleet does not match."""
+    if plan.drift:
+        return (f"fleet.yaml matches the applied state, but the live fleet has drifted from it "
+                f"(see Drift {drift_shown}).")
+    return "The live fleet matches fleet.yaml."
 
 
 def literal(value: Any) -> str:
