@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,44 @@ def test_fleet_schema_output_file(tmp_path: Path, composed: dict[str, Any]) -> N
     result = CliRunner().invoke(cli, ["schema", "-o", str(out)])
     assert result.exit_code == 0
     assert json.loads(out.read_text(encoding="utf-8")) == composed
+
+
+def _example_header() -> list[str]:
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    return lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]
+
+
+def _schema_line(lines: list[str]) -> str:
+    [line] = [line for line in lines if line.startswith("# yaml-language-server: $schema=")]
+    return line
+
+
+def test_the_examples_schema_line_names_the_composed_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            composed: dict[str, Any]) -> None:
+    # a user copies the example, runs the `fleet schema …` command its header gives, and their editor then reads
+    # the file the `$schema` line names (relative to the YAML file): that file must exist and be the composed
+    # schema, with the backends' settings, not the base schema checked in under fleet/schema/
+    header = _example_header()
+    target = _schema_line(header).split("$schema=", 1)[1].strip()
+    [command] = [c for line in header for c in re.findall(r"`(fleet schema[^`]*)`", line)]
+    args = shlex.split(command)[1:]
+    (tmp_path / "fleet.yaml").write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    redirect = args.index(">") if ">" in args else None
+    result = CliRunner().invoke(cli, args[:redirect])
+    assert result.exit_code == 0, result.output
+    if redirect is not None:
+        Path(args[redirect + 1]).write_text(result.stdout, encoding="utf-8")
+    named = tmp_path / target
+    assert named.is_file(), f"{command!r} does not write {target!r}"
+    schema = json.loads(named.read_text(encoding="utf-8"))
+    assert {f"settings_{n}" for n in load_registry().backends} <= set(schema["$defs"])
+    assert schema == composed
+
+
+def test_readme_and_example_name_the_same_schema_file() -> None:
+    readme = (EXAMPLE.parent / "README.md").read_text(encoding="utf-8").splitlines()
+    assert _schema_line(readme) == _schema_line(_example_header())
 
 
 @pytest.mark.parametrize("which", ["base", "composed"])
