@@ -3,7 +3,7 @@
 Used by every integration test. `nats_server` yields a NatsHandle (url, stop(), start() on the same port and
 store dir, for restart tests) and stops the server by PID in teardown. `live_fleet` adds a real `fleet server`
 process (short heartbeat/grace for tests) and helpers to start real agent processes; `processes` stops every
-process a test started, by PID.
+process a test started, by PID. `port_holder` starts another program (not NATS) that holds a port.
 """
 
 from __future__ import annotations
@@ -199,3 +199,47 @@ def live_fleet(nats_server: NatsHandle, processes: ProcessSet, tmp_path: Path) -
     fleet = LiveFleet(nats_server, processes, tmp_path)
     fleet.start_server()
     return fleet
+
+
+# ------------------------------------------------------------------------------------------- a port held by another program
+
+_HOLDER = """
+import socket, sys
+mode, port = sys.argv[1], int(sys.argv[2])
+srv = socket.socket()
+srv.bind(("127.0.0.1", port))
+srv.listen(16)
+print("listening", flush=True)
+held = []
+while True:
+    conn, _ = srv.accept()
+    if mode == "close":
+        conn.close()  # closes every connection at once
+    else:
+        held.append(conn)  # accepts and never says a word
+"""
+
+
+@dataclass
+class PortHolder:
+    port: int
+    proc: Proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@pytest.fixture
+def port_holder(processes: ProcessSet) -> Callable[[str], PortHolder]:
+    """Start a real TCP listener on a free 127.0.0.1 port in its own process (a program that is not a NATS server):
+    mode "silent" accepts and never speaks, "close" closes each connection at once. Stopped by PID in teardown."""
+
+    def start(mode: str) -> PortHolder:
+        port = free_port()
+        proc = processes.spawn(f"holder-{mode}-{port}", [sys.executable, "-c", _HOLDER, mode, str(port)])
+        wait_for(lambda: "listening" in proc.output() or proc.popen.poll() is not None, 10, 0.02, "port holder")
+        assert proc.popen.poll() is None, proc.output()
+        return PortHolder(port, proc)
+
+    return start

@@ -2,7 +2,11 @@
 
 `fleet up` starts, in the background, a nats-server with JetStream (data, PID file and log under the state
 dir) and a `fleet server` process, and returns once both answer; it is idempotent and replaces stale PID files.
-`fleet down` stops, by PID, the local agents started under `<state-dir>/agents/`, the server and nats-server.
+It uses only a NATS server that it started from this state dir: a port held by anything else (another fleet's
+embedded NATS, a foreign NATS server, a program that does not speak NATS) is refused at once, before anything is
+started or written, with a hint how to choose another port. If it fails half-way, it stops what it started.
+`fleet down` stops, by PID, the local agents started under `<state-dir>/agents/`, the server and nats-server
+(a process whose PID file was lost or holds garbage is found by the PID-file path in its command line).
 `fleet server` runs the control-plane service (fleet.service.server) in the foreground against any NATS URL.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -23,7 +28,21 @@ from urllib.parse import urlparse
 import click
 
 from fleet.agents.state import AGENT_PROCESS_MARK
-from fleet.bus.embedded import EmbeddedNats, pid_alive, read_pid, stop_pid, wait_tcp, write_pid
+from fleet.bus.embedded import (
+    NATS_BINARY,
+    EmbeddedNats,
+    PortInUse,
+    PortProbe,
+    arg_value,
+    find_pids_with_arg,
+    pid_alive,
+    probe_port,
+    process_argv,
+    read_pid,
+    stop_pid,
+    terminate_child,
+    write_pid,
+)
 from fleet.cli.options import NatsSettings, nats_options, state_dir_option
 from fleet.errors import FleetError, UsageError
 from fleet.service.client import ControlPlaneClient
@@ -45,12 +64,110 @@ def _local_endpoint(url: str) -> tuple[str, int]:
     if host not in ("127.0.0.1", "localhost"):
         raise UsageError(f"`fleet up` runs an embedded NATS on this machine only, not at {url}",
                          hint="use --nats nats://127.0.0.1:PORT, or run `fleet server --nats URL` against your cluster")
-    return "127.0.0.1", parsed.port or 4222
+    try:
+        port = parsed.port
+    except ValueError:  # not a number, or above 65535
+        port = 0
+    if port == 0:
+        raise UsageError(f"`fleet up` needs a TCP port from 1 to 65535 in --nats, not {url}",
+                         hint="e.g. --nats nats://127.0.0.1:4222")
+    return "127.0.0.1", port or 4222
 
 
 def _embedded(state_dir: Path, port: int) -> EmbeddedNats:
     return EmbeddedNats(store_dir=state_dir / "nats", port=port, pid_file=state_dir / "nats-server.pid",
                         log_file=state_dir / "nats-server.log")
+
+
+def _embedded_state_dir(argv: list[str]) -> Path | None:
+    """The state dir of a nats-server that `fleet up` started (laid out as by `_embedded`), else None."""
+    if not argv or Path(argv[0]).name != NATS_BINARY:
+        return None
+    pid_file, store = arg_value(argv, "-P"), arg_value(argv, "-sd")
+    if not pid_file or not store or Path(pid_file).name != "nats-server.pid":
+        return None
+    state_dir = Path(pid_file).parent
+    return state_dir if Path(store) == state_dir / "nats" else None
+
+
+def _other_port_hint(host: str, port: int) -> str:
+    """How to choose another port (one that is free right now, if one is near)."""
+    free = next((p for p in range(port + 1, min(port + 50, 65536)) if probe_port(host, p).kind == "free"), port + 1)
+    url = f"nats://{host}:{free}"
+    return (f"choose another port, e.g. `fleet up --nats {url}`; every later command then needs the same "
+            f"--nats {url} (or export FLEET_NATS_URL={url})")
+
+
+def _port_taken(probe: PortProbe, state_dir: Path) -> UsageError:
+    """The one-line refusal for a port that `fleet up` cannot use, saying who holds it when /proc tells."""
+    where = f"port {probe.port} on {probe.host}"
+    url = f"nats://{probe.host}:{probe.port}"
+    hint = _other_port_hint(probe.host, probe.port)
+    if probe.kind == "denied":
+        return UsageError(f"not allowed to listen on {where}: {probe.error}",
+                          hint=("ports below 1024 need privileges; " if probe.port < 1024 else "") + hint)
+    if probe.kind == "unusable":
+        return UsageError(f"cannot listen on {where}: {probe.error}", hint=hint)
+    owners = [(pid, process_argv(pid) or []) for pid in probe.pids]
+    if probe.kind == "nats":
+        for pid, argv in owners:
+            other = _embedded_state_dir(argv)
+            if other is not None:
+                return UsageError(f"{url} is the embedded NATS of another fleet (state dir {other}, nats-server "
+                                  f"pid {pid}); `fleet up` from {state_dir} will not share it", hint=hint)
+        version = (probe.info or {}).get("version")
+        about = [f"nats-server {version}"] if version else []
+        about += [f"pid {owners[0][0]}: {_short(owners[0][1])}"] if owners else []
+        detail = f" ({', '.join(about)})" if about else ""
+        what = "a foreign NATS server" if owners else "a NATS server"  # without /proc: cannot tell whose
+        return UsageError(f"{url} is served by {what}{detail}, not one that `fleet up` started from "
+                          f"{state_dir}; `fleet up` will not use it",
+                          hint=hint + "; to run a control plane on that NATS on purpose, use `fleet server --nats URL`")
+    who = f": pid {owners[0][0]} ({_short(owners[0][1])})" if owners else ""
+    return UsageError(f"{where} is in use by another program (not a NATS server){who}", hint=hint)
+
+
+def _short(argv: list[str], limit: int = 80) -> str:
+    text = " ".join(" ".join(argv).split()) or "?"  # one line, whatever the arguments hold
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_state_dir(state_dir: Path) -> None:
+    """Refuse a state dir that cannot hold fleet's files, before anything is started or created."""
+    existing = state_dir
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "the state dir" if existing == state_dir else f"its parent {existing}"
+        raise UsageError(f"cannot use state dir {state_dir}: {what} is not a directory",
+                         hint="choose another --state-dir (or FLEET_STATE_DIR)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "it" if existing == state_dir else f"its parent {existing}"
+        raise UsageError(f"cannot use state dir {state_dir}: {what} is not writable",
+                         hint="choose another --state-dir (or FLEET_STATE_DIR), or fix its permissions")
+
+
+def _seconds(minimum: float, what: str) -> Callable[[click.Context, click.Parameter, float], float]:
+    """A click callback: a finite number of seconds >= `minimum` (> 0 when minimum is 0), else a UsageError."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: float) -> float:
+        if not math.isfinite(value) or value < minimum or value <= 0:
+            bound = f"at least {minimum:g}" if minimum > 0 else "above 0"
+            raise UsageError(f"--{param.name.replace('_', '-')} must be a finite number of seconds {bound}, "
+                             f"not {value:g}", hint=f"e.g. --{param.name.replace('_', '-')} {param.default:g} "
+                             f"({what})")
+        return value
+
+    return check
+
+
+def _server_pid(pid_file: Path) -> int | None:
+    """Our `fleet server`: by its PID file, else by the PID-file path in its command line."""
+    pid = read_pid(pid_file, SERVER_MARK)
+    if pid is None:
+        pids = find_pids_with_arg("--pid-file", pid_file, expect=SERVER_MARK)
+        pid = pids[0] if pids else None
+    return pid
 
 
 async def _ping(nats: NatsSettings, timeout: float) -> dict | None:
@@ -63,46 +180,83 @@ async def _ping(nats: NatsSettings, timeout: float) -> dict | None:
 
 def _wait_server(nats: NatsSettings, alive: Callable[[], bool], log_file: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    exited = False
     while time.monotonic() < deadline:
         if asyncio.run(_ping(nats, 1.5)) is not None:
             return
         if not alive():
+            exited = True
             break
         time.sleep(0.1)
-    tail = " | ".join(log_file.read_text(errors="replace").strip().splitlines()[-3:]) if log_file.exists() else ""
-    raise FleetError(f"fleet server did not become ready within {timeout:g}s" + (f": {tail}" if tail else ""),
-                     hint=f"see {log_file}")
+    lines = log_file.read_text(errors="replace").strip().splitlines() if log_file.exists() else []
+    last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
+    what = "exited before it was ready" if exited else f"did not become ready within {timeout:g}s"
+    raise FleetError(f"fleet server {what}" + (f": {last.strip()}" if last else ""), hint=f"see {log_file}")
 
 
 @click.command("up")
 @nats_options
 @state_dir_option
-@click.option("--timeout", type=float, default=20.0, show_default=True, help="Seconds to wait for readiness.")
+@click.option("--timeout", type=float, default=20.0, show_default=True, callback=_seconds(0, "the readiness wait"),
+              help="Seconds to wait for readiness.")
 @click.option("--offline-after", type=float, default=DEFAULT_OFFLINE_AFTER, show_default=True,
+              callback=_seconds(0.1, "the liveness grace period"),
               help="Grace period (s) of the server's liveness monitor.")
 def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: float) -> None:
     """Start the embedded fleet in the background: nats-server (JetStream) + `fleet server`.
 
-    Idempotent: what already runs is left alone. Data, logs and PID files live in the state dir.
+    Idempotent: what already runs is left alone. Data, logs and PID files live in the state dir. A port held by
+    anything it did not start from this state dir (another fleet, a foreign NATS, another program) is refused.
     """
     host, port = _local_endpoint(nats.url)
     state_dir = state_dir.absolute()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    _check_state_dir(state_dir)
     nats_proc = _embedded(state_dir, port)
-    pid = nats_proc.running_pid()
-    if pid is not None:
-        click.echo(f"nats-server already running (pid {pid}) at {nats_proc.url}")
-    elif wait_tcp(host, port, 0.3):
-        click.echo(f"a NATS server not started by fleet already answers at {nats_proc.url}; using it")
-    else:
-        pid = nats_proc.start(timeout=timeout)
-        click.echo(f"started nats-server (pid {pid}) at {nats_proc.url}, data in {nats_proc.store_dir}")
-    url = nats_proc.url
+    started: list[Callable[[], object]] = []  # how to undo what this run started, if a later step fails
+    try:
+        pid = nats_proc.running_pid()
+        if pid is not None:
+            running_port = nats_proc.running_port(pid)
+            if running_port is not None and running_port != port:
+                url = f"nats://{host}:{running_port}"
+                raise UsageError(f"the fleet in {state_dir} already runs its NATS at {url}, not at {nats_proc.url}",
+                                 hint=f"use --nats {url} (or FLEET_NATS_URL), or `fleet down` it first")
+            pid = nats_proc.start(timeout=timeout)  # restores a lost PID file
+            click.echo(f"nats-server already running (pid {pid}) at {nats_proc.url}")
+        else:
+            probe = probe_port(host, port)
+            if probe.kind != "free":
+                raise _port_taken(probe, state_dir)
+            try:
+                state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot create state dir {state_dir}: {exc.strerror or exc}",
+                                 hint="choose another --state-dir (or FLEET_STATE_DIR)") from exc
+            try:
+                pid = nats_proc.start(timeout=timeout)
+            except PortInUse as exc:  # taken between the probe and the start
+                raise (_port_taken(exc.probe, state_dir) if exc.probe.kind != "free" else exc) from exc
+            started.append(nats_proc.stop)
+            click.echo(f"started nats-server (pid {pid}) at {nats_proc.url}, data in {nats_proc.store_dir}")
+        _up_server(nats_proc.url, nats, state_dir, timeout, offline_after, started)
+    except BaseException:
+        for undo in reversed(started):
+            with contextlib.suppress(Exception):
+                undo()
+        raise
+    click.echo(f"fleet is up at {nats_proc.url}; stop it with `fleet down`")
+
+
+def _up_server(url: str, nats: NatsSettings, state_dir: Path, timeout: float, offline_after: float,
+               started: list[Callable[[], object]]) -> None:
+    """The `fleet server` half of `fleet up`: reuse the running one, or start one and wait until it answers."""
     server_settings = NatsSettings(url, nats.creds, nats.connect_timeout)
     server_pid_file = state_dir / "server.pid"
     server_log = state_dir / "server.log"
-    spid = read_pid(server_pid_file, SERVER_MARK)
+    spid = _server_pid(server_pid_file)
     if spid is not None:
+        if read_pid(server_pid_file, SERVER_MARK) != spid:
+            write_pid(server_pid_file, spid)  # found by its command line: restore the lost PID file
         click.echo(f"fleet server already running (pid {spid})")
     else:
         with contextlib.suppress(FileNotFoundError):
@@ -111,16 +265,25 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
                 "--offline-after", str(offline_after)]
         if nats.creds:
             args += ["--creds", nats.creds]
-        with open(server_log, "ab") as log:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)
+        try:
+            with open(server_log, "ab") as log:
+                proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        start_new_session=True, close_fds=True)
+        except OSError as exc:
+            raise FleetError(f"cannot start fleet server: {exc.strerror or exc}", hint=f"see {server_log}") from exc
+
+        def undo() -> None:
+            terminate_child(proc)
+            with contextlib.suppress(FileNotFoundError):
+                server_pid_file.unlink()
+
+        started.append(undo)
         write_pid(server_pid_file, proc.pid)
         spid = proc.pid
         _wait_server(server_settings, lambda: proc.poll() is None, server_log, timeout)
         click.echo(f"started fleet server (pid {spid}), log {server_log}")
     if asyncio.run(_ping(server_settings, 3.0)) is None:
         _wait_server(server_settings, lambda: pid_alive(spid, SERVER_MARK), server_log, timeout)
-    click.echo(f"fleet is up at {url}; stop it with `fleet down`")
 
 
 @click.command("down")
@@ -128,21 +291,30 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
 def down_cmd(state_dir: Path) -> None:
     """Stop what `fleet up` started (and local agents under <state-dir>/agents/), by PID. Harmless if idle."""
     state_dir = state_dir.absolute()
-    targets = [(f, AGENT_PROCESS_MARK, f"agent {f.parent.name}") for f in sorted(state_dir.glob("agents/*/agent.pid"))]
-    targets += [(state_dir / "server.pid", SERVER_MARK, "fleet server"),
-                (state_dir / "nats-server.pid", "nats-server", "nats-server")]  # agents first, NATS last
-    stopped = []
-    for pid_file, mark, label in targets:
+    targets = [(f, "--state-dir", AGENT_PROCESS_MARK, f"agent {f.parent.name}")
+               for f in sorted(state_dir.glob("agents/*/agent.pid"))]
+    targets += [(state_dir / "server.pid", "--pid-file", SERVER_MARK, "fleet server"),
+                (state_dir / "nats-server.pid", "-P", NATS_BINARY, "nats-server")]  # agents first, NATS last
+    stopped, unremovable = [], []
+    for pid_file, flag, mark, label in targets:
         pid = read_pid(pid_file, mark)
+        if pid is None:  # PID file lost, stale or garbage: find the process by the path in its command line
+            path = pid_file.parent if flag == "--state-dir" else pid_file
+            pids = find_pids_with_arg(flag, path, expect=mark)
+            pid = pids[0] if pids else None
         if pid is not None and stop_pid(pid, expect=mark):
             stopped.append(f"{label} (pid {pid})")
-        with contextlib.suppress(FileNotFoundError):
-            pid_file.unlink()
-    if stopped:
-        for what in stopped:
-            click.echo(f"stopped {what}")
-    else:
+        if pid_file.is_file() or pid_file.is_symlink():
+            try:
+                pid_file.unlink()
+            except OSError as exc:
+                unremovable.append(f"{pid_file} ({exc.strerror or exc})")
+    for what in stopped:
+        click.echo(f"stopped {what}")
+    if not stopped:
         click.echo(f"nothing to stop (no fleet running from {state_dir})")
+    if unremovable:  # harmless (a PID file is trusted only while its process runs), but say so
+        raise FleetError(f"cannot remove PID file {unremovable[0]}", hint="check the state dir's permissions")
 
 
 @click.command("server")
