@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -61,6 +62,27 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsHandle
 
 FAST_HEARTBEAT = 0.2
 FAST_GRACE = 1.0
+
+
+def fleet_yaml(keys: list[dict[str, Any]], hosts: dict[str, str], pool_slots: int = 4) -> str:
+    """The fleet the live-fleet tests run: two tenants, a local pool each, one project, and the given keys."""
+    doc = {
+        "version": 1,
+        "org": {"id": "test"},
+        "tenants": [{"id": "fin-prod"}, {"id": "health-prod"}],
+        "projects": [{"id": "app", "tenant": "fin-prod",
+                      "routing": {"mode": "preferred-only", "preferred_pool": "pool-local-main"}}],
+        "pools": [
+            {"id": "pool-local-main", "tenant": "fin-prod", "backend": "local", "mode": "persistent",
+             "capacity": {"max_concurrent_sessions": pool_slots}, "labels": ["tier=dev"]},
+            {"id": "pool-health-local", "tenant": "health-prod", "backend": "local", "mode": "persistent",
+             "capacity": {"max_concurrent_sessions": 2}},
+        ],
+        "keys": keys,
+    }
+    if hosts:
+        doc["hosts"] = [{"id": mid, "status": status} for mid, status in hosts.items()]
+    return json.dumps(doc, indent=2) + "\n"  # JSON is YAML
 
 
 def fleet_argv(*args: str) -> list[str]:
@@ -149,6 +171,9 @@ class LiveFleet:
         self.procs = procs
         self.root = root
         self.server: Proc | None = None
+        self.fleet_file = root / "fleet.yaml"
+        self.keys: dict[str, dict[str, Any]] = {}
+        self.secrets: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -161,11 +186,27 @@ class LiveFleet:
         wait_for(lambda: run_cli("list", "--json", "--nats", self.url).exit_code == 0, 20, 0.2, "fleet server")
         return self.server
 
-    def key(self, key_id: str, *args: str) -> str:
-        secret = f"secret-{key_id}"
-        result = run_cli("keys", "create", key_id, "--secret", secret, "--nats", self.url, *args)
-        assert result.exit_code == 0, result.output
+    def key(self, key_id: str, *, tenant: str = "fin-prod", pools: tuple[str, ...] = ("pool-local-main",),
+            max_uses: int | None = None, labels: tuple[str, ...] = (), models: tuple[str, ...] | None = None,
+            expires: str | None = None) -> str:
+        """Declare enrollment key `key_id` in the test fleet's fleet.yaml and apply it; returns its secret."""
+        secret = secrets.token_urlsafe(24)
+        var = "FLEET_TEST_KEY_" + key_id.upper().replace("-", "_")
+        self.secrets[var] = secret
+        self.keys[key_id] = {"id": key_id, "tenant": tenant, "pools": list(pools), "labels": list(labels),
+                             "secret": {"from_env": var}, **({"max_uses": max_uses} if max_uses else {}),
+                             **({"models": list(models)} if models is not None else {}),
+                             **({"expires": expires} if expires else {})}
+        self.apply()
         return secret
+
+    def apply(self, *, hosts: dict[str, str] | None = None, pool_slots: int = 4, extra: str = "") -> Any:
+        """Write the test fleet's fleet.yaml (its pools, the keys declared so far, `hosts:` statuses) and apply it."""
+        self.fleet_file.write_text(fleet_yaml(list(self.keys.values()), hosts or {}, pool_slots) + extra)
+        result = run_cli("apply", "--auto-approve", "--no-wait", "-f", str(self.fleet_file), "--nats", self.url,
+                         env=self.secrets)
+        assert result.exit_code == 0, result.output
+        return result
 
     def agent_dir(self, name: str) -> Path:
         return self.root / "agents" / name

@@ -2,10 +2,12 @@
 
 Run by `fleet agent run` (fleet.cli.agent_cmds). Lifecycle: connect to NATS (reconnecting forever once
 connected), enroll with the key on first start (the server assigns the machine ID and a host credential, saved
-in the state dir) or register with machine ID + credential afterwards, then publish a heartbeat every interval.
-After a NATS reconnect it registers again. It watches the applied records of its pools and of itself in the
-config store and converges: capacity (max_concurrent_sessions, pool_max_disk_gb), pool labels and modes, and the
-admin status fleet.yaml declares for it (`hosts:`). SIGTERM/SIGINT: report draining, say goodbye (so the server marks it
+in the state dir) or register with machine ID + credential afterwards, then publish a heartbeat every interval
+on its own subject. A heartbeat carries dynamic state only (status, running sessions, uptime, version): what the
+host may serve comes from its enrollment record and the applied pools, which the server resolves; the join reply
+tells the agent its envelope and the status fleet.yaml declares for it, and the server's controllers send control
+commands on the host's own subject when that changes. The agent never reads the control-plane store.
+After a NATS reconnect it registers again. SIGTERM/SIGINT: report draining, say goodbye (so the server marks it
 offline at once), exit 0. A revoke from the control plane stops it with exit code 3.
 Sessions do not run yet (the dispatcher is a later issue): heartbeats carry the empty session list.
 """
@@ -26,7 +28,6 @@ from fleet import __version__
 from fleet.agents.control import serve_json_socket
 from fleet.agents.state import AgentPaths, load_identity, load_status, save_identity, save_status
 from fleet.bus import subjects
-from fleet.bus.applied import RecordWatch, StoredRecord
 from fleet.bus.connection import Bus, NoResponders, RequestTimeout, connect
 from fleet.bus.messages import (
     Bye,
@@ -42,16 +43,15 @@ from fleet.bus.messages import (
     SessionInfo,
     decode,
 )
-from fleet.errors import FleetError, Refused, TransientError
-from fleet.routing import host_slots
+from fleet.errors import EXIT_REVOKED, FleetError, HostRevoked, Refused, TransientError
 
 log = logging.getLogger(__name__)
 
-EXIT_REVOKED = 3
+__all__ = ["EXIT_REVOKED", "Agent", "AgentSettings", "Revoked"]
 
 
-class Revoked(Refused):
-    """The control plane revoked this host."""
+class Revoked(HostRevoked):
+    """The control plane revoked this host (the agent exits with EXIT_REVOKED)."""
 
     exit_code = EXIT_REVOKED
 
@@ -94,9 +94,6 @@ class Agent:
         self._wake = asyncio.Event()
         self._servers: list[asyncio.AbstractServer] = []
         self._reregister: asyncio.Task | None = None
-        self._join_labels: list[str] = []
-        self._pool_specs: dict[str, dict[str, Any]] = {}
-        self._watch: RecordWatch | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -115,7 +112,6 @@ class Agent:
             await self.bus.subscribe(subjects.host_control(self.machine_id or ""), self._on_control)
             self._servers.append(await serve_json_socket(self.paths.control_socket, self._on_local))
             self._servers.append(await serve_json_socket(self.paths.credential_socket, self._on_credential))
-            await self._start_watch()
             log.info("agent %s (%s) running: tenant %s, pools %s, status %s", self.machine_id, s.hostname,
                      self.tenant, ", ".join(p.id for p in self.pools), self.status)
             await self._heartbeat_loop()
@@ -123,8 +119,6 @@ class Agent:
                 raise self._exit
             await self._goodbye()
         finally:
-            if self._watch is not None:
-                await self._watch.stop()
             for server in self._servers:
                 server.close()
             for sock in (self.paths.control_socket, self.paths.credential_socket):
@@ -154,7 +148,7 @@ class Agent:
         if saved is not None:
             identity, credential = saved
             req = RegisterRequest(machine_id=identity["machine_id"], credential=credential, hostname=s.hostname,
-                                  version=__version__)
+                                  version=__version__, credential_socket=str(self.paths.credential_socket))
             reply = decode(JoinReply, await self.bus.request(subjects.REGISTER, req.encode(), timeout=5.0,
                                                              what="fleet server"))
             if not reply.ok:
@@ -169,7 +163,7 @@ class Agent:
                           hint="pass --enroll-key, --enroll-key-file or FLEET_ENROLL_KEY")
         req = EnrollRequest(key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
                             labels=s.labels, models=s.models, max_sessions=s.max_sessions,
-                            pool_max_disk_gb=s.pool_max_disk_gb)
+                            pool_max_disk_gb=s.pool_max_disk_gb, credential_socket=str(self.paths.credential_socket))
         reply = decode(JoinReply, await self.bus.request(subjects.ENROLL, req.encode(), timeout=10.0,
                                                          what="fleet server"))
         if not reply.ok:
@@ -190,56 +184,13 @@ class Agent:
         self.machine_id = reply.machine_id
         self.tenant = reply.tenant
         self.pools = reply.pools
-        self._join_labels = list(reply.labels)
         self.labels = reply.labels
         self.models = reply.models
         if reply.capacity is not None:
             self.capacity = reply.capacity
-        self._converge()
-
-    # ------------------------------------------------------------------------------------------ applied state
-    async def _start_watch(self) -> None:
-        """Watch the applied records of our pools and of this host, and converge on them."""
-        assert self.bus is not None
-        keys = [f"pool.{p.id}" for p in self.pools] + [f"host.{self.machine_id}"]
-        self._watch = RecordWatch(self.bus, keys, self._on_record)
-        try:
-            await self._watch.start()
-        except FleetError as exc:
-            log.warning("cannot watch the applied config (%s); capacity and labels stay as enrolled", exc)
-
-    async def _on_record(self, key: str, record: StoredRecord | None) -> None:
-        kind, _, ident = key.partition(".")
-        if kind == "pool":
-            if record is None:
-                self._pool_specs.pop(ident, None)
-            else:
-                self._pool_specs[ident] = record.spec
-            self._converge()
-            self._wake.set()
-        elif kind == "host" and record is not None:
-            want = record.spec.get("status")
-            action = {"active": "resume", "paused": "pause", "draining": "drain"}.get(want or "")
-            if action and self.status != want:
-                log.info("fleet.yaml declares this host %s", want)
-                self.set_status(action)
-
-    def _converge(self) -> None:
-        """Capacity, labels and pool modes from the applied pool records (when there are any)."""
-        specs = [self._pool_specs[p.id] for p in self.pools if p.id in self._pool_specs]
-        if not specs:
-            return
-        slots = host_slots((sp.get("capacity") or {}).get("max_concurrent_sessions") for sp in specs)
-        disk = [(sp.get("capacity") or {}).get("pool_max_disk_gb") for sp in specs]
-        disk = [d for d in disk if d]
-        self.capacity = Capacity(max_concurrent_sessions=slots or self.capacity.max_concurrent_sessions,
-                                 pool_max_disk_gb=min(disk) if disk else self.capacity.pool_max_disk_gb)
-        labels = set(self._join_labels)
-        for sp in specs:
-            labels.update(sp.get("labels") or [])
-        self.labels = sorted(labels)
-        self.pools = [PoolMembership(id=p.id, mode=(self._pool_specs.get(p.id) or {}).get("mode", p.mode))
-                      for p in self.pools]
+        if reply.status is not None and reply.status != self.status:
+            log.info("fleet.yaml declares this host %s", reply.status)
+            self.set_status({"active": "resume", "paused": "pause", "draining": "drain"}[reply.status])
 
     async def _on_reconnect(self) -> None:
         if self._reregister is None or self._reregister.done():
@@ -249,9 +200,6 @@ class Agent:
         try:
             await self._join()
             log.info("re-registered as %s after reconnect", self.machine_id)
-            if self._watch is not None:
-                with contextlib.suppress(FleetError):
-                    await self._watch.restart()
             self._wake.set()
         except Revoked as exc:
             self._exit = exc
@@ -260,20 +208,13 @@ class Agent:
             log.warning("re-registration failed: %s", exc)
 
     # ------------------------------------------------------------------------------------------ heartbeats
+    def running(self) -> int:
+        return sum(1 for sess in self.sessions.values() if sess.phase in ("assigned", "running"))
+
     def heartbeat(self) -> Heartbeat:
         self.seq += 1
-        running = sum(1 for sess in self.sessions.values() if sess.phase in ("assigned", "running"))
-        status = self.status
-        if status == "draining" and running == 0:
-            status = "idle"
-        return Heartbeat(
-            machine_id=self.machine_id or "", hostname=self.settings.hostname, version=__version__,
-            started_at=self.started_at, sent_at=time.time(), seq=self.seq, status=status,  # type: ignore[arg-type]
-            capacity=self.capacity, pools=self.pools, labels=self.labels, models=self.models,
-            sessions=list(self.sessions.values()), running=running,
-            max_sessions=self.capacity.max_concurrent_sessions,
-            credential_socket=str(self.paths.credential_socket),
-        )
+        return Heartbeat(seq=self.seq, sent_at=time.time(), started_at=self.started_at, status=self.status,  # type: ignore[arg-type]
+                         running=self.running(), sessions=list(self.sessions.values()), version=__version__)
 
     async def _heartbeat_loop(self) -> None:
         assert self.bus is not None
@@ -299,7 +240,7 @@ class Agent:
                 hb = self.heartbeat()
                 hb.status = "draining"
                 await self.bus.publish(subjects.heartbeat(self.machine_id), hb.encode())
-                await self.bus.publish(subjects.bye(self.machine_id), Bye(machine_id=self.machine_id).encode())
+                await self.bus.publish(subjects.bye(self.machine_id), Bye().encode())
                 await self.bus.flush(timeout=2.0)
         log.info("agent %s stopped (said goodbye)", self.machine_id)
 
@@ -310,11 +251,7 @@ class Agent:
         save_status(self.paths, new)
         self._wake.set()  # report the change at once
         log.info("status -> %s", new)
-        return self.heartbeat_status()
-
-    def heartbeat_status(self) -> str:
-        running = sum(1 for sess in self.sessions.values() if sess.phase in ("assigned", "running"))
-        return "idle" if self.status == "draining" and running == 0 else self.status
+        return new
 
     async def _on_control(self, msg: Any) -> None:
         try:
@@ -347,13 +284,14 @@ class Agent:
             "machine_id": self.machine_id,
             "hostname": self.settings.hostname,
             "tenant": self.tenant,
-            "status": self.heartbeat_status(),
+            "status": self.status,
+            "drained": self.status == "draining" and self.running() == 0,
             "connected": bool(self.bus and self.bus.is_connected),
             "nats": self.settings.nats_url,
             "pools": [p.model_dump() for p in self.pools],
             "labels": self.labels,
             "models": self.models,
-            "sessions": {"running": 0, "max": self.capacity.max_concurrent_sessions},
+            "sessions": {"running": self.running(), "max": self.capacity.max_concurrent_sessions},
             "capacity": self.capacity.model_dump(),
             "version": __version__,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),

@@ -4,9 +4,8 @@ Built on fleet.bus.kv.Store. `ConfigStore` is KV bucket fleet-v1-config: `snapsh
 revision in one ordered watch (fast for tens of thousands of records) plus the bucket's stream revision;
 `create`/`update`/`delete` are compare-and-set writes of config records that report a lost race as
 fleet.errors.Conflict. `ApplyLock` is key `apply` of bucket fleet-v1-locks, whose entries expire after the bucket
-TTL; the holder refreshes it while it works, so a killed apply frees it by TTL. `RecordWatch` follows a few
-records (an agent's pools and itself). Called by fleet.reconciler.gather / .apply, `fleet force-unlock` and
-fleet.agents.
+TTL; the holder refreshes it while it works, so a killed apply frees it by TTL. Called by fleet.reconciler
+(gather, apply, operation) and `fleet force-unlock`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +25,7 @@ from fleet.bus.connection import Bus
 from fleet.bus.kv import Store, open_store
 from fleet.bus.records import decode_record, encode_record
 from fleet.bus.subjects import BUCKET_CONFIG
-from fleet.errors import Conflict, FleetError
+from fleet.errors import Conflict, FleetError, LockHeld, LockLost
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +110,6 @@ class LockInfo:
         return f"lock {self.id} held by {self.holder} since {age:.0f}s ago ({self.command})"
 
 
-class LockHeld(FleetError):
-    """Another process holds the apply lock."""
-
-    def __init__(self, info: LockInfo) -> None:
-        super().__init__(f"the apply lock is held: {info.describe()}",
-                         hint=f"wait with --lock-timeout, or if that process is gone: fleet force-unlock {info.id}")
-        self.info = info
-
-
-class LockLost(FleetError):
-    """The apply lock expired or was taken over while we held it: stop writing."""
-
-
 class ApplyLock:
     """One writer at a time (bucket fleet-v1-locks, TTL-expiring entries refreshed by the holder)."""
 
@@ -172,7 +157,9 @@ class ApplyLock:
                 if held is None:
                     continue  # expired or released in between: try again
                 if time.monotonic() >= deadline:
-                    raise LockHeld(held) from None
+                    raise LockHeld(f"the apply lock is held: {held.describe()}", info=held,
+                                   hint=f"wait with --lock-timeout, or if that process is gone: fleet force-unlock {held.id}"
+                                   ) from None
                 await asyncio.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
                 continue
             self.info = LockInfo(info.id, info.holder, info.command, info.acquired_at, rev)
@@ -226,60 +213,3 @@ class ApplyLock:
                              hint=f"fleet force-unlock {held.id}")
         await self.store.delete(APPLY_LOCK_KEY, last=held.revision)
         return held
-
-
-OnChange = Callable[[str, StoredRecord | None], Awaitable[None]]
-
-
-class RecordWatch:
-    """Watch some applied records (e.g. `pool.pool-local-main`, `host.<id>`): `on_change(key, record | None)` is
-    called with each record's current value first, then on every change (None when it is deleted).
-
-    Used by the agent to converge on applied pool capacity, labels and its declared status. `restart()` after a
-    reconnection re-reads the current values (an ordered consumer may not survive a server restart).
-    """
-
-    def __init__(self, bus: Bus, keys: list[str], on_change: OnChange) -> None:
-        self.bus = bus
-        self.keys = keys
-        self.on_change = on_change
-        self._tasks: list[asyncio.Task] = []
-        self._watchers: list[Any] = []
-
-    async def start(self) -> None:
-        store = await open_store(self.bus, BUCKET_CONFIG)
-        for key in self.keys:
-            watcher = await store.watch(key)
-            self._watchers.append(watcher)
-            self._tasks.append(asyncio.create_task(self._pump(key, watcher)))
-
-    async def _pump(self, key: str, watcher: Any) -> None:
-        async for entry in watcher:
-            if entry is None:  # the marker after the current values
-                continue
-            record = None
-            if entry.value and entry.operation is None:
-                try:
-                    rec = decode_record(entry.value)
-                except FleetError as exc:
-                    log.warning("ignoring applied record %s: %s", key, exc)
-                    continue
-                record = StoredRecord(rec.kind, rec.id, rec.spec, entry.revision)
-            try:
-                await self.on_change(key, record)
-            except Exception:  # a bug in a handler must not stop the watch
-                log.exception("handling applied record %s failed", key)
-
-    async def stop(self) -> None:
-        for watcher in self._watchers:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks, self._watchers = [], []
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()

@@ -4,12 +4,19 @@ Called by the CLI (short-lived, `persistent=False`: a few fast attempts, then Co
 and by `fleet server` (`persistent=True`: the first connection is bounded too, after which the client
 reconnects forever). Nothing outside fleet.bus imports nats: `Bus` exposes publish / subscribe / request and
 the KV stores (fleet.bus.kv), and turns nats' exceptions into fleet.errors types at this boundary.
+
+`Bus.serve` is how a service answers requests from the network: a payload over the subject's size limit is
+refused before it is read, at most `concurrency` handlers run at once (one slow handler, e.g. waiting on an
+agent, never stalls the others, and a flood waits in NATS instead of becoming tasks), and every FleetError a
+handler raises goes back as its wire code (fleet.errors.WIRE_ERRORS); anything else is logged and answered as
+an internal error. Drops and refusals are counted in `Bus.metrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +25,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from fleet.errors import ConnectionFailed, TransientError
+from fleet.bus.messages import ApiReply
+from fleet.errors import ConnectionFailed, FleetError, InternalError, TooLarge, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,8 @@ UP_HINT = "start one with `fleet up`, or point --nats / FLEET_NATS_URL at a runn
 
 Handler = Callable[[Msg], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
+#: a request handler for Bus.serve: the reply payload (None: no reply), or a FleetError raised
+RequestHandler = Callable[[Msg], Awaitable[bytes | None]]
 
 
 class NoResponders(TransientError):
@@ -44,10 +54,18 @@ def _servers(url: str) -> list[str]:
 class Bus:
     """A connected NATS client plus fleet's conveniences. Create it with `connect()`; close it with `close()`."""
 
-    def __init__(self, nc: NATS, url: str) -> None:
+    def __init__(self, nc: NATS, url: str, reconnect_hooks: list[Hook] | None = None) -> None:
         self.nc = nc
         self.url = url
         self._js: Any = None
+        self._reconnect_hooks = reconnect_hooks if reconnect_hooks is not None else []
+        self._tasks: set[asyncio.Task] = set()
+        #: what was dropped or refused, by reason (`too_large`, `malformed`, `internal`, …); read by metrics
+        self.metrics: Counter[str] = Counter()
+
+    def on_reconnect(self, hook: Hook) -> None:
+        """Call `hook()` after every reconnection (e.g. to resync a KV informer)."""
+        self._reconnect_hooks.append(hook)
 
     # -- core ------------------------------------------------------------------------------------------
     async def publish(self, subject: str, payload: bytes) -> None:
@@ -60,6 +78,49 @@ class Bus:
         """Subscribe `handler(msg)`; msg has `.subject`, `.data`, `.reply` and `await msg.respond(bytes)`."""
         return await self.nc.subscribe(subject, queue=queue, cb=handler, pending_msgs_limit=1_000_000,
                                        pending_bytes_limit=1024 * 1024 * 1024)
+
+    async def serve(self, subject: str, handler: RequestHandler, *, queue: str = "", concurrency: int = 64,
+                    max_bytes: int = 64 * 1024) -> Any:
+        """Answer requests on `subject` with `handler`, bounded in size and concurrency (see the module doc)."""
+        sem = asyncio.Semaphore(concurrency)
+        metrics = self.metrics
+
+        async def respond(msg: Msg, payload: bytes | None) -> None:
+            if msg.reply and payload is not None:
+                try:
+                    await msg.respond(payload)
+                except Exception:  # the requester is gone, or NATS is: nothing to tell anyone
+                    metrics["reply_failed"] += 1
+
+        async def run(msg: Msg) -> None:
+            try:
+                try:
+                    payload = await handler(msg)
+                except FleetError as exc:
+                    metrics[exc.code] += 1
+                    payload = ApiReply(ok=False, **exc.to_wire()).encode()
+                except Exception as exc:  # a bug must not kill the subscription, nor leak internals
+                    log.exception("handler of %s failed", subject)
+                    metrics["internal"] += 1
+                    err = InternalError(f"internal error in the fleet server ({type(exc).__name__})",
+                                        hint="the fleet server log has the traceback")
+                    payload = ApiReply(ok=False, **err.to_wire()).encode()
+                await respond(msg, payload)
+            finally:
+                sem.release()
+
+        async def on_msg(msg: Msg) -> None:
+            if len(msg.data) > max_bytes:
+                metrics["too_large"] += 1
+                err = TooLarge(f"request of {len(msg.data)} bytes refused on {msg.subject} (at most {max_bytes})")
+                await respond(msg, ApiReply(ok=False, **err.to_wire()).encode())
+                return
+            await sem.acquire()  # at `concurrency` handlers, this subscription waits: backpressure, not tasks
+            task = asyncio.get_running_loop().create_task(run(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return await self.subscribe(subject, on_msg, queue=queue)
 
     async def request(self, subject: str, payload: bytes, *, timeout: float = 3.0, what: str = "") -> bytes:
         """Request/reply; NoResponders if nobody listens, RequestTimeout if nobody answers in time."""
@@ -84,6 +145,8 @@ class Bus:
         return self.nc.is_connected
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.close(), 5.0)
@@ -126,10 +189,15 @@ async def connect(
     async def error_cb(exc: Exception) -> None:
         log.debug("nats error: %s", exc)
 
+    hooks: list[Hook] = [on_reconnect] if on_reconnect is not None else []
+
     async def reconnected_cb() -> None:
         log.info("reconnected to NATS at %s", url)
-        if on_reconnect is not None:
-            await on_reconnect()
+        for hook in list(hooks):
+            try:
+                await hook()
+            except Exception:  # one listener must not stop the others
+                log.exception("reconnect hook failed")
 
     async def disconnected_cb() -> None:
         log.info("disconnected from NATS at %s", url)
@@ -161,4 +229,4 @@ async def connect(
         # From now on, never give up: the agent or server outlives NATS restarts.
         nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = 0.5
-    return Bus(nc, url)
+    return Bus(nc, url, hooks)

@@ -1,14 +1,28 @@
-"""JetStream KV helpers: open-or-create buckets, a JSON record codec, compare-and-set and counters.
+"""JetStream KV at fleet's boundary: buckets, compare-and-set writes, complete snapshots and a continuous informer.
 
-Used by fleet.service (host registry, enrollment counters, applied config), by `fleet keys` and later by the
-reconciler. Writes to contested keys go through `create` (only if absent) and `update(last=revision)`; a lost
-race raises fleet.errors.Conflict, a missing key returns None. nats' own exceptions never leave this module.
+Used by fleet.hosts (the host registry and enrollment), fleet.bus.applied (the applied config and the apply
+lock) and the CLI. Writes to contested keys go through `create` (only if absent), `update(last=revision)` or
+`modify` (read-modify-write by compare-and-set, the one retry loop); a lost race raises fleet.errors.Conflict, a
+missing key reads as None. nats' own exceptions never leave this module.
+
+Reading a whole bucket: nats-py's KV watch signals "every current value delivered" with a `None` marker that it
+computes from a consumer-info request; the server can answer that request before it has flushed the messages its
+consumer already counts as delivered, so the marker can come before any entry (7 of 1,000 snapshots of a 213-key
+bucket came back empty on a busy machine). `Feed` does not use that marker: every JetStream message carries the
+number of messages still pending for its consumer, and the values current at the start have all been handled
+exactly when a message with `num_pending == 0` has been handled; consumer info is trusted only to say that the
+consumer has nothing at all to deliver (`delivered.consumer_seq == 0` and `num_pending == 0`). `Store.snapshot`
+and `Informer` are both built on it (docs/protocol.md, "Reading a bucket").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +32,11 @@ import nats.js.errors
 
 from fleet.bus.connection import Bus
 from fleet.errors import Conflict, TransientError
+
+log = logging.getLogger(__name__)
+
+_KV_OP = "KV-Operation"
+_MARKER_REASON = "Nats-Marker-Reason"  # nats-server 2.11+: markers of TTL expiry and purges
 
 
 @dataclass(frozen=True)
@@ -30,12 +49,86 @@ class Entry:
         return json.loads(self.value)
 
 
+#: what a Feed hands on for each message: the key, its value (None when deleted or purged) and its revision
+OnEntry = Callable[[str, bytes | None, int], None]
+
+
+class Feed:
+    """One ordered push consumer over the keys of a bucket under `prefix`: the last value of every key first,
+    then every change in stream order. `synced` is set once the values current at the start were all handled.
+
+    `on_entry` is called synchronously for every message (keep it fast: it runs in the NATS read path).
+    """
+
+    def __init__(self, store: Store, prefix: str, on_entry: OnEntry) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.on_entry = on_entry
+        self.synced = asyncio.Event()
+        self.last_activity = 0.0
+        self._sub: Any = None
+        self._stopped = False
+
+    async def start(self) -> None:
+        store = self.store
+        pre = f"$KV.{store.bucket}."
+        # A prefix that ends at a token boundary is filtered by the server; any other is filtered here.
+        server_side = self.prefix == "" or self.prefix.endswith(".")
+        subject = f"{pre}{self.prefix}>" if server_side else f"{pre}>"
+        cut, prefix, on_entry, synced = len(pre), self.prefix, self.on_entry, self.synced
+        loop = asyncio.get_running_loop()
+
+        async def on_msg(msg: Any) -> None:
+            if self._stopped:
+                return
+            self.last_activity = loop.time()
+            meta = msg.metadata
+            key = msg.subject[cut:]
+            if server_side or key.startswith(prefix):
+                headers = msg.headers
+                deleted = bool(headers) and (_KV_OP in headers or _MARKER_REASON in headers)
+                on_entry(key, None if deleted else msg.data, meta.sequence.stream)
+            if meta.num_pending == 0:
+                synced.set()
+
+        try:
+            self._sub = await store.js.subscribe(
+                subject, stream=f"KV_{store.bucket}", cb=on_msg, ordered_consumer=True,
+                deliver_policy=nats.js.api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=300.0,
+            )
+            if not synced.is_set():
+                info = await self._sub.consumer_info()
+                if info.num_pending == 0 and info.delivered.consumer_seq == 0 and self._sub.delivered == 0:
+                    synced.set()  # the consumer has nothing to deliver: the prefix holds no keys
+        except (TimeoutError, nats.errors.Error) as exc:
+            await self.stop()
+            raise TransientError(f"cannot read KV bucket {store.bucket}: {exc}") from exc
+
+    async def wait_synced(self, idle_timeout: float) -> None:
+        """Until `synced`; TransientError if no message arrives for `idle_timeout` seconds before that."""
+        loop = asyncio.get_running_loop()
+        self.last_activity = loop.time()
+        while not self.synced.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.synced.wait(), 0.25)
+            if not self.synced.is_set() and loop.time() - self.last_activity > idle_timeout:
+                raise TransientError(f"reading KV bucket {self.store.bucket} stalled for {idle_timeout:g}s")
+
+    async def stop(self) -> None:
+        self._stopped = True
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
 class Store:
     """One KV bucket."""
 
-    def __init__(self, kv: Any, bucket: str) -> None:
+    def __init__(self, kv: Any, bucket: str, js: Any = None) -> None:
         self._kv = kv
         self.bucket = bucket
+        self.js = js
 
     async def get(self, key: str) -> Entry | None:
         try:
@@ -86,6 +179,48 @@ class Store:
         except (TimeoutError, nats.errors.Error) as exc:
             raise TransientError(f"KV delete {self.bucket}/{key} failed: {exc}") from exc
 
+    async def modify(self, key: str, change: Callable[[Entry | None], bytes | None], *,
+                     attempts: int = 30) -> Entry | None:
+        """Read-modify-write by compare-and-set, retried with jittered backoff when another writer wins.
+
+        `change(current)` returns the new value, or None to leave the key as it is (then the current entry is
+        returned); it may raise a FleetError to refuse (nothing is written). Conflict after `attempts` lost races.
+        This is the one CAS retry loop of fleet: counters, host records and pool memberships all go through it.
+        """
+        for attempt in range(attempts):
+            current = await self.get(key)
+            value = change(current)
+            if value is None:
+                return current
+            try:
+                if current is None:
+                    revision = await self.create(key, value)
+                else:
+                    revision = await self.update(key, value, last=current.revision)
+                return Entry(key, value, revision)
+            except Conflict:
+                await asyncio.sleep(random.uniform(0, min(0.25, 0.002 * 2 ** attempt)))
+        raise Conflict(f"{self.bucket}/{key}: too much contention, gave up after {attempts} attempts",
+                       hint="retry; if it persists, something writes this key in a loop")
+
+    async def increment(self, key: str, *, by: int = 1, limit: int | None = None) -> int | None:
+        """Add `by` to the counter at `key`; None (and no change) if that would pass `limit` (or go below 0).
+
+        N concurrent callers never push the counter past `limit` (each write is conditional on what it read).
+        """
+        outcome: list[int | None] = [None]
+
+        def change(current: Entry | None) -> bytes | None:
+            value = (int(current.value) if current is not None else 0) + by
+            if value < 0 or (limit is not None and by > 0 and value > limit):
+                outcome[0] = None
+                return None
+            outcome[0] = value
+            return str(value).encode()
+
+        await self.modify(key, change)
+        return outcome[0]
+
     async def watch(self, key: str) -> Any:
         """A nats KeyWatcher of `key` (its current value first, then every change); used by RecordWatch."""
         try:
@@ -100,15 +235,6 @@ class Store:
         except (TimeoutError, nats.errors.Error) as exc:
             raise TransientError(f"KV status {self.bucket} failed: {exc}") from exc
 
-    async def keys(self, prefix: str = "") -> list[str]:
-        try:
-            keys = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise TransientError(f"KV keys {self.bucket} failed: {exc}") from exc
-        return sorted(k for k in keys if k.startswith(prefix))
-
     async def revision(self) -> int:
         """The bucket's last stream sequence: moves on every write, deletes included (0: never written)."""
         try:
@@ -118,59 +244,92 @@ class Store:
         return int(status.stream_info.state.last_seq)
 
     async def snapshot(self, prefix: str = "", *, idle_timeout: float = 10.0) -> list[Entry]:
-        """Every live entry (latest revision of each key starting with `prefix`) in one ordered watch.
+        """Every live entry (the latest revision of each key starting with `prefix`), in stream order, complete by
+        construction (see the module docstring). TransientError if the stream stalls for `idle_timeout` seconds.
 
-        One pass over the bucket instead of keys() plus one get per key: `fleet server` loads a registry of
-        100k hosts this way at start. Entries come in stream order. TransientError if the stream stalls for
-        `idle_timeout` seconds.
+        One ordered consumer instead of keys() plus one get per key: `fleet server` reads 100k hosts this way.
         """
-        out: list[Entry] = []
+        latest: dict[str, Entry] = {}
+
+        def on_entry(key: str, value: bytes | None, revision: int) -> None:
+            if value is None:
+                latest.pop(key, None)
+            else:
+                latest[key] = Entry(key, value, revision)
+
+        feed = Feed(self, prefix, on_entry)
+        await feed.start()
         try:
-            watcher = await self._kv.watch(">", ignore_deletes=True)
-            loop = asyncio.get_running_loop()
+            await feed.wait_synced(idle_timeout)
+        finally:
+            await feed.stop()
+        return sorted(latest.values(), key=lambda e: e.revision)
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        return sorted(e.key for e in await self.snapshot(prefix))
+
+
+class Informer:
+    """A bucket mirrored continuously: `on_change(key, entry | None)` for every key as it is now, then for every
+    change, in stream order (None when a key is deleted). Level-based: `resync()` (on a NATS reconnect, or
+    whenever the caller doubts the feed) reads the whole bucket again through a new consumer and reports only
+    what differs from what was reported before, deletions included. Used by the host registry and the config
+    cache of `fleet server`, so that every replica converges on every change.
+    """
+
+    def __init__(self, store: Store, on_change: Callable[[str, Entry | None], None], *, prefix: str = "",
+                 idle_timeout: float = 10.0) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.on_change = on_change
+        self.idle_timeout = idle_timeout
+        self.resyncs = 0
+        self._known: dict[str, int] = {}  # key -> revision reported
+        self._feed: Feed | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def synced(self) -> bool:
+        return self._feed is not None and self._feed.synced.is_set()
+
+    async def start(self) -> None:
+        """Read every current value (raises TransientError if the bucket cannot be read); then follow changes."""
+        await self.resync()
+
+    async def resync(self) -> None:
+        async with self._lock:
+            old, self._feed = self._feed, None
+            if old is not None:
+                await old.stop()
+            seen: set[str] = set()
+            known, on_change = self._known, self.on_change
+
+            def on_entry(key: str, value: bytes | None, revision: int) -> None:
+                seen.add(key)
+                if value is None:
+                    if known.pop(key, None) is not None:
+                        on_change(key, None)
+                elif known.get(key) != revision:
+                    known[key] = revision
+                    on_change(key, Entry(key, value, revision))
+
+            feed = Feed(self.store, self.prefix, on_entry)
+            await feed.start()
             try:
-                async with asyncio.timeout(idle_timeout) as deadline:
-                    async for entry in watcher:
-                        if entry is None:  # the watcher's marker: every current value was delivered
-                            break
-                        deadline.reschedule(loop.time() + idle_timeout)
-                        if entry.value is None or entry.operation is not None or not entry.key.startswith(prefix):
-                            continue
-                        out.append(Entry(entry.key, entry.value, entry.revision))
-            finally:
-                await watcher.stop()
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise TransientError(f"KV snapshot {self.bucket} failed: {exc}") from exc
-        return out
+                await feed.wait_synced(self.idle_timeout)
+            except BaseException:
+                await feed.stop()
+                raise
+            for key in [k for k in known if k not in seen]:  # gone while we were not listening
+                del known[key]
+                on_change(key, None)
+            self._feed = feed
+            self.resyncs += 1
 
-    async def entries(self, prefix: str = "") -> list[Entry]:
-        out = []
-        for key in await self.keys(prefix):
-            entry = await self.get(key)
-            if entry is not None:
-                out.append(entry)
-        return out
-
-    async def increment(self, key: str, *, limit: int | None = None, attempts: int = 50) -> int | None:
-        """Add one to the counter at `key` by compare-and-set; None (and no change) if it is at `limit`.
-
-        N concurrent callers never push the counter past `limit`: each write is conditional on the
-        revision it read, and a loser re-reads and retries.
-        """
-        for _ in range(attempts):
-            entry = await self.get(key)
-            current = int(entry.value) if entry is not None else 0
-            if limit is not None and current >= limit:
-                return None
-            try:
-                if entry is None:
-                    await self.create(key, str(current + 1).encode())
-                else:
-                    await self.update(key, str(current + 1).encode(), last=entry.revision)
-                return current + 1
-            except Conflict:
-                await asyncio.sleep(0.005)
-        raise Conflict(f"{self.bucket}/{key}: too much contention, gave up after {attempts} attempts")
+    async def stop(self) -> None:
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            await feed.stop()
 
 
 async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int = 5, ttl: float | None = None) -> Store:
@@ -194,4 +353,4 @@ async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int
         raise TransientError(f"JetStream is not enabled on {bus.url}", hint="run nats-server with -js") from exc
     except (TimeoutError, nats.errors.Error) as exc:
         raise TransientError(f"cannot open KV bucket {bucket} at {bus.url}: {exc}") from exc
-    return Store(kv, bucket)
+    return Store(kv, bucket, js)

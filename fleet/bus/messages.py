@@ -1,42 +1,77 @@
-"""Typed messages of protocol v1: what agents, the server and the CLI send each other over NATS.
+"""Typed messages of protocol v1: what agents, the server and the CLI send each other over NATS, and what the
+server stores about a host.
 
-Used by fleet.agents (enroll, register, heartbeat, bye, control replies), fleet.service (the other side of each)
-and the CLI's clients. Every message carries `v` (the protocol version); `decode()` refuses any other version
-with UnsupportedVersion, a clear FleetError, instead of crashing on fields it does not know.
-The heartbeat hot path of the server uses `decode_heartbeat_fast` (plain json + the version check) because it
-must ingest tens of thousands per second; the full `Heartbeat` model documents and builds the same shape.
+Used by fleet.agents (enroll, register, heartbeat, bye, control replies), fleet.hosts and fleet.service (the
+other side of each) and the CLI's client. Every message carries `v` (the protocol version); `decode()` refuses
+any other version with UnsupportedVersion, a clear FleetError. Every message from the network is hostile until
+decoded: `decode()` refuses a payload over its size limit before parsing it (TooLarge), parses with pydantic's
+JSON parser (deep nesting is a parse error, never a RecursionError), and every field is bounded in length and
+count, so nothing unbounded is ever stored. Unknown fields are ignored (additive changes stay v1).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+import math
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from fleet.errors import FleetError
+from fleet.errors import ProtocolError, TooLarge, UnsupportedVersion
+
+__all__ = ["ProtocolError", "UnsupportedVersion", "TooLarge"]  # re-exported: they are protocol errors
 
 PROTOCOL_VERSION = 1
 
-HostStatus = Literal["active", "paused", "draining", "idle", "offline", "revoked"]
-AgentStatus = Literal["active", "paused", "draining", "idle"]
+#: most bytes of any message a fleet process accepts (an API request, an enrollment, …)
+MAX_MESSAGE_BYTES = 64 * 1024
+#: most bytes of one heartbeat (checked before it is parsed)
+MAX_HEARTBEAT_BYTES = 16 * 1024
+#: most sessions one host may report in a heartbeat
+MAX_REPORTED_SESSIONS = 128
+
+HostStatus = Literal["active", "paused", "draining", "offline", "revoked"]
+AdminStatus = Literal["active", "paused", "draining"]
 PoolMode = Literal["persistent", "on_demand", "hybrid"]
 ControlAction = Literal["pause", "resume", "drain", "revoke"]
+HostAction = Literal["pause", "resume", "drain", "revoke", "rm"]
+SessionPhase = Literal["queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out", "lost"]
 
 
-class ProtocolError(FleetError):
-    """A message could not be decoded (not JSON, wrong shape)."""
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
 
 
-class UnsupportedVersion(ProtocolError):
-    """A message of a protocol version this fleet does not speak."""
+MachineId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Hostname = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Version = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Text = Annotated[str, StringConstraints(max_length=2000)]
+SocketPath = Annotated[str, StringConstraints(max_length=512)]
+Epoch = Annotated[float, AfterValidator(_finite), Field(ge=0, le=1e11)]
+Slots = Annotated[int, Field(ge=0, le=100_000)]
+DiskGb = Annotated[float, AfterValidator(_finite), Field(ge=0, le=1e7)]
 
 
 class Message(BaseModel):
     """Base of every v1 message. Unknown fields are ignored (additive changes stay v1)."""
 
     model_config = ConfigDict(extra="ignore")
-    v: int = PROTOCOL_VERSION
+    v: StrictInt = PROTOCOL_VERSION
 
     def encode(self) -> bytes:
         return self.model_dump_json().encode()
@@ -45,40 +80,39 @@ class Message(BaseModel):
 M = TypeVar("M", bound=Message)
 
 
-def _check_version(obj: Any, what: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"malformed {what}: expected a JSON object")
-    version = obj.get("v")
-    if version != PROTOCOL_VERSION:
+_NO_VERSION = object()
+
+
+def _version_of(data: bytes | str) -> Any:
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return _NO_VERSION
+    return obj.get("v", _NO_VERSION) if isinstance(obj, dict) else _NO_VERSION
+
+
+def decode(cls: type[M], data: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTES) -> M:
+    """Decode one message of type `cls`; TooLarge, ProtocolError or UnsupportedVersion on anything else."""
+    if len(data) > max_bytes:
+        raise TooLarge(f"{cls.__name__} of {len(data)} bytes refused (at most {max_bytes})")
+    try:
+        msg = cls.model_validate_json(data)
+    except ValidationError as exc:
+        version = _version_of(data)
+        if version is not _NO_VERSION and version != PROTOCOL_VERSION:
+            msg = None
+        else:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "message"
+            raise ProtocolError(f"malformed {cls.__name__}: {where}: {first.get('msg')}") from None
+    else:
+        version = msg.v
+    if msg is None or version != PROTOCOL_VERSION:
         raise UnsupportedVersion(
-            f"unsupported {what} version {version!r} (this fleet speaks v{PROTOCOL_VERSION})",
+            f"unsupported {cls.__name__} version {version!r} (this fleet speaks v{PROTOCOL_VERSION})",
             hint="upgrade fleet on both sides to the same protocol version",
         )
-    return obj
-
-
-def decode(cls: type[M], data: bytes | str) -> M:
-    """Decode one message of type `cls`; ProtocolError / UnsupportedVersion on anything else."""
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed {cls.__name__}: not JSON ({exc})") from exc
-    _check_version(obj, cls.__name__)
-    try:
-        return cls.model_validate(obj)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "message"
-        raise ProtocolError(f"malformed {cls.__name__}: {where}: {first.get('msg')}") from exc
-
-
-def decode_heartbeat_fast(data: bytes) -> dict[str, Any]:
-    """The heartbeat as a plain dict, version-checked; cheap enough for the server's hot path."""
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed Heartbeat: not JSON ({exc})") from exc
-    return _check_version(obj, "Heartbeat")
+    return msg
 
 
 # ------------------------------------------------------------------------------------------- building blocks
@@ -87,18 +121,18 @@ def decode_heartbeat_fast(data: bytes) -> dict[str, Any]:
 class Capacity(BaseModel):
     """A host's capacity envelope (shown as maxConcurrentSessions / poolMaxDiskGb)."""
 
-    max_concurrent_sessions: int = Field(ge=0)
-    pool_max_disk_gb: float | None = None
+    max_concurrent_sessions: Slots
+    pool_max_disk_gb: DiskGb | None = None
 
 
 class PoolMembership(BaseModel):
-    id: str
+    id: Ident
     mode: PoolMode = "persistent"
 
 
 class SessionInfo(BaseModel):
-    id: str
-    phase: str
+    id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    phase: SessionPhase
 
 
 # ------------------------------------------------------------------------------------------- agent <-> server
@@ -107,31 +141,33 @@ class SessionInfo(BaseModel):
 class EnrollRequest(Message):
     """First contact of a host: the enrollment key's secret plus what it asks to serve."""
 
-    key: str = Field(min_length=1, repr=False)
-    hostname: str
-    version: str
-    pools: list[str] = Field(default_factory=list)
-    labels: list[str] = Field(default_factory=list)
-    models: list[str] = Field(default_factory=list)
-    max_sessions: int | None = Field(default=None, ge=0)
-    pool_max_disk_gb: float | None = None
-    tenant: str | None = None  # what the host *claims*; the server ignores it (the key decides)
+    key: Secret = Field(repr=False)
+    hostname: Hostname
+    version: Version
+    pools: list[Ident] = Field(default_factory=list, max_length=32)
+    labels: list[Label] = Field(default_factory=list, max_length=64)
+    models: list[Label] = Field(default_factory=list, max_length=64)
+    max_sessions: Slots | None = None
+    pool_max_disk_gb: DiskGb | None = None
+    credential_socket: SocketPath | None = None
+    tenant: Ident | None = None  # what the host *claims*; the server ignores it (the key decides)
 
 
 class RegisterRequest(Message):
     """A known host (re)joining after a restart or a reconnect; consumes no key use."""
 
-    machine_id: str
-    credential: str = Field(repr=False)
-    hostname: str
-    version: str
+    machine_id: MachineId
+    credential: Secret = Field(repr=False)
+    hostname: Hostname
+    version: Version
+    credential_socket: SocketPath | None = None
 
 
 class JoinReply(Message):
     """The server's answer to EnrollRequest and RegisterRequest."""
 
     ok: bool
-    reason: str | None = None  # a code: unknown_key, expired, exhausted, pool_out_of_scope, ...
+    reason: str | None = None  # a code: unknown_key, expired, exhausted, pool_out_of_scope, pool_full, ...
     message: str | None = None
     machine_id: str | None = None
     credential: str | None = Field(default=None, repr=False)  # only in the reply to a first enrollment
@@ -142,40 +178,36 @@ class JoinReply(Message):
     models: list[str] = Field(default_factory=list)
     capacity: Capacity | None = None
     heartbeat_interval_s: float | None = None
+    status: AdminStatus | None = None  # the status fleet.yaml declares for this host, if it declares one
 
 
 class Heartbeat(Message):
-    """What a host reports every heartbeat interval on fleet.v1.hb.<machine_id>."""
+    """What a host reports every heartbeat interval on fleet.v1.hb.<machine_id>: its dynamic state only.
 
-    machine_id: str
-    hostname: str
-    version: str
-    started_at: float  # epoch seconds of the daemon's last (re)start
-    sent_at: float
-    seq: int
-    status: AgentStatus
-    capacity: Capacity
-    pools: list[PoolMembership]
-    labels: list[str] = Field(default_factory=list)
-    models: list[str] = Field(default_factory=list)
-    sessions: list[SessionInfo] = Field(default_factory=list)
-    running: int = 0
-    max_sessions: int = 0
-    credential_socket: str | None = None
+    Who it is comes from the subject; what it may serve (tenant, pools, labels, models, capacity) comes from its
+    enrollment record and the applied pools, never from here.
+    """
+
+    seq: int = Field(ge=0)
+    sent_at: Epoch
+    started_at: Epoch  # epoch seconds of the daemon's last (re)start
+    status: AdminStatus
+    running: Slots = 0
+    sessions: list[SessionInfo] = Field(default_factory=list, max_length=MAX_REPORTED_SESSIONS)
+    version: Version
 
 
 class Bye(Message):
     """A host's goodbye on a clean shutdown (fleet.v1.bye.<machine_id>): it is offline now, not silently."""
 
-    machine_id: str
-    reason: str = "shutdown"
+    reason: Annotated[str, StringConstraints(max_length=64)] = "shutdown"
 
 
 class ControlCommand(Message):
     """Server -> agent on fleet.v1.host.<machine_id>.control."""
 
     action: ControlAction
-    by: str = "control-plane"
+    by: Annotated[str, StringConstraints(max_length=200)] = "control-plane"
 
 
 class ControlReply(Message):
@@ -190,58 +222,57 @@ class ControlReply(Message):
 class HostQuery(Message):
     """fleet.v1.api.hosts.get: a machine ID or a unique prefix of one."""
 
-    id: str
+    id: Annotated[str, StringConstraints(max_length=64)]
 
 
 class HostCommand(Message):
-    """fleet.v1.api.hosts.command: do `action` to host `id` (ID or unique prefix)."""
+    """fleet.v1.api.hosts.command: do `action` to host `id` (ID or unique prefix). `force` lets `rm` forget a host
+    that is still live."""
 
-    id: str
-    action: ControlAction
+    id: Annotated[str, StringConstraints(max_length=64)]
+    action: HostAction
+    force: bool = False
 
 
 class ApiReply(Message):
-    """Every API reply: ok + data, or an error code and a message."""
+    """Every API reply: ok + data, or an error code (fleet.errors.WIRE_ERRORS), a message and maybe a hint."""
 
     ok: bool
-    error: str | None = None  # not_found, ambiguous, malformed, offline, refused, internal
+    error: str | None = None
     message: str | None = None
+    hint: str | None = None
     data: Any = None
 
 
-#: most rows one observed-hosts page may carry (the server also keeps a page under the NATS max_payload)
+#: most rows one host page may carry (the server also keeps a page under the NATS max_payload)
 HOSTS_PAGE_MAX = 5000
-#: the columns of an observed-hosts row, in order (a row is a JSON array, to keep 100k hosts small on the wire)
-OBSERVED_COLUMNS = ("machine_id", "hostname", "tenant", "key_id", "pools", "labels", "models", "status", "running",
-                    "max_sessions", "sessions")
 
 
 class HostsPageRequest(Message):
-    """fleet.v1.api.hosts.observed[.<server>]: rows [offset, offset+limit) of an observed-hosts snapshot.
+    """fleet.v1.api.hosts.page[.<server>]: rows [offset, offset+limit) of a host snapshot.
 
-    Without `snapshot` the server takes a new one (every host sorted by machine ID, statuses as of now) and
-    answers its first page; the other pages name that snapshot, so that all pages describe the same moment.
+    Without `snapshot` the server takes a new one (every host, sorted by machine ID, as of now) and answers its
+    first page; the other pages name that snapshot, so that all pages describe the same moment.
     """
 
-    snapshot: str | None = None
+    snapshot: Annotated[str, StringConstraints(max_length=64)] | None = None
     offset: int = Field(default=0, ge=0)
     limit: int = Field(default=HOSTS_PAGE_MAX, ge=1, le=HOSTS_PAGE_MAX)
 
 
 class HostsPage(Message):
-    """One page of an observed-hosts snapshot (the `data` of the ApiReply).
+    """One page of a host snapshot (the `data` of the ApiReply).
 
-    `rows` are arrays in the order of `columns` (OBSERVED_COLUMNS): machine_id, hostname, tenant, key_id,
-    pools[], labels[], models[], status (active, paused, draining, offline, revoked: as the server computes it),
-    running, max_sessions, sessions[[id, phase]]. A page may hold fewer than `limit` rows (the server keeps it
-    under NATS max_payload): `offset + len(rows)` is where the next one starts; `total` rows in all.
+    `rows` are arrays in the order of `columns` (the fields of fleet.hosts.model.Host). A page may hold fewer
+    than `limit` rows (the server keeps it under NATS max_payload): `offset + len(rows)` is where the next one
+    starts; `total` rows in all.
     """
 
     snapshot: str
-    server: str  # the replica holding the snapshot: ask it for the other pages on hosts_observed_at(server)
+    server: str  # the replica holding the snapshot: ask it for the other pages on hosts_page_at(server)
     total: int = Field(ge=0)
     offset: int = Field(ge=0)
-    columns: list[str] = Field(default_factory=lambda: list(OBSERVED_COLUMNS))
+    columns: list[str]
     rows: list[list[Any]] = Field(default_factory=list)
 
 
@@ -249,18 +280,46 @@ class HostsPage(Message):
 
 
 class HostRecord(Message):
-    """The durable identity of a host in KV bucket fleet-v1-hosts (key = machine_id)."""
+    """The durable identity of a host in KV bucket fleet-v1-hosts (key = machine_id).
 
-    machine_id: str
-    tenant: str
-    key_id: str
-    hostname: str
-    pools: list[PoolMembership]
-    labels: list[str] = Field(default_factory=list)
-    models: list[str] = Field(default_factory=list)
-    capacity: Capacity
+    Written by the enrollment authority (create), and by compare-and-set on revocation, on a change of the status
+    the agent reports, at (re)registration (hostname, version) and when the host goes offline (last_seen), so
+    that what `fleet list` shows survives a server restart. Never written per heartbeat.
+    """
+
+    machine_id: MachineId
+    tenant: Ident
+    key_id: Ident
+    hostname: Hostname
+    pools: list[Ident] = Field(max_length=32)
+    labels: list[Label] = Field(default_factory=list, max_length=64)
+    models: list[Label] = Field(default_factory=list, max_length=64)
+    max_sessions: Slots | None = None  # what the host asked for at enrollment (None: its pools decide)
+    max_disk_gb: DiskGb | None = None  # likewise for its disk envelope
     credential_sha256: str
     enrolled_at: str
     revoked: bool = False
     revoked_at: str | None = None
-    last_status: str | None = None
+    admin_status: AdminStatus = "active"  # what the agent last reported (persisted on change)
+    version: Version | None = None
+    credential_socket: SocketPath | None = None
+    last_seen: Epoch | None = None  # epoch seconds of the last heartbeat, as of the last write
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _pool_ids(cls, value: Any) -> Any:
+        """Records written before pools were plain IDs stored `{"id", "mode"}` objects."""
+        if isinstance(value, list):
+            return [p.get("id") if isinstance(p, dict) else p for p in value]
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_layout(cls, data: Any) -> Any:
+        """Records written by fleet 0.1 kept a `capacity` object and `last_status`."""
+        if isinstance(data, dict) and isinstance(data.get("capacity"), dict) and "max_sessions" not in data:
+            data = {**data, "max_sessions": data["capacity"].get("max_concurrent_sessions"),
+                    "max_disk_gb": data["capacity"].get("pool_max_disk_gb")}
+        if isinstance(data, dict) and data.get("last_status") in ("paused", "draining") and "admin_status" not in data:
+            data = {**data, "admin_status": data["last_status"]}
+        return data

@@ -1,10 +1,14 @@
 """The NATS subjects and KV bucket names of protocol v1 (documented in docs/protocol.md).
 
-Used by the agent (fleet.agents), the control-plane service (fleet.service), the CLI's clients and benches.
-Every subject starts with `fleet.v1.`; a breaking change of the protocol gets a new prefix.
+Used by the agent (fleet.agents), the host registry and the control-plane service (fleet.hosts, fleet.service),
+the CLI's client and the benches. Every subject starts with `fleet.v1.`; a breaking change of the protocol gets a
+new prefix. A host's identity on the bus is the machine-ID token of the subject it publishes on:
+`machine_id_of` extracts it exactly (one whole token after a known prefix), never by suffix matching.
 """
 
 from __future__ import annotations
+
+import re
 
 PREFIX = "fleet.v1"
 
@@ -13,33 +17,36 @@ ENROLL = f"{PREFIX}.enroll"
 REGISTER = f"{PREFIX}.register"
 SERVER_QUEUE = "fleet-server"
 
-# Agent -> server (plain publish): heartbeats and the goodbye of a clean shutdown.
-HEARTBEAT_WILDCARD = f"{PREFIX}.hb.*"
-BYE_WILDCARD = f"{PREFIX}.bye.*"
+# Agent -> server (plain publish): heartbeats and the goodbye of a clean shutdown. Every replica subscribes.
+HEARTBEAT_PREFIX = f"{PREFIX}.hb."
+BYE_PREFIX = f"{PREFIX}.bye."
+HEARTBEAT_WILDCARD = f"{HEARTBEAT_PREFIX}*"
+BYE_WILDCARD = f"{BYE_PREFIX}*"
 
-# CLI -> server (request/reply).
+# CLI -> server (request/reply, queue group).
 API_PING = f"{PREFIX}.api.ping"
-API_HOSTS_LIST = f"{PREFIX}.api.hosts.list"
 API_HOSTS_GET = f"{PREFIX}.api.hosts.get"
 API_HOSTS_COMMAND = f"{PREFIX}.api.hosts.command"
-# Paged, compact view of every host for the reconciler (`fleet plan`): the first page (queue group) takes a
-# snapshot in one replica; the later pages of that snapshot go to that replica's own subject (see below).
-API_HOSTS_OBSERVED = f"{PREFIX}.api.hosts.observed"
+# Paged view of every host (`fleet list`, `fleet plan`): the first page (queue group) takes a snapshot in one
+# replica; the later pages of that snapshot go to that replica's own subject (hosts_page_at).
+API_HOSTS_PAGE = f"{PREFIX}.api.hosts.page"
 
 # KV buckets (JetStream, file storage).
 BUCKET_CONFIG = "fleet-v1-config"
 BUCKET_HOSTS = "fleet-v1-hosts"
 BUCKET_ENROLL = "fleet-v1-enroll"
 
+_MACHINE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
 
 def heartbeat(machine_id: str) -> str:
     """Where host `machine_id` publishes its heartbeats."""
-    return f"{PREFIX}.hb.{machine_id}"
+    return f"{HEARTBEAT_PREFIX}{machine_id}"
 
 
 def bye(machine_id: str) -> str:
     """Where host `machine_id` publishes its goodbye when it shuts down cleanly."""
-    return f"{PREFIX}.bye.{machine_id}"
+    return f"{BYE_PREFIX}{machine_id}"
 
 
 def host_control(machine_id: str) -> str:
@@ -47,16 +54,20 @@ def host_control(machine_id: str) -> str:
     return f"{PREFIX}.host.{machine_id}.control"
 
 
-def hosts_observed_at(server_id: str) -> str:
-    """The pages of an observed-hosts snapshot held by `fleet server` replica `server_id` (no queue group)."""
-    return f"{API_HOSTS_OBSERVED}.{server_id}"
+def hosts_page_at(server_id: str) -> str:
+    """The later pages of a host snapshot held by `fleet server` replica `server_id` (no queue group)."""
+    return f"{API_HOSTS_PAGE}.{server_id}"
 
 
-def hosts_list_at(server_id: str) -> str:
-    """The pages of a `fleet list` snapshot held by `fleet server` replica `server_id` (no queue group)."""
-    return f"{API_HOSTS_LIST}.{server_id}"
+def is_machine_id(text: str) -> bool:
+    """A canonical machine ID: a lower-case UUID (what the server assigns at enrollment)."""
+    return bool(_MACHINE_ID.match(text))
 
 
-def machine_id_of(subject: str) -> str:
-    """The machine ID in `fleet.v1.hb.<id>` / `fleet.v1.bye.<id>` (the last token)."""
-    return subject.rsplit(".", 1)[-1]
+def machine_id_of(subject: str, prefix: str) -> str | None:
+    """The machine ID of `<prefix><machine_id>` (e.g. `fleet.v1.hb.<id>`), or None if the subject is anything
+    else: another prefix, more tokens, or a token that is not a canonical machine ID."""
+    if not subject.startswith(prefix):
+        return None
+    token = subject[len(prefix):]
+    return token if is_machine_id(token) else None

@@ -25,6 +25,28 @@ from fleet.bus.embedded import read_pid, write_pid
 from fleet.cli.options import NatsSettings, agent_state_dir_option, json_option, nats_options
 from fleet.errors import UsageError
 
+MAX_SECRET_FILE = 4096
+
+
+def read_secret_file(path: Path) -> str:
+    """The secret in `path` (its first line, stripped): refused when empty, binary or larger than a secret can be."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise UsageError(f"--enroll-key-file {path}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_SECRET_FILE:
+        raise UsageError(f"--enroll-key-file {path}: larger than {MAX_SECRET_FILE} bytes; not a key file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--enroll-key-file {path}: not UTF-8 text; not a key file") from exc
+    lines = text.strip().splitlines()
+    secret = lines[0].strip() if lines else ""
+    if not secret or "\0" in secret:
+        raise UsageError(f"--enroll-key-file {path}: no key in the file")
+    return secret
+
 
 def _split(values: tuple[str, ...]) -> list[str]:
     out: list[str] = []
@@ -42,7 +64,8 @@ def agent_group() -> None:
 @nats_options
 @agent_state_dir_option
 @click.option("--enroll-key", envvar="FLEET_ENROLL_KEY", show_envvar=True, default=None,
-              help="Enrollment key secret (needed only at first start).")
+              help="Enrollment key secret (needed only at first start). Prefer the environment variable or "
+                   "--enroll-key-file: a value on the command line is visible to every user in `ps`.")
 @click.option("--enroll-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Read the enrollment key secret from this file.")
 @click.option("--pool", "pools", multiple=True, help="Pool to serve (repeatable; default: every pool of the key).")
@@ -62,8 +85,12 @@ def run_cmd(nats: NatsSettings, agent_state_dir: Path, enroll_key: str | None, e
             pool_max_disk_gb: float | None, heartbeat_interval: float, hostname: str | None, join_timeout: float,
             verbose: bool) -> None:
     """Enroll this machine (first start) or re-register it, then heartbeat until stopped (SIGTERM: clean exit)."""
+    ctx = click.get_current_context()
+    if enroll_key and ctx.get_parameter_source("enroll_key") == click.core.ParameterSource.COMMANDLINE:
+        click.secho("warning: --enroll-key puts the secret on the command line, where every user of this machine "
+                    "can read it (`ps`); use FLEET_ENROLL_KEY or --enroll-key-file", fg="yellow", err=True)
     if enroll_key_file is not None:
-        enroll_key = enroll_key_file.read_text().strip()
+        enroll_key = read_secret_file(enroll_key_file)
     paths = AgentPaths.of(agent_state_dir)
     paths.ensure()
     running = read_pid(paths.pid, AGENT_PROCESS_MARK)
@@ -106,7 +133,7 @@ def _print_status(status: dict, as_json: bool) -> None:
     rows = [
         ("Machine ID", status.get("machine_id")),
         ("Hostname", status.get("hostname")),
-        ("Status", status.get("status")),
+        ("Status", f"{status.get('status')}{' (drained: no running sessions)' if status.get('drained') else ''}"),
         ("Tenant", status.get("tenant")),
         ("Connected", f"{'yes' if status.get('connected') else 'no'} ({status.get('nats')})"),
         ("Pools", pools or "-"),
@@ -127,7 +154,8 @@ def _simple(cmd: str, doc: str) -> click.Command:
         if as_json or cmd == "status":
             _print_status(status, as_json)
         else:
-            click.echo(f"agent {status.get('machine_id')} is now {status.get('status')}")
+            drained = " (drained: no running sessions)" if status.get("drained") else ""
+            click.echo(f"agent {status.get('machine_id')} is now {status.get('status')}{drained}")
 
     return command
 
@@ -156,7 +184,3 @@ def logs_cmd(agent_state_dir: Path, lines: int, follow: bool) -> None:
                 click.echo(line, nl=False)
             else:
                 time.sleep(0.2)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(agent_group)

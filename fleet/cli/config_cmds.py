@@ -2,7 +2,7 @@
 
 validate: load + schema + references + backend settings, every problem at once as `FILE:LINE:COL: error: …`
 (or `--format json`); exit 0 valid, 1 invalid, 2 usage. schema: print the JSON Schema composed with the
-installed backends' settings fragments. Registered by fleet.cli.main.
+installed backends' settings fragments. Listed in fleet.cli.main.COMMANDS (loaded when called).
 """
 
 from __future__ import annotations
@@ -71,8 +71,3 @@ def schema_cmd(base: bool, output: Path | None) -> None:
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(validate_cmd)
-    group.add_command(schema_cmd)

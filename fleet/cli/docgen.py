@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from fleet.cli.main import cli
+from fleet.errors import EXIT_CODES
 
 
 def _walk(cmd: click.Command, path: list[str], ctx: click.Context, out: list[str], hidden: list[str]) -> None:
@@ -38,6 +39,13 @@ def render() -> str:
            "```text", cli.get_help(ctx), "```", ""]
     hidden: list[str] = []
     _walk(cli, ["fleet"], ctx, out, hidden)
+    out.append("## Exit codes\n")
+    out.append("The same kind of outcome always ends with the same code, so that a CD pipeline can tell \"plan again\" "
+               "from \"wait longer\" from \"someone else is applying\".\n")
+    out.append("| code | meaning |")
+    out.append("|---|---|")
+    out += [f"| {code} | {meaning} |" for code, meaning in sorted(EXIT_CODES.items())]
+    out.append("")
     if hidden:
         out.append("## Deprecated aliases (hidden)\n")
         out += [f"- `{h}`: still works and prints a deprecation notice on stderr" for h in hidden]

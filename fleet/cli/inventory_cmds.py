@@ -1,20 +1,24 @@
-"""`fleet list`, `fleet show` and `fleet hosts pause|resume|drain|revoke`: the live inventory (formats of the seed).
+"""`fleet list`, `fleet show` and `fleet hosts pause|resume|drain|revoke|rm`: the live inventory (formats of the seed).
 
-They ask the control plane (`fleet server`) over NATS through fleet.service.client. `fleet machine …` is the
-hidden, deprecated alias of all of them: it works, and prints a deprecation notice on stderr.
+They ask the control plane (`fleet server`) over NATS through fleet.hosts.client and get fleet.hosts.model.Host
+objects; `host_json` is the one public JSON form of a host (`--json` / `--format json` of every command here).
+`fleet list` is sorted by hostname, then machine ID. `fleet machine …` is the hidden, deprecated alias of all of
+them: it works, and prints a deprecation notice on stderr.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 import click
 
-from fleet.cli.options import NatsSettings, json_option, nats_options
-from fleet.service.client import ControlPlaneClient
+from fleet.cli.options import NatsSettings, format_option, nats_options
+from fleet.cli.shared import run_async
+from fleet.hosts.client import ControlPlaneClient
+from fleet.hosts.model import Host
 
 HEADERS = ("ID", "HOSTNAME", "STATUS", "POOLS", "SESSIONS", "LAST SEEN")
 MIN_WIDTHS = (36, 16, 8, 27, 9, 0)
@@ -49,6 +53,40 @@ def duration(seconds: float | None) -> str:
         parts.append(f"{minutes}m")
     parts.append(f"{s}s")
     return " ".join(parts)
+
+
+def _iso(epoch: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
+
+
+def host_json(h: Host, now: float | None = None) -> dict[str, Any]:
+    """The public JSON of a host (`fleet list --json` items, `fleet show --json`): seed column names first."""
+    now = time.time() if now is None else now
+    live = h.status in ("active", "paused", "draining")
+    return {
+        "id": h.machine_id,
+        "hostname": h.hostname,
+        "status": h.status,
+        "drained": h.drained,
+        "tenant": h.tenant,
+        "pools": list(h.pools),
+        "pool_modes": dict(zip(h.pools, h.pool_modes, strict=False)),
+        "sessions": {"running": h.running, "max": h.max_sessions},
+        "active_sessions": [{"id": s.session_id, "phase": s.phase} for s in h.sessions],
+        "last_seen": _iso(h.last_seen),
+        "last_seen_s_ago": round(now - h.last_seen, 3) if h.last_seen else None,
+        "platform_version": h.version,
+        "started_at": _iso(h.started_at),
+        "uptime_s": round(now - h.started_at, 1) if h.started_at and live else None,
+        "capacity": {"maxConcurrentSessions": h.max_sessions, "poolMaxDiskGb": h.max_disk_gb},
+        "labels": list(h.labels),
+        "models": list(h.models),
+        "credential_socket": h.credential_socket,
+        "key_id": h.key_id,
+        "enrolled_at": h.enrolled_at,
+        "revoked_at": h.revoked_at,
+        "declared_status": h.declared,
+    }
 
 
 def host_row(host: dict[str, Any]) -> tuple[str, ...]:
@@ -114,22 +152,28 @@ def render_show(host: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def _with_client(nats: NatsSettings, action: str, *args: str) -> Any:
-    async with ControlPlaneClient(nats.url, nats.creds, nats.connect_timeout) as client:
-        if action == "list":
-            return await client.list_hosts()
-        if action == "show":
-            return await client.get_host(args[0])
-        return await client.command(args[0], action)
+def _client(nats: NatsSettings) -> ControlPlaneClient:
+    return ControlPlaneClient(nats.url, nats.creds, nats.connect_timeout)
+
+
+def sorted_hosts(hosts: list[Host]) -> list[Host]:
+    """The order of `fleet list`: by hostname, then machine ID (stable whatever the server sends)."""
+    return sorted(hosts, key=lambda h: (h.hostname, h.machine_id))
 
 
 @click.command("list")
 @nats_options
-@json_option
-def list_cmd(nats: NatsSettings, as_json: bool) -> None:
-    """List every host registered to the fleet (ID, HOSTNAME, STATUS, POOLS, SESSIONS, LAST SEEN)."""
-    hosts = asyncio.run(_with_client(nats, "list"))
-    if as_json:
+@format_option("table", "json", default="table")
+def list_cmd(nats: NatsSettings, fmt: str) -> None:
+    """List every host registered to the fleet (ID, HOSTNAME, STATUS, POOLS, SESSIONS, LAST SEEN), sorted by
+    hostname; `--json` for scripts: `fleet list --json | jq '[.[] | select(.status == "active")]'`."""
+
+    async def run() -> list[Host]:
+        async with _client(nats) as client:
+            return await client.hosts()
+
+    hosts = [host_json(h) for h in sorted_hosts(run_async(run))]
+    if fmt == "json":
         click.echo(json.dumps(hosts, indent=2))
         return
     click.echo(render_table([host_row(h) for h in hosts], colour=sys.stdout.isatty()))
@@ -138,24 +182,37 @@ def list_cmd(nats: NatsSettings, as_json: bool) -> None:
 @click.command("show")
 @click.argument("machine_id")
 @nats_options
-@json_option
-def show_cmd(machine_id: str, nats: NatsSettings, as_json: bool) -> None:
+@format_option("table", "json", default="table")
+def show_cmd(machine_id: str, nats: NatsSettings, fmt: str) -> None:
     """Show one host in detail (MACHINE_ID: a full ID or a unique prefix)."""
-    host = asyncio.run(_with_client(nats, "show", machine_id))
-    click.echo(json.dumps(host, indent=2) if as_json else render_show(host))
+
+    async def run() -> Host:
+        async with _client(nats) as client:
+            return await client.host(machine_id)
+
+    host = host_json(run_async(run))
+    click.echo(json.dumps(host, indent=2) if fmt == "json" else render_show(host))
+
+
+def _status_words(host: dict[str, Any]) -> str:
+    return host["status"] + (" (drained: no running sessions)" if host.get("drained") else "")
 
 
 def _host_command(action: str, doc: str) -> click.Command:
     @click.command(action, help=doc)
     @click.argument("machine_id")
     @nats_options
-    @json_option
-    def command(machine_id: str, nats: NatsSettings, as_json: bool) -> None:
-        host = asyncio.run(_with_client(nats, action, machine_id))
-        if as_json:
+    @format_option("table", "json", default="table")
+    def command(machine_id: str, nats: NatsSettings, fmt: str) -> None:
+        async def run() -> Host:
+            async with _client(nats) as client:
+                return await client.command(machine_id, action)
+
+        host = host_json(run_async(run))
+        if fmt == "json":
             click.echo(json.dumps(host, indent=2))
         else:
-            click.echo(f"host {host['id']} ({host.get('hostname')}) is now {host['status']}")
+            click.echo(f"host {host['id']} ({host.get('hostname')}) is now {_status_words(host)}")
 
     return command
 
@@ -163,18 +220,42 @@ def _host_command(action: str, doc: str) -> click.Command:
 HOST_ACTIONS = {
     "pause": "Pause a host: it stays connected but takes no new sessions.",
     "resume": "Resume a paused or draining host.",
-    "drain": "Drain a host: it finishes its running sessions, takes no new ones, then reports idle.",
+    "drain": "Drain a host: it finishes its running sessions and takes no new ones (drained once none run).",
     "revoke": "Revoke a host: its credential stops working and its agent exits.",
 }
 
 
+@click.command("rm")
+@click.argument("machine_id")
+@click.option("--force", is_flag=True, help="Also forget a host that is still live (its agent is told to stop).")
+@nats_options
+@format_option("table", "json", default="table")
+def rm_cmd(machine_id: str, force: bool, nats: NatsSettings, fmt: str) -> None:
+    """Forget a host: remove its record from the registry (offline or revoked hosts; --force for a live one).
+
+    Its enrollment key use is not given back; its place in a pool with hosts.max is. A removed host that comes back
+    is refused (unknown host) and must enroll again.
+    """
+
+    async def run() -> Host:
+        async with _client(nats) as client:
+            return await client.command(machine_id, "rm", force=force)
+
+    host = host_json(run_async(run))
+    if fmt == "json":
+        click.echo(json.dumps({**host, "removed": True}, indent=2))
+    else:
+        click.echo(f"removed host {host['id']} ({host.get('hostname')}, was {host['status']})")
+
+
 @click.group("hosts")
 def hosts_group() -> None:
-    """Control hosts remotely through the control plane (pause, resume, drain, revoke)."""
+    """Control hosts remotely through the control plane (pause, resume, drain, revoke, rm)."""
 
 
 for _action, _doc in HOST_ACTIONS.items():
     hosts_group.add_command(_host_command(_action, _doc))
+hosts_group.add_command(rm_cmd)
 
 
 class DeprecatedGroup(click.Group):
@@ -195,10 +276,4 @@ machine_group.add_command(list_cmd)
 machine_group.add_command(show_cmd)
 for _action, _doc in HOST_ACTIONS.items():
     machine_group.add_command(_host_command(_action, _doc))
-
-
-def register(group: click.Group) -> None:
-    group.add_command(list_cmd)
-    group.add_command(show_cmd)
-    group.add_command(hosts_group)
-    group.add_command(machine_group)
+machine_group.add_command(rm_cmd)

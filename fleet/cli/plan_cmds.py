@@ -1,60 +1,36 @@
 """`fleet plan`, `fleet apply` and `fleet force-unlock`: the reconciler's commands.
 
-plan: load fleet.yaml, gather the live state, compute the Plan (pure), render it (human / --summary / json /
-markdown), optionally save it (--out) and exit with --detailed-exitcode semantics. apply: under the apply lock,
-plan (or load a saved plan and refuse it if its basis moved), confirm on a TTY (CI needs --auto-approve),
-write with compare-and-set, reveal generated key secrets once, release the lock, then wait (with progress, up to
---wait-timeout) until the live hosts converge on the applied pools and declared host states. Registered by
-fleet.cli.main.
+plan: load fleet.yaml, compute the Plan against the live fleet (fleet.reconciler.operation.make_live_plan),
+render it (human / --summary / json / markdown), optionally save it (--out) and exit with --detailed-exitcode
+semantics. apply: the use-case is fleet.reconciler.operation.apply; this module is its view (`CliApplyView`):
+the plan and the progress on the terminal, the confirmation prompt (CI needs --auto-approve), generated key
+secrets shown once (or written to --reveal-keys-to), the wait for convergence. Ctrl-C, SIGTERM and SIGHUP
+release the apply lock before the command exits (fleet.cli.shared.run_async). Listed in fleet.cli.main.COMMANDS (loaded when called).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import click
 
-from fleet import __version__
-from fleet.bus.applied import ApplyLock, ConfigStore
+from fleet.bus.applied import ApplyLock, LockInfo
 from fleet.bus.connection import Bus, connect
-from fleet.cli.live import observe_hosts
 from fleet.cli.options import NatsSettings, file_option, nats_options
-from fleet.cli.shared import atomic_write, load_config_or_report
-from fleet.errors import FleetError, UsageError
-from fleet.reconciler.apply import apply_plan
-from fleet.reconciler.basis import moved
-from fleet.reconciler.converge import Targets, pending, targets
-from fleet.reconciler.desired import desired_resources
-from fleet.reconciler.diff import make_plan
-from fleet.reconciler.gather import gather, key_hashes
-from fleet.reconciler.plan import Basis, Change, Plan
+from fleet.cli.shared import atomic_write, load_config_or_report, run_async
+from fleet.errors import EXIT_CHANGES, FleetError, UsageError
+from fleet.reconciler.apply import ApplyReport
+from fleet.reconciler.operation import ApplyRequest, apply, make_live_plan
+from fleet.reconciler.plan import Change, Plan
 from fleet.reconciler.rendering import render_human, render_json, render_markdown, render_summary
-from fleet.schema.api import LoadResult
 
 
 async def _connect(nats: NatsSettings) -> Bus:
     return await connect(nats.url, creds=nats.creds, connect_timeout=nats.connect_timeout, name="fleet-cli")
-
-
-async def compute_plan(bus: Bus, result: LoadResult, file: Path, *, refresh_only: bool = False) -> Plan:
-    """Gather live state and diff it against the loaded config."""
-    cfg = result.config
-    assert cfg is not None
-    hashes, warnings = key_hashes(cfg, os.environ)
-    store = await ConfigStore.open(bus)
-    hosts, host_warning = await observe_hosts(bus)
-    if host_warning:
-        warnings.append(host_warning)
-    got = await gather(store, hosts, hosts_observed=host_warning is None)
-    basis = Basis(config_file=str(file), config_hash=cfg.source_hash, applied_revision=got.live.revision,
-                  applied_resources={a: r.revision for a, r in got.live.applied.items()}, tool_version=__version__)
-    return make_plan(desired_resources(cfg, hashes), got.live, basis, refresh_only=refresh_only, errors=tuple(warnings))
 
 
 def render(plan: Plan, fmt: str, summary: bool = False) -> str:
@@ -74,7 +50,8 @@ def render(plan: Plan, fmt: str, summary: bool = False) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json.")
 @click.option("--summary", is_flag=True, help="One line per resource (for large plans).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Save the plan (JSON) for `fleet apply PLAN`.")
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when there are no changes, 2 when there are, 1 on error.")
+@click.option("--detailed-exitcode", is_flag=True,
+              help="Exit 0 when there are no changes, 2 when there are; errors keep their own codes (docs/cli.md).")
 @click.option("--refresh-only", is_flag=True, help="Show only drift: the live fleet against the applied state.")
 def plan_cmd(file: Path, nats: NatsSettings, fmt: str, as_json: bool, summary: bool, out: Path | None,
              detailed_exitcode: bool, refresh_only: bool) -> None:
@@ -87,20 +64,20 @@ def plan_cmd(file: Path, nats: NatsSettings, fmt: str, as_json: bool, summary: b
     writable_target(out, "--out")
     result = load_config_or_report(file)
 
-    plans: list[Plan] = []
+    cfg = result.config
+    assert cfg is not None
 
-    async def run() -> None:  # returns nothing: asyncio would format a returned Plan's repr on exit
+    async def run() -> Plan:
         async with await _connect(nats) as bus:
-            plans.append(await compute_plan(bus, result, file, refresh_only=refresh_only))
+            return await make_live_plan(bus, cfg, file, os.environ, refresh_only=refresh_only)
 
-    asyncio.run(run())
-    plan = plans[0]
+    plan = run_async(run)
     click.echo(render(plan, fmt, summary), nl=False)
     if out:
         atomic_write(out, plan.to_json() + "\n", mode=0o644)
         click.echo(f"\nSaved the plan to {out}. Apply exactly this plan with: fleet apply {out}", err=True)
     if detailed_exitcode and not plan.no_op:
-        sys.exit(2)
+        sys.exit(EXIT_CHANGES)
 
 
 def writable_target(path: Path | None, option: str) -> None:
@@ -121,21 +98,6 @@ def _is_saved_plan(path: Path) -> bool:
     except OSError:
         return False
     return head.startswith(b"{")
-
-
-def _progress(total: int):
-    interactive = sys.stderr.isatty()
-    step = max(1, total // 10)
-
-    def report(done: int, total_: int, change: Change) -> None:
-        if interactive:
-            click.echo(f"\r  applying {done}/{total_} {change.symbol} {change.address[:60]:<60}", nl=False, err=True)
-            if done == total_:
-                click.echo("", err=True)
-        elif done % step == 0 or done == total_ or total_ <= 20:
-            click.echo(f"  {change.symbol} {change.address} ({done}/{total_})", err=True)
-
-    return report
 
 
 def _confirm(auto_approve: bool) -> None:
@@ -173,6 +135,62 @@ async def _confirm_async(auto_approve: bool) -> None:
 
     threading.Thread(target=ask, name="fleet-apply-confirm", daemon=True).start()
     await done
+
+
+class CliApplyView:
+    """fleet.reconciler.operation.ApplyView on a terminal (or in CI): what `fleet apply` prints and asks."""
+
+    def __init__(self, summary: bool, auto_approve: bool, reveal: SecretReveal) -> None:
+        self.summary = summary
+        self.auto_approve = auto_approve
+        self.secrets = reveal
+        self.interactive = sys.stderr.isatty()
+        self._last_wait: str | None = None
+        self._step = 1
+
+    def lock_acquired(self, info: LockInfo) -> None:
+        click.echo(f"Acquired the apply lock {info.id}.", err=True)
+
+    def warning(self, text: str) -> None:
+        click.echo(f"warning: {text}", err=True)
+
+    def show_plan(self, plan: Plan) -> None:
+        click.echo(render(plan, "human", self.summary), nl=False)
+        self._step = max(1, len(plan.changes) // 10)
+
+    async def confirm(self, plan: Plan) -> None:
+        await _confirm_async(self.auto_approve)
+
+    def progress(self, done: int, total: int, change: Change) -> None:
+        if self.interactive:
+            click.echo(f"\r  applying {done}/{total} {change.symbol} {change.address[:60]:<60}", nl=False, err=True)
+            if done == total:
+                click.echo("", err=True)
+        elif done % self._step == 0 or done == total or total <= 20:
+            click.echo(f"  {change.symbol} {change.address} ({done}/{total})", err=True)
+
+    def reveal(self, key_id: str, secret: str | None) -> None:
+        self.secrets(key_id, secret)
+
+    def applied(self, plan: Plan, report: ApplyReport) -> None:
+        s = plan.summary
+        click.secho(f"\nApply complete! Resources: {s.add} added, {s.change} changed, {s.destroy} destroyed"
+                    + (f" ({report.already} were already in place)" if report.already else "")
+                    + f" in {report.seconds:.3f}s.", bold=True)
+        self.secrets.summary()
+
+    def converging(self, left: list[str], elapsed: float) -> None:
+        line = f"Waiting for {len(left)} host change(s) to converge ({elapsed:.0f}s): {left[0]}"
+        if self.interactive:
+            click.echo(f"\r{line[:110]:<110}", nl=False, err=True)
+        elif line != self._last_wait:
+            click.echo(line, err=True)
+        self._last_wait = line
+
+    def converged(self, elapsed: float) -> None:
+        if self.interactive and self._last_wait is not None:
+            click.echo("", err=True)
+        click.echo(f"Converged: every live host runs the applied state ({elapsed:.1f}s).", err=True)
 
 
 class SecretReveal:
@@ -243,7 +261,7 @@ def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_appro
     """
     writable_target(reveal_keys_to, "--reveal-keys-to")
     saved: Plan | None = None
-    result: LoadResult | None = None
+    config = None
     if plan_file is not None:
         if plan_file.suffix in (".yaml", ".yml") or not _is_saved_plan(plan_file):
             file, plan_file = plan_file, None
@@ -253,100 +271,16 @@ def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_appro
             except OSError as exc:
                 raise FleetError(f"cannot read {plan_file}: {exc.strerror}") from exc
     if saved is None:
-        result = load_config_or_report(file)
+        config = load_config_or_report(file).config
+    request = ApplyRequest(file=file, config=config, saved=saved, env=os.environ, lock_timeout=lock_timeout,
+                           wait=wait, wait_timeout=wait_timeout, command=f"fleet apply {plan_file or file}")
+    view = CliApplyView(summary, auto_approve, SecretReveal(reveal_keys_to))
 
     async def run() -> None:
         async with await _connect(nats) as bus:
-            lock = await ApplyLock.open(bus)
-            info = await lock.acquire(f"fleet apply {plan_file or file}", timeout=lock_timeout)
-            click.echo(f"Acquired the apply lock {info.id}.", err=True)
-            try:
-                if saved is not None:
-                    plan = saved
-                    store = await ConfigStore.open(bus)
-                    snap = await store.snapshot()
-                    config_hash = _file_hash(Path(plan.basis.config_file)) if plan.basis.config_file else None
-                    if plan.basis.config_file and config_hash is None:
-                        click.echo(f"warning: cannot read {plan.basis.config_file} from here: not checking that it is "
-                                   "unchanged since the plan (the applied state is checked)", err=True)
-                    changed = moved(plan.basis, {k: r.revision for k, r in snap.records.items()}, snap.revision, config_hash)
-                    if changed:
-                        raise FleetError("the saved plan is stale: the fleet changed since it was made:\n"
-                                         + "\n".join(f"  - {c}" for c in changed),
-                                         hint="run `fleet plan --out …` again and review the new plan")
-                    click.echo(render(plan, "human", summary), nl=False)
-                else:
-                    assert result is not None
-                    plan = await compute_plan(bus, result, file)
-                    click.echo(render(plan, "human", summary), nl=False)
-                    if plan.no_op:
-                        return
-                    await _confirm_async(auto_approve)  # the lock refresher keeps running meanwhile
-                await lock.refresh()  # still ours after the prompt? (LockLost otherwise: nothing written)
-                if plan.no_op:
-                    click.echo("Nothing to apply.")
-                    return
-                store = await ConfigStore.open(bus)
-                reveal = SecretReveal(reveal_keys_to)
-                report = await apply_plan(store, plan, os.environ, progress=_progress(len(plan.changes)),
-                                          reveal=reveal, applied_by=info.holder, still_ours=lock.check)
-                s = plan.summary
-                click.secho(f"\nApply complete! Resources: {s.add} added, {s.change} changed, {s.destroy} destroyed"
-                            + (f" ({report.already} were already in place)" if report.already else "")
-                            + f" in {report.seconds:.3f}s.", bold=True)
-                reveal.summary()
-            finally:
-                await lock.release()
-            if wait:
-                await wait_for_convergence(bus, targets(plan), wait_timeout)
+            await apply(bus, request, view)
 
-    asyncio.run(run())
-
-
-async def wait_for_convergence(bus: Bus, t: Targets, timeout: float) -> None:
-    """Poll the control plane until every live host has caught up with `t`, showing progress."""
-    if not t:
-        return
-    interactive = sys.stderr.isatty()
-    start = time.monotonic()
-    last = None
-    snap = await (await ConfigStore.open(bus)).snapshot()
-    pool_slots = {r.id: (r.spec.get("capacity") or {}).get("max_concurrent_sessions")
-                  for r in snap.records.values() if r.kind == "pool"}
-    while True:
-        hosts, warning = await observe_hosts(bus)
-        if warning:
-            click.echo(f"warning: not waiting for convergence: {warning}", err=True)
-            return
-        left = pending(t, hosts, pool_slots)
-        elapsed = time.monotonic() - start
-        if not left:
-            if interactive and last is not None:
-                click.echo("", err=True)
-            click.echo(f"Converged: every live host runs the applied state ({elapsed:.1f}s).", err=True)
-            return
-        if elapsed > timeout:
-            if interactive:
-                click.echo("", err=True)
-            raise FleetError(f"applied, but {len(left)} host change(s) did not converge within {timeout:g}s:\n"
-                             + "\n".join(f"  - {line}" for line in left[:20])
-                             + (f"\n  … and {len(left) - 20} more" if len(left) > 20 else ""),
-                             hint="check those hosts with `fleet show ID`; the config is applied, re-running apply is safe")
-        line = f"Waiting for {len(left)} host change(s) to converge ({elapsed:.0f}s): {left[0]}"
-        if interactive:
-            click.echo(f"\r{line[:110]:<110}", nl=False, err=True)
-        elif line != last:
-            click.echo(line, err=True)
-        last = line
-        await asyncio.sleep(0.5)
-
-
-def _file_hash(path: Path) -> str | None:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        return None
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    run_async(run)
 
 
 @click.command("force-unlock")
@@ -364,10 +298,4 @@ def force_unlock_cmd(lock_id: str, nats: NatsSettings) -> None:
             held = await lock.force_unlock(lock_id)
             click.echo(f"Removed {held.describe()}.")
 
-    asyncio.run(run())
-
-
-def register(group: click.Group) -> None:
-    group.add_command(plan_cmd)
-    group.add_command(apply_cmd)
-    group.add_command(force_unlock_cmd)
+    run_async(run)

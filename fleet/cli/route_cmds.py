@@ -2,8 +2,9 @@
 
 show: a project's routing policy from fleet.yaml. set: edit fleet.yaml in place so that the change is a
 one-line diff (comments, order and formatting of everything else untouched), refusing unknown pools, pools
-of another tenant, and (adaptive) a preferred pool that is one of the candidates; `--apply` applies it. test: simulate the next dispatch against live capacity, with
-`--explain` listing every reason each host is not eligible. Registered by fleet.cli.main.
+of another tenant, and (adaptive) a preferred pool that is one of the candidates; `--apply` applies it. test:
+simulate the next dispatch against live capacity, with `--explain` listing every reason each host is not
+eligible. Listed in fleet.cli.main.COMMANDS (loaded when called).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 import click
 
 from fleet.bus.connection import connect
-from fleet.cli.live import observe_hosts
 from fleet.cli.options import NatsSettings, file_option, json_option, nats_options
 from fleet.cli.shared import atomic_write, load_config_or_report, plugin_registry, print_diagnostics
-from fleet.errors import FleetError, NotFound, UsageError
+from fleet.errors import FleetError, UsageError
 from fleet.reconciler.desired import pool_spec, route_spec
+from fleet.reconciler.operation import observe_hosts
 from fleet.routing import Capacity, HostView, PoolView, RouteView, decide, ineligibility, pool_capacity
 from fleet.schema.api import load_fleet_text
 from fleet.schema.diagnostics import did_you_mean
@@ -39,7 +40,7 @@ def pick_project(cfg: FleetConfig, slug: str | None) -> Project:
         raise UsageError("which project? fleet.yaml has several", hint=f"name one of: {names} (or set FLEET_PROJECT)")
     project = cfg.project(slug)
     if project is None:
-        raise NotFound(f"no project {slug!r} in fleet.yaml",
+        raise UsageError(f"no project {slug!r} in fleet.yaml",
                        hint=did_you_mean(slug, [p.id for p in cfg.projects]) or
                        f"projects: {', '.join(p.id for p in cfg.projects) or '(none)'}")
     return project
@@ -113,7 +114,7 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
             continue
         pool = cfg.pool(pool_id)
         if pool is None:
-            raise NotFound(f"no pool {pool_id!r} in {file}", hint=did_you_mean(pool_id, [x.id for x in cfg.pools if not x.abstract])
+            raise UsageError(f"no pool {pool_id!r} in {file}", hint=did_you_mean(pool_id, [x.id for x in cfg.pools if not x.abstract])
                            or f"pools of tenant {p.tenant}: {', '.join(x.id for x in cfg.pools if x.tenant == p.tenant and not x.abstract)}")
         if pool.tenant != p.tenant:
             raise UsageError(f"pool {pool_id!r} belongs to tenant {pool.tenant!r}; project {p.id!r} is in tenant {p.tenant!r}",
@@ -173,9 +174,7 @@ def route_test(project: str | None, explain: bool, file: Path, nats: NatsSetting
             hosts, _ = await observe_hosts(bus, required=True)
             return hosts
 
-    observed = asyncio.run(run())
-    hosts = [HostView(machine_id=h.machine_id, tenant=h.tenant, pools=h.pools, labels=h.labels, models=h.models,
-                      status=h.status, running=h.running, max_sessions=h.max_sessions, hostname=h.hostname) for h in observed]
+    hosts = asyncio.run(run())
     route = RouteView.from_spec(p.id, route_spec(p))
     pools = {pid: PoolView.from_spec(pid, pool_spec(cfg.pool(pid))) for pid in route.pools if cfg.pool(pid)}
     caps = {pid: pool_capacity(view, hosts, route) for pid, view in pools.items()}
@@ -244,9 +243,3 @@ def execution_group() -> None:
 
 
 execution_group.add_command(route_group, "route")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(route_group)
-    group.add_command(execution_group)
-

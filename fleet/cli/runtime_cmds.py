@@ -45,12 +45,12 @@ from fleet.bus.embedded import (
 )
 from fleet.cli.options import NatsSettings, nats_options, state_dir_option
 from fleet.errors import FleetError, UsageError
-from fleet.service.client import ControlPlaneClient
+from fleet.hosts.client import ControlPlaneClient
 from fleet.service.server import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_MONITOR_INTERVAL,
     DEFAULT_OFFLINE_AFTER,
-    ControlPlane,
+    FleetServer,
     ServerSettings,
 )
 
@@ -173,7 +173,7 @@ def _server_pid(pid_file: Path) -> int | None:
 async def _ping(nats: NatsSettings, timeout: float) -> dict | None:
     try:
         async with ControlPlaneClient(nats.url, nats.creds, connect_timeout=min(timeout, 2.0)) as client:
-            return await client.ping(timeout=min(timeout, 1.0))
+            return await client.ping(timeout=min(timeout, 1.0), attempts=1)
     except FleetError:
         return None
 
@@ -345,7 +345,7 @@ def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await ControlPlane(settings).serve_forever(stop)
+        await FleetServer(settings).serve_forever(stop)
 
     try:
         asyncio.run(main())
@@ -355,9 +355,3 @@ def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float
                 if int(pid_file.read_text().strip()) == os.getpid():
                     pid_file.unlink()
     logging.getLogger(__name__).info("fleet server stopped")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(up_cmd)
-    group.add_command(down_cmd)
-    group.add_command(server_cmd)

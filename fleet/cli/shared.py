@@ -1,25 +1,67 @@
-"""Helpers shared by the CLI commands: loading the config with diagnostics printed, the plugin registry, and
-atomic file writes.
+"""Helpers shared by the CLI commands: running a command's async body (signals become a clean cancellation),
+loading the config with diagnostics printed, the plugin registry, and atomic file writes.
 
 Called by fleet.cli.*_cmds modules only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from fleet.errors import FleetError
-from fleet.plugins.registry import Registry, load_registry
-from fleet.schema.api import LoadResult, load_fleet
+from fleet.errors import FleetError, Interrupted
+
+if TYPE_CHECKING:  # loaded by the commands that read fleet.yaml, not by `fleet list`
+    from fleet.plugins.registry import Registry
+    from fleet.schema.api import LoadResult
+
+T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run_async(main: Callable[[], Awaitable[T]]) -> T:
+    """asyncio.run(main()), with Ctrl-C, SIGTERM and SIGHUP (a cancelled CD job, a dropped SSH session) turned into
+    a cancellation of the command: its `finally` blocks run (an apply releases its lock), then Interrupted."""
+
+    async def runner() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        got: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            got.append(signum)
+            if task is not None:
+                task.cancel()
+
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            return await main()
+        except asyncio.CancelledError:
+            if got:
+                raise Interrupted(f"interrupted by {signal.Signals(got[0]).name}; nothing more was done",
+                                  hint="an apply in progress released its lock; `fleet plan` shows what is left"
+                                  ) from None
+            raise
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(runner())
 
 
 @functools.cache
 def plugin_registry() -> Registry:
+    from fleet.plugins.registry import load_registry
+
     reg = load_registry()
     for warning in reg.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
@@ -36,6 +78,13 @@ def print_diagnostics(result: LoadResult) -> None:
     if result.errors:
         n, w = len(result.errors), len(result.warnings)
         click.echo(f"{n} error{'s' if n != 1 else ''}" + (f", {w} warning{'s' if w != 1 else ''}" if w else ""), err=True)
+
+
+def load_fleet(*args: Any, **kwargs: Any) -> LoadResult:
+    """fleet.schema.api.load_fleet, imported on first use (the schema stack is heavy; `fleet list` needs none)."""
+    from fleet.schema.api import load_fleet as load
+
+    return load(*args, **kwargs)
 
 
 def load_config_or_report(file: Path, *, report: bool = True, exit_on_error: bool = True, strict: bool = False) -> LoadResult:

@@ -20,27 +20,21 @@ from fleet.reconciler.plan import Change, Consequence, Consequences, ProjectCapa
 from fleet.routing import HostView, PoolView, RouteView, decide, pool_capacity
 
 
-def _host_view(h: ObservedHost, pools: tuple[str, ...] | None = None, status: str | None = None) -> HostView:
-    return HostView(machine_id=h.machine_id, tenant=h.tenant, pools=h.pools if pools is None else pools, labels=h.labels,
-                    models=h.models, status=status or h.status, running=h.running, max_sessions=h.max_sessions,
-                    hostname=h.hostname)
-
-
 def _specs(resources: Mapping[str, Any], kind: str) -> dict[str, dict[str, Any]]:
     return {r.id: r.spec for r in resources.values() if r.kind == kind}
 
 
-def _by_pool(hosts: Iterable[HostView | ObservedHost]) -> dict[str, list[HostView | ObservedHost]]:
+def _by_pool(hosts: Iterable[HostView]) -> dict[str, list[HostView]]:
     """Hosts indexed by the pools they serve (in their original order): a host outside a pool is never eligible
     in it, so pool_capacity over this list equals pool_capacity over all hosts, without O(routes × hosts)."""
-    index: dict[str, list[HostView | ObservedHost]] = {}
+    index: dict[str, list[HostView]] = {}
     for h in hosts:
         for p in dict.fromkeys(h.pools):
             index.setdefault(p, []).append(h)
     return index
 
 
-def _slots(route: RouteView | None, pools: Mapping[str, dict], hosts: Mapping[str, list[HostView | ObservedHost]], *,
+def _slots(route: RouteView | None, pools: Mapping[str, dict], hosts: Mapping[str, list[HostView]], *,
            after: bool) -> tuple[int | None, dict]:
     """Total slots a route can use over its pools (None = ∞), and the per-pool Capacity (`hosts` by pool)."""
     if route is None:
@@ -83,9 +77,9 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
                                              f"(resume it with `fleet hosts resume {h.machine_id[:8]}`)"))
 
     # hosts after the change: locked out by key changes, orphaned by pool removals, paused/drained by the file
-    after_hosts: list[HostView | ObservedHost] = []
-    # An ObservedHost has every attribute the routing rules read, under the same names as HostView: the hosts
-    # serve as their own `before` views, and as `after` views when the change leaves them alone (no copy per host).
+    after_hosts: list[HostView] = []
+    # The hosts serve as their own `before` views, and as `after` views when the change leaves them alone (no copy
+    # per host); a host the change affects is copied with its new pools and status.
     for h in live.hosts:
         pools = h.pools
         reason = None
@@ -120,7 +114,7 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
                 items.append(Consequence(kind="host-orphaned", subject=h.machine_id, tenant=h.tenant, pool=p,
                                          message=f"host {_host_label(h)} serves pool {p}, which is deleted: it is orphaned"))
         pools = tuple(p for p in pools if p in desired_pools or p not in applied_pools)
-        after_hosts.append(h if pools == h.pools and status == h.status else _host_view(h, pools, status))
+        after_hosts.append(h if pools == h.pools and status == h.status else h.replace(pools=pools, status=status))
     before_hosts = _by_pool(live.hosts)
     unchanged = len(after_hosts) == len(live.hosts) and all(map(operator.is_, after_hosts, live.hosts))
     after_by_pool = before_hosts if unchanged else _by_pool(after_hosts)

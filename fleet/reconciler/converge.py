@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from fleet.hosts.model import host_slots
 from fleet.reconciler.live import ObservedHost
 from fleet.reconciler.plan import Plan
-from fleet.routing import host_slots
 
 LIVE = ("active", "paused", "draining")
 
@@ -52,7 +52,7 @@ def pending(t: Targets, hosts: Iterable[ObservedHost], pool_slots: Mapping[str, 
     """What is not converged yet, one line per host and reason; empty when everything has caught up.
 
     `pool_slots` is max_concurrent_sessions of every applied pool (a host serving several pools converges on the
-    smallest, fleet.routing.host_slots); without it only the changed pools are known.
+    smallest, fleet.hosts.model.host_slots); without it only the changed pools are known.
     """
     out: list[str] = []
     slots_of = dict(pool_slots or {})

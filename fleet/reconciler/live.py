@@ -2,7 +2,8 @@
 
 Plain pydantic data, no I/O: fleet.reconciler.gather fills them from NATS; the pure diff, drift and
 consequence functions read them; tests build them by hand. Applied resources keep the KV revision they were
-read at, so apply can compare-and-set against exactly what the plan saw.
+read at, so apply can compare-and-set against exactly what the plan saw. An observed host is
+fleet.hosts.model.Host, the one host model (as the registry resolves it), named ObservedHost here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from fleet.hosts.model import Host as ObservedHost
+from fleet.hosts.model import Session as ObservedSession
+
+__all__ = ["ACTIVE", "AppliedResource", "LiveState", "ObservedHost", "ObservedInstance", "ObservedSession",
+           "QueuedSession"]
 
 ACTIVE = "active"
 
@@ -29,28 +36,6 @@ class AppliedResource(_Model):
     @property
     def address(self) -> str:
         return f"{self.kind}.{self.id}"
-
-
-class ObservedSession(_Model):
-    session_id: str
-    phase: str
-    project: str | None = None
-
-
-class ObservedHost(_Model):
-    """A registered host as the control plane sees it (registry + last heartbeat)."""
-
-    machine_id: str
-    hostname: str = ""
-    tenant: str
-    key_id: str | None = None
-    pools: tuple[str, ...] = ()
-    labels: tuple[str, ...] = ()
-    models: tuple[str, ...] = ()
-    status: str = ACTIVE
-    running: int = 0
-    max_sessions: int = 0
-    sessions: tuple[ObservedSession, ...] = ()
 
 
 class ObservedInstance(_Model):

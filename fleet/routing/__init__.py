@@ -11,9 +11,8 @@ from fleet.routing.rules import (
     PoolView,
     RouteView,
     decide,
-    host_slots,
     ineligibility,
     pool_capacity,
 )
 
-__all__ = ["Capacity", "Decision", "HostView", "PoolView", "RouteView", "decide", "host_slots", "ineligibility", "pool_capacity"]
+__all__ = ["Capacity", "Decision", "HostView", "PoolView", "RouteView", "decide", "ineligibility", "pool_capacity"]

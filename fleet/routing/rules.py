@@ -14,22 +14,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 UNBOUNDED = None
 
 
-@dataclass(frozen=True)
-class HostView:
-    machine_id: str
-    tenant: str
-    pools: tuple[str, ...] = ()
-    labels: tuple[str, ...] = ()
-    models: tuple[str, ...] = ()
-    status: str = "active"
-    running: int = 0
-    max_sessions: int = 0
-    hostname: str = ""
+class HostView(Protocol):
+    """What the rules read of a host: fleet.hosts.model.Host has these attributes (the rules sit a layer below
+    the host registry, so they name the shape, not the class)."""
+
+    @property
+    def machine_id(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def pools(self) -> tuple[str, ...]: ...
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+    @property
+    def models(self) -> tuple[str, ...]: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def max_sessions(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -124,14 +133,6 @@ class Decision:
     @property
     def pending(self) -> bool:
         return self.pool is None
-
-
-def host_slots(pool_slots: Iterable[int | None]) -> int | None:
-    """A host's session slots given the max_concurrent_sessions of every pool it serves: the smallest (a host
-    serving two pools must fit both envelopes). None when no pool says. The agent converges on this; `fleet apply`
-    waits for it."""
-    known = [n for n in pool_slots if n]
-    return min(known) if known else None
 
 
 def ineligibility(host: HostView, pool: PoolView, route: RouteView | None = None, *, count_full: bool = True) -> list[str]:

@@ -26,7 +26,7 @@ def _everywhere(fleet, name: str, status: str) -> None:
 
 
 def test_remote_and_local_control(live_fleet) -> None:
-    key = live_fleet.key("ctl", "--tenant", "fin-prod", "--pool", "pool-local-main")
+    key = live_fleet.key("ctl")
     agent = live_fleet.agent("ctl1", "--max-sessions", "2", key=key)
     live_fleet.wait_status("ctl1", "active", 30)
     mid = live_fleet.machine_id("ctl1")
@@ -39,11 +39,13 @@ def test_remote_and_local_control(live_fleet) -> None:
     assert run_cli("agent", "resume", "--state-dir", state).exit_code == 0
     _everywhere(live_fleet, "ctl1", "active")
 
-    assert run_cli("hosts", "drain", mid, "--nats", live_fleet.url).exit_code == 0
+    result = run_cli("hosts", "drain", mid, "--nats", live_fleet.url)
+    assert result.exit_code == 0 and "is now draining (drained: no running sessions)" in result.output
     _everywhere(live_fleet, "ctl1", "draining")
-    assert live_fleet.by_name()["ctl1"]["drained"] is True  # no running sessions: drained -> idle
+    assert live_fleet.by_name()["ctl1"]["drained"] is True  # no running sessions
     local = json.loads(run_cli("agent", "status", "--json", "--state-dir", state).output)
-    assert local["status"] == "idle"
+    assert (local["status"], local["drained"]) == ("draining", True)  # one wording: the agent says what list says
+    assert "is now draining (drained: no running sessions)" in run_cli("agent", "drain", "--state-dir", state).output
 
     assert run_cli("agent", "pause", "--state-dir", state).exit_code == 0
     _everywhere(live_fleet, "ctl1", "paused")

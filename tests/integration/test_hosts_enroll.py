@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,15 +19,14 @@ from fleet.bus import subjects
 from fleet.bus.connection import connect
 from fleet.bus.kv import open_store
 from fleet.bus.messages import EnrollRequest, JoinReply, decode
-from fleet.bus.records import encode_record
+from fleet.bus.records import encode_record, secret_hash
 from tests.conftest import run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
 def test_three_enroll_fourth_refused(live_fleet) -> None:
-    key = live_fleet.key("trio", "--tenant", "fin-prod", "--pool", "pool-local-main", "--max-uses", "3",
-                         "--labels", "region=eu-west,tier=dev")
+    key = live_fleet.key("trio", max_uses=3, labels=("region=eu-west", "tier=dev"))
     agents = {name: live_fleet.agent(name, "--pool", "pool-local-main", "--labels", "tier=dev", key=key)
               for name in ("h1", "h2", "h3")}
     hosts = wait_for(lambda: (hs := live_fleet.hosts()) and len(hs) == 3 and all(h["status"] == "active" for h in hs)
@@ -60,19 +61,23 @@ def test_three_enroll_fourth_refused(live_fleet) -> None:
 
 
 def test_refusals_carry_reasons(live_fleet) -> None:
-    expired = live_fleet.key("old", "--tenant", "fin-prod", "--pool", "pool-local-main",
-                             "--expires", "2020-01-01T00:00:00Z")
-    scoped = live_fleet.key("scoped", "--tenant", "fin-prod", "--pool", "pool-local-main",
-                            "--labels", "region=eu-west", "--models", "claude-3-5-haiku")
-    other = live_fleet.key("cross", "--tenant", "fin-prod", "--pool", "pool-docker-gpu")
+    soon = (datetime.now(UTC) + timedelta(seconds=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expired = live_fleet.key("old", expires=soon)  # valid when applied (fleet.yaml refuses expired keys) ...
+    scoped = live_fleet.key("scoped", labels=("region=eu-west",), models=("claude-3-5-haiku",))
 
-    async def apply_pool() -> None:  # an applied pool of another tenant
+    async def write_behind_the_plan() -> str:
+        """A key whose pool belongs to another tenant cannot be declared (validate refuses it); the enrollment
+        authority must refuse it anyway if the store holds one: written here as a bug or an intruder would."""
+        other = "cross-tenant-secret"
         async with await connect(live_fleet.url) as bus:
             store = await open_store(bus, subjects.BUCKET_CONFIG)
-            await store.put("pool.pool-docker-gpu", encode_record("pool", "pool-docker-gpu", {
-                "tenant": "health-prod", "backend": "docker", "mode": "persistent", "labels": ["gpu"]}))
+            await store.put("key.cross", encode_record("key", "cross", {
+                "tenant": "fin-prod", "pools": ["pool-health-local"], "secret_sha256": secret_hash(other)}))
+        return other
 
-    asyncio.run(apply_pool())
+    other = asyncio.run(write_behind_the_plan())
+    time.sleep(max(0.0, (datetime.strptime(soon, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+                         - datetime.now(UTC)).total_seconds() + 0.5))  # ... and expired now
     cases = {
         "expired": (expired, ["--pool", "pool-local-main"]),
         "pool_out_of_scope": (scoped, ["--pool", "pool-cloud-e2b"]),
@@ -92,7 +97,7 @@ def test_refusals_carry_reasons(live_fleet) -> None:
 
 
 def test_tenant_comes_from_the_key(live_fleet) -> None:
-    secret = live_fleet.key("fin", "--tenant", "fin-prod", "--pool", "pool-local-main")
+    secret = live_fleet.key("fin")
 
     async def enroll() -> JoinReply:
         async with await connect(live_fleet.url) as bus:
@@ -109,6 +114,10 @@ def test_tenant_comes_from_the_key(live_fleet) -> None:
         async with await connect(live_fleet.url) as bus:
             mid = reply.machine_id
             await bus.publish(subjects.heartbeat(mid), json.dumps({"v": 1, "machine_id": mid, "pools": 5}).encode())
+            await bus.publish(subjects.heartbeat(mid), json.dumps({"v": 1, "seq": 1, "sent_at": 1, "started_at": 1,
+                                                                   "status": "active", "version": "0",
+                                                                   "pools": ["pool-x"], "tenant": "health-prod",
+                                                                   "max_sessions": 9999}).encode())
             await bus.publish(subjects.heartbeat(mid), json.dumps({"v": 1, "machine_id": ["x"]}).encode())
             await bus.publish(subjects.heartbeat(mid), b"not json")
             await bus.flush()

@@ -1,4 +1,4 @@
-"""Integration tests of the paged observed-hosts API (`fleet.v1.api.hosts.observed`) and of `fleet plan` reading it.
+"""Integration tests of the paged host API (`fleet.v1.api.hosts.page`) and of `fleet list` and `fleet plan` reading it.
 
 Against a real nats-server and a real `fleet server` (a subprocess, or in-process where the test needs to set
 the page budget): a few thousand seeded host records come back page by page exactly once, sorted, with the status
@@ -21,20 +21,12 @@ import pytest
 from fleet.bus import subjects
 from fleet.bus.connection import connect
 from fleet.bus.kv import open_store
-from fleet.bus.messages import (
-    OBSERVED_COLUMNS,
-    Capacity,
-    Heartbeat,
-    HostRecord,
-    HostsPage,
-    HostsPageRequest,
-    PoolMembership,
-    SessionInfo,
-)
-from fleet.cli.live import observe_hosts
-from fleet.errors import Refused
-from fleet.service.client import SnapshotExpired, call, observed_rows
-from fleet.service.server import ControlPlane, ServerSettings
+from fleet.bus.messages import Heartbeat, HostRecord, HostsPage, HostsPageRequest, SessionInfo
+from fleet.errors import SnapshotExpired
+from fleet.hosts.client import call, host_pages
+from fleet.hosts.model import Host
+from fleet.reconciler.operation import observe_hosts
+from fleet.service.server import FleetServer, ServerSettings
 from tests.conftest import fleet_argv, run_cli, wait_for
 
 from .clihelpers import EXAMPLE, SECRETS, fleet
@@ -42,8 +34,7 @@ from .clihelpers import EXAMPLE, SECRETS, fleet
 pytestmark = pytest.mark.integration
 
 N = 3000
-LIVE = {1: "active", 2: "paused", 3: "draining", 4: "idle"}  # i % 10 -> reported status, for i < 400
-SHOWN = {"active": "active", "paused": "paused", "draining": "draining", "idle": "draining"}
+LIVE = {1: "active", 2: "paused", 3: "draining", 4: "active"}  # i % 10 -> reported status, for i < 400
 
 
 def machine_id(i: int) -> str:
@@ -53,24 +44,22 @@ def machine_id(i: int) -> str:
 def record(i: int) -> HostRecord:
     pool = i % 7
     return HostRecord(machine_id=machine_id(i), tenant=f"tenant-{pool % 2}", key_id=f"key-{pool % 3}",
-                      hostname=f"host-{i:05d}", pools=[PoolMembership(id=f"pool-{pool}")], labels=[f"region=r{pool % 3}"],
-                      models=["claude-3-5-sonnet"], capacity=Capacity(max_concurrent_sessions=4),
-                      credential_sha256="0" * 64, enrolled_at="2026-11-25T00:00:00Z", revoked=i % 10 == 0,
-                      last_status="revoked" if i % 10 == 0 else None)
+                      hostname=f"host-{i:05d}", pools=[f"pool-{pool}"], labels=[f"region=r{pool % 3}"],
+                      models=["claude-3-5-sonnet"], max_sessions=4, credential_sha256="0" * 64,
+                      enrolled_at="2026-11-25T00:00:00Z", revoked=i % 10 == 0)
 
 
 def heartbeat(rec: HostRecord, status: str, sessions: int = 0) -> bytes:
-    return Heartbeat(machine_id=rec.machine_id, hostname=rec.hostname, version="0.1.0", started_at=1.0, sent_at=2.0,
-                     seq=1, status=status, capacity=rec.capacity, pools=rec.pools, labels=rec.labels, models=rec.models,
+    return Heartbeat(version="0.1.0", started_at=1.0, sent_at=2.0, seq=1, status=status,  # type: ignore[arg-type]
                      sessions=[SessionInfo(id=f"s-{rec.hostname}-{k}", phase="running") for k in range(sessions)],
-                     running=sessions, max_sessions=4).encode()
+                     running=sessions).encode()
 
 
 def expected_status(i: int) -> str:
     if i % 10 == 0:
         return "revoked"
     if i < 400 and i % 10 in LIVE:
-        return SHOWN[LIVE[i % 10]]
+        return LIVE[i % 10]
     return "offline"
 
 
@@ -106,35 +95,36 @@ def test_paging_returns_every_host_once_with_its_status(nats_server, processes) 
                                       heartbeat(records[i], LIVE[i % 10], sessions=2 if i == 1 else 0))
             await bus.flush()
 
-    async def read(page_size: int) -> list[list]:
+    async def read(page_size: int) -> list[Host]:
         async with await connect(url) as bus:
-            return await observed_rows(bus, page_size=page_size, concurrency=3)
+            return await host_pages(bus, page_size=page_size, concurrency=3)
 
     asyncio.run(publish())
-    wait_for(lambda: [r[7] for r in asyncio.run(read(1000))] == [expected_status(i) for i in _sorted_indexes()],
+    wait_for(lambda: [h.status for h in asyncio.run(read(1000))] == [expected_status(i) for i in _sorted_indexes()],
              20, 0.3, "the heartbeats' statuses")
 
     for page_size in (499, 700, 5000):  # uneven pages, and everything in one page (one-row pages: below)
-        rows = asyncio.run(read(page_size))
-        ids = [r[0] for r in rows]
+        hosts = asyncio.run(read(page_size))
+        ids = [h.machine_id for h in hosts]
         assert len(ids) == N and len(set(ids)) == N, "every host exactly once"
         assert ids == sorted(ids), "sorted by machine ID"
-        by_id = {r[0]: dict(zip(OBSERVED_COLUMNS, r, strict=True)) for r in rows}
+        by_id = {h.machine_id: h for h in hosts}
         for i, rec in enumerate(records):
-            row = by_id[rec.machine_id]
-            assert row["status"] == expected_status(i), (i, row)
-            assert (row["hostname"], row["tenant"], row["key_id"]) == (rec.hostname, rec.tenant, rec.key_id)
-            assert row["pools"] == [p.id for p in rec.pools] and row["labels"] == rec.labels
-            assert row["max_sessions"] == 4
+            host = by_id[rec.machine_id]
+            assert host.status == expected_status(i), (i, host)
+            assert (host.hostname, host.tenant, host.key_id) == (rec.hostname, rec.tenant, rec.key_id)
+            assert host.pools == tuple(rec.pools) and host.labels == tuple(rec.labels)
+            assert host.max_sessions == 4
         busy = by_id[machine_id(1)]
-        assert busy["running"] == 2 and busy["sessions"] == [["s-host-00001-0", "running"], ["s-host-00001-1", "running"]]
+        assert busy.running == 2 and [(s.session_id, s.phase) for s in busy.sessions] == [
+            ("s-host-00001-0", "running"), ("s-host-00001-1", "running")]
 
     async def small_pages() -> list[list]:  # the first 50 hosts in pages of one row each, from one snapshot
         async with await connect(url) as bus:
-            first = HostsPage.model_validate(await call(bus, subjects.API_HOSTS_OBSERVED, HostsPageRequest(limit=1)))
+            first = HostsPage.model_validate(await call(bus, subjects.API_HOSTS_PAGE, HostsPageRequest(limit=1)))
             rows = list(first.rows)
             for offset in range(1, 50):
-                page = HostsPage.model_validate(await call(bus, subjects.hosts_observed_at(first.server),
+                page = HostsPage.model_validate(await call(bus, subjects.hosts_page_at(first.server),
                                                            HostsPageRequest(snapshot=first.snapshot, offset=offset, limit=1)))
                 assert page.total == N and page.offset == offset
                 rows += page.rows
@@ -147,13 +137,6 @@ def test_paging_returns_every_host_once_with_its_status(nats_server, processes) 
             hosts, warning = await observe_hosts(bus, required=True)
             assert warning is None
             return hosts
-
-    async def unpaged() -> None:  # the v1 form without `limit` (old clients) is refused clearly, not dropped
-        async with await connect(url) as bus:
-            with pytest.raises(Refused, match="do not fit in one reply"):
-                await call(bus, subjects.API_HOSTS_LIST)
-
-    asyncio.run(unpaged())
 
     # `fleet list` pages too: 3,000 host views (~2 MB) do not fit in one NATS message (1 MB).
     result = run_cli("list", "--json", "--nats", url)
@@ -189,40 +172,40 @@ def test_pages_fit_the_byte_budget_and_a_snapshot_holds_still(nats_server) -> No
 
     async def scenario() -> None:
         await seed(url, records)
-        server = ControlPlane(ServerSettings(url=url, page_bytes=40_000))
+        server = FleetServer(ServerSettings(url=url, page_bytes=40_000))
         await server.start()
         try:
             async with await connect(url) as bus:
                 # One page cannot hold 1,200 rows in 40 kB: the server cuts it, the client asks for the rest.
-                raw = await bus.request(subjects.API_HOSTS_OBSERVED, HostsPageRequest().encode())
+                raw = await bus.request(subjects.API_HOSTS_PAGE, HostsPageRequest().encode())
                 assert len(raw) <= 40_000
                 first = HostsPage.model_validate(json.loads(raw)["data"])
                 assert first.total == n and 0 < len(first.rows) < n
-                rows = await observed_rows(bus, page_size=5000)
-                assert sorted(r[0] for r in rows) == [r[0] for r in rows] == sorted(r.machine_id for r in records)
+                hosts = await host_pages(bus, page_size=5000)
+                ids = [h.machine_id for h in hosts]
+                assert sorted(ids) == ids == sorted(r.machine_id for r in records)
 
                 # A snapshot taken before a new host appears keeps describing that moment, page after page.
-                snap = HostsPage.model_validate(await call(bus, subjects.API_HOSTS_OBSERVED, HostsPageRequest(limit=100)))
-                await seed(url, [late])
-                await bus.publish(subjects.heartbeat(late.machine_id), heartbeat(late, "active"))  # server loads it
+                snap = HostsPage.model_validate(await call(bus, subjects.API_HOSTS_PAGE, HostsPageRequest(limit=100)))
+                await seed(url, [late])  # the server's informer sees it within milliseconds
                 for _ in range(100):
-                    if late.machine_id in server.hosts:
+                    if late.machine_id in server.registry.entries:
                         break
                     await asyncio.sleep(0.05)
-                assert late.machine_id in server.hosts
+                assert late.machine_id in server.registry.entries
                 rest, offset = [], 100
                 while offset < snap.total:
                     page = HostsPage.model_validate(await call(
-                        bus, subjects.hosts_observed_at(snap.server),
+                        bus, subjects.hosts_page_at(snap.server),
                         HostsPageRequest(snapshot=snap.snapshot, offset=offset, limit=5000)))
                     assert page.total == n
                     rest += page.rows
                     offset += len(page.rows)
                 assert late.machine_id not in {r[0] for r in snap.rows + rest} and len(snap.rows + rest) == n
-                assert late.machine_id in {r[0] for r in await observed_rows(bus)}, "a new snapshot sees it"
+                assert late.machine_id in {h.machine_id for h in await host_pages(bus)}, "a new snapshot sees it"
 
                 with pytest.raises(SnapshotExpired):
-                    await call(bus, subjects.hosts_observed_at(server.server_id),
+                    await call(bus, subjects.hosts_page_at(server.server_id),
                                HostsPageRequest(snapshot="no-such-snapshot", offset=0, limit=10))
         finally:
             await server.stop()

@@ -24,6 +24,7 @@ import pytest
 from fleet.bus.applied import BUCKET_LOCKS
 from fleet.bus.connection import connect
 from fleet.bus.subjects import BUCKET_CONFIG
+from fleet.errors import EXIT_LOCKED, EXIT_STALE_PLAN, EXIT_USAGE
 from fleet.schema.generate import synthetic_fleet
 
 from .clihelpers import EXAMPLE, SECRETS, fleet, popen
@@ -70,7 +71,7 @@ def test_empty_store_apply_then_no_changes(nats_server, workdir):
 
 def test_apply_refuses_without_approval_in_ci(nats_server, workdir):
     r = fleet(["apply"], nats_server.url, cwd=workdir)
-    assert r.returncode == 2
+    assert r.returncode == EXIT_USAGE
     assert "--auto-approve" in r.stderr and "Traceback" not in r.stderr
     assert plan_json(nats_server.url, workdir)["summary"]["add"] == 17, "nothing was written"
 
@@ -81,7 +82,7 @@ def test_stale_saved_plan_is_refused_with_the_changes(nats_server, workdir):
     assert r.returncode == 0, r.stderr
     assert fleet(["apply", "--auto-approve"], url, cwd=workdir).returncode == 0
     r = fleet(["apply", "empty-plan.json"], url, cwd=workdir)
-    assert r.returncode == 1
+    assert r.returncode == EXIT_STALE_PLAN
     assert "the saved plan is stale" in r.stderr
     assert "pool.pool-local-main was created" in r.stderr and "tenant.fin-prod was created" in r.stderr
 
@@ -93,7 +94,7 @@ def test_stale_saved_plan_is_refused_with_the_changes(nats_server, workdir):
     other.write_text(path.read_text().replace("hosts: {min: 2, max: 4}", "hosts: {min: 2, max: 5}"))
     assert fleet(["apply", "--auto-approve", "-f", str(other)], url, cwd=workdir).returncode == 0
     r = fleet(["apply", "p1.json"], url, cwd=workdir)
-    assert r.returncode == 1
+    assert r.returncode == EXIT_STALE_PLAN
     assert re.search(r"pool\.pool-local-main changed \(revision \d+ -> \d+\)", r.stderr), r.stderr
     # an unchanged basis applies without prompting
     assert fleet(["plan", "--out", "p2.json"], url, cwd=workdir).returncode == 0
@@ -130,7 +131,7 @@ def test_two_concurrent_applies_one_wins_other_names_the_holder(nats_server, wor
         lock_id = re.search(r"Acquired the apply lock (\w+)", out).group(1)
         time.sleep(5)  # longer than the lock's 2 s TTL: the waiting apply keeps refreshing it
         second = fleet(["apply", "--auto-approve"], url, cwd=workdir)
-        assert second.returncode == 1
+        assert second.returncode == EXIT_LOCKED
         assert f"the apply lock is held: lock {lock_id} held by" in second.stderr
         assert "fleet apply" in second.stderr and "force-unlock" in second.stderr
         os.write(master, b"yes\n")
@@ -227,7 +228,7 @@ def test_sigkill_midway_lock_expires_and_reapply_converges(nats_server, tmp_path
     assert 0 < remaining < total, remaining
     # the lock is still held by the dead apply ...
     r = fleet(["apply", "--auto-approve"], url, cwd=tmp_path, **env)
-    if r.returncode == 1:
+    if r.returncode == EXIT_LOCKED:
         assert "the apply lock is held" in r.stderr
         r = fleet(["apply", "--auto-approve", "--lock-timeout", "10"], url, cwd=tmp_path, **env)
     # ... until its TTL frees it; then the re-apply converges
@@ -300,7 +301,7 @@ def test_force_unlock(nats_server, workdir):
 
     lock_id = asyncio.run(leave_lock())
     r = fleet(["apply", "--auto-approve"], url, cwd=workdir)
-    assert r.returncode == 1 and lock_id in r.stderr
+    assert r.returncode == EXIT_LOCKED and lock_id in r.stderr
     r = fleet(["force-unlock", "nope"], url, cwd=workdir)
     assert r.returncode == 1 and f"fleet force-unlock {lock_id}" in r.stderr
     r = fleet(["force-unlock", lock_id], url, cwd=workdir)

@@ -16,15 +16,17 @@ from pathlib import Path
 import pytest
 
 from fleet.bus.embedded import free_port, pid_alive, read_pid
-from tests.conftest import wait_for
+from fleet.errors import EXIT_USAGE
+from tests.conftest import fleet_yaml, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def _fleet(state: Path, url: str, *args: str, timeout: float = 60, cwd: Path | None = None
-           ) -> subprocess.CompletedProcess:
+def _fleet(state: Path, url: str, *args: str, timeout: float = 60, cwd: Path | None = None,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    env.update({"FLEET_STATE_DIR": str(state), "FLEET_NATS_URL": url})
+    env.update({"FLEET_STATE_DIR": str(state), "FLEET_NATS_URL": url, **extra})
     return subprocess.run([sys.executable, "-m", "fleet.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=cwd or state.parent)
 
@@ -49,8 +51,12 @@ def test_up_twice_down_twice_and_stale_pid_files(tmp_path: Path) -> None:
         assert listed.returncode == 0 and json.loads(listed.stdout) == []
 
         # an agent started under the state dir (as examples/demo.sh does) is stopped by `fleet down`
-        secret = "s-updown"
-        assert _fleet(state, url, "keys", "create", "k", "--tenant", "t", "--pool", "p", "--secret", secret).returncode == 0
+        secret = "s-updown-0123456789abcdef0123456789"
+        (tmp_path / "fleet.yaml").write_text(fleet_yaml([{"id": "k", "tenant": "fin-prod", "pools": ["pool-local-main"],
+                                                          "secret": {"from_env": "FLEET_KEY_K"}}], {}))
+        applied = _fleet(state, url, "apply", "--auto-approve", "-f", str(tmp_path / "fleet.yaml"), cwd=tmp_path,
+                         env={"FLEET_KEY_K": secret})
+        assert applied.returncode == 0, applied.stderr
         agent_dir = state / "agents" / "w1"
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
         agent = subprocess.Popen([sys.executable, "-m", "fleet.cli.main", "agent", "run", "--nats", url,
@@ -83,7 +89,7 @@ def test_up_twice_down_twice_and_stale_pid_files(tmp_path: Path) -> None:
 
 def test_up_refuses_remote_url(tmp_path: Path) -> None:
     result = _fleet(tmp_path / ".fleet", "nats://10.1.2.3:4222", "up")
-    assert result.returncode == 2 and "embedded NATS on this machine only" in result.stderr
+    assert result.returncode == EXIT_USAGE and "embedded NATS on this machine only" in result.stderr
 
 
 # ------------------------------------------------------------------------------------------ refusals and failures
@@ -133,7 +139,7 @@ def test_up_refuses_the_nats_of_another_fleet(tmp_path: Path) -> None:
         began = time.monotonic()
         result = _fleet(second, url, "up")
         assert time.monotonic() - began < 5
-        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.returncode == EXIT_USAGE, result.stdout + result.stderr
         error = _one_line_error(result)
         assert url in error and "another fleet" in error and str(first) in error
         assert "fleet up --nats nats://127.0.0.1:" in result.stderr and "FLEET_NATS_URL" in result.stderr
@@ -151,7 +157,7 @@ def test_up_refuses_a_foreign_nats(nats_server, tmp_path: Path) -> None:
     state = tmp_path / ".fleet"
     result = _fleet(state, nats_server.url, "up")
     try:
-        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.returncode == EXIT_USAGE, result.stdout + result.stderr
         error = _one_line_error(result)
         assert nats_server.url in error and "foreign NATS server" in error
         assert f"pid {nats_server.server.running_pid()}" in error
@@ -169,7 +175,7 @@ def test_up_fails_fast_when_another_program_holds_the_port(port_holder, tmp_path
     result = _fleet(state, f"nats://127.0.0.1:{holder.port}", "up", timeout=60)
     try:
         assert time.monotonic() - began < 5, "waited for readiness instead of failing at once"
-        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.returncode == EXIT_USAGE, result.stdout + result.stderr
         error = _one_line_error(result)
         assert f"port {holder.port} on 127.0.0.1 is in use by another program (not a NATS server)" in error
         assert f"pid {holder.pid}" in error
@@ -186,7 +192,7 @@ def test_up_refuses_bad_durations(tmp_path: Path, args: tuple[str, str]) -> None
     state = tmp_path / ".fleet"
     result = _fleet(state, f"nats://127.0.0.1:{free_port()}", "up", *args, timeout=60)
     try:
-        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.returncode == EXIT_USAGE, result.stdout + result.stderr
         assert args[0] in _one_line_error(result)
         _assert_nothing_left(state)
     finally:
@@ -198,7 +204,7 @@ def test_up_refuses_a_bad_port(tmp_path: Path, port: str) -> None:
     state = tmp_path / ".fleet"
     result = _fleet(state, f"nats://127.0.0.1:{port}", "up", timeout=60)
     try:
-        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.returncode == EXIT_USAGE, result.stdout + result.stderr
         assert "port" in _one_line_error(result)
         _assert_nothing_left(state)
     finally:
@@ -209,7 +215,7 @@ def test_up_and_down_refuse_a_state_dir_under_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     state = tmp_path / "file" / ".fleet"
     result = _fleet(state, f"nats://127.0.0.1:{free_port()}", "up", cwd=tmp_path)
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == EXIT_USAGE, result.stdout + result.stderr
     assert "not a directory" in _one_line_error(result)
     down = _fleet(state, "nats://127.0.0.1:1", "down", cwd=tmp_path)
     assert down.returncode == 0 and "nothing to stop" in down.stdout and "Traceback" not in down.stderr
@@ -235,7 +241,7 @@ def test_up_refuses_a_read_only_state_dir(tmp_path: Path) -> None:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
         if result.returncode == 77 or "unshare failed" in result.stderr:
             pytest.skip(f"cannot make a read-only mount here: {result.stderr.strip()}")
-        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.returncode == EXIT_USAGE, result.stdout + result.stderr
         assert "not writable" in _one_line_error(result)
         assert _procs_mentioning(readonly) == []
     finally:
@@ -261,7 +267,7 @@ def test_garbage_pid_files_neither_double_the_fleet_nor_hide_it_from_down(tmp_pa
 
         # the same state dir with another port: refused, not a second fleet
         other = _fleet(state, f"nats://127.0.0.1:{port + 1}", "up")
-        assert other.returncode == 2 and url in _one_line_error(other)
+        assert other.returncode == EXIT_USAGE and url in _one_line_error(other)
 
         (state / "nats-server.pid").write_text("-1\n")
         (state / "server.pid").write_text("\n")

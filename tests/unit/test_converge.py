@@ -25,9 +25,9 @@ CAPACITY = ("max_concurrent_sessions: 4   # slots per host", "max_concurrent_ses
 
 @pytest.mark.parametrize("host,expected", [
     (A, ["build-01.corp: 4 slots, pool-local-main wants 6"]),
-    (A.model_copy(update={"max_sessions": 6}), []),
-    (A.model_copy(update={"status": "offline"}), []),  # offline hosts catch up when they return
-    (A.model_copy(update={"status": "revoked"}), []),
+    (A.replace(**{"max_sessions": 6}), []),
+    (A.replace(**{"status": "offline"}), []),  # offline hosts catch up when they return
+    (A.replace(**{"status": "revoked"}), []),
     (HOSTS[2], []),  # another pool
 ])
 def test_pool_capacity_convergence(host, expected):
@@ -39,7 +39,7 @@ def test_labels_convergence():
     t = targets(plan_for(("labels: [region=eu-west, tier=dev]\n    models: [claude-3-5-sonnet, claude-3-5-haiku]\n    cost",
                           "labels: [region=eu-west, tier=dev, ssd]\n    models: [claude-3-5-sonnet, claude-3-5-haiku]\n    cost")))
     assert pending(t, [A]) == ["build-01.corp: lacks pool-local-main labels ssd"]
-    assert pending(t, [A.model_copy(update={"labels": (*A.labels, "ssd")})]) == []
+    assert pending(t, [A.replace(**{"labels": (*A.labels, "ssd")})]) == []
 
 
 def test_declared_host_state_plan_and_convergence():
@@ -55,7 +55,7 @@ def test_declared_host_state_plan_and_convergence():
     assert cap["ledger-batch"] == (160, 160)
     t = targets(plan)
     assert pending(t, [A]) == ["build-01.corp: active, fleet.yaml says draining"]
-    assert pending(t, [A.model_copy(update={"status": "draining"})]) == []
+    assert pending(t, [A.replace(**{"status": "draining"})]) == []
 
 
 def test_declared_unknown_host_is_called_out():
@@ -123,10 +123,10 @@ def test_instance_drift():
 
 def test_host_of_several_pools_converges_on_the_smallest_envelope():
     # a host serving pool-local-main (changed to 6) and pool-cloud-e2b (1 slot): the agent runs min(6, 1) = 1
-    host = A.model_copy(update={"pools": ("pool-local-main", "pool-cloud-e2b"), "max_sessions": 1})
+    host = A.replace(**{"pools": ("pool-local-main", "pool-cloud-e2b"), "max_sessions": 1})
     t = targets(plan_for(CAPACITY))
     assert pending(t, [host], {"pool-local-main": 6, "pool-cloud-e2b": 1}) == []
-    assert pending(t, [host.model_copy(update={"max_sessions": 4})], {"pool-local-main": 6, "pool-cloud-e2b": 1}) == [
+    assert pending(t, [host.replace(**{"max_sessions": 4})], {"pool-local-main": 6, "pool-cloud-e2b": 1}) == [
         "build-01.corp: 4 slots, pool-cloud-e2b wants 1"]
 
 
@@ -136,7 +136,7 @@ def test_host_no_longer_declared_stays_paused_and_the_plan_says_so():
                                                       revision=300)
     cfg = edited_config()
     plan = make_plan(desired_resources(cfg, hashes(cfg)),
-                     LiveState(applied=applied, hosts=(B.model_copy(update={"status": "paused"}),)), BASIS)
+                     LiveState(applied=applied, hosts=(B.replace(**{"status": "paused"}),)), BASIS)
     assert [i.message for i in plan.consequences.items if i.kind == "host-status"] == [
         "host dev-mbp-mark (7f3e9c12) stays paused: fleet.yaml no longer declares it "
         "(resume it with `fleet hosts resume 7f3e9c12`)"]

@@ -1,4 +1,4 @@
-"""The enrollment rules (fleet.service.enrollment.check_enrollment), table-driven."""
+"""The enrollment rules (fleet.hosts.enrollment.check_enrollment), table-driven."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from fleet.bus.messages import EnrollRequest
 from fleet.bus.records import KeySpec, PoolSpec
-from fleet.service.enrollment import DEFAULT_MAX_SESSIONS, check_enrollment
+from fleet.hosts.enrollment import check_enrollment
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 KEY = KeySpec(tenant="fin-prod", pools=["pool-local-main", "pool-ci"], models=["m1", "m2"],
@@ -32,30 +32,33 @@ def req(**kw) -> EnrollRequest:
     (KEY, req(labels=["gpu"]), "label_out_of_scope"),
     (KEY.model_copy(update={"pools": ["pool-gpu"]}), req(), "tenant_mismatch"),
     (KEY.model_copy(update={"pools": []}), req(), "pool_out_of_scope"),
+    # an envelope larger than the pool's is refused, not trimmed (it was accepted: 100000 slots on a pool of 4)
+    (KEY, req(pools=["pool-local-main"], max_sessions=100000), "capacity_out_of_scope"),
+    (KEY, req(pools=["pool-local-main"], max_sessions=5), "capacity_out_of_scope"),
+    (KEY, req(pools=["pool-local-main"], pool_max_disk_gb=51), "capacity_out_of_scope"),
 ])
 def test_refusals(key: KeySpec, request_: EnrollRequest, reason: str) -> None:
     decision = check_enrollment("k", key, POOLS, request_, NOW)
     assert not decision.ok and decision.reason == reason and decision.message
 
 
-@pytest.mark.parametrize("request_, pools, modes, labels, max_sessions, disk", [
-    # no pools requested: every pool of the key; unapplied pool-ci is persistent
-    (req(), None, {"pool-local-main": "persistent", "pool-ci": "persistent"}, ["region=eu-west"], 4, 50),
+@pytest.mark.parametrize("request_, pools, labels, max_sessions, disk", [
+    # no pools requested: every pool of the key (pool-ci is not applied yet: allowed, the key names it)
+    (req(), ["pool-local-main", "pool-ci"], ["region=eu-west"], None, None),
     # a pool's labels may be requested; the key's labels are always set
-    (req(pools=["pool-local-main"], labels=["tier=dev"]), None, {"pool-local-main": "persistent"},
-     ["region=eu-west", "tier=dev"], 4, 50),
-    # an unapplied pool in the key's scope is allowed; defaults when nothing is applied
-    (req(pools=["pool-ci"]), None, {"pool-ci": "persistent"}, ["region=eu-west"], DEFAULT_MAX_SESSIONS, None),
-    (req(pools=["pool-ci"], max_sessions=8, pool_max_disk_gb=10), None, {"pool-ci": "persistent"},
-     ["region=eu-west"], 8, 10),
+    (req(pools=["pool-local-main"], labels=["tier=dev"]), ["pool-local-main"], ["region=eu-west", "tier=dev"],
+     None, None),
+    # an envelope within the pool's is kept as asked (None: the pools decide, and follow later changes)
+    (req(pools=["pool-local-main"], max_sessions=4, pool_max_disk_gb=50), ["pool-local-main"], ["region=eu-west"],
+     4, 50),
+    (req(pools=["pool-ci"], max_sessions=8, pool_max_disk_gb=10), ["pool-ci"], ["region=eu-west"], 8, 10),
 ])
-def test_acceptances(request_, pools, modes, labels, max_sessions, disk) -> None:
+def test_acceptances(request_, pools, labels, max_sessions, disk) -> None:
     decision = check_enrollment("k", KEY, POOLS, request_, NOW)
     assert decision.ok and decision.tenant == "fin-prod"
-    assert {p.id: p.mode for p in decision.pools} == modes
+    assert decision.pools == pools
     assert decision.labels == labels
-    assert decision.capacity.max_concurrent_sessions == max_sessions
-    assert decision.capacity.pool_max_disk_gb == disk
+    assert (decision.max_sessions, decision.max_disk_gb) == (max_sessions, disk)
 
 
 def test_the_tenant_is_the_keys_whatever_the_host_claims() -> None:

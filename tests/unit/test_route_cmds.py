@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from fleet.cli.main import cli
+from fleet.errors import EXIT_USAGE
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "fleet.yaml.example"
 
@@ -47,9 +48,10 @@ def test_route_show_seed_format(fleet_file):
 
 def test_route_show_needs_a_project_when_there_are_several(fleet_file):
     r = CliRunner().invoke(cli, ["route", "show", "-f", str(fleet_file)])
-    assert r.exit_code == 2 and "my-fintech-app" in r.output
+    assert r.exit_code == EXIT_USAGE and "my-fintech-app" in r.output
     r = CliRunner().invoke(cli, ["route", "show", "my-fintech-ap", "-f", str(fleet_file)])
-    assert r.exit_code == 1 and "did you mean 'my-fintech-app'?" in r.output
+    # a name on the command line that fleet.yaml does not have is the same kind of mistake as any bad argument
+    assert r.exit_code == EXIT_USAGE and "did you mean 'my-fintech-app'?" in r.output
 
 
 def test_route_set_swaps_pools_changes_exactly_two_lines(fleet_file):
@@ -104,7 +106,7 @@ def test_route_set_adds_fallback_to_preferred_only_project(fleet_file):
 def test_route_set_refuses_and_leaves_the_file_alone(fleet_file, args, message):
     before = fleet_file.read_text()
     r = CliRunner().invoke(cli, ["route", "set", "my-fintech-app", *args, "-f", str(fleet_file)])
-    assert r.exit_code in (1, 2)
+    assert r.exit_code == EXIT_USAGE, r.output  # unknown pool, other tenant, same pool twice, abstract: one code
     assert message in r.output
     assert "Traceback" not in r.output
     assert fleet_file.read_text() == before
@@ -120,7 +122,7 @@ def test_route_set_refuses_and_leaves_the_file_alone(fleet_file, args, message):
 def test_route_set_refuses_inconsistent_adaptive_routing_as_a_usage_error(fleet_file, args, message):
     before = fleet_file.read_text()
     r = CliRunner().invoke(cli, ["route", "set", "clinical-notes", *args, "-f", str(fleet_file)])
-    assert r.exit_code == 2, r.output
+    assert r.exit_code == EXIT_USAGE, r.output
     lines = r.output.splitlines()
     assert [line.split(": ", 1)[0] for line in lines] == ["error", "hint"], r.output  # no diagnostics dump
     assert message in lines[0]

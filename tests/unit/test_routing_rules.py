@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from fleet.hosts.model import Host, host_slots
 from fleet.routing import (
     Capacity,
-    HostView,
     PoolView,
     RouteView,
     decide,
-    host_slots,
     ineligibility,
     pool_capacity,
 )
@@ -25,10 +24,10 @@ ROUTE = RouteView(project="my-fintech-app", tenant="fin-prod", mode="preferred-w
                   model="claude-3-5-sonnet")
 
 
-def host(**kw) -> HostView:
+def host(**kw) -> Host:
     base = dict(machine_id="m-1", tenant="fin-prod", pools=("pool-local-main",), labels=("region=eu-west",),
                 models=("claude-3-5-sonnet",), status="active", running=0, max_sessions=4)
-    return HostView(**{**base, **kw})
+    return Host(**{**base, **kw})
 
 
 @pytest.mark.parametrize("h,reasons", [

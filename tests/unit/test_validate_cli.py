@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 import fleet.cli.shared
 from fleet.cli.main import cli
+from fleet.errors import EXIT_USAGE
 from fleet.schema.api import load_fleet
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "fleet.yaml.example"
@@ -81,9 +82,10 @@ def test_default_file_and_fleet_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     "args",
     [["--format", "yaml"], ["--no-such-option"], ["-f"], ["extra-argument"]],
 )
-def test_usage_errors_exit_2(args: list[str]) -> None:
+def test_usage_errors_exit_64(args: list[str]) -> None:
+    """64 (EX_USAGE), not click's 2: `fleet plan --detailed-exitcode` says "changes" with 2."""
     result = run("-f", str(EXAMPLE), *args) if args[0] != "-f" else run(*args)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == EXIT_USAGE, result.output
     assert "Traceback" not in result.output
 
 

@@ -1,0 +1,171 @@
+"""The client of the control-plane API (`fleet.v1.api.*`): ping, every host page by page, one host, a command.
+
+Called by the CLI (fleet.cli.inventory_cmds, runtime_cmds), the reconciler's plan and apply (observed hosts) and
+the benches; the server side of paging is fleet.hosts.paging. `call()` turns "NATS is up but
+no `fleet server` answers" into ServerUnavailable, and an error reply into the FleetError subclass its wire code
+names (fleet.errors.from_wire), so retry meaning survives the trip; retryable errors (a transient failure, an
+expired snapshot, a lost race) are retried with backoff before they reach the user. `host_pages()` is the one
+reader of paged snapshots: the first page comes from any replica, the rest from the replica that holds the
+snapshot, several at a time, each page converted as it arrives. Hosts arrive as fleet.hosts.model.Host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from fleet.bus import subjects
+from fleet.bus.connection import Bus, NoResponders, RequestTimeout, connect
+from fleet.bus.messages import (
+    HOSTS_PAGE_MAX,
+    ApiReply,
+    HostCommand,
+    HostQuery,
+    HostsPage,
+    HostsPageRequest,
+    Message,
+    decode,
+)
+from fleet.errors import FleetError, ProtocolError, ServerUnavailable, SnapshotExpired, from_wire
+from fleet.hosts.model import Host, from_row
+
+SERVER_HINT = "start one with `fleet up` (embedded) or `fleet server --nats URL`"
+ATTEMPTS = 3
+
+
+async def call(bus: Bus, subject: str, message: Message | None = None, *, timeout: float = 5.0,
+               attempts: int = ATTEMPTS) -> Any:
+    """One API request; the reply's data, or the FleetError it carries. Retryable failures are retried."""
+    payload = message.encode() if message is not None else b'{"v": 1}'
+    for attempt in range(attempts):
+        try:
+            return await _call_once(bus, subject, payload, timeout)
+        except FleetError as exc:
+            if not exc.retryable or attempt == attempts - 1 or isinstance(exc, SnapshotExpired):
+                raise
+            await asyncio.sleep(random.uniform(0.5, 1.0) * 0.2 * 2 ** attempt)
+    raise AssertionError("not reached")
+
+
+async def _call_once(bus: Bus, subject: str, payload: bytes, timeout: float) -> Any:
+    try:
+        data = await bus.request(subject, payload, timeout=timeout, what="fleet server")
+    except NoResponders as exc:
+        raise ServerUnavailable(f"NATS at {bus.url} is up but no fleet server answers", hint=SERVER_HINT) from exc
+    except RequestTimeout as exc:
+        raise ServerUnavailable(f"the fleet server at {bus.url} did not answer within {timeout:g}s",
+                                hint="check `fleet server` logs (.fleet/server.log after `fleet up`)") from exc
+    reply = decode(ApiReply, data, max_bytes=len(data))  # our own server's reply: as large as NATS allowed
+    if not reply.ok:
+        raise from_wire(reply.error, reply.message, reply.hint)
+    return reply.data
+
+
+def hosts_of(columns: list[str], rows: list[list[Any]]) -> list[Host]:
+    """Hosts from rows; a malformed row is a ProtocolError naming it, never a plan built on a misread host."""
+    out = []
+    for row in rows:
+        try:
+            out.append(from_row(columns, row))
+        except (ValueError, TypeError, IndexError) as exc:
+            name = row[0] if isinstance(row, list) and row else "?"
+            raise ProtocolError(f"malformed host {str(name)[:40]} from the fleet server: {exc}") from exc
+    return out
+
+
+def _host(data: Any) -> Host:
+    if not isinstance(data, dict) or not isinstance(data.get("columns"), list):
+        raise ProtocolError("malformed host reply from the fleet server")
+    return hosts_of(data["columns"], [data.get("row")])[0]
+
+
+async def _page(bus: Bus, subject: str, request: HostsPageRequest, timeout: float) -> HostsPage:
+    data = await call(bus, subject, request, timeout=timeout)
+    try:
+        return HostsPage.model_validate(data)
+    except ValueError as exc:
+        raise ProtocolError(f"malformed host page from the fleet server: {exc}") from exc
+
+
+async def host_pages(bus: Bus, *, page_size: int = HOSTS_PAGE_MAX, concurrency: int = 4, timeout: float = 10.0,
+                     attempts: int = 3) -> list[Host]:
+    """Every host the control plane knows, sorted by machine ID, from one consistent snapshot.
+
+    The first request takes the snapshot in one replica and returns its first page and the total; the other pages
+    are asked of that replica, `concurrency` at a time, and converted as they arrive (while the server builds the
+    next). A page cut short (NATS max_payload) is completed by asking for the rest. If the snapshot expires
+    meanwhile, start over (up to `attempts` times).
+    """
+    page_size = max(1, min(page_size, HOSTS_PAGE_MAX))
+    for attempt in range(attempts):
+        first = await _page(bus, subjects.API_HOSTS_PAGE, HostsPageRequest(offset=0, limit=page_size), timeout)
+        total, snap, columns = first.total, first.snapshot, first.columns
+        subject = subjects.hosts_page_at(first.server)
+        chunks: dict[int, list[Host]] = {0: hosts_of(columns, first.rows)}
+        sem = asyncio.Semaphore(concurrency)
+
+        async def fetch(start: int, end: int, snap: str = snap, subject: str = subject, total: int = total,
+                        chunks: dict[int, list[Host]] = chunks, sem: asyncio.Semaphore = sem,
+                        columns: list[str] = columns) -> None:
+            while start < end:
+                async with sem:
+                    page = await _page(bus, subject, HostsPageRequest(snapshot=snap, offset=start, limit=end - start),
+                                       timeout)
+                if not page.rows:
+                    raise ProtocolError(f"the fleet server returned an empty page at offset {start} of {total}")
+                chunks[start] = hosts_of(columns, page.rows)
+                start += len(page.rows)
+
+        tasks = [asyncio.ensure_future(fetch(a, min(a + page_size, total)))
+                 for a in range(len(first.rows), total, page_size)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException as exc:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if isinstance(exc, SnapshotExpired) and attempt < attempts - 1:
+                continue
+            raise
+        hosts = [h for start in sorted(chunks) for h in chunks[start]]
+        if len(hosts) != total:
+            raise ProtocolError(f"the fleet server returned {len(hosts)} hosts, expected {total}")
+        return hosts
+    raise SnapshotExpired("the host snapshot kept expiring")  # not reached
+
+
+class ControlPlaneClient:
+    """A short-lived connection for one CLI command."""
+
+    def __init__(self, url: str, creds: str | None = None, connect_timeout: float = 3.0) -> None:
+        self.url, self.creds, self.connect_timeout = url, creds, connect_timeout
+        self.bus: Bus | None = None
+
+    async def __aenter__(self) -> ControlPlaneClient:
+        self.bus = await connect(self.url, creds=self.creds, connect_timeout=self.connect_timeout, name="fleet-cli")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.bus is not None:
+            await self.bus.close()
+
+    def _bus(self) -> Bus:
+        if self.bus is None:
+            raise FleetError("client not connected")
+        return self.bus
+
+    async def ping(self, timeout: float = 2.0, attempts: int = ATTEMPTS) -> dict[str, Any]:
+        return await call(self._bus(), subjects.API_PING, timeout=timeout, attempts=attempts)
+
+    async def hosts(self, page_size: int = 2000) -> list[Host]:
+        return await host_pages(self._bus(), page_size=page_size)
+
+    async def host(self, ident: str) -> Host:
+        return _host(await call(self._bus(), subjects.API_HOSTS_GET, HostQuery(id=ident)))
+
+    async def command(self, ident: str, action: str, *, force: bool = False) -> Host:
+        """Not retried: a command that failed may still have taken effect, and an agent that did not answer in
+        time rarely answers a second later; the user sees the error and decides."""
+        return _host(await call(self._bus(), subjects.API_HOSTS_COMMAND,
+                                HostCommand(id=ident, action=action, force=force), timeout=8.0, attempts=1))  # type: ignore[arg-type]

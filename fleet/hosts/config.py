@@ -1,0 +1,78 @@
+"""The applied config as `fleet server` needs it: enrollment keys, pools and host declarations, kept current.
+
+`AppliedConfig.apply(key, entry)` is fed by a fleet.bus.kv.Informer on bucket fleet-v1-config (every replica
+follows every apply within milliseconds; no polling). A record that does not decode is skipped and counted, never
+fatal. Readers get plain data: `keys` (KeySpec by ID, and by secret hash), `pools` (the raw spec dicts, which the
+host model reads), `declared` (the status fleet.yaml declares per machine ID). `version` moves on every change,
+so derived caches (per-pool-set envelopes, grace periods) know when to rebuild. Used by the registry, the
+enrollment authority and the declared-status controller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from fleet.bus.kv import Entry
+from fleet.bus.records import KeySpec, PoolSpec, decode_record
+from fleet.errors import FleetError
+
+log = logging.getLogger(__name__)
+
+
+class AppliedConfig:
+    def __init__(self) -> None:
+        self.keys: dict[str, KeySpec] = {}
+        self.keys_by_hash: dict[str, str] = {}
+        self.pools: dict[str, dict[str, Any]] = {}
+        self.pool_specs: dict[str, PoolSpec] = {}
+        self.declared: dict[str, str] = {}
+        self.version = 0
+        self.metrics: Counter[str] = Counter()
+        self.listeners: list[Callable[[str], None]] = []
+
+    def apply(self, key: str, entry: Entry | None) -> None:
+        """One record changed (None: deleted). Called by the informer, in stream order."""
+        kind, _, ident = key.partition(".")
+        if kind not in ("key", "pool", "host"):
+            return
+        self._forget(kind, ident)
+        if entry is not None:
+            try:
+                rec = decode_record(entry.value)
+                if rec.kind != kind or rec.id != ident:
+                    raise FleetError(f"record {rec.kind}.{rec.id} stored under {key}")
+                if kind == "key":
+                    spec = KeySpec.model_validate(rec.spec)
+                    self.keys[ident] = spec
+                    self.keys_by_hash[spec.secret_sha256] = ident
+                elif kind == "pool":
+                    self.pool_specs[ident] = PoolSpec.model_validate(rec.spec)
+                    self.pools[ident] = rec.spec
+                else:
+                    status = rec.spec.get("status")
+                    if status in ("active", "paused", "draining"):
+                        self.declared[ident] = status
+            except (FleetError, ValueError) as exc:
+                self.metrics["config_record_skipped"] += 1
+                log.warning("skipping applied record %s: %s", key, exc)
+        self.version += 1
+        for listener in self.listeners:
+            listener(key)
+
+    def _forget(self, kind: str, ident: str) -> None:
+        if kind == "key":
+            old = self.keys.pop(ident, None)
+            if old is not None and self.keys_by_hash.get(old.secret_sha256) == ident:
+                del self.keys_by_hash[old.secret_sha256]
+        elif kind == "pool":
+            self.pools.pop(ident, None)
+            self.pool_specs.pop(ident, None)
+        else:
+            self.declared.pop(ident, None)
+
+    def key_for_secret_hash(self, digest: str) -> tuple[str, KeySpec] | None:
+        ident = self.keys_by_hash.get(digest)
+        return (ident, self.keys[ident]) if ident is not None else None

@@ -1,0 +1,286 @@
+"""Enrollment: may this host join with this key, and with what tenant, pools, labels and envelope; and the authority
+that makes it so (key use counting, pool membership up to `hosts.max`, the host record), plus re-registration.
+
+`check_enrollment` is the pure rule set (tested table-driven in tests/unit/test_enrollment_rules.py). `Enroller`
+is called by the `fleet.v1.enroll` and `fleet.v1.register` handlers of `fleet server`:
+
+- enroll: the key is found by the hash of the presented secret in the applied config (no store read), the rules
+  run, then three compare-and-set steps: a use of the key (`uses.<key>` in fleet-v1-enroll, never past
+  `max_uses`), a place in each pool that caps its hosts (`members.<pool>`, never past `hosts.max`), and the host
+  record (create). A step that fails gives back what the earlier ones took, so a refused or failed enrollment
+  burns no key use and no pool place. A member whose record never appeared (its enrollment crashed midway)
+  stops counting after MEMBER_GRACE_S.
+- register: a known host rejoining proves itself with its credential; its hostname, version and credential socket
+  are updated in its record when they changed. No store read unless something changed.
+
+The host's tenant is always its key's, whatever the request claims; what it may serve is bounded by the key and
+the applied pools (a requested envelope larger than a pool's is refused, not trimmed).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fleet.bus.kv import Entry, Store
+from fleet.bus.messages import EnrollRequest, HostRecord, JoinReply, PoolMembership, RegisterRequest
+from fleet.bus.records import KeySpec, PoolSpec, format_time, now_utc, secret_hash
+from fleet.errors import FleetError, Refused
+from fleet.hosts.model import Host
+from fleet.hosts.registry import Registry
+
+log = logging.getLogger(__name__)
+
+MEMBER_GRACE_S = 120.0  # a pool place whose host record has not appeared after this long no longer counts
+
+
+@dataclass(frozen=True)
+class Decision:
+    ok: bool
+    reason: str | None = None
+    message: str | None = None
+    tenant: str | None = None
+    pools: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    max_sessions: int | None = None
+    max_disk_gb: float | None = None
+
+
+def refuse(reason: str, message: str) -> Decision:
+    return Decision(ok=False, reason=reason, message=message)
+
+
+def _union(*lists: list[str]) -> list[str]:
+    return list(dict.fromkeys(item for items in lists for item in items))
+
+
+def check_enrollment(
+    key_id: str, key: KeySpec, pools: dict[str, PoolSpec], request: EnrollRequest, now: datetime
+) -> Decision:
+    """Apply the rules; the host's tenant is always the key's, whatever the request claims."""
+    expires = key.expires_at()
+    if expires is not None and now >= expires:
+        return refuse("expired", f"enrollment key {key_id} expired at {key.expires}")
+    wanted_pools = _union(request.pools) or list(key.pools)
+    if not wanted_pools:
+        return refuse("pool_out_of_scope", f"enrollment key {key_id} grants no pools")
+    outside = [p for p in wanted_pools if p not in key.pools]
+    if outside:
+        return refuse(
+            "pool_out_of_scope",
+            f"pool {', '.join(outside)} is outside the scope of enrollment key {key_id} "
+            f"(allowed: {', '.join(key.pools) or 'none'})",
+        )
+    for pool_id in wanted_pools:
+        pool = pools.get(pool_id)
+        if pool is not None and pool.tenant != key.tenant:
+            return refuse(
+                "tenant_mismatch",
+                f"pool {pool_id} belongs to tenant {pool.tenant}, enrollment key {key_id} to tenant {key.tenant}",
+            )
+    if key.models is not None:
+        bad_models = [m for m in request.models if m not in key.models]
+        if bad_models:
+            return refuse(
+                "model_out_of_scope",
+                f"model {', '.join(bad_models)} is outside the scope of enrollment key {key_id} "
+                f"(allowed: {', '.join(key.models) or 'none'})",
+            )
+    allowed_labels = _union(key.labels, *[pools[p].labels for p in wanted_pools if p in pools])
+    bad_labels = [label for label in request.labels if label not in allowed_labels]
+    if bad_labels:
+        return refuse(
+            "label_out_of_scope",
+            f"label {', '.join(bad_labels)} is outside the scope of enrollment key {key_id} "
+            f"(allowed: {', '.join(allowed_labels) or 'none'})",
+        )
+    applied = [(p, pools[p]) for p in wanted_pools if p in pools]
+    if request.max_sessions is not None:
+        for pool_id, pool in applied:
+            cap = pool.capacity.max_concurrent_sessions
+            if cap and request.max_sessions > cap:
+                return refuse("capacity_out_of_scope",
+                              f"--max-sessions {request.max_sessions} exceeds the envelope of pool {pool_id} "
+                              f"(max_concurrent_sessions {cap})")
+    if request.pool_max_disk_gb is not None:
+        for pool_id, pool in applied:
+            cap_gb = pool.capacity.pool_max_disk_gb
+            if cap_gb is not None and request.pool_max_disk_gb > cap_gb:
+                return refuse("capacity_out_of_scope",
+                              f"--pool-max-disk-gb {request.pool_max_disk_gb:g} exceeds the envelope of pool {pool_id} "
+                              f"(pool_max_disk_gb {cap_gb:g})")
+    models = request.models or list(key.models or [])
+    return Decision(
+        ok=True,
+        tenant=key.tenant,
+        pools=wanted_pools,
+        labels=_union(key.labels, request.labels),
+        models=models,
+        max_sessions=request.max_sessions,
+        max_disk_gb=request.pool_max_disk_gb,
+    )
+
+
+def pool_full(members: dict[str, float], registry: Registry, limit: int, now: float) -> bool:
+    """Does a pool with these members (machine ID -> when its place was taken) have `limit` hosts already?
+
+    A member counts while its host is registered and not revoked, or, before its record appears, for
+    MEMBER_GRACE_S (an enrollment in flight on another replica)."""
+    count = 0
+    for mid, added in members.items():
+        entry = registry.entries.get(mid)
+        if entry is None:
+            count += now - added < MEMBER_GRACE_S
+        else:
+            count += not entry.record.revoked
+    return count >= limit
+
+
+class Enroller:
+    def __init__(self, registry: Registry, hosts: Store, counters: Store, heartbeat_interval: float) -> None:
+        self.registry = registry
+        self.hosts = hosts
+        self.counters = counters
+        self.heartbeat_interval = heartbeat_interval
+
+    # ------------------------------------------------------------------------------------------ enroll
+    async def enroll(self, req: EnrollRequest) -> JoinReply:
+        config = self.registry.config
+        digest = secret_hash(req.key)
+        found = config.key_for_secret_hash(digest)
+        if found is None:
+            log.warning("security: enrollment refused: unknown key (fingerprint %s) from hostname %r",
+                        digest[:12], req.hostname[:64])
+            return JoinReply(ok=False, reason="unknown_key", message="unknown enrollment key")
+        key_id, key = found
+        decision = check_enrollment(key_id, key, config.pool_specs, req, now_utc())
+        if not decision.ok:
+            log.warning("security: enrollment with key %s refused (%s): %s", key_id, decision.reason, decision.message)
+            return JoinReply(ok=False, reason=decision.reason, message=decision.message)
+        mid = str(uuid.uuid4())
+        undo: list[Callable[[], Any]] = []
+        try:
+            used = await self.counters.increment(f"uses.{key_id}", limit=key.max_uses)
+            if used is None:
+                return JoinReply(ok=False, reason="exhausted",
+                                 message=f"enrollment key {key_id} is used up ({key.max_uses} of {key.max_uses})")
+            undo.append(lambda: self.counters.increment(f"uses.{key_id}", by=-1))
+            for pool_id in decision.pools:
+                limit = config.pool_specs[pool_id].hosts.max if pool_id in config.pool_specs else None
+                if limit is not None:
+                    if not await self._join_pool(pool_id, mid, limit):
+                        return JoinReply(ok=False, reason="pool_full",
+                                         message=f"pool {pool_id} already has its maximum of {limit} hosts "
+                                                 f"(hosts.max in fleet.yaml)")
+                    undo.append(lambda p=pool_id: self.leave_pool(p, mid))
+            credential = secrets.token_urlsafe(32)
+            record = HostRecord(
+                machine_id=mid, tenant=decision.tenant or key.tenant, key_id=key_id, hostname=req.hostname,
+                pools=decision.pools, labels=decision.labels, models=decision.models,
+                max_sessions=decision.max_sessions, max_disk_gb=decision.max_disk_gb,
+                credential_sha256=secret_hash(credential), enrolled_at=format_time(now_utc()), version=req.version,
+                credential_socket=req.credential_socket,
+            )
+            revision = await self.hosts.create(mid, record.encode())
+            undo.clear()
+        finally:
+            for step in reversed(undo):  # a refusal or a failure after a use was taken gives it back
+                try:
+                    await step()
+                except FleetError as exc:
+                    log.warning("could not give back an enrollment step for %s: %s", mid, exc)
+        log.info("enrolled %s (%s) with key %s: tenant %s, pools %s (use %d%s)", mid, req.hostname, key_id,
+                 record.tenant, ", ".join(record.pools), used, f" of {key.max_uses}" if key.max_uses else "")
+        self.registry.apply_record(mid, Entry(mid, record.encode(), revision))  # don't wait for the informer
+        return self.join_reply(self.registry.build(record, None, False), credential)
+
+    async def _join_pool(self, pool_id: str, mid: str, limit: int) -> bool:
+        full = [False]
+        registry = self.registry
+
+        def change(current: Entry | None) -> bytes | None:
+            members = _members(current)
+            now = time.time()
+            if pool_full(members, registry, limit, now):
+                full[0] = True
+                return None
+            full[0] = False
+            live = {m: t for m, t in members.items() if m in registry.entries or now - t < MEMBER_GRACE_S}
+            live[mid] = now
+            return json.dumps(live, sort_keys=True).encode()
+
+        await self.counters.modify(f"members.{pool_id}", change)
+        return not full[0]
+
+    async def leave_pool(self, pool_id: str, mid: str) -> None:
+        def change(current: Entry | None) -> bytes | None:
+            members = _members(current)
+            if mid not in members:
+                return None
+            del members[mid]
+            return json.dumps(members, sort_keys=True).encode()
+
+        await self.counters.modify(f"members.{pool_id}", change)
+
+    # ------------------------------------------------------------------------------------------ register
+    async def register(self, req: RegisterRequest) -> JoinReply:
+        entry = self.registry.entries.get(req.machine_id)
+        if entry is None:
+            return JoinReply(ok=False, reason="unknown_host", message=f"no host {req.machine_id} is registered")
+        record = entry.record
+        if not hmac.compare_digest(secret_hash(req.credential), record.credential_sha256):
+            log.warning("security: registration of %s refused: wrong credential", req.machine_id)
+            return JoinReply(ok=False, reason="bad_credential", message="wrong credential for this machine ID")
+        if record.revoked:
+            return JoinReply(ok=False, reason="revoked", message=f"host {req.machine_id} was revoked")
+        wanted = {"hostname": req.hostname, "version": req.version, "credential_socket": req.credential_socket}
+        if any(getattr(record, k) != v for k, v in wanted.items()):  # the informer brings the new record back
+            record = await modify_record(self.hosts, req.machine_id, lambda r: r.model_copy(update=wanted)
+                                         if any(getattr(r, k) != v for k, v in wanted.items()) else None) or record
+        log.info("registered %s (%s)", record.machine_id, record.hostname)
+        return self.join_reply(self.registry.build(record, None, False))
+
+    def join_reply(self, host: Host, credential: str | None = None) -> JoinReply:
+        return JoinReply(
+            ok=True, machine_id=host.machine_id, credential=credential, tenant=host.tenant, key_id=host.key_id,
+            pools=[PoolMembership(id=p, mode=m) for p, m in zip(host.pools, host.pool_modes, strict=True)],  # type: ignore[arg-type]
+            labels=list(host.labels), models=list(host.models),
+            capacity={"max_concurrent_sessions": host.max_sessions, "pool_max_disk_gb": host.max_disk_gb},  # type: ignore[arg-type]
+            heartbeat_interval_s=self.heartbeat_interval, status=host.declared,  # type: ignore[arg-type]
+        )
+
+
+def _members(entry: Entry | None) -> dict[str, float]:
+    if entry is None:
+        return {}
+    try:
+        data = json.loads(entry.value)
+    except ValueError:
+        return {}
+    return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+async def modify_record(store: Store, machine_id: str,
+                        change: Callable[[HostRecord], HostRecord | None]) -> HostRecord | None:
+    """Change a host record by compare-and-set (fleet.bus.kv.Store.modify); `change` returns the new record or None
+    (no write). Returns the record as written, or None when nothing was written. Refused when the host is gone."""
+    result: list[HostRecord | None] = [None]
+
+    def step(current: Entry | None) -> bytes | None:
+        if current is None:
+            raise Refused(f"host {machine_id} is no longer registered")
+        new = change(HostRecord.model_validate_json(current.value))
+        result[0] = new
+        return new.encode() if new is not None else None
+
+    await store.modify(machine_id, step)
+    return result[0]

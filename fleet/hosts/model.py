@@ -1,0 +1,158 @@
+"""The one host model: `Host`, a registered host as every reader sees it, and the rules that derive it.
+
+A host has a durable record (fleet.bus.messages.HostRecord: identity, tenant, key, pools, envelope, fixed at
+enrollment) and dynamic state (the last heartbeat: reported status, running sessions, version, when). `Host` is
+both, resolved against the applied pools: its session slots are the record's capped by every pool it serves
+(`host_slots`), its labels are the record's plus its pools', its status follows `status_of` (the one status
+rule). The registry of `fleet server` (fleet.hosts.registry) builds Hosts; they travel as rows of `HOST_COLUMNS`
+(`to_row` / `from_row`); `fleet list`, `fleet show`, the reconciler (fleet.reconciler.live.ObservedHost is this
+class), `fleet route test` and the routing rules read them. Pure: no I/O, no asyncio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+LIVE_STATUSES = ("active", "paused", "draining")
+STATUSES = ("active", "paused", "draining", "offline", "revoked")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A session a host reports as running on it."""
+
+    session_id: str
+    phase: str
+    project: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """A registered host: its record resolved against the applied pools, plus what its heartbeats say."""
+
+    machine_id: str
+    tenant: str
+    hostname: str = ""
+    key_id: str | None = None
+    pools: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    status: str = "active"
+    running: int = 0
+    max_sessions: int = 0
+    sessions: tuple[Session, ...] = ()
+    pool_modes: tuple[str, ...] = ()  # the mode of each pool in `pools`, same order
+    max_disk_gb: float | None = None
+    last_seen: float | None = None  # epoch seconds of the last heartbeat (kept across server restarts)
+    started_at: float | None = None  # epoch seconds of the agent's last (re)start, while it is live
+    version: str | None = None  # fleet version the agent runs
+    enrolled_at: str | None = None
+    revoked_at: str | None = None
+    credential_socket: str | None = None
+    declared: str | None = None  # the status fleet.yaml declares for this host (hosts:), if any
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # unknown columns of a newer server
+
+    @property
+    def drained(self) -> bool:
+        """Draining with nothing running: safe to stop."""
+        return is_drained(self.status, self.running)
+
+    def to_row(self) -> list[Any]:
+        """The host as a row of HOST_COLUMNS (compact on the wire: 100k hosts page by page)."""
+        return [getattr(self, name) if name != "sessions" else [[s.session_id, s.phase] for s in self.sessions]
+                for name in HOST_COLUMNS]
+
+    def replace(self, **changes: Any) -> Host:
+        return dataclasses.replace(self, **changes)
+
+
+#: the columns of a host row, in order: every field of Host but `extra`
+HOST_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Host) if f.name != "extra")
+
+
+def status_of(*, revoked: bool, live: bool, reported: str | None) -> str:
+    """The one status rule. revoked (from the record) beats everything; a host without a recent heartbeat is
+    offline (liveness is decided by the server, never claimed by a host); otherwise what the agent reports:
+    active, paused or draining. "Drained" is not a status: it is draining with nothing running (`is_drained`)."""
+    if revoked:
+        return "revoked"
+    if not live or reported not in LIVE_STATUSES:
+        return "offline"
+    return reported
+
+
+def is_drained(status: str, running: int) -> bool:
+    return status == "draining" and running == 0
+
+
+def host_slots(pool_slots: Iterable[int | None]) -> int | None:
+    """A host's session slots given the max_concurrent_sessions of every pool it serves: the smallest (a host
+    serving two pools must fit both envelopes). None when no pool says."""
+    known = [n for n in pool_slots if n]
+    return min(known) if known else None
+
+
+DEFAULT_MAX_SESSIONS = 4
+
+
+def envelope(requested: int | None, pool_slots: int | None) -> int:
+    """The session slots a host may use: what it asked for at enrollment (if it asked), capped by the smallest
+    envelope of its applied pools (`host_slots`); DEFAULT_MAX_SESSIONS when neither says."""
+    if requested is None:
+        return pool_slots if pool_slots is not None else DEFAULT_MAX_SESSIONS
+    return requested if pool_slots is None else min(requested, pool_slots)
+
+
+def sorted_unique(*groups: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted({item for group in groups for item in group}))
+
+
+def from_row(columns: Sequence[str], row: Sequence[Any]) -> Host:
+    """A Host from a row whose columns are named by `columns` (a newer server's extra columns land in `extra`).
+
+    Raises ValueError/TypeError on a malformed row: rows come from the network, and a plan must never be built
+    on a host it misread.
+    """
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, value in zip(columns, row, strict=True):
+        (known if name in _FIELD_TYPES else extra)[name] = value
+    for name in ("machine_id", "tenant"):
+        if not isinstance(known.get(name), str):
+            raise ValueError(f"{name} must be a string")
+    out: dict[str, Any] = {}
+    for name, value in known.items():
+        kind = _FIELD_TYPES[name]
+        if kind == "sessions":
+            value = tuple(Session(str(s[0]), str(s[1])) for s in (value or ()))
+        elif kind == "strs":
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name} must be a list of strings")
+            value = tuple(value)
+        elif kind == "int":
+            if type(value) is not int:
+                raise ValueError(f"{name} must be an integer")
+        elif kind == "float?":
+            if value is not None and type(value) not in (int, float):
+                raise ValueError(f"{name} must be a number")
+        elif kind == "str?":
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string")
+        elif kind == "str" and not isinstance(value, str):
+            raise ValueError(f"{name} must be a string")
+        out[name] = value
+    if out.get("status", "active") not in STATUSES:
+        raise ValueError(f"unknown status {out.get('status')!r}")
+    return Host(**out, extra=extra)
+
+
+_FIELD_TYPES = {
+    "machine_id": "str", "tenant": "str", "hostname": "str", "key_id": "str?", "pools": "strs", "labels": "strs",
+    "models": "strs", "status": "str", "running": "int", "max_sessions": "int", "sessions": "sessions",
+    "pool_modes": "strs", "max_disk_gb": "float?", "last_seen": "float?", "started_at": "float?", "version": "str?",
+    "enrolled_at": "str?", "revoked_at": "str?", "credential_socket": "str?", "declared": "str?",
+}
+assert set(_FIELD_TYPES) == set(HOST_COLUMNS), "every Host field needs a row type"

@@ -1,0 +1,297 @@
+"""The host registry: every registered host in memory, fed level-based from the store, with liveness from heartbeats.
+
+Records come from bucket fleet-v1-hosts through one continuous ordered watch (fleet.bus.kv.Informer calls
+`apply_record` for every current record, then for every change, and resyncs after a NATS reconnect), so every
+`fleet server` replica converges on every enrollment, revocation, status change and removal within milliseconds,
+whichever replica wrote it. Liveness comes from heartbeats (`heartbeat`, the hot path: bounded, no I/O, no task)
+and goodbyes; `sweep` marks hosts whose heartbeats stopped for their grace period offline. What must survive a
+restart (the status the agent reports, when it was last seen) is queued in `dirty` for the liveness writer
+(fleet.hosts.liveness), never written per heartbeat.
+
+Untrusted input: the machine ID is the subject's token, matched exactly; a heartbeat carries only dynamic state
+(fleet.bus.messages.Heartbeat: status, running sessions, started_at, version, every field bounded) and is
+refused unparsed when oversize; a heartbeat from an unknown ID costs a dict lookup and a counter (the bounded
+`unknown` cache remembers recent ones for the log), never a lookup in the store. What a host may serve (tenant,
+pools, labels, models, capacity) comes from its record and the applied pools only.
+
+Built by fleet.service.server; read by the API handlers, the enrollment authority, the declared-status controller
+and (later) the dispatcher. Synchronous and single-threaded (one event loop): tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from fleet.bus import subjects
+from fleet.bus.kv import Entry as KvEntry
+from fleet.bus.messages import MAX_HEARTBEAT_BYTES, PROTOCOL_VERSION, Heartbeat, HostRecord
+from fleet.errors import InvalidRequest, NotFound
+from fleet.hosts.config import AppliedConfig
+from fleet.hosts.model import Host, Session, envelope, host_slots, sorted_unique, status_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OFFLINE_AFTER = 5.0
+UNKNOWN_CACHE = 4096  # most unknown machine IDs remembered (for the log), oldest forgotten first
+_ID_PREFIX_CHARS = frozenset("0123456789abcdef-")
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """One accepted heartbeat, immutable (a snapshot keeps a reference; the next heartbeat replaces it)."""
+
+    status: str
+    running: int
+    sessions: tuple[Session, ...]
+    started_at: float
+    version: str
+    seq: int
+    at: float  # time.monotonic() when it arrived
+    at_wall: float  # time.time() when it arrived
+
+
+class HostEntry:
+    """The registry's slot for one host: its stored record (and KV revision) and its liveness."""
+
+    __slots__ = ("record", "revision", "beat", "live")
+
+    def __init__(self, record: HostRecord, revision: int) -> None:
+        self.record = record
+        self.revision = revision
+        self.beat: Beat | None = None
+        self.live = False
+
+
+@dataclass(frozen=True, slots=True)
+class _PoolSet:
+    """What a combination of pools means for its hosts, derived from the applied config (cached per config version)."""
+
+    slots: int | None
+    labels: frozenset[str]
+    models: tuple[str, ...]
+    modes: tuple[str, ...]
+    disk: float | None
+    grace: float | None
+
+
+class Registry:
+    def __init__(self, config: AppliedConfig | None = None, *, offline_after: float = DEFAULT_OFFLINE_AFTER) -> None:
+        self.config = config or AppliedConfig()
+        self.offline_after = offline_after
+        self.entries: dict[str, HostEntry] = {}
+        self.metrics: Counter[str] = Counter()
+        self.unknown: OrderedDict[str, int] = OrderedDict()
+        #: machine IDs whose reported status or last_seen should be persisted (drained by the liveness writer)
+        self.dirty: set[str] = set()
+        #: revoked hosts that still heartbeat (drained by the liveness writer, which tells them again)
+        self.revoked_seen: set[str] = set()
+        self._sorted: list[str] | None = None
+        self._poolsets: dict[tuple[str, ...], _PoolSet] = {}
+        self._poolsets_version = -1
+
+    # ------------------------------------------------------------------------------------------ records
+    def apply_record(self, key: str, entry: KvEntry | None) -> None:
+        """A record in fleet-v1-hosts changed (None: deleted). Called by the informer, in stream order."""
+        if entry is None:
+            if self.entries.pop(key, None) is not None:
+                self._sorted = None
+                self.dirty.discard(key)
+            return
+        try:
+            record = HostRecord.model_validate_json(entry.value)
+            if record.v != PROTOCOL_VERSION or record.machine_id != key:
+                raise ValueError(f"record v{record.v} of {record.machine_id} stored under {key}")
+        except (ValidationError, ValueError) as exc:
+            self.metrics["host_record_skipped"] += 1
+            log.warning("skipping host record %s: %s", key, str(exc).splitlines()[0])
+            return
+        current = self.entries.get(key)
+        if current is None:
+            self.entries[key] = HostEntry(record, entry.revision)
+            self._sorted = None
+            self.unknown.pop(key, None)
+        else:
+            current.record, current.revision = record, entry.revision
+
+    # ------------------------------------------------------------------------------------------ liveness
+    def heartbeat(self, subject: str, data: bytes, now: float | None = None, now_wall: float | None = None) -> bool:
+        """Take one heartbeat; True if it was accepted. Bounded work whatever the payload."""
+        if len(data) > MAX_HEARTBEAT_BYTES:
+            self.metrics["heartbeat_too_large"] += 1
+            return False
+        mid = subjects.machine_id_of(subject, subjects.HEARTBEAT_PREFIX)
+        entry = self.entries.get(mid) if mid is not None else None
+        if entry is None:
+            self._unknown(mid)
+            return False
+        if entry.record.revoked:
+            self.metrics["heartbeat_revoked"] += 1
+            self.revoked_seen.add(entry.record.machine_id)
+            return False
+        try:
+            hb = Heartbeat.model_validate_json(data)
+        except ValidationError:
+            self.metrics["heartbeat_malformed"] += 1
+            return False
+        if hb.v != PROTOCOL_VERSION:
+            self.metrics["heartbeat_unsupported_version"] += 1
+            return False
+        entry.beat = Beat(hb.status, hb.running, tuple(Session(s.id, s.phase) for s in hb.sessions), hb.started_at,
+                          hb.version, hb.seq, time.monotonic() if now is None else now,
+                          time.time() if now_wall is None else now_wall)
+        entry.live = True
+        self.metrics["heartbeats"] += 1
+        if hb.status != entry.record.admin_status:
+            self.dirty.add(entry.record.machine_id)
+        return True
+
+    def reported(self, entry: HostEntry, status: str | None) -> None:
+        """The agent answered a control command with its new status (on its own control subject)."""
+        if entry.beat is not None and status in ("active", "paused", "draining") and status != entry.beat.status:
+            entry.beat = dataclasses.replace(entry.beat, status=status)
+            if status != entry.record.admin_status:
+                self.dirty.add(entry.record.machine_id)
+
+    def bye(self, subject: str) -> HostEntry | None:
+        """A host said goodbye (clean shutdown): offline now. The payload says nothing we need."""
+        mid = subjects.machine_id_of(subject, subjects.BYE_PREFIX)
+        entry = self.entries.get(mid) if mid is not None else None
+        if entry is None or not entry.live:
+            return None
+        entry.live = False
+        self.metrics["offline_transitions"] += 1
+        self.dirty.add(entry.record.machine_id)
+        log.info("host %s (%s) said goodbye: offline", entry.record.machine_id, entry.record.hostname)
+        return entry
+
+    def sweep(self, now: float | None = None) -> list[HostEntry]:
+        """Mark hosts whose last heartbeat is older than their grace period offline; returns them."""
+        now = time.monotonic() if now is None else now
+        gone = []
+        for entry in self.entries.values():
+            if entry.live and entry.beat is not None and now - entry.beat.at > self.grace(entry.record):
+                entry.live = False
+                gone.append(entry)
+                self.dirty.add(entry.record.machine_id)
+                log.info("host %s (%s) offline: no heartbeat for %.1fs", entry.record.machine_id,
+                         entry.record.hostname, now - entry.beat.at)
+        self.metrics["offline_transitions"] += len(gone)
+        return gone
+
+    def _unknown(self, mid: str | None) -> None:
+        self.metrics["heartbeat_unknown"] += 1
+        if mid is None:
+            return
+        if mid in self.unknown:
+            self.unknown[mid] += 1
+            self.unknown.move_to_end(mid)
+            return
+        self.unknown[mid] = 1
+        if len(self.unknown) > UNKNOWN_CACHE:
+            self.unknown.popitem(last=False)
+        log.debug("heartbeat from unknown host %s ignored", mid)
+
+    # ------------------------------------------------------------------------------------------ derived views
+    def _poolset(self, pools: tuple[str, ...]) -> _PoolSet:
+        if self._poolsets_version != self.config.version:
+            self._poolsets, self._poolsets_version = {}, self.config.version
+        found = self._poolsets.get(pools)
+        if found is None:
+            specs = [self.config.pools.get(p) or {} for p in pools]
+            disks = [d for sp in specs if (d := (sp.get("capacity") or {}).get("pool_max_disk_gb")) is not None]
+            graces = [g for sp in specs if (g := sp.get("disconnect_grace_s"))]
+            found = _PoolSet(
+                slots=host_slots((sp.get("capacity") or {}).get("max_concurrent_sessions") for sp in specs),
+                labels=frozenset(lbl for sp in specs for lbl in sp.get("labels") or ()),
+                models=sorted_unique(*(sp.get("models") or () for sp in specs)),
+                modes=tuple(sp.get("mode") or "persistent" for sp in specs),
+                disk=min(disks) if disks else None,
+                grace=max(graces) if graces else None,
+            )
+            self._poolsets[pools] = found
+        return found
+
+    def grace(self, record: HostRecord) -> float:
+        """Seconds without a heartbeat before the host is offline: the largest disconnect_grace of its pools."""
+        return self._poolset(tuple(record.pools)).grace or self.offline_after
+
+    def host(self, entry: HostEntry) -> Host:
+        return self.build(entry.record, entry.beat, entry.live)
+
+    def build(self, record: HostRecord, beat: Beat | None, live: bool) -> Host:
+        """The Host of a record and its last heartbeat, resolved against the applied pools (see fleet.hosts.model)."""
+        pools = tuple(record.pools)
+        ps = self._poolset(pools)
+        on = live and beat is not None and not record.revoked
+        disk = record.max_disk_gb
+        return Host(
+            machine_id=record.machine_id,
+            tenant=record.tenant,
+            hostname=record.hostname,
+            key_id=record.key_id,
+            pools=pools,
+            labels=tuple(sorted(ps.labels.union(record.labels))),
+            models=tuple(record.models) or ps.models,
+            status=status_of(revoked=record.revoked, live=on, reported=beat.status if beat else None),
+            running=beat.running if on and beat else 0,
+            max_sessions=envelope(record.max_sessions, ps.slots),
+            sessions=beat.sessions if on and beat else (),
+            pool_modes=ps.modes,
+            max_disk_gb=disk if ps.disk is None else (ps.disk if disk is None else min(disk, ps.disk)),
+            last_seen=beat.at_wall if beat is not None else record.last_seen,
+            started_at=beat.started_at if on and beat else None,
+            version=(beat.version if beat is not None else None) or record.version,
+            enrolled_at=record.enrolled_at,
+            revoked_at=record.revoked_at,
+            credential_socket=record.credential_socket,
+            declared=self.config.declared.get(record.machine_id),
+        )
+
+    def hosts(self) -> list[Host]:
+        return [self.host(self.entries[mid]) for mid in self.sorted_ids()]
+
+    def sorted_ids(self) -> list[str]:
+        if self._sorted is None:
+            self._sorted = sorted(self.entries)
+        return self._sorted
+
+    def capture(self) -> list[tuple[HostRecord, Beat | None, bool]]:
+        """Every host as of now, sorted by machine ID, as immutable parts (records and beats are replaced, never
+        mutated): the pages of one snapshot build their rows from this, and all describe the same moment."""
+        entries = self.entries
+        return [(e.record, e.beat, e.live) for e in map(entries.__getitem__, self.sorted_ids())]
+
+    def in_pool(self, pool: str) -> Iterable[HostEntry]:
+        return (e for e in self.entries.values() if pool in e.record.pools)
+
+    # ------------------------------------------------------------------------------------------ lookup
+    def resolve(self, ident: str) -> HostEntry:
+        """A host by machine ID or unique prefix; InvalidRequest (malformed, ambiguous) or NotFound otherwise."""
+        ident = ident.strip().lower()
+        if not ident or len(ident) > 36 or not set(ident) <= _ID_PREFIX_CHARS:
+            raise InvalidRequest(f"malformed machine ID {ident[:40]!r} (a UUID or a prefix of one)",
+                                 hint="`fleet list` shows the machine IDs")
+        found = self.entries.get(ident)
+        if found is not None:
+            return found
+        matches = [e for mid, e in self.entries.items() if mid.startswith(ident)]
+        if not matches:
+            raise NotFound(f"no host with ID {ident}", hint="`fleet list` shows the machine IDs")
+        if len(matches) > 1:
+            ids = ", ".join(sorted(e.record.machine_id for e in matches)[:5])
+            raise InvalidRequest(f"ID prefix {ident} matches {len(matches)} hosts: {ids}",
+                                 hint="pass a full machine ID or a longer prefix")
+        return matches[0]
+
+    def counts(self) -> Mapping[str, Any]:
+        """How many hosts, and how many of them are live (cheap: no Host is built)."""
+        live = sum(1 for e in self.entries.values() if e.live and not e.record.revoked)
+        return {"hosts": len(self.entries), "live": live}
