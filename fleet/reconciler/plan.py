@@ -158,10 +158,15 @@ class Plan(_Model):
         except json.JSONDecodeError as exc:
             raise FleetError(f"{source} is not a saved plan (invalid JSON at line {exc.lineno})",
                              hint="save one with `fleet plan --out plan.json`") from exc
+        except RecursionError as exc:
+            raise FleetError(f"{source} is not a saved plan (JSON nested too deeply)",
+                             hint="save one with `fleet plan --out plan.json`") from exc
         if not isinstance(data, dict) or "format_version" not in data:
             raise FleetError(f"{source} is not a saved fleet plan", hint="save one with `fleet plan --out plan.json`")
         if data["format_version"] != FORMAT_VERSION:
-            raise FleetError(f"{source} has plan format version {data['format_version']}; this fleet reads version {FORMAT_VERSION}",
+            version = repr(data["format_version"])
+            version = version if len(version) <= 40 else version[:39] + "…"
+            raise FleetError(f"{source} has plan format version {version}; this fleet reads version {FORMAT_VERSION}",
                              hint="re-run `fleet plan --out …` with this version of fleet")
         data.pop("no_op", None)
         data.pop("summary", None)

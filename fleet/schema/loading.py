@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -235,7 +236,11 @@ def read_text(path: Path, doc: LoadedDocument) -> str | None:
             return None
         size, raw = path.stat().st_size, b""
         if size <= MAX_FILE_BYTES:
-            with path.open("rb") as fh:  # bounded read: /dev/zero or a growing file reports a size that lies
+            # bounded read: /dev/zero or a growing file reports a size that lies; opened without blocking, so
+            # that a FIFO nobody writes to reads as empty instead of hanging (a pipe with a writer reads normally)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as fh:
+                os.set_blocking(fd, True)
                 raw = fh.read(MAX_FILE_BYTES + 1)
             size = max(size, len(raw))
         if size > MAX_FILE_BYTES:
