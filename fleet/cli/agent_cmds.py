@@ -2,7 +2,9 @@
 
 `run` enrolls (first start) or re-registers, then heartbeats until SIGTERM (fleet.agents.agent). The other
 commands talk to the running agent through the control socket in its state dir (fleet.agents.control);
-`logs` prints the agent's log file.
+`logs` prints the end of the agent's log file (bounded: a log of any size is tailed from its end).
+Every option is checked while parsing (fleet.cli.options); `run` refuses before connecting when it has nothing to
+join with (no identity and no key).
 """
 
 from __future__ import annotations
@@ -12,31 +14,47 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
 from fleet.agents.agent import Agent, AgentSettings
 from fleet.agents.control import request
-from fleet.agents.state import AGENT_PROCESS_MARK, AgentPaths
+from fleet.agents.state import AGENT_PROCESS_MARK, AgentPaths, load_identity
 from fleet.bus.embedded import read_pid, write_pid
-from fleet.cli.options import NatsSettings, agent_state_dir_option, json_option, nats_options
+from fleet.cli.options import (
+    HOSTNAME,
+    ID,
+    LABEL,
+    MODEL,
+    SECRET,
+    Count,
+    InputFile,
+    NameList,
+    NatsSettings,
+    Number,
+    Seconds,
+    agent_state_dir_option,
+    json_option,
+    nats_options,
+)
+from fleet.cli.shared import read_bounded
 from fleet.errors import UsageError
 
 MAX_SECRET_FILE = 4096
+#: most pools, labels and models one host may ask for (fleet.bus.messages.EnrollRequest)
+MAX_POOLS, MAX_LABELS, MAX_MODELS = 32, 64, 64
+MAX_LOG_LINES = 1_000_000
+MAX_TAIL_BYTES = 16 * 1024 * 1024  # `fleet agent logs` reads at most this much of the end of the log
 
 
 def read_secret_file(path: Path) -> str:
     """The secret in `path` (its first line, stripped): refused when empty, binary or larger than a secret can be."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_SECRET_FILE + 1)
-    except OSError as exc:
-        raise UsageError(f"--enroll-key-file {path}: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_SECRET_FILE:
-        raise UsageError(f"--enroll-key-file {path}: larger than {MAX_SECRET_FILE} bytes; not a key file")
+    raw = read_bounded(path, MAX_SECRET_FILE, "--enroll-key-file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -45,13 +63,17 @@ def read_secret_file(path: Path) -> str:
     secret = lines[0].strip() if lines else ""
     if not secret or "\0" in secret:
         raise UsageError(f"--enroll-key-file {path}: no key in the file")
+    problem = SECRET.problem(secret)
+    if problem is not None:
+        raise UsageError(f"--enroll-key-file {path}: {problem}")
     return secret
 
 
-def _split(values: tuple[str, ...]) -> list[str]:
-    out: list[str] = []
-    for value in values:
-        out.extend(v.strip() for v in value.split(",") if v.strip())
+def _flat(values: tuple[tuple[str, ...], ...], option: str, limit: int) -> list[str]:
+    """The items of a repeatable, comma-separated option, in order, without repeats; at most `limit`."""
+    out = list(dict.fromkeys(v for group in values for v in group))
+    if len(out) > limit:
+        raise UsageError(f"{option}: {len(out)} given, at most {limit}")
     return out
 
 
@@ -62,28 +84,30 @@ def agent_group() -> None:
 
 @agent_group.command("run")
 @nats_options
-@agent_state_dir_option
-@click.option("--enroll-key", envvar="FLEET_ENROLL_KEY", show_envvar=True, default=None,
+@agent_state_dir_option(create=True)
+@click.option("--enroll-key", type=SECRET, envvar="FLEET_ENROLL_KEY", show_envvar=True, default=None,
               help="Enrollment key secret (needed only at first start). Prefer the environment variable or "
                    "--enroll-key-file: a value on the command line is visible to every user in `ps`.")
-@click.option("--enroll-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Read the enrollment key secret from this file.")
-@click.option("--pool", "pools", multiple=True, help="Pool to serve (repeatable; default: every pool of the key).")
-@click.option("--labels", "labels", multiple=True, help="Capability labels, comma-separated: a,b=c.")
-@click.option("--models", "models", multiple=True, help="Models this host serves, comma-separated.")
-@click.option("--max-sessions", type=click.IntRange(min=0), default=None,
+@click.option("--enroll-key-file", type=InputFile(max_bytes=MAX_SECRET_FILE, fifo=True, what="key file"),
+              default=None, help="Read the enrollment key secret from this file.")
+@click.option("--pool", "pools", type=NameList(ID), multiple=True,
+              help="Pool to serve (repeatable or comma-separated; default: every pool of the key).")
+@click.option("--labels", "labels", type=NameList(LABEL), multiple=True,
+              help="Capability labels, comma-separated: a,b=c.")
+@click.option("--models", "models", type=NameList(MODEL), multiple=True, help="Models this host serves, comma-separated.")
+@click.option("--max-sessions", type=Count(0, 100_000), default=None,
               help="Max concurrent sessions (default: the pool's capacity, else 4).")
-@click.option("--pool-max-disk-gb", type=float, default=None, help="Disk envelope of this host (GB).")
-@click.option("--heartbeat-interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+@click.option("--pool-max-disk-gb", type=Number(0, 1e7), default=None, help="Disk envelope of this host (GB).")
+@click.option("--heartbeat-interval", type=Seconds(0.05, 3600), default=2.0, show_default=True,
               help="Seconds between heartbeats.")
-@click.option("--hostname", default=None, help="Hostname to report (default: this machine's).")
-@click.option("--join-timeout", type=float, default=30.0, show_default=True,
+@click.option("--hostname", type=HOSTNAME, default=None, help="Hostname to report (default: this machine's).")
+@click.option("--join-timeout", type=Seconds(0, 86400), default=30.0, show_default=True,
               help="Seconds to wait for a fleet server to answer the enrollment.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def run_cmd(nats: NatsSettings, agent_state_dir: Path, enroll_key: str | None, enroll_key_file: Path | None,
-            pools: tuple[str, ...], labels: tuple[str, ...], models: tuple[str, ...], max_sessions: int | None,
-            pool_max_disk_gb: float | None, heartbeat_interval: float, hostname: str | None, join_timeout: float,
-            verbose: bool) -> None:
+            pools: tuple[tuple[str, ...], ...], labels: tuple[tuple[str, ...], ...],
+            models: tuple[tuple[str, ...], ...], max_sessions: int | None, pool_max_disk_gb: float | None,
+            heartbeat_interval: float, hostname: str | None, join_timeout: float, verbose: bool) -> None:
     """Enroll this machine (first start) or re-register it, then heartbeat until stopped (SIGTERM: clean exit)."""
     ctx = click.get_current_context()
     if enroll_key and ctx.get_parameter_source("enroll_key") == click.core.ParameterSource.COMMANDLINE:
@@ -91,25 +115,38 @@ def run_cmd(nats: NatsSettings, agent_state_dir: Path, enroll_key: str | None, e
                     "can read it (`ps`); use FLEET_ENROLL_KEY or --enroll-key-file", fg="yellow", err=True)
     if enroll_key_file is not None:
         enroll_key = read_secret_file(enroll_key_file)
+    pool_ids = _flat(pools, "--pool", MAX_POOLS)
+    label_list = _flat(labels, "--labels", MAX_LABELS)
+    model_list = _flat(models, "--models", MAX_MODELS)
     paths = AgentPaths.of(agent_state_dir)
-    paths.ensure()
-    running = read_pid(paths.pid, AGENT_PROCESS_MARK)
-    if running is not None and running != os.getpid():
-        raise UsageError(f"an agent already runs with state dir {paths.root} (pid {running})",
-                         hint="stop it first (SIGTERM, or `fleet down` for agents under .fleet/agents), "
-                              "or use another --state-dir")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(paths.log)]
+    if not enroll_key and load_identity(paths) is None:  # before connecting: nothing to join with
+        raise UsageError(f"this host has not enrolled yet (no identity in {paths.root}) and no enrollment key "
+                         "was given", hint="pass --enroll-key-file FILE or set FLEET_ENROLL_KEY (first start only)")
+    try:
+        paths.ensure()
+        running = read_pid(paths.pid, AGENT_PROCESS_MARK)
+        if running is not None and running != os.getpid():
+            raise UsageError(f"an agent already runs with state dir {paths.root} (pid {running})",
+                             hint="stop it first (SIGTERM, or `fleet down` for agents under .fleet/agents), "
+                                  "or use another --state-dir")
+        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(paths.log)]
+        write_pid(paths.pid)
+    except OSError as exc:
+        raise UsageError(f"cannot use state dir {paths.root}: {exc.strerror or exc}",
+                         hint="choose another --state-dir (or FLEET_AGENT_STATE_DIR)") from exc
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # an agent waits longer for NATS by default than a one-shot command; a timeout given explicitly is obeyed
+    explicit = ctx.get_parameter_source("nats_timeout") != click.core.ParameterSource.DEFAULT
     settings = AgentSettings(
-        state_dir=paths.root, nats_url=nats.url, creds=nats.creds, connect_timeout=max(nats.connect_timeout, 5.0),
-        enroll_key=enroll_key, pools=_split(pools), labels=_split(labels), models=_split(models),
+        state_dir=paths.root, nats_url=nats.url, creds=nats.creds,
+        connect_timeout=nats.connect_timeout if explicit else max(nats.connect_timeout, 5.0),
+        enroll_key=enroll_key, pools=pool_ids, labels=label_list, models=model_list,
         max_sessions=max_sessions, pool_max_disk_gb=pool_max_disk_gb, heartbeat_interval=heartbeat_interval,
         join_timeout=join_timeout,
     )
     if hostname:
         settings.hostname = hostname
-    write_pid(paths.pid)
     try:
         asyncio.run(Agent(settings).run())
     finally:
@@ -147,7 +184,7 @@ def _print_status(status: dict, as_json: bool) -> None:
 
 def _simple(cmd: str, doc: str) -> click.Command:
     @click.command(cmd, help=doc)
-    @agent_state_dir_option
+    @agent_state_dir_option(create=False)
     @json_option
     def command(agent_state_dir: Path, as_json: bool) -> None:
         status = _control(agent_state_dir, cmd)
@@ -166,21 +203,51 @@ agent_group.add_command(_simple("resume", "Resume a paused or draining local age
 agent_group.add_command(_simple("drain", "Drain the local agent: finish running sessions, take no new ones, then idle."))
 
 
+def tail(fh: BinaryIO, lines: int, max_bytes: int = MAX_TAIL_BYTES) -> list[bytes]:
+    """The last `lines` lines of the open file `fh` (none for 0), reading at most `max_bytes` from its end, so
+    that a log of any size is tailed in bounded time and memory; leaves `fh` at its end."""
+    end = fh.seek(0, os.SEEK_END)
+    if lines <= 0:
+        return []
+    start = max(0, end - max_bytes)
+    block, pos, data = 64 * 1024, end, b""
+    while pos > start and data.count(b"\n") <= lines:
+        step = min(block, pos - start)
+        pos -= step
+        fh.seek(pos)
+        data = fh.read(step) + data
+    fh.seek(end)
+    found = data.splitlines(keepends=True)
+    if pos > 0 and found and len(found) > lines:  # the first line found may be cut: drop it when it is not needed
+        found = found[1:]
+    return found[-lines:]
+
+
 @agent_group.command("logs")
-@agent_state_dir_option
-@click.option("-n", "--lines", type=int, default=50, show_default=True, help="How many last lines.")
+@agent_state_dir_option(create=False)
+@click.option("-n", "--lines", type=Count(0, MAX_LOG_LINES), default=50, show_default=True,
+              help="How many last lines.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 def logs_cmd(agent_state_dir: Path, lines: int, follow: bool) -> None:
     """Print the local agent's log."""
     log = AgentPaths.of(agent_state_dir).log
     if not log.exists():
         raise UsageError(f"no agent log at {log}", hint="start the agent with `fleet agent run --state-dir …`")
-    with open(log, errors="replace") as fh:
-        for line in fh.readlines()[-lines:]:
-            click.echo(line, nl=False)
+    try:
+        fd = os.open(log, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"cannot read {log}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{log} is not a regular file")
+        os.set_blocking(fd, True)
+        for line in tail(fh, lines):
+            click.echo(line.decode("utf-8", "replace"), nl=False)
         while follow:
-            line = fh.readline()
+            line = fh.readline(1024 * 1024)
             if line:
-                click.echo(line, nl=False)
-            else:
-                time.sleep(0.2)
+                click.echo(line.decode("utf-8", "replace"), nl=False)
+                continue
+            if os.stat(log).st_size < fh.tell():  # truncated or replaced: start again from its beginning
+                fh.seek(0)
+            time.sleep(0.2)

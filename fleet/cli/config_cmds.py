@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from fleet.cli.options import file_option, format_option
-from fleet.cli.shared import load_config_or_report, plugin_registry
+from fleet.cli.options import STDOUT, OutputFile, file_option, format_option
+from fleet.cli.shared import atomic_write, load_config_or_report, plugin_registry
 from fleet.schema.validation import base_schema, compose_schema
 
 
@@ -54,7 +54,7 @@ def validate_cmd(file: Path, fmt: str, strict: bool, quiet: bool) -> None:
 
 @click.command("schema")
 @click.option("--base", is_flag=True, help="Print the checked-in schema without the backends' settings fragments.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file instead of stdout.")
+@click.option("-o", "--output", type=OutputFile(stdout=True), help="Write to a file instead of stdout (- for stdout).")
 def schema_cmd(base: bool, output: Path | None) -> None:
     """Print the JSON Schema of fleet.yaml (draft 2020-12).
 
@@ -66,8 +66,8 @@ def schema_cmd(base: bool, output: Path | None) -> None:
     """
     schema = base_schema() if base else compose_schema(plugin_registry().settings_schemas())
     text = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
-    if output:
-        output.write_text(text, encoding="utf-8")
+    if output is not None and output != STDOUT:
+        atomic_write(output, text, mode=None if output.exists() else 0o644)
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)

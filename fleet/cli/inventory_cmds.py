@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from fleet.cli.options import NatsSettings, format_option, nats_options
+from fleet.cli.options import MACHINE_ID, NatsSettings, format_option, nats_options
 from fleet.cli.shared import run_async
 from fleet.hosts.client import ControlPlaneClient
 from fleet.hosts.model import Host
@@ -180,7 +180,7 @@ def list_cmd(nats: NatsSettings, fmt: str) -> None:
 
 
 @click.command("show")
-@click.argument("machine_id")
+@click.argument("machine_id", type=MACHINE_ID)
 @nats_options
 @format_option("table", "json", default="table")
 def show_cmd(machine_id: str, nats: NatsSettings, fmt: str) -> None:
@@ -200,7 +200,7 @@ def _status_words(host: dict[str, Any]) -> str:
 
 def _host_command(action: str, doc: str) -> click.Command:
     @click.command(action, help=doc)
-    @click.argument("machine_id")
+    @click.argument("machine_id", type=MACHINE_ID)
     @nats_options
     @format_option("table", "json", default="table")
     def command(machine_id: str, nats: NatsSettings, fmt: str) -> None:
@@ -226,7 +226,7 @@ HOST_ACTIONS = {
 
 
 @click.command("rm")
-@click.argument("machine_id")
+@click.argument("machine_id", type=MACHINE_ID)
 @click.option("--force", is_flag=True, help="Also forget a host that is still live (its agent is told to stop).")
 @nats_options
 @format_option("table", "json", default="table")

@@ -7,13 +7,16 @@ one-line helps here equal to the commands' own.
 
 `FleetGroup.main` is the one place where the process ends: a FleetError prints `error: …` and `hint: …` on
 stderr and exits with the error's code (fleet.errors: EXIT_CODES, documented in docs/cli.md); click's own usage
-errors exit EXIT_USAGE (64, not click's 2, which `fleet plan --detailed-exitcode` uses for "changes"); Ctrl-C
+errors exit EXIT_USAGE (64, not click's 2, which `fleet plan --detailed-exitcode` uses for "changes") and are
+printed the same way (one `error:` line and a hint; the values of fleet.cli.options' types are checked while
+parsing); every error line is one line, whatever the user typed (`one_line`); Ctrl-C
 exits 130; anything unexpected is reported in one line as an internal error (FLEET_DEBUG=1 shows the traceback).
 Called by the `fleet` console script and by tests through click's CliRunner.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -59,11 +62,43 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 HIDDEN = {"execution", "machine"}
 
 
+def one_line(text: str) -> str:
+    """`text` with line breaks, control and invisible (bidi, zero-width) characters escaped: a message that
+    quotes what the user typed stays one line and shows what is really there."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape", "backslashreplace").decode()
+                   for ch in text)
+
+
 def echo_error(message: str, hint: str | None = None) -> None:
-    """Print `error: message` (and `hint: …`) on stderr."""
-    click.secho(f"error: {message}", fg="red", err=True)
+    """Print `error: message` (and `hint: …`) on stderr, one line each."""
+    click.secho(f"error: {one_line(message)}", fg="red", err=True)
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        click.echo(f"hint: {one_line(hint)}", err=True)
+
+
+def echo_usage_error(exc: click.UsageError) -> None:
+    """A usage error of click's (bad value, unknown option, missing argument) in fleet's form: one `error:` line
+    and a hint; a group called without a command shows its help instead."""
+    if isinstance(exc, _NO_ARGS_IS_HELP):
+        exc.show()
+        return
+    path = exc.ctx.command_path if exc.ctx is not None else "fleet"
+    echo_error(exc.format_message(), f"`{path} --help` shows the usage")
+
+
+_NO_ARGS_IS_HELP: tuple[type[click.UsageError], ...] = tuple(
+    t for t in [getattr(click.exceptions, "NoArgsIsHelpError", None)] if t is not None)
+
+
+def _never_unencodable() -> None:
+    """Print what cannot be encoded (a path with undecodable bytes) as escapes instead of failing on it."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            with contextlib.suppress(Exception):
+                reconfigure(errors="backslashreplace")
 
 
 def _short(text: str, limit: int) -> str:
@@ -106,11 +141,12 @@ class FleetGroup(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
+        _never_unencodable()
         try:
             rv = super().main(args, prog_name, complete_var, False, **extra)
             code = rv if isinstance(rv, int) else 0
         except click.UsageError as exc:
-            exc.show()
+            echo_usage_error(exc)
             code = EXIT_USAGE
         except click.ClickException as exc:
             exc.show()

@@ -20,13 +20,15 @@ import click
 
 from fleet.bus.applied import ApplyLock, LockInfo
 from fleet.bus.connection import Bus, connect
-from fleet.cli.options import NatsSettings, file_option, nats_options
-from fleet.cli.shared import atomic_write, load_config_or_report, run_async
+from fleet.cli.options import LOCK_ID, InputFile, NatsSettings, OutputFile, Seconds, file_option, nats_options
+from fleet.cli.shared import atomic_write, load_config_or_report, read_bounded, run_async
 from fleet.errors import EXIT_CHANGES, FleetError, UsageError
 from fleet.reconciler.apply import ApplyReport
 from fleet.reconciler.operation import ApplyRequest, apply, make_live_plan
 from fleet.reconciler.plan import Change, Plan
 from fleet.reconciler.rendering import render_human, render_json, render_markdown, render_summary
+
+MAX_PLAN_BYTES = 64 * 1024 * 1024  # a saved plan larger than this is not one fleet wrote
 
 
 async def _connect(nats: NatsSettings) -> Bus:
@@ -49,7 +51,7 @@ def render(plan: Plan, fmt: str, summary: bool = False) -> str:
               help="human for terminals, json for tools, markdown for a pull-request comment.")
 @click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json.")
 @click.option("--summary", is_flag=True, help="One line per resource (for large plans).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Save the plan (JSON) for `fleet apply PLAN`.")
+@click.option("--out", type=OutputFile(), help="Save the plan (JSON) for `fleet apply PLAN`.")
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 0 when there are no changes, 2 when there are; errors keep their own codes (docs/cli.md).")
 @click.option("--refresh-only", is_flag=True, help="Show only drift: the live fleet against the applied state.")
@@ -61,7 +63,6 @@ def plan_cmd(file: Path, nats: NatsSettings, fmt: str, as_json: bool, summary: b
     Secrets never appear in any format.
     """
     fmt = "json" if as_json else fmt
-    writable_target(out, "--out")
     result = load_config_or_report(file)
 
     cfg = result.config
@@ -80,24 +81,20 @@ def plan_cmd(file: Path, nats: NatsSettings, fmt: str, as_json: bool, summary: b
         sys.exit(EXIT_CHANGES)
 
 
-def writable_target(path: Path | None, option: str) -> None:
-    """Fail before any work if `path` could not be written (missing directory, no permission)."""
-    if path is None:
-        return
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UsageError(f"{option} {path}: not writable")
-
-
-def _is_saved_plan(path: Path) -> bool:
+def read_saved_plan(path: Path) -> Plan | None:
+    """The saved plan in `path`, or None when the file is not JSON (then it is a fleet.yaml: `fleet apply FILE`).
+    Read once and bounded; a binary, non-UTF-8 or malformed file is refused in one line."""
+    if path.suffix in (".yaml", ".yml"):
+        return None
+    raw = read_bounded(path, MAX_PLAN_BYTES, "PLAN_FILE")
+    if not raw.lstrip(b" \t\r\n\xef\xbb\xbf").startswith(b"{"):
+        return None
     try:
-        with path.open("rb") as fh:
-            head = fh.read(64).lstrip()
-    except OSError:
-        return False
-    return head.startswith(b"{")
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FleetError(f"{path} is not a saved plan (not UTF-8 text)",
+                         hint="save one with `fleet plan --out plan.json`") from exc
+    return Plan.from_json(text, str(path))
 
 
 def _confirm(auto_approve: bool) -> None:
@@ -239,18 +236,18 @@ class SecretReveal:
 
 
 @click.command("apply")
-@click.argument("plan_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("plan_file", required=False, type=InputFile(max_bytes=MAX_PLAN_BYTES, what="saved plan or fleet.yaml"))
 @file_option
 @nats_options
 @click.option("--auto-approve", is_flag=True, help="Apply without asking (required when not on a terminal, e.g. CI).")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--lock-timeout", type=Seconds(0, 86400), default=0.0, show_default=True,
               help="Seconds to wait for the apply lock held by someone else (0: fail at once).")
-@click.option("--reveal-keys-to", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--reveal-keys-to", type=OutputFile(),
               help="Write generated enrollment key secrets to this file (mode 0600) instead of the terminal.")
 @click.option("--summary", is_flag=True, help="Show the plan one line per resource.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait until the live hosts converge on the applied pools and host states.")
-@click.option("--wait-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+@click.option("--wait-timeout", type=Seconds(0, 86400), default=60.0, show_default=True,
               help="Seconds to wait for convergence before failing (the changes stay applied).")
 def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_approve: bool, lock_timeout: float,
               reveal_keys_to: Path | None, summary: bool, wait: bool = True, wait_timeout: float = 60.0) -> None:
@@ -259,17 +256,12 @@ def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_appro
     Takes the apply lock, computes the plan, asks for confirmation on a terminal (CI: --auto-approve), then
     writes each change with compare-and-set. A saved plan whose basis moved is refused.
     """
-    writable_target(reveal_keys_to, "--reveal-keys-to")
     saved: Plan | None = None
     config = None
     if plan_file is not None:
-        if plan_file.suffix in (".yaml", ".yml") or not _is_saved_plan(plan_file):
+        saved = read_saved_plan(plan_file)
+        if saved is None:
             file, plan_file = plan_file, None
-        else:
-            try:
-                saved = Plan.from_json(plan_file.read_text(encoding="utf-8"), str(plan_file))
-            except OSError as exc:
-                raise FleetError(f"cannot read {plan_file}: {exc.strerror}") from exc
     if saved is None:
         config = load_config_or_report(file).config
     request = ApplyRequest(file=file, config=config, saved=saved, env=os.environ, lock_timeout=lock_timeout,
@@ -284,7 +276,7 @@ def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_appro
 
 
 @click.command("force-unlock")
-@click.argument("lock_id")
+@click.argument("lock_id", type=LOCK_ID)
 @nats_options
 def force_unlock_cmd(lock_id: str, nats: NatsSettings) -> None:
     """Remove the apply lock LOCK_ID left by a process that is gone.

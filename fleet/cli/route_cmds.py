@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from fleet.bus.connection import connect
-from fleet.cli.options import NatsSettings, file_option, json_option, nats_options
+from fleet.cli.options import ID, NatsSettings, file_option, json_option, nats_options
 from fleet.cli.shared import atomic_write, load_config_or_report, plugin_registry, print_diagnostics
 from fleet.errors import FleetError, UsageError
 from fleet.reconciler.desired import pool_spec, route_spec
@@ -57,7 +57,7 @@ def route_group() -> None:
 
 
 @route_group.command("show")
-@click.argument("project", required=False)
+@click.argument("project", type=ID, required=False)
 @file_option
 @json_option
 def route_show(project: str | None, file: Path, as_json: bool) -> None:
@@ -91,9 +91,9 @@ def _pool_json(cfg: FleetConfig, pool_id: str | None) -> dict:
 
 
 @route_group.command("set")
-@click.argument("project", required=False)
-@click.option("--preferred-pool", required=True, metavar="POOL", help="Pool ID to use as the primary execution target.")
-@click.option("--fallback-pool", metavar="POOL",
+@click.argument("project", type=ID, required=False)
+@click.option("--preferred-pool", type=ID, required=True, metavar="POOL", help="Pool ID to use as the primary execution target.")
+@click.option("--fallback-pool", type=ID, metavar="POOL",
               help="Pool ID to fall back to when the preferred pool is full. Omit to remove the fallback.")
 @click.option("--apply", "then_apply", is_flag=True, help="Also run `fleet apply --auto-approve` afterwards.")
 @file_option
@@ -154,7 +154,7 @@ def _state_word(cap: Capacity) -> str:
 
 
 @route_group.command("test")
-@click.argument("project", required=False)
+@click.argument("project", type=ID, required=False)
 @click.option("--explain", is_flag=True, help="List, per host, every reason it is not eligible.")
 @file_option
 @nats_options

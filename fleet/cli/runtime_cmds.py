@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -43,7 +42,7 @@ from fleet.bus.embedded import (
     terminate_child,
     write_pid,
 )
-from fleet.cli.options import NatsSettings, nats_options, state_dir_option
+from fleet.cli.options import NatsSettings, OutputFile, Seconds, nats_options, state_dir_option
 from fleet.errors import FleetError, UsageError
 from fleet.hosts.client import ControlPlaneClient
 from fleet.service.server import (
@@ -55,6 +54,7 @@ from fleet.service.server import (
 )
 
 SERVER_MARK = "fleet.cli.main server"
+OFFLINE_AFTER = Seconds(0.1, 7 * 86400)
 
 
 def _local_endpoint(url: str) -> tuple[str, int]:
@@ -132,35 +132,6 @@ def _short(argv: list[str], limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _check_state_dir(state_dir: Path) -> None:
-    """Refuse a state dir that cannot hold fleet's files, before anything is started or created."""
-    existing = state_dir
-    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        what = "the state dir" if existing == state_dir else f"its parent {existing}"
-        raise UsageError(f"cannot use state dir {state_dir}: {what} is not a directory",
-                         hint="choose another --state-dir (or FLEET_STATE_DIR)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "it" if existing == state_dir else f"its parent {existing}"
-        raise UsageError(f"cannot use state dir {state_dir}: {what} is not writable",
-                         hint="choose another --state-dir (or FLEET_STATE_DIR), or fix its permissions")
-
-
-def _seconds(minimum: float, what: str) -> Callable[[click.Context, click.Parameter, float], float]:
-    """A click callback: a finite number of seconds >= `minimum` (> 0 when minimum is 0), else a UsageError."""
-
-    def check(ctx: click.Context, param: click.Parameter, value: float) -> float:
-        if not math.isfinite(value) or value < minimum or value <= 0:
-            bound = f"at least {minimum:g}" if minimum > 0 else "above 0"
-            raise UsageError(f"--{param.name.replace('_', '-')} must be a finite number of seconds {bound}, "
-                             f"not {value:g}", hint=f"e.g. --{param.name.replace('_', '-')} {param.default:g} "
-                             f"({what})")
-        return value
-
-    return check
-
-
 def _server_pid(pid_file: Path) -> int | None:
     """Our `fleet server`: by its PID file, else by the PID-file path in its command line."""
     pid = read_pid(pid_file, SERVER_MARK)
@@ -196,11 +167,10 @@ def _wait_server(nats: NatsSettings, alive: Callable[[], bool], log_file: Path, 
 
 @click.command("up")
 @nats_options
-@state_dir_option
-@click.option("--timeout", type=float, default=20.0, show_default=True, callback=_seconds(0, "the readiness wait"),
+@state_dir_option(create=True)
+@click.option("--timeout", type=Seconds(0, 3600, min_open=True), default=20.0, show_default=True,
               help="Seconds to wait for readiness.")
-@click.option("--offline-after", type=float, default=DEFAULT_OFFLINE_AFTER, show_default=True,
-              callback=_seconds(0.1, "the liveness grace period"),
+@click.option("--offline-after", type=OFFLINE_AFTER, default=DEFAULT_OFFLINE_AFTER, show_default=True,
               help="Grace period (s) of the server's liveness monitor.")
 def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: float) -> None:
     """Start the embedded fleet in the background: nats-server (JetStream) + `fleet server`.
@@ -209,8 +179,7 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
     anything it did not start from this state dir (another fleet, a foreign NATS, another program) is refused.
     """
     host, port = _local_endpoint(nats.url)
-    state_dir = state_dir.absolute()
-    _check_state_dir(state_dir)
+    state_dir = state_dir.absolute()  # usable: checked while parsing (fleet.cli.options.StateDir)
     nats_proc = _embedded(state_dir, port)
     started: list[Callable[[], object]] = []  # how to undo what this run started, if a later step fails
     try:
@@ -287,7 +256,7 @@ def _up_server(url: str, nats: NatsSettings, state_dir: Path, timeout: float, of
 
 
 @click.command("down")
-@state_dir_option
+@state_dir_option(create=False)
 def down_cmd(state_dir: Path) -> None:
     """Stop what `fleet up` started (and local agents under <state-dir>/agents/), by PID. Harmless if idle."""
     state_dir = state_dir.absolute()
@@ -319,15 +288,14 @@ def down_cmd(state_dir: Path) -> None:
 
 @click.command("server")
 @nats_options
-@click.option("--offline-after", type=click.FloatRange(min=0.1), default=DEFAULT_OFFLINE_AFTER, show_default=True,
+@click.option("--offline-after", type=OFFLINE_AFTER, default=DEFAULT_OFFLINE_AFTER, show_default=True,
               envvar="FLEET_OFFLINE_AFTER", help="Seconds without a heartbeat before a host is offline "
               "(a pool's disconnect_grace overrides).")
-@click.option("--monitor-interval", type=click.FloatRange(min=0.01, max=0.5), default=DEFAULT_MONITOR_INTERVAL,
+@click.option("--monitor-interval", type=Seconds(0.01, 0.5), default=DEFAULT_MONITOR_INTERVAL,
               show_default=True, help="Seconds between liveness checks.")
-@click.option("--heartbeat-interval", type=click.FloatRange(min=0.05), default=DEFAULT_HEARTBEAT_INTERVAL,
+@click.option("--heartbeat-interval", type=Seconds(0.05, 3600), default=DEFAULT_HEARTBEAT_INTERVAL,
               show_default=True, help="Heartbeat interval advertised to agents.")
-@click.option("--pid-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write the server's PID here.")
+@click.option("--pid-file", type=OutputFile(), default=None, help="Write the server's PID here.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float, heartbeat_interval: float,
                pid_file: Path | None, verbose: bool) -> None:
@@ -335,7 +303,10 @@ def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if pid_file is not None:
-        write_pid(pid_file)
+        try:
+            write_pid(pid_file)
+        except OSError as exc:
+            raise UsageError(f"--pid-file {pid_file}: {exc.strerror or exc}") from exc
     settings = ServerSettings(url=nats.url, creds=nats.creds, connect_timeout=nats.connect_timeout,
                               offline_after=offline_after, monitor_interval=monitor_interval,
                               heartbeat_interval=heartbeat_interval)

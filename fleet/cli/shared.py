@@ -1,5 +1,5 @@
 """Helpers shared by the CLI commands: running a command's async body (signals become a clean cancellation),
-loading the config with diagnostics printed, the plugin registry, and atomic file writes.
+loading the config with diagnostics printed, the plugin registry, atomic file writes and bounded file reads.
 
 Called by fleet.cli.*_cmds modules only.
 """
@@ -10,6 +10,7 @@ import asyncio
 import functools
 import os
 import signal
+import stat
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from fleet.errors import FleetError, Interrupted
+from fleet.errors import FleetError, Interrupted, UsageError
 
 if TYPE_CHECKING:  # loaded by the commands that read fleet.yaml, not by `fleet list`
     from fleet.plugins.registry import Registry
@@ -108,7 +109,8 @@ def atomic_write(path: Path, text: str, *, mode: int | None = None) -> None:
     prefix = ""
     if mode is None:
         mode = target.stat().st_mode & 0o777
-        prefix = "\ufeff" if target.read_bytes()[:3] == b"\xef\xbb\xbf" else ""
+        with open(target, "rb") as fh:
+            prefix = "\ufeff" if fh.read(3) == b"\xef\xbb\xbf" else ""
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -119,3 +121,27 @@ def atomic_write(path: Path, text: str, *, mode: int | None = None) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise FleetError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The content of `path`, refused beyond `limit` bytes: a regular file or a FIFO (opened without blocking, so
+    a FIFO that nobody writes reads as empty instead of hanging), never a directory or a device (/dev/zero).
+    UsageError (naming `what`, e.g. `--enroll-key-file`) when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{what} {path}: is a directory")
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise UsageError(f"{what} {path}: not a regular file")
+        os.set_blocking(fd, True)
+        try:
+            raw = fh.read(limit + 1)
+        except OSError as exc:
+            raise UsageError(f"{what} {path}: {exc.strerror or exc}") from exc
+    if len(raw) > limit:
+        raise UsageError(f"{what} {path}: larger than {limit} bytes")
+    return raw
