@@ -10,10 +10,11 @@ Shown separately from config changes; `fleet plan --refresh-only` shows drift al
 
 from __future__ import annotations
 
+from fleet.hosts.model import LIVE_STATUSES
 from fleet.reconciler.live import LiveState
 from fleet.reconciler.plan import DriftItem
 
-LIVE = ("active", "paused", "draining")
+LIVE = LIVE_STATUSES
 
 
 def drift(live: LiveState) -> list[DriftItem]:
