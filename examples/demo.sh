@@ -39,8 +39,9 @@ for n in 1 2; do
     echo "agent-$n already running (pid $(cat "$dir/agent.pid"))"
     continue
   fi
-  nohup fleet agent run --state-dir "$dir" --hostname "demo-agent-$n" --pool pool-local-main \
-    --labels tier=dev --enroll-key "$SECRET" >"$dir/stdout.log" 2>&1 &
+  # The secret goes through the environment (FLEET_ENROLL_KEY), never the command line, where `ps` shows it.
+  FLEET_ENROLL_KEY="$SECRET" nohup fleet agent run --state-dir "$dir" --hostname "demo-agent-$n" \
+    --pool pool-local-main --labels tier=dev >"$dir/stdout.log" 2>&1 &
   echo "started agent-$n (pid $!, state dir $dir, log $dir/agent.log)"
 done
 

@@ -57,8 +57,8 @@ class FleetError(Exception):
         return self.message
 
     def to_wire(self) -> dict[str, Any]:
-        """The `error`, `message` and `hint` fields of an API reply that carries this error."""
-        return {"error": self.code, "message": self.message, "hint": self.hint}
+        """The `error`, `message`, `hint` and `retryable` fields of an API reply that carries this error."""
+        return {"error": self.code, "message": self.message, "hint": self.hint, "retryable": self.retryable}
 
 
 class UsageError(FleetError):
@@ -228,11 +228,18 @@ def _table() -> dict[str, type[FleetError]]:
 WIRE_ERRORS: dict[str, type[FleetError]] = _table()
 
 
-def from_wire(code: str | None, message: str | None, hint: str | None = None) -> FleetError:
-    """The FleetError an API reply carries. An unknown code (from a newer server) becomes a plain, non-retryable
-    FleetError that keeps the code and the message: never a crash."""
-    cls = WIRE_ERRORS.get(code or "", FleetError)
-    err = cls(message or code or "request failed", hint=hint)
-    if cls is FleetError and code:
+def from_wire(code: str | None, message: str | None, hint: str | None = None,
+              retryable: bool | None = None) -> FleetError:
+    """The FleetError an API reply carries. A code this fleet does not know (from a newer server) becomes a plain
+    FleetError that keeps the code, the message and the retry meaning the server gave it: never a crash, and a
+    transient failure of a newer server is still retried."""
+    cls = WIRE_ERRORS.get(code or "")
+    if cls is not None:
+        return cls(message or code or "request failed", hint=hint)
+    if retryable:
+        err: FleetError = TransientError(message or code or "request failed", hint=hint)
+    else:
+        err = FleetError(message or code or "request failed", hint=hint)
+    if code:
         err.code = code
     return err

@@ -64,7 +64,8 @@ FAST_HEARTBEAT = 0.2
 FAST_GRACE = 1.0
 
 
-def fleet_yaml(keys: list[dict[str, Any]], hosts: dict[str, str], pool_slots: int = 4) -> str:
+def fleet_yaml(keys: list[dict[str, Any]], hosts: dict[str, str], pool_slots: int = 4,
+               hosts_max: int | None = None) -> str:
     """The fleet the live-fleet tests run: two tenants, a local pool each, one project, and the given keys."""
     doc = {
         "version": 1,
@@ -74,7 +75,8 @@ def fleet_yaml(keys: list[dict[str, Any]], hosts: dict[str, str], pool_slots: in
                       "routing": {"mode": "preferred-only", "preferred_pool": "pool-local-main"}}],
         "pools": [
             {"id": "pool-local-main", "tenant": "fin-prod", "backend": "local", "mode": "persistent",
-             "capacity": {"max_concurrent_sessions": pool_slots}, "labels": ["tier=dev"]},
+             "capacity": {"max_concurrent_sessions": pool_slots}, "labels": ["tier=dev"],
+             **({"hosts": {"min": 0, "max": hosts_max}} if hosts_max is not None else {})},
             {"id": "pool-health-local", "tenant": "health-prod", "backend": "local", "mode": "persistent",
              "capacity": {"max_concurrent_sessions": 2}},
         ],
@@ -200,9 +202,9 @@ class LiveFleet:
         self.apply()
         return secret
 
-    def apply(self, *, hosts: dict[str, str] | None = None, pool_slots: int = 4, extra: str = "") -> Any:
+    def apply(self, *, hosts: dict[str, str] | None = None, pool_slots: int = 4, hosts_max: int | None = None) -> Any:
         """Write the test fleet's fleet.yaml (its pools, the keys declared so far, `hosts:` statuses) and apply it."""
-        self.fleet_file.write_text(fleet_yaml(list(self.keys.values()), hosts or {}, pool_slots) + extra)
+        self.fleet_file.write_text(fleet_yaml(list(self.keys.values()), hosts or {}, pool_slots, hosts_max))
         result = run_cli("apply", "--auto-approve", "--no-wait", "-f", str(self.fleet_file), "--nats", self.url,
                          env=self.secrets)
         assert result.exit_code == 0, result.output

@@ -74,10 +74,14 @@ class Bus:
         except nats.errors.Error as exc:
             raise TransientError(f"publish on {subject} failed: {exc}") from exc
 
-    async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Any:
-        """Subscribe `handler(msg)`; msg has `.subject`, `.data`, `.reply` and `await msg.respond(bytes)`."""
-        return await self.nc.subscribe(subject, queue=queue, cb=handler, pending_msgs_limit=1_000_000,
-                                       pending_bytes_limit=1024 * 1024 * 1024)
+    async def subscribe(self, subject: str, handler: Handler, *, queue: str = "", pending_msgs: int = 1_000_000,
+                        pending_bytes: int = 256 * 1024 * 1024) -> Any:
+        """Subscribe `handler(msg)`; msg has `.subject`, `.data`, `.reply` and `await msg.respond(bytes)`.
+
+        At most `pending_msgs` messages / `pending_bytes` bytes wait for the handler; past that NATS drops them
+        (a slow consumer), so a flood costs bounded memory. The defaults fit a storm of 100k heartbeats."""
+        return await self.nc.subscribe(subject, queue=queue, cb=handler, pending_msgs_limit=pending_msgs,
+                                       pending_bytes_limit=pending_bytes)
 
     async def serve(self, subject: str, handler: RequestHandler, *, queue: str = "", concurrency: int = 64,
                     max_bytes: int = 64 * 1024) -> Any:
@@ -120,7 +124,9 @@ class Bus:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        return await self.subscribe(subject, on_msg, queue=queue)
+        # Requests waiting for a free handler: bounded in count and bytes (the rest time out at the requester).
+        return await self.subscribe(subject, on_msg, queue=queue, pending_msgs=10_000,
+                                    pending_bytes=64 * 1024 * 1024)
 
     async def request(self, subject: str, payload: bytes, *, timeout: float = 3.0, what: str = "") -> bytes:
         """Request/reply; NoResponders if nobody listens, RequestTimeout if nobody answers in time."""

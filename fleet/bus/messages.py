@@ -54,14 +54,24 @@ def _finite(value: float) -> float:
     return value
 
 
+def _printable(value: str) -> str:
+    """No control characters (a hostname with an escape sequence would rewrite an operator's terminal in `fleet
+    list`), no bidi overrides (which make text read differently from what it is)."""
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in _BIDI for c in value):
+        raise ValueError("must not contain control or bidirectional-override characters")
+    return value
+
+
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+Printable = AfterValidator(_printable)
 MachineId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
-Ident = Annotated[str, StringConstraints(min_length=1, max_length=63)]
-Label = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Hostname = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-Version = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=63), Printable]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=200), Printable]
+Hostname = Annotated[str, StringConstraints(min_length=1, max_length=255), Printable]
+Version = Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-Text = Annotated[str, StringConstraints(max_length=2000)]
-SocketPath = Annotated[str, StringConstraints(max_length=512)]
+Text = Annotated[str, StringConstraints(max_length=2000), Printable]
+SocketPath = Annotated[str, StringConstraints(max_length=512), Printable]
 Epoch = Annotated[float, AfterValidator(_finite), Field(ge=0, le=1e11)]
 Slots = Annotated[int, Field(ge=0, le=100_000)]
 DiskGb = Annotated[float, AfterValidator(_finite), Field(ge=0, le=1e7)]
@@ -131,7 +141,7 @@ class PoolMembership(BaseModel):
 
 
 class SessionInfo(BaseModel):
-    id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    id: Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
     phase: SessionPhase
 
 
@@ -200,14 +210,14 @@ class Heartbeat(Message):
 class Bye(Message):
     """A host's goodbye on a clean shutdown (fleet.v1.bye.<machine_id>): it is offline now, not silently."""
 
-    reason: Annotated[str, StringConstraints(max_length=64)] = "shutdown"
+    reason: Annotated[str, StringConstraints(max_length=64), Printable] = "shutdown"
 
 
 class ControlCommand(Message):
     """Server -> agent on fleet.v1.host.<machine_id>.control."""
 
     action: ControlAction
-    by: Annotated[str, StringConstraints(max_length=200)] = "control-plane"
+    by: Annotated[str, StringConstraints(max_length=200), Printable] = "control-plane"
 
 
 class ControlReply(Message):
@@ -241,6 +251,7 @@ class ApiReply(Message):
     error: str | None = None
     message: str | None = None
     hint: str | None = None
+    retryable: bool | None = None  # so that even a code this client does not know keeps its retry meaning
     data: Any = None
 
 

@@ -18,7 +18,7 @@ import click
 from fleet.cli.options import MACHINE_ID, NatsSettings, format_option, nats_options
 from fleet.cli.shared import run_async
 from fleet.hosts.client import ControlPlaneClient
-from fleet.hosts.model import Host
+from fleet.hosts.model import LIVE_STATUSES, Host
 
 HEADERS = ("ID", "HOSTNAME", "STATUS", "POOLS", "SESSIONS", "LAST SEEN")
 MIN_WIDTHS = (36, 16, 8, 27, 9, 0)
@@ -62,7 +62,7 @@ def _iso(epoch: float | None) -> str | None:
 def host_json(h: Host, now: float | None = None) -> dict[str, Any]:
     """The public JSON of a host (`fleet list --json` items, `fleet show --json`): seed column names first."""
     now = time.time() if now is None else now
-    live = h.status in ("active", "paused", "draining")
+    live = h.status in LIVE_STATUSES
     return {
         "id": h.machine_id,
         "hostname": h.hostname,

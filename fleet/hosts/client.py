@@ -58,7 +58,7 @@ async def _call_once(bus: Bus, subject: str, payload: bytes, timeout: float) -> 
                                 hint="check `fleet server` logs (.fleet/server.log after `fleet up`)") from exc
     reply = decode(ApiReply, data, max_bytes=len(data))  # our own server's reply: as large as NATS allowed
     if not reply.ok:
-        raise from_wire(reply.error, reply.message, reply.hint)
+        raise from_wire(reply.error, reply.message, reply.hint, reply.retryable)
     return reply.data
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from fleet.bus.kv import Entry
 from fleet.bus.records import KeySpec, PoolSpec, decode_record
 from fleet.errors import FleetError
+from fleet.hosts.model import LIVE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class AppliedConfig:
                     self.pools[ident] = rec.spec
                 else:
                     status = rec.spec.get("status")
-                    if status in ("active", "paused", "draining"):
+                    if status in LIVE_STATUSES:
                         self.declared[ident] = status
             except (FleetError, ValueError) as exc:
                 self.metrics["config_record_skipped"] += 1

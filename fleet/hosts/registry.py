@@ -35,7 +35,7 @@ from fleet.bus.kv import Entry as KvEntry
 from fleet.bus.messages import MAX_HEARTBEAT_BYTES, PROTOCOL_VERSION, Heartbeat, HostRecord
 from fleet.errors import InvalidRequest, NotFound
 from fleet.hosts.config import AppliedConfig
-from fleet.hosts.model import Host, Session, envelope, host_slots, sorted_unique, status_of
+from fleet.hosts.model import LIVE_STATUSES, Host, Session, envelope, host_slots, sorted_unique, status_of
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Registry:
 
     def reported(self, entry: HostEntry, status: str | None) -> None:
         """The agent answered a control command with its new status (on its own control subject)."""
-        if entry.beat is not None and status in ("active", "paused", "draining") and status != entry.beat.status:
+        if entry.beat is not None and status in LIVE_STATUSES and status != entry.beat.status:
             entry.beat = dataclasses.replace(entry.beat, status=status)
             if status != entry.record.admin_status:
                 self.dirty.add(entry.record.machine_id)

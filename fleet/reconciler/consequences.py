@@ -14,6 +14,7 @@ import operator
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fleet.hosts.model import LIVE_STATUSES
 from fleet.reconciler.desired import Resource
 from fleet.reconciler.live import LiveState, ObservedHost
 from fleet.reconciler.plan import Change, Consequence, Consequences, ProjectCapacity
@@ -85,7 +86,7 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
         reason = None
         status = h.status
         want = (declared.get(h.machine_id) or {}).get("status")
-        if want and h.status in ("active", "paused", "draining") and want != h.status:
+        if want and h.status in LIVE_STATUSES and want != h.status:
             status = want
             note = (declared[h.machine_id].get("note") or "").strip()
             effect = "takes sessions again" if want == "active" else f"is {want}: it takes no new sessions"

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from fleet.hosts.model import host_slots
+from fleet.hosts.model import LIVE_STATUSES, host_slots
 from fleet.reconciler.live import ObservedHost
 from fleet.reconciler.plan import Plan
 
-LIVE = ("active", "paused", "draining")
+LIVE = LIVE_STATUSES
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,33 @@
 """Drift: observed state that differs from applied state, made outside fleet.
 
 Hosts that serve a pool the applied config does not know, hosts whose tenant differs from their pool's, hosts
-lacking the labels their pool declares, hosts whose status differs from the one fleet.yaml declared, persistent/hybrid pools with fewer live hosts than hosts.min, and
+lacking the labels their pool declares, hosts whose status differs from the one fleet.yaml declared, persistent/hybrid
+pools with fewer live hosts than hosts.min, pools with more registered (not revoked) hosts than hosts.max (the max was
+lowered below what is enrolled: new enrollments are refused until hosts are removed), and
 backend instances recorded by the controller but gone (deleted by hand) or present without an applied pool.
 Shown separately from config changes; `fleet plan --refresh-only` shows drift alone. Pure; called by make_plan.
 """
 
 from __future__ import annotations
 
+from fleet.hosts.model import LIVE_STATUSES
 from fleet.reconciler.live import LiveState
 from fleet.reconciler.plan import DriftItem
 
-LIVE = ("active", "paused", "draining")
+LIVE = LIVE_STATUSES
 
 
 def drift(live: LiveState) -> list[DriftItem]:
     pools = live.applied_of("pool")
     items: list[DriftItem] = []
     count: dict[str, int] = {}
+    members: dict[str, int] = {}
     for h in live.hosts:
         if h.status == "revoked":
             continue
         name = h.hostname or h.machine_id
         for p in h.pools:
+            members[p] = members.get(p, 0) + 1
             spec = pools.get(p)
             if spec is None:
                 if pools:
@@ -52,6 +57,11 @@ def drift(live: LiveState) -> list[DriftItem]:
             if spec.get("mode") in ("persistent", "hybrid") and count.get(pid, 0) < want:
                 items.append(DriftItem(address=f"pool.{pid}", kind="pool", tenant=spec.get("tenant"), pool=pid,
                                        message=f"pool {pid} has {count.get(pid, 0)} of its {want} required hosts"))
+            most = (spec.get("hosts") or {}).get("max")
+            if most is not None and members.get(pid, 0) > most:
+                items.append(DriftItem(address=f"pool.{pid}", kind="pool", tenant=spec.get("tenant"), pool=pid,
+                                       message=f"pool {pid} has {members[pid]} registered hosts, above its hosts.max of "
+                                               f"{most} (remove some with `fleet hosts rm`)"))
     if live.instances_observed:
         for inst in live.instances:
             if inst.pool not in pools:

@@ -47,7 +47,7 @@ from fleet.errors import (
     Refused,
 )
 from fleet.hosts.enrollment import Enroller, modify_record
-from fleet.hosts.model import HOST_COLUMNS
+from fleet.hosts.model import HOST_COLUMNS, Host
 from fleet.hosts.paging import Snapshots
 from fleet.hosts.registry import HostEntry, Registry
 
@@ -104,8 +104,12 @@ class HostApi:
         return self._host_reply(entry)
 
     def _host_reply(self, entry: HostEntry, **extra: Any) -> bytes:
-        host = self.registry.host(entry)
-        return ApiReply(ok=True, data={"columns": HOST_COLUMNS, "row": host.to_row(), **extra}).encode()
+        return self._reply_for(self.registry.host(entry), **extra)
+
+    def _reply_for(self, host: Host, **extra: Any) -> bytes:
+        """A host reply: its row, and which replica answered (operators of several replicas want to know)."""
+        return ApiReply(ok=True, data={"columns": HOST_COLUMNS, "row": host.to_row(), "served_by": self.server_id,
+                                       **extra}).encode()
 
     async def command(self, msg: Any) -> bytes:
         cmd = decode(HostCommand, msg.data)
@@ -170,4 +174,4 @@ class HostApi:
             await self.enroller.leave_pool(pool, mid)
         self.registry.apply_record(mid, None)
         log.info("host %s (%s) removed from the registry", mid, entry.record.hostname)
-        return ApiReply(ok=True, data={"columns": HOST_COLUMNS, "row": host.to_row(), "removed": True}).encode()
+        return self._reply_for(host, removed=True)

@@ -24,7 +24,7 @@ import pytest
 from fleet.bus.applied import BUCKET_LOCKS
 from fleet.bus.connection import connect
 from fleet.bus.subjects import BUCKET_CONFIG
-from fleet.errors import EXIT_LOCKED, EXIT_STALE_PLAN, EXIT_USAGE
+from fleet.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STALE_PLAN, EXIT_USAGE
 from fleet.schema.generate import synthetic_fleet
 
 from .clihelpers import EXAMPLE, SECRETS, fleet, popen
@@ -235,6 +235,35 @@ def test_sigkill_midway_lock_expires_and_reapply_converges(nats_server, tmp_path
     assert r.returncode == 0, r.stderr
     assert f"{remaining} added" in r.stdout
     assert fleet(["plan", "--detailed-exitcode"], url, cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_midway_releases_the_lock_at_once(nats_server, tmp_path, sig):
+    """A cancelled CD job (SIGTERM), a dropped SSH session (SIGHUP) and Ctrl-C (SIGINT) all stop the apply between
+    writes and release its lock: the next apply needs no --lock-timeout and no force-unlock (the TTL here is 60 s,
+    so a lock left behind would make it fail)."""
+    url = nats_server.url
+    (tmp_path / "fleet.yaml").write_text(synthetic_fleet(pools=1500, projects=300, keys=0))
+    env = {"FLEET_LOCK_TTL": "60"}
+    proc = popen(["apply", "--auto-approve"], url, cwd=tmp_path, env_extra=env, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + 60
+    total = 1 + 2 + 300 + 1500 + 300
+    while not re.search(rf"\((\d+)/{total}\)", seen):  # the first progress line: ~10% written
+        assert time.monotonic() < deadline, seen
+        line = proc.stderr.readline()
+        assert line, f"apply ended early: {seen}"
+        seen += line
+    proc.send_signal(sig)
+    rest = proc.stderr.read()
+    assert proc.wait(20) == EXIT_INTERRUPTED, rest
+    assert f"error: interrupted by {sig.name}" in rest and "Traceback" not in rest
+    remaining = plan_json(url, tmp_path)["summary"]["add"]
+    assert 0 < remaining < total, remaining
+    r = fleet(["apply", "--auto-approve"], url, cwd=tmp_path, **env)  # no lock left behind: at once
+    assert r.returncode == 0, r.stderr
+    assert f"{remaining} added" in r.stdout
 
 
 def test_secrets_never_in_outputs_or_kv(nats_server, workdir):

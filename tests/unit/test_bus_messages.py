@@ -145,3 +145,12 @@ def test_hosts_page_request_bounds() -> None:
             decode(HostsPageRequest, bad)
     with pytest.raises(UnsupportedVersion):
         decode(HostsPageRequest, '{"v": 2}')
+
+
+@pytest.mark.parametrize("hostname", ["evil\x1b[2J\x1b[Hhost", "two\nlines", "bidi\u202ereversed", "nul\x00"])
+def test_free_text_from_hosts_is_printable(hostname: str) -> None:
+    """A hostname with an escape sequence would rewrite an operator's terminal in `fleet list`."""
+    raw = json.dumps({"v": 1, "key": "k", "hostname": hostname, "version": "1"})
+    with pytest.raises(ProtocolError, match="hostname"):
+        decode(EnrollRequest, raw)
+    assert decode(EnrollRequest, raw.replace(json.dumps(hostname)[1:-1], "build-01.corp")).hostname == "build-01.corp"

@@ -154,3 +154,24 @@ def test_without_observed_hosts_capacity_losses_are_not_claimed():
     seeing = make_plan(desired_resources(cfg, hashes(cfg)),
                        LiveState(applied=applied_from_example(), hosts=(), hosts_observed=True), BASIS)
     assert [i.kind for i in seeing.consequences.items] == ["project-unroutable"]
+
+
+@pytest.mark.parametrize("hosts_max, registered, revoked, expected", [
+    (4, 4, 0, False),  # at the max: fine
+    (2, 3, 0, True),  # the max was lowered below what is enrolled
+    (2, 3, 1, False),  # a revoked host does not count
+    (None, 9, 0, False),  # no max
+])
+def test_a_pool_above_its_max_is_drift(hosts_max, registered, revoked, expected):
+    from fleet.reconciler.drift import drift
+
+    applied = {"pool.p": AppliedResource(kind="pool", id="p", spec={"tenant": "t", "mode": "on_demand",
+                                                                    "hosts": {"min": 0, "max": hosts_max}})}
+    hosts = tuple(A.replace(machine_id=f"m-{i}", tenant="t", pools=("p",), status="revoked" if i < revoked else "active")
+                  for i in range(registered))
+    messages = [d.message for d in drift(LiveState(applied=applied, hosts=hosts))]
+    above = [m for m in messages if "above its hosts.max" in m]
+    assert bool(above) == expected, messages
+    if expected:
+        assert above == [f"pool p has {registered - revoked} registered hosts, above its hosts.max of {hosts_max} "
+                         "(remove some with `fleet hosts rm`)"]
