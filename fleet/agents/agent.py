@@ -161,10 +161,10 @@ class Agent:
         if not s.enroll_key:
             raise Refused(f"no identity in {self.paths.root} and no enrollment key",
                           hint="pass --enroll-key, --enroll-key-file or FLEET_ENROLL_KEY")
-        req = EnrollRequest(key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
-                            labels=s.labels, models=s.models, max_sessions=s.max_sessions,
-                            pool_max_disk_gb=s.pool_max_disk_gb, credential_socket=str(self.paths.credential_socket))
-        reply = decode(JoinReply, await self.bus.request(subjects.ENROLL, req.encode(), timeout=10.0,
+        enroll = EnrollRequest(key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
+                               labels=s.labels, models=s.models, max_sessions=s.max_sessions,
+                               pool_max_disk_gb=s.pool_max_disk_gb, credential_socket=str(self.paths.credential_socket))
+        reply = decode(JoinReply, await self.bus.request(subjects.ENROLL, enroll.encode(), timeout=10.0,
                                                          what="fleet server"))
         if not reply.ok:
             if reply.reason is None:

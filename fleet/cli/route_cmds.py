@@ -20,9 +20,10 @@ from fleet.bus.connection import connect
 from fleet.cli.options import ID, NatsSettings, file_option, json_option, nats_options
 from fleet.cli.shared import atomic_write, load_config_or_report, plugin_registry, print_diagnostics
 from fleet.errors import FleetError, UsageError
+from fleet.hosts.model import Host
 from fleet.reconciler.desired import pool_spec, route_spec
 from fleet.reconciler.operation import observe_hosts
-from fleet.routing import Capacity, HostView, PoolView, RouteView, decide, ineligibility, pool_capacity
+from fleet.routing import Capacity, PoolView, RouteView, decide, ineligibility, pool_capacity
 from fleet.schema.api import load_fleet_text
 from fleet.schema.diagnostics import did_you_mean
 from fleet.schema.editing import RouteEdit, edit_route
@@ -139,7 +140,8 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
         click.echo(f"{p.id}: routing already preferred={preferred_pool} fallback={fallback_pool or '(none)'}; {file} unchanged")
     else:
         atomic_write(file, new_text)
-        mode = checked.config.project(p.id).routing.mode if checked.config else "?"
+        edited = checked.config.project(p.id) if checked.config else None
+        mode = edited.routing.mode if edited else "?"
         click.echo(f"Updated {file}: {p.id} -> preferred {preferred_pool}, fallback {fallback_pool or '(none)'}, mode {mode}.")
         click.echo("Takes effect on the next dispatch after `fleet apply`; in-flight sessions stay where they are.")
     if then_apply:
@@ -169,14 +171,14 @@ def route_test(project: str | None, explain: bool, file: Path, nats: NatsSetting
     assert cfg is not None
     p = pick_project(cfg, project)
 
-    async def run() -> list:
+    async def run() -> list[Host]:
         async with await connect(nats.url, creds=nats.creds, connect_timeout=nats.connect_timeout, name="fleet-cli") as bus:
             hosts, _ = await observe_hosts(bus, required=True)
             return hosts
 
     hosts = asyncio.run(run())
     route = RouteView.from_spec(p.id, route_spec(p))
-    pools = {pid: PoolView.from_spec(pid, pool_spec(cfg.pool(pid))) for pid in route.pools if cfg.pool(pid)}
+    pools = {pid: PoolView.from_spec(pid, pool_spec(pool)) for pid in route.pools if (pool := cfg.pool(pid))}
     caps = {pid: pool_capacity(view, hosts, route) for pid, view in pools.items()}
     decision = decide(route, caps)
     if as_json:
@@ -222,7 +224,7 @@ def _role(route: RouteView, pool_id: str) -> str:
     return "candidate"
 
 
-def _explain_json(route: RouteView, pools: dict[str, PoolView], hosts: list[HostView]) -> list[dict]:
+def _explain_json(route: RouteView, pools: dict[str, PoolView], hosts: list[Host]) -> list[dict]:
     rows = []
     for h in sorted(hosts, key=lambda h: (h.hostname, h.machine_id)):
         best: tuple[str | None, list[str]] | None = None
@@ -230,8 +232,8 @@ def _explain_json(route: RouteView, pools: dict[str, PoolView], hosts: list[Host
             reasons = ineligibility(h, view, route)
             if best is None or len(reasons) < len(best[1]):
                 best = (pid, reasons)
-        pid, reasons = best if best else (None, ["no pool of this route exists"])
-        rows.append({"id": h.machine_id, "hostname": h.hostname, "pool": pid, "reasons": reasons})
+        best_pool, reasons = best if best else (None, ["no pool of this route exists"])
+        rows.append({"id": h.machine_id, "hostname": h.hostname, "pool": best_pool, "reasons": reasons})
     return rows
 
 

@@ -127,7 +127,8 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
         before, caps_b = _slots(rb, applied_pools, before_hosts, after=False)
         after, caps_a = _slots(ra, desired_pools, after_by_pool, after=True)
         used = sum(c.used for c in caps_b.values())
-        tenant = (ra or rb).tenant if (ra or rb) else None
+        view = ra or rb
+        tenant = view.tenant if view is not None else None
         capacity.append(ProjectCapacity(project=project, tenant=tenant, before=before, after=after, used=used))
         if ra is None:
             continue

@@ -68,13 +68,13 @@ def pending(t: Targets, hosts: Iterable[ObservedHost], pool_slots: Mapping[str, 
                 wanted_by = ", ".join(p for p in h.pools if slots_of.get(p) == want)
                 out.append(f"{name}: {h.max_sessions} slots, {wanted_by} wants {want}")
         for pool_id in h.pools:
-            target = t.pools.get(pool_id)
-            if target is None:
+            pool_target = t.pools.get(pool_id)
+            if pool_target is None:
                 continue
-            missing = sorted(target.labels - set(h.labels))
+            missing = sorted(pool_target.labels - set(h.labels))
             if missing:
                 out.append(f"{name}: lacks {pool_id} labels {', '.join(missing)}")
-        want = t.hosts.get(h.machine_id)
-        if want and h.status != want:
-            out.append(f"{name}: {h.status}, fleet.yaml says {want}")
+        declared = t.hosts.get(h.machine_id)
+        if declared and h.status != declared:
+            out.append(f"{name}: {h.status}, fleet.yaml says {declared}")
     return out

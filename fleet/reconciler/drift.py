@@ -28,19 +28,19 @@ def drift(live: LiveState) -> list[DriftItem]:
         name = h.hostname or h.machine_id
         for p in h.pools:
             members[p] = members.get(p, 0) + 1
-            spec = pools.get(p)
-            if spec is None:
+            applied = pools.get(p)
+            if applied is None:
                 if pools:
                     items.append(DriftItem(address=f"host.{h.machine_id}", kind="host", tenant=h.tenant, pool=p,
                                            message=f"host {name} serves pool {p}, which is not in the applied config"))
                 continue
             if h.status in LIVE:
                 count[p] = count.get(p, 0) + 1
-            ptenant = spec.spec.get("tenant")
+            ptenant = applied.spec.get("tenant")
             if ptenant and ptenant != h.tenant:
                 items.append(DriftItem(address=f"host.{h.machine_id}", kind="host", tenant=h.tenant, pool=p,
                                        message=f"host {name} of tenant {h.tenant} serves pool {p} of tenant {ptenant}"))
-            missing = [lbl for lbl in spec.spec.get("labels") or [] if lbl not in h.labels]
+            missing = [lbl for lbl in applied.spec.get("labels") or [] if lbl not in h.labels]
             if missing:
                 items.append(DriftItem(address=f"host.{h.machine_id}", kind="host", tenant=h.tenant, pool=p,
                                        message=f"host {name} in pool {p} lacks the pool's labels {', '.join(missing)}"))

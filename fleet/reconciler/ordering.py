@@ -24,7 +24,7 @@ def _rank(change: Change) -> tuple:
 
 def dependency_graph(changes: list[Change]) -> nx.DiGraph:
     """Edges u -> v mean u must be applied before v."""
-    graph = nx.DiGraph()
+    graph: nx.DiGraph[str] = nx.DiGraph()
     by_address = {c.address: c for c in changes}
     for c in changes:
         graph.add_node(c.address)

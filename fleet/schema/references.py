@@ -44,7 +44,7 @@ class _Checker:
         self.backends = backends
         self.now = now
         self.diags: list[Diagnostic] = []
-        self.graph = nx.DiGraph()
+        self.graph: nx.DiGraph[str] = nx.DiGraph()
         self.index: dict[str, dict[str, tuple[dict, tuple[PathPart, ...]]]] = {k: {} for k in KINDS}
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ class _Checker:
 
     def resolve_pools(self) -> dict[str, ResolvedPool]:
         """Apply `extends` (after checking it forms no cycle); returns every pool by ID."""
-        ext = nx.DiGraph()
+        ext: nx.DiGraph[str] = nx.DiGraph()
         broken: set[str] = set()  # pools whose `extends` chain is already reported as wrong
         for pool_id, (item, path) in self.index["pools"].items():
             ext.add_node(pool_id)
@@ -201,7 +201,7 @@ class _Checker:
             mode = routing.get("mode")
             preferred = routing.get("preferred_pool")
             fallback = routing.get("fallback_pool")
-            refs = [("preferred_pool", preferred)]
+            refs: list[tuple[str | tuple[str, int], Any]] = [("preferred_pool", preferred)]
             if fallback is not None:
                 refs.append(("fallback_pool", fallback))
             cands = routing.get("candidates")
@@ -209,7 +209,7 @@ class _Checker:
                 refs += [(("candidates", i), c) for i, c in enumerate(cands)]
             for field_name, pool_id in refs:
                 fpath = (*rpath, *(field_name if isinstance(field_name, tuple) else (field_name,)))
-                if not self.ref("pools", pool_id, fpath, "pool"):
+                if not isinstance(pool_id, str) or not self.ref("pools", pool_id, fpath, "pool"):
                     continue
                 self.graph.add_edge(f"project:{item.get('id')}", f"pool:{pool_id}", rel="route")
                 pool = resolved.get(pool_id)

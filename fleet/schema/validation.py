@@ -94,13 +94,15 @@ def _error_to_diagnostics(err: ValidationError, doc: LoadedDocument) -> list[Dia
     path = tuple(err.absolute_path)
     value = err.instance
     kind = err.validator
+    # jsonschema types these as possibly unset (or a boolean schema); an error we handle always has them
+    schema: Mapping[str, Any] = err.schema if isinstance(err.schema, Mapping) else {}
 
     def diag(message: str, p: tuple = path, *, key: bool = True, h: str | None = None) -> Diagnostic:
         line, col = doc.positions.of_key(p) if key else doc.positions.of_value(p)
         return Diagnostic(message, doc.file, line, col, p, code=f"schema.{kind}", hint=h)
 
     if kind == "additionalProperties" and isinstance(value, dict):
-        allowed = list(err.schema.get("properties", {}))
+        allowed = list(schema.get("properties", {}))
         extras = [k for k in value if k not in allowed]
         return [
             diag(f"unknown property {k!r}", (*path, k), h=did_you_mean(k, allowed) or f"allowed here: {', '.join(allowed)}")
@@ -114,8 +116,9 @@ def _error_to_diagnostics(err: ValidationError, doc: LoadedDocument) -> list[Dia
             subject = f"{path[-2].removesuffix('s')} {value['id']!r}"  # e.g. "pool 'pool-a'", not "item"
         return [diag(f"missing required property {missing!r} in {subject}", key=True)]
     if kind == "enum":
-        hint = did_you_mean(value, err.validator_value)
-        return [diag(f"{value!r} is not one of {_join(err.validator_value)}", key=False, h=hint)]
+        choices = err.validator_value if isinstance(err.validator_value, list) else []
+        hint = did_you_mean(value, choices)
+        return [diag(f"{value!r} is not one of {_join(choices)}", key=False, h=hint)]
     if kind == "const":
         return [diag(f"must be {err.validator_value!r}, not {value!r}", key=False)]
     if kind == "type":
@@ -124,7 +127,7 @@ def _error_to_diagnostics(err: ValidationError, doc: LoadedDocument) -> list[Dia
         got = _json_type(value)
         return [diag(f"expected {expected}, got {got} {_short(value)}".rstrip(), key=False)]
     if kind == "pattern":
-        return [diag(f"{value!r} is not valid: expected {_what(err.schema)}", key=False)]
+        return [diag(f"{value!r} is not valid: expected {_what(schema)}", key=False)]
     if kind == "format":
         return [diag(f"{value!r} is not an RFC 3339 {err.validator_value}", key=False,
                      h="write a full timestamp with a time zone, e.g. \"2027-06-30T00:00:00Z\"")]

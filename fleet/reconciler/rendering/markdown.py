@@ -40,7 +40,7 @@ def _group(change: Change) -> tuple[str, str]:
 
 
 def _counts(changes: list[Change]) -> str:
-    n = defaultdict(int)
+    n: defaultdict[str, int] = defaultdict(int)
     for c in changes:
         n[c.action] += 1
     words = {"create": "to add", "update": "to change", "replace": "to replace", "delete": "to destroy"}
