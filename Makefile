@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check fleet tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy fleet
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
