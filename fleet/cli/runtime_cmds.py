@@ -203,8 +203,10 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
                                  hint="choose another --state-dir (or FLEET_STATE_DIR)") from exc
             try:
                 pid = nats_proc.start(timeout=timeout)
-            except PortInUse as exc:  # taken between the probe and the start
-                raise (_port_taken(exc.probe, state_dir) if exc.probe.kind != "free" else exc) from exc
+            except PortInUse as exc:  # taken between the probe and the start; a usage error (64), whatever
+                # PortInUse's own exit code says (2 is `fleet plan --detailed-exitcode`'s "changes")
+                raise (_port_taken(exc.probe, state_dir) if exc.probe.kind != "free"
+                       else UsageError(exc.message, hint=exc.hint)) from exc
             started.append(nats_proc.stop)
             click.echo(f"started nats-server (pid {pid}) at {nats_proc.url}, data in {nats_proc.store_dir}")
         _up_server(nats_proc.url, nats, state_dir, timeout, offline_after, started)
