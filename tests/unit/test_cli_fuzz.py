@@ -23,7 +23,7 @@ Guards (this process runs as whatever user runs the tests, often root, so they m
   port that another program (a listener of this test) holds, so it never starts a server and never uses 4222;
   `fleet agent logs --follow` is stopped by the watchdog with Ctrl-C (exit 130 is then what is expected).
 
-FLEET_FUZZ_EXAMPLES (default 400) is the number of examples over all commands; raise it for a long soak, e.g.
+FLEET_FUZZ_EXAMPLES (default 600) is the number of examples over all commands; raise it for a long soak, e.g.
 FLEET_FUZZ_EXAMPLES=6000 python -m pytest tests/unit/test_cli_fuzz.py. FLEET_FUZZ_CENSUS=FILE counts instead
 of stopping: every example runs, each failure is appended to FILE as one JSON line, and nothing is shrunk (how
 the before/after figures of a fix are measured).
@@ -82,7 +82,7 @@ def walk(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple
 
 TREE = dict(walk(cli))
 CENSUS = os.environ.get("FLEET_FUZZ_CENSUS")
-PER_COMMAND = max(3, int(os.environ.get("FLEET_FUZZ_EXAMPLES", "400")) // len(TREE))
+PER_COMMAND = max(3, int(os.environ.get("FLEET_FUZZ_EXAMPLES", "600")) // len(TREE))
 
 
 def test_the_walk_finds_every_command() -> None:
