@@ -142,7 +142,7 @@ class Bus:
 
     async def flush(self, timeout: float = 5.0) -> None:
         try:
-            await self.nc.flush(timeout=timeout)
+            await self.nc.flush(timeout=timeout)  # type: ignore[arg-type]  # nats-py says int; it takes seconds
         except (TimeoutError, nats.errors.Error) as exc:
             raise TransientError(f"flush to {self.url} failed: {exc}") from exc
 
@@ -224,6 +224,13 @@ async def connect(
         max_outstanding_pings=2,
     )
     if creds:
+        from fleet.bus.trust import TrustError, read_creds  # nkeys (and nacl) only for those who use creds
+
+        try:
+            read_creds(creds)  # a clear error now, instead of an obscure one inside the connect
+        except TrustError as exc:
+            raise ConnectionFailed(f"cannot use --creds {creds}: {exc.message}",
+                                   hint="pass the creds file `fleet up` or `fleet creds create` wrote") from None
         kwargs["user_credentials"] = creds
     try:
         nc = await asyncio.wait_for(nats.connect(**kwargs), connect_timeout + attempt_timeout + 1.0)

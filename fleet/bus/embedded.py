@@ -388,12 +388,12 @@ class EmbeddedNats:
         when the port was taken, e.g. by a process that got it between a probe and this start); a NATS server
         of someone else answering on the port is never mistaken for ours.
         """
+        assert self.pid_file is not None and self.log_file is not None
         pid = self.running_pid()
         if pid is not None:
             if read_pid(self.pid_file, expect=NATS_BINARY) != pid:
                 write_pid(self.pid_file, pid)  # found by its command line: restore the lost PID file
             return pid
-        assert self.pid_file is not None and self.log_file is not None
         binary = self.binary or find_nats_server()
         try:
             with contextlib.suppress(FileNotFoundError):

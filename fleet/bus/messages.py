@@ -105,18 +105,17 @@ def decode(cls: type[M], data: bytes | str, *, max_bytes: int = MAX_MESSAGE_BYTE
     """Decode one message of type `cls`; TooLarge, ProtocolError or UnsupportedVersion on anything else."""
     if len(data) > max_bytes:
         raise TooLarge(f"{cls.__name__} of {len(data)} bytes refused (at most {max_bytes})")
+    msg: M | None = None
     try:
-        msg = cls.model_validate_json(data)
+        parsed = cls.model_validate_json(data)
     except ValidationError as exc:
         version = _version_of(data)
-        if version is not _NO_VERSION and version != PROTOCOL_VERSION:
-            msg = None
-        else:
+        if version is _NO_VERSION or version == PROTOCOL_VERSION:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "message"
             raise ProtocolError(f"malformed {cls.__name__}: {where}: {first.get('msg')}") from None
     else:
-        version = msg.v
+        msg, version = parsed, parsed.v
     if msg is None or version != PROTOCOL_VERSION:
         raise UnsupportedVersion(
             f"unsupported {cls.__name__} version {version!r} (this fleet speaks v{PROTOCOL_VERSION})",

@@ -75,9 +75,9 @@ def hosts_of(columns: list[str], rows: list[list[Any]]) -> list[Host]:
 
 
 def _host(data: Any) -> Host:
-    if not isinstance(data, dict) or not isinstance(data.get("columns"), list):
+    if not isinstance(data, dict) or not isinstance(data.get("columns"), list) or not isinstance(data.get("row"), list):
         raise ProtocolError("malformed host reply from the fleet server")
-    return hosts_of(data["columns"], [data.get("row")])[0]
+    return hosts_of(data["columns"], [data["row"]])[0]
 
 
 async def _page(bus: Bus, subject: str, request: HostsPageRequest, timeout: float) -> HostsPage:

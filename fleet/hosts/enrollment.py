@@ -19,6 +19,7 @@ the applied pools (a requested envelope larger than a pool's is refused, not tri
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -181,7 +182,7 @@ class Enroller:
                         return JoinReply(ok=False, reason="pool_full",
                                          message=f"pool {pool_id} already has its maximum of {limit} hosts "
                                                  f"(hosts.max in fleet.yaml)")
-                    undo.append(lambda p=pool_id: self.leave_pool(p, mid))
+                    undo.append(functools.partial(self.leave_pool, pool_id, mid))
             credential = secrets.token_urlsafe(32)
             record = HostRecord(
                 machine_id=mid, tenant=decision.tenant or key.tenant, key_id=key_id, hostname=req.hostname,

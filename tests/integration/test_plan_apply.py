@@ -208,7 +208,7 @@ def test_lock_timeout_waits_for_the_holder(nats_server, workdir):
 def test_sigkill_midway_lock_expires_and_reapply_converges(nats_server, tmp_path):
     url = nats_server.url
     (tmp_path / "fleet.yaml").write_text(synthetic_fleet(pools=1500, projects=300, keys=0))
-    env = {"FLEET_LOCK_TTL": "2"}
+    env = {"FLEET_LOCK_TTL": "5"}  # refreshed every 1.7 s: room for a loaded 2-core machine, short enough to wait out
     proc = popen(["apply", "--auto-approve"], url, cwd=tmp_path, env_extra=env, stdout=subprocess.DEVNULL,
                  stderr=subprocess.PIPE, text=True)
     seen = ""
@@ -230,7 +230,7 @@ def test_sigkill_midway_lock_expires_and_reapply_converges(nats_server, tmp_path
     r = fleet(["apply", "--auto-approve"], url, cwd=tmp_path, **env)
     if r.returncode == EXIT_LOCKED:
         assert "the apply lock is held" in r.stderr
-        r = fleet(["apply", "--auto-approve", "--lock-timeout", "10"], url, cwd=tmp_path, **env)
+        r = fleet(["apply", "--auto-approve", "--lock-timeout", "20"], url, cwd=tmp_path, **env)
     # ... until its TTL frees it; then the re-apply converges
     assert r.returncode == 0, r.stderr
     assert f"{remaining} added" in r.stdout
