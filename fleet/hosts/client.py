@@ -31,7 +31,7 @@ from fleet.bus.messages import (
     decode,
 )
 from fleet.errors import FleetError, ProtocolError, ServerUnavailable, SnapshotExpired, from_wire
-from fleet.hosts.model import Host, from_row
+from fleet.hosts.model import Host, row_reader
 
 SERVER_HINT = "start one with `fleet up` (embedded) or `fleet server --nats URL`"
 ATTEMPTS = 3
@@ -68,9 +68,10 @@ async def _call_once(bus: Bus, subject: str, payload: bytes, timeout: float) -> 
 def hosts_of(columns: list[str], rows: list[list[Any]]) -> list[Host]:
     """Hosts from rows; a malformed row is a ProtocolError naming it, never a plan built on a misread host."""
     out = []
+    read = row_reader(columns)
     for row in rows:
         try:
-            out.append(from_row(columns, row))
+            out.append(read(row))
         except (ValueError, TypeError, IndexError) as exc:
             name = row[0] if isinstance(row, list) and row else "?"
             raise ProtocolError(f"malformed host {str(name)[:40]} from the fleet server: {exc}") from exc
