@@ -140,8 +140,11 @@ async def _host_pages(bus: Bus, page_size: int, concurrency: int, timeout: float
                 chunks[start] = hosts_of(columns, page.rows)
                 start += len(page.rows)
 
-        tasks = [asyncio.ensure_future(fetch(a, min(a + page_size, total)))
-                 for a in range(len(first.rows), total, page_size)]
+        # The server cut the first page to stay under max_payload: ask for pages of that many rows, not for pages
+        # that it would build, encode, cut and encode again, then complete with a second request each.
+        step = len(first.rows) if 0 < len(first.rows) < min(page_size, total) else page_size
+        tasks = [asyncio.ensure_future(fetch(a, min(a + step, total)))
+                 for a in range(len(first.rows), total, step)]
         try:
             await asyncio.gather(*tasks)
         except BaseException as exc:
