@@ -11,10 +11,9 @@ ratio and the growth factors 1k -> 10k -> 100k. The plan must observe every host
 "hosts were not observed" fails the bench); the time to read them alone over the paged host API
 (`fleet.v1.api.hosts.page` through fleet.hosts.client.host_pages, in-process) is printed as a breakdown.
 
-Seeding writes the host records with `publish_async` in a bounded window (at most SEED_WINDOW acks outstanding,
-each with a deadline), retries what was not acknowledged, then reads the bucket back (fleet.bus.kv.Store.snapshot)
-and checks that every record landed before the server is started: a seeding failure is reported as such, never
-as a slow or wrong plan.
+Seeding (bench/benchkit/seed.py) writes the host records with `publish_async` in a bounded window (acks with a
+deadline), retries what was not acknowledged, then reads the bucket back and checks that every record landed
+before the server is started: a seeding failure is reported as such, never as a slow or wrong plan.
 
 It also times `fleet apply --auto-approve` of 10,000 creates (5,000 pools, 2,500 projects, 2,500 routes) on an
 empty store: end to end, and the write time the CLI prints ("Apply complete! … in X.XXs."), next to the time
@@ -43,12 +42,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from benchkit.seed import seed_bucket  # noqa: E402
 
 from fleet.bus import subjects  # noqa: E402
 from fleet.bus.connection import connect  # noqa: E402
 from fleet.bus.embedded import EmbeddedNats, free_port  # noqa: E402
-from fleet.bus.kv import open_store  # noqa: E402
 from fleet.bus.messages import HostRecord  # noqa: E402
 from fleet.hosts.client import call  # noqa: E402
 from fleet.reconciler.operation import observe_hosts  # noqa: E402
@@ -58,10 +58,6 @@ from fleet.schema.loading import load_text  # noqa: E402
 HOSTS_PER_POOL = 100
 TENANTS = 2
 NOT_OBSERVED = "hosts were not observed"
-SEED_WINDOW = 512  # publish_async acks outstanding at most while seeding
-SEED_ACK_TIMEOUT = 20.0  # seconds an ack may take before the record is written again
-SEED_ROUNDS = 5  # write rounds per check (what was not acknowledged is retried)
-SEED_CHECKS = 3  # read-backs of the bucket (what is missing is written again)
 
 
 def sizes(hosts: int) -> dict[str, int]:
@@ -100,73 +96,11 @@ def host_record(i: int, pools: int, keys: int) -> HostRecord:
                       enrolled_at="2026-11-29T00:00:00Z")
 
 
-async def publish_window(js: Any, subject_prefix: str, items: dict[str, bytes], window: int,
-                         ack_timeout: float) -> set[str]:
-    """Publish every item with publish_async, at most `window` unacknowledged at a time; the keys whose ack did
-    not come within `ack_timeout` (or came back as an error) are returned, to be retried."""
-    sem = asyncio.Semaphore(window)
-    futures: dict[str, asyncio.Future] = {}
-    unsent: list[str] = []
-    keys = list(items)
-    for n, key in enumerate(keys):
-        try:
-            await asyncio.wait_for(sem.acquire(), ack_timeout)
-        except TimeoutError:  # acks stalled for a whole timeout: stop, retry the rest in the next round
-            unsent = keys[n:]
-            break
-        fut = await js.publish_async(subject_prefix + key, items[key])
-        fut.add_done_callback(lambda _f: sem.release())
-        futures[key] = fut
-    if futures:
-        await asyncio.wait(list(futures.values()), timeout=ack_timeout)
-    failed = set(unsent)
-    for key, fut in futures.items():
-        if not fut.done():
-            fut.cancel()
-            failed.add(key)
-        elif fut.cancelled() or fut.exception() is not None:
-            failed.add(key)
-    return failed
-
-
 async def seed_hosts(url: str, n: int, pools: int, keys: int) -> dict[str, Any]:
-    """Write n host records into the registry bucket (as enrollment would), then check that every one landed.
-
-    Bounded in flight (SEED_WINDOW acks outstanding), each ack with a deadline; what was not acknowledged is
-    retried with a smaller window; finally the bucket is read back and any missing record is written again.
-    SystemExit if, after all that, the bucket does not hold exactly the n records.
-    """
-    start = time.perf_counter()
+    """Write n host records into the registry bucket (as enrollment would) and check that every one landed."""
     records = {rec.machine_id: rec.encode() for rec in (host_record(i, pools, keys) for i in range(n))}
-    retried = 0
-    async with await connect(url, connect_timeout=5) as bus:
-        store = await open_store(bus, subjects.BUCKET_HOSTS)
-        prefix = f"$KV.{subjects.BUCKET_HOSTS}."
-        todo, window = dict(records), SEED_WINDOW
-        for check in range(SEED_CHECKS):
-            for _ in range(SEED_ROUNDS):
-                failed = await publish_window(bus.js, prefix, todo, window, SEED_ACK_TIMEOUT)
-                if not failed:
-                    break
-                retried += len(failed)
-                print(f"  seeding: {len(failed)} of {len(todo)} records not acknowledged; retrying", file=sys.stderr)
-                todo = {k: records[k] for k in failed}
-                window = max(16, window // 2)
-                await asyncio.sleep(0.5)
-            landed = {e.key: e.value for e in await store.snapshot(idle_timeout=30)}
-            missing = {k: v for k, v in records.items() if landed.get(k) != v}
-            extra = set(landed) - set(records)
-            if extra:
-                raise SystemExit(f"seeding: the hosts bucket holds {len(extra)} records the bench did not write")
-            if not missing:
-                break
-            print(f"  seeding: {len(missing)} of {n} records missing after the writes (check {check + 1}); writing "
-                  "them again", file=sys.stderr)
-            retried += len(missing)
-            todo = missing
-        else:
-            raise SystemExit(f"seeding: {len(missing)} of {n} host records never landed")
-    return {"seed_hosts_s": round(time.perf_counter() - start, 2), "seed_retried": retried}
+    seeded = await seed_bucket(url, subjects.BUCKET_HOSTS, records)
+    return {"seed_hosts_s": seeded["seed_s"], "seed_retried": seeded["seed_retried"]}
 
 
 def start_server(url: str, log: Path) -> subprocess.Popen:
