@@ -285,7 +285,8 @@ def main() -> None:
         print(f"\nfleet apply of {results['apply_changes']} changes: {results['apply_end_to_end_s']:.2f}s end to end "
               f"({results['apply_write_s']:.2f}s writing, {results['apply_parse_s']:.2f}s to parse its "
               f"{results['apply_yaml_bytes']:,}-byte YAML alone)")
-    print("\ntargets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in results["targets"].items()))
+    if results["targets"]:
+        print("\ntargets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in results["targets"].items()))
 
 
 if __name__ == "__main__":
