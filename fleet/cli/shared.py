@@ -7,6 +7,7 @@ Called by fleet.cli.*_cmds modules only.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import signal
 import sys
@@ -56,6 +57,25 @@ def run_async(main: Callable[[], Awaitable[T]]) -> T:
                 loop.remove_signal_handler(sig)
 
     return asyncio.run(runner())
+
+
+def cyclic_gc_paused(command: Callable[..., T]) -> Callable[..., T]:
+    """No cyclic GC while `command` runs (`fleet plan`, `fleet apply`): they build large graphs that live as long
+    as the command (the parsed fleet.yaml, every host of the fleet), which hold no garbage, yet every full
+    collection would traverse them again. The command is short-lived; the collector's state is restored when it
+    returns (tests run commands in-process)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            if was:
+                gc.enable()
+
+    return wrapper
 
 
 @functools.cache
