@@ -19,7 +19,7 @@ It also times `fleet apply --auto-approve` of 10,000 creates (5,000 pools, 2,500
 empty store: end to end, and the write time the CLI prints ("Apply complete! … in X.XXs."), next to the time
 to parse that YAML alone.
 
-    python bench/plan.py                      # 1k, 10k, 100k hosts; apply of 10,000 changes (a few minutes)
+    python bench/plan.py                      # 1k, 10k, 100k hosts; apply of 10,000 changes (about a minute)
     python bench/plan.py --quick              # 1k, 10k hosts, best of 2; apply of 2,000 changes (under a minute)
     python bench/plan.py --sizes 1000,100000  # these host counts only (best of 3; with --quick, best of 2)
     python bench/plan.py --json               # one JSON object
