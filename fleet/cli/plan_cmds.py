@@ -21,7 +21,7 @@ import click
 from fleet.bus.applied import ApplyLock, LockInfo
 from fleet.bus.connection import Bus, connect
 from fleet.cli.options import LOCK_ID, InputFile, NatsSettings, OutputFile, Seconds, file_option, nats_options
-from fleet.cli.shared import atomic_write, load_config_or_report, read_bounded, run_async
+from fleet.cli.shared import atomic_write, cyclic_gc_paused, load_config_or_report, read_bounded, run_async
 from fleet.errors import EXIT_CHANGES, FleetError, UsageError
 from fleet.reconciler.apply import ApplyReport
 from fleet.reconciler.operation import ApplyRequest, apply, make_live_plan
@@ -55,6 +55,7 @@ def render(plan: Plan, fmt: str, summary: bool = False) -> str:
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 0 when there are no changes, 2 when there are; errors keep their own codes (docs/cli.md).")
 @click.option("--refresh-only", is_flag=True, help="Show only drift: the live fleet against the applied state.")
+@cyclic_gc_paused
 def plan_cmd(file: Path, nats: NatsSettings, fmt: str, as_json: bool, summary: bool, out: Path | None,
              detailed_exitcode: bool, refresh_only: bool) -> None:
     """Show what `fleet apply` would change in the live fleet, and what that does to dispatch.
@@ -249,6 +250,7 @@ class SecretReveal:
               help="Wait until the live hosts converge on the applied pools and host states.")
 @click.option("--wait-timeout", type=Seconds(0, 86400), default=60.0, show_default=True,
               help="Seconds to wait for convergence before failing (the changes stay applied).")
+@cyclic_gc_paused
 def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_approve: bool, lock_timeout: float,
               reveal_keys_to: Path | None, summary: bool, wait: bool = True, wait_timeout: float = 60.0) -> None:
     """Make the live fleet match fleet.yaml (or apply a saved plan: `fleet apply plan.json`).

@@ -12,7 +12,8 @@ class), `fleet route test` and the routing rules read them. Pure: no I/O, no asy
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +150,44 @@ def from_row(columns: Sequence[str], row: Sequence[Any]) -> Host:
     return Host(**out, extra=extra)
 
 
+def row_reader(columns: Sequence[str]) -> Callable[[Sequence[Any]], Host]:
+    """`from_row` bound to `columns`, for the many rows of one page.
+
+    When the columns are exactly HOST_COLUMNS (a server of this version), a row takes an unrolled path (~3 µs
+    instead of ~7 µs: 100k hosts are read for every plan). It accepts only what from_row accepts (exact types,
+    a known status); any row it does not accept outright goes through from_row, which builds it or says why.
+    """
+    if tuple(columns) != HOST_COLUMNS:
+        return functools.partial(from_row, columns)
+    return _host_row
+
+
+def _strs(value: Any) -> bool:
+    return (type(value) is list or type(value) is tuple) and all(type(v) is str for v in value)
+
+
+def _host_row(row: Sequence[Any]) -> Host:
+    if type(row) is not list or len(row) != len(HOST_COLUMNS):
+        return from_row(HOST_COLUMNS, row)
+    (machine_id, tenant, hostname, key_id, pools, labels, models, status, running, max_sessions, sessions, pool_modes,
+     max_disk_gb, last_seen, started_at, version, enrolled_at, revoked_at, credential_socket, declared) = row
+    if not (type(machine_id) is str and type(tenant) is str and type(hostname) is str and type(status) is str
+            and status in STATUSES and type(running) is int and type(max_sessions) is int
+            and _strs(pools) and _strs(labels) and _strs(models) and _strs(pool_modes)
+            and (max_disk_gb is None or type(max_disk_gb) is float or type(max_disk_gb) is int)
+            and (last_seen is None or type(last_seen) is float or type(last_seen) is int)
+            and (started_at is None or type(started_at) is float or type(started_at) is int)
+            and (key_id is None or type(key_id) is str) and (version is None or type(version) is str)
+            and (enrolled_at is None or type(enrolled_at) is str) and (revoked_at is None or type(revoked_at) is str)
+            and (credential_socket is None or type(credential_socket) is str)
+            and (declared is None or type(declared) is str)):
+        return from_row(HOST_COLUMNS, row)
+    return Host(machine_id, tenant, hostname, key_id, tuple(pools), tuple(labels), tuple(models), status, running,
+                max_sessions, tuple(Session(str(s[0]), str(s[1])) for s in sessions) if sessions else (),
+                tuple(pool_modes), max_disk_gb, last_seen, started_at, version, enrolled_at, revoked_at,
+                credential_socket, declared)
+
+
 _FIELD_TYPES = {
     "machine_id": "str", "tenant": "str", "hostname": "str", "key_id": "str?", "pools": "strs", "labels": "strs",
     "models": "strs", "status": "str", "running": "int", "max_sessions": "int", "sessions": "sessions",
@@ -156,3 +195,6 @@ _FIELD_TYPES = {
     "enrolled_at": "str?", "revoked_at": "str?", "credential_socket": "str?", "declared": "str?",
 }
 assert set(_FIELD_TYPES) == set(HOST_COLUMNS), "every Host field needs a row type"
+assert HOST_COLUMNS == ("machine_id", "tenant", "hostname", "key_id", "pools", "labels", "models", "status", "running",
+                        "max_sessions", "sessions", "pool_modes", "max_disk_gb", "last_seen", "started_at", "version",
+                        "enrolled_at", "revoked_at", "credential_socket", "declared"), "update _host_row too"
