@@ -9,10 +9,19 @@ cd "$(dirname "$0")/.."
 
 STATE_DIR="${FLEET_STATE_DIR:-.fleet}"
 export FLEET_STATE_DIR="$STATE_DIR"
-SECRET="${FLEET_KEY_LOCAL_DEV:-local-dev-demo-secret}"
-# The example's keys read their secrets from these variables at apply (only hashes are stored).
-export FLEET_KEY_LOCAL_DEV="$SECRET"
-export FLEET_KEY_HEALTH_GPU="${FLEET_KEY_HEALTH_GPU:-health-gpu-demo-secret}"
+# The example's keys read their secrets from these variables at apply (only keyed digests are stored). Secrets must
+# be random (at least 128 bits): the demo makes them once and keeps them, mode 0600, for its next runs.
+SECRETS_FILE="$STATE_DIR/demo-secrets.env"
+if [ ! -f "$SECRETS_FILE" ]; then
+  mkdir -p "$STATE_DIR"
+  (umask 077 && python3 -c 'import secrets
+print("FLEET_KEY_LOCAL_DEV=" + secrets.token_hex(32))
+print("FLEET_KEY_HEALTH_GPU=" + secrets.token_hex(32))' >"$SECRETS_FILE")
+fi
+set -a
+. "$SECRETS_FILE"
+set +a
+SECRET="$FLEET_KEY_LOCAL_DEV"
 
 echo "== fleet validate -f fleet.yaml.example"
 fleet validate -f fleet.yaml.example

@@ -153,6 +153,18 @@ class Refused(FleetError):
     code = "refused"
 
 
+class AuthRefused(Refused):
+    """The NATS server refused the credentials (unknown, revoked, or none given where they are required)."""
+
+    code = "auth_refused"
+
+
+class PermissionDenied(Refused):
+    """The NATS server refused a publish or subscribe: this identity may not use that subject."""
+
+    code = "permission_denied"
+
+
 class HostOffline(Refused):
     """The command needs a live agent and the host is offline."""
 

@@ -23,12 +23,17 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from fleet.bus.connection import Bus, connect
 from fleet.bus.embedded import EmbeddedNats, free_port, stop_pid
+from fleet.bus.messages import EnrollRequest, JoinReply, decode
+from fleet.bus.trust import Key, creds_text, write_secret
+from fleet.bus.trustdir import TrustDir
 
 
 @dataclass
 class NatsHandle:
     server: EmbeddedNats
+    trust: TrustDir | None = None  # set when the server runs in operator mode (every connection authenticates)
 
     @property
     def url(self) -> str:
@@ -47,11 +52,29 @@ class NatsHandle:
 
 @pytest.fixture
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsHandle]:
+    """A nats-server without auth (for tests of the bus itself and of commands that run without a fleet)."""
     store = Path(tmp_path_factory.mktemp("nats"))
     server = EmbeddedNats(store_dir=store, port=free_port())
     server.start()
     try:
         yield NatsHandle(server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def trusted_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsHandle]:
+    """A nats-server as `fleet up` runs it: operator mode with a fresh trust directory (fleet.bus.trustdir); anonymous
+    connections are refused and every identity has its own permissions (fleet.bus.identities)."""
+    root = Path(tmp_path_factory.mktemp("fleet"))
+    trust = TrustDir.create(root / "trust")
+    port = free_port()
+    conf = root / "nats.conf"
+    write_secret(conf, trust.nats_conf("127.0.0.1", port, root / "nats", root / "nats" / "jwt"))
+    server = EmbeddedNats(store_dir=root / "nats", port=port, extra_args=["-c", str(conf)])
+    server.start()
+    try:
+        yield NatsHandle(server, trust)
     finally:
         server.stop()
 
@@ -140,11 +163,11 @@ class ProcessSet:
         self.root = root
         self.procs: list[Proc] = []
 
-    def spawn(self, name: str, argv: list[str]) -> Proc:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.root / f"{name}.out"
         with open(log, "ab") as fh:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         proc = Proc(popen, log)
         self.procs.append(proc)
         return proc
@@ -166,10 +189,14 @@ def processes(tmp_path: Path) -> Iterator[ProcessSet]:
 
 
 class LiveFleet:
-    """A real nats-server + a real `fleet server` process; helpers to start agents and read the inventory."""
+    """A real nats-server in operator mode + a real `fleet server` process, as `fleet up` runs them; helpers to
+    start agents, enroll hosts, connect as any identity and read the inventory. In-process CLI calls run as the
+    admin (FLEET_NATS_CREDS is set for the test)."""
 
     def __init__(self, nats: NatsHandle, procs: ProcessSet, root: Path) -> None:
+        assert nats.trust is not None
         self.nats = nats
+        self.trust = nats.trust
         self.procs = procs
         self.root = root
         self.server: Proc | None = None
@@ -181,10 +208,37 @@ class LiveFleet:
     def url(self) -> str:
         return self.nats.url
 
+    def creds(self, role: str) -> str:
+        """The creds file of `role`: server, sys, admin, viewer or enroll."""
+        return str(self.trust.path(f"{role}.creds"))
+
+    def issue(self, name: str, role: str, tenant: str | None = None) -> str:
+        """A creds file of a new identity of `role` (as `fleet creds create` issues one)."""
+        path = self.root / "creds" / f"{name}.creds"
+        write_secret(path, self.trust.issue_role(role, name=name, tenant=tenant))
+        return str(path)
+
+    async def bus(self, role: str = "server", *, creds: str | None = None, **kw: Any) -> Bus:
+        return await connect(self.url, creds=creds or self.creds(role), **kw)
+
+    async def enroll(self, secret: str, hostname: str, **kw: Any) -> tuple[JoinReply, str | None]:
+        """Enroll a host as an agent does (its own nkey, over the enrollment identity); the reply and the path of the
+        host's creds file (None when refused)."""
+        user = Key.generate("user")
+        async with await self.bus("enroll") as bus:
+            req = EnrollRequest(key=secret, hostname=hostname, version="0.1.0", nkey=user.public, **kw)
+            reply = decode(JoinReply, await bus.request("fleet.v1.enroll", req.encode(), timeout=10))
+        if not reply.ok or not reply.jwt:
+            return reply, None
+        path = self.root / "hosts" / f"{hostname}.creds"
+        write_secret(path, creds_text(reply.jwt, user.seed))
+        return reply, str(path)
+
     def start_server(self, *extra: str) -> Proc:
         self.server = self.procs.spawn("server", fleet_argv(
             "server", "--nats", self.url, "--offline-after", str(FAST_GRACE), "--monitor-interval", "0.1",
-            "--heartbeat-interval", str(FAST_HEARTBEAT), *extra))
+            "--heartbeat-interval", str(FAST_HEARTBEAT), "--creds", self.creds("server"),
+            "--trust-dir", str(self.trust.root), *extra))
         wait_for(lambda: run_cli("list", "--json", "--nats", self.url).exit_code == 0, 20, 0.2, "fleet server")
         return self.server
 
@@ -214,12 +268,11 @@ class LiveFleet:
         return self.root / "agents" / name
 
     def agent(self, name: str, *args: str, key: str | None = None) -> Proc:
+        """A real agent process; the key goes through FLEET_ENROLL_KEY, as it should (never the command line)."""
         argv = fleet_argv("agent", "run", "--nats", self.url, "--state-dir", str(self.agent_dir(name)),
                           "--hostname", name, "--heartbeat-interval", str(FAST_HEARTBEAT), "--join-timeout", "20",
-                          *args)
-        if key is not None:
-            argv += ["--enroll-key", key]
-        return self.procs.spawn(f"agent-{name}", argv)
+                          "--creds", self.creds("enroll"), *args)
+        return self.procs.spawn(f"agent-{name}", argv, env={"FLEET_ENROLL_KEY": key} if key is not None else None)
 
     def hosts(self) -> list[dict[str, Any]]:
         result = run_cli("list", "--json", "--nats", self.url)
@@ -238,8 +291,10 @@ class LiveFleet:
 
 
 @pytest.fixture
-def live_fleet(nats_server: NatsHandle, processes: ProcessSet, tmp_path: Path) -> LiveFleet:
-    fleet = LiveFleet(nats_server, processes, tmp_path)
+def live_fleet(trusted_nats: NatsHandle, processes: ProcessSet, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> LiveFleet:
+    fleet = LiveFleet(trusted_nats, processes, tmp_path)
+    monkeypatch.setenv("FLEET_NATS_CREDS", fleet.creds("admin"))  # the CLI calls of the test run as the admin
     fleet.start_server()
     return fleet
 

@@ -43,7 +43,9 @@ from fleet.bus.messages import (
     SessionInfo,
     decode,
 )
-from fleet.errors import EXIT_REVOKED, FleetError, HostRevoked, Refused, TransientError
+from fleet.bus.settings import TlsSettings
+from fleet.bus.trust import Key, creds_text
+from fleet.errors import EXIT_REVOKED, AuthRefused, FleetError, HostRevoked, Refused, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ class Revoked(HostRevoked):
 class AgentSettings:
     state_dir: Path
     nats_url: str = "nats://127.0.0.1:4222"
-    creds: str | None = None
+    creds: str | None = None  # the enrollment identity (only the first start needs it)
+    tls: TlsSettings | None = None
     connect_timeout: float = 10.0
     enroll_key: str | None = None
     pools: list[str] = field(default_factory=list)
@@ -79,7 +82,6 @@ class Agent:
         self.paths = AgentPaths.of(settings.state_dir)
         self.bus: Bus | None = None
         self.machine_id: str | None = None
-        self.credential: str | None = None
         self.tenant: str | None = None
         self.pools: list[PoolMembership] = []
         self.labels: list[str] = []
@@ -105,8 +107,18 @@ class Agent:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
         s = self.settings
-        self.bus = await connect(s.nats_url, creds=s.creds, connect_timeout=s.connect_timeout,
-                                 name=f"fleet-agent {s.hostname}", persistent=True, on_reconnect=self._on_reconnect)
+        identity = load_identity(self.paths)
+        if identity is None:
+            identity = await self._enroll()
+        self.machine_id = identity["machine_id"]
+        try:
+            self.bus = await connect(s.nats_url, creds=str(self.paths.host_creds), tls=s.tls,
+                                     connect_timeout=s.connect_timeout, name=f"fleet-agent {s.hostname}",
+                                     persistent=True, on_reconnect=self._on_reconnect, on_closed=self._on_closed)
+        except AuthRefused as exc:
+            raise Revoked(f"NATS refuses this host's identity ({exc.message}): it was revoked or removed",
+                          hint=f"to enroll it again: remove {self.paths.identity} and {self.paths.host_creds}, and "
+                               "run with a valid enrollment key") from exc
         try:
             await self._join()
             await self.bus.subscribe(subjects.host_control(self.machine_id or ""), self._on_control)
@@ -126,12 +138,50 @@ class Agent:
                     sock.unlink()
             await self.bus.close()
 
+    async def _enroll(self) -> dict[str, Any]:
+        """First start: generate this host's own nkey, enroll with the key over the enrollment identity (which may
+        reach `fleet.v1.enroll` and nothing else), and save the identity the server signed for the nkey."""
+        s = self.settings
+        if not s.enroll_key:
+            raise Refused(f"no identity in {self.paths.root} and no enrollment key",
+                          hint="pass FLEET_ENROLL_KEY or --enroll-key-file (or --enroll-key)")
+        nkey = Key.generate("user")
+        req = EnrollRequest(key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
+                            labels=s.labels, models=s.models, max_sessions=s.max_sessions,
+                            pool_max_disk_gb=s.pool_max_disk_gb, credential_socket=str(self.paths.credential_socket),
+                            nkey=nkey.public)
+        deadline = time.monotonic() + s.join_timeout
+        async with await connect(s.nats_url, creds=s.creds, tls=s.tls, connect_timeout=s.connect_timeout,
+                                 name=f"fleet-agent {s.hostname} (enrolling)") as bus:
+            while True:
+                try:
+                    reply = decode(JoinReply, await bus.request(subjects.ENROLL, req.encode(), timeout=10.0,
+                                                                what="fleet server"))
+                    if reply.ok or reply.reason not in (None, "rate_limited", "unavailable"):
+                        break
+                    raise TransientError(f"enrollment failed: {reply.message}")
+                except TransientError as exc:
+                    if time.monotonic() > deadline:
+                        raise TransientError(f"could not enroll: {exc}",
+                                             hint="is `fleet server` running? (`fleet up` starts one)") from exc
+                    log.info("waiting for the fleet server: %s", exc)
+                    await asyncio.sleep(1.0)
+        if not reply.ok:
+            raise Refused(f"enrollment refused ({reply.reason}): {reply.message}")
+        if not reply.machine_id or not reply.jwt:
+            raise Refused("the enrollment reply carries no machine ID or identity")
+        identity = {"machine_id": reply.machine_id, "tenant": reply.tenant, "key_id": reply.key_id,
+                    "pools": [p.id for p in reply.pools], "enrolled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        save_identity(self.paths, identity, creds_text(reply.jwt, nkey.seed))
+        log.info("enrolled as %s", reply.machine_id)
+        return identity
+
     async def _join(self) -> None:
-        """Enroll (first start) or register (known identity); retry while no server answers."""
+        """Register on this host's own subject (after a restart or a reconnect); retry while no server answers."""
         deadline = time.monotonic() + self.settings.join_timeout
         while True:
             try:
-                reply = await self._join_once()
+                reply = await self._register_once()
                 break
             except (NoResponders, RequestTimeout, TransientError) as exc:
                 if time.monotonic() > deadline:
@@ -141,44 +191,29 @@ class Agent:
                 await asyncio.sleep(0.5)
         self._apply(reply)
 
-    async def _join_once(self) -> JoinReply:
-        assert self.bus is not None
+    async def _register_once(self) -> JoinReply:
+        assert self.bus is not None and self.machine_id is not None
         s = self.settings
-        saved = load_identity(self.paths)
-        if saved is not None:
-            identity, credential = saved
-            req = RegisterRequest(machine_id=identity["machine_id"], credential=credential, hostname=s.hostname,
-                                  version=__version__, credential_socket=str(self.paths.credential_socket))
-            reply = decode(JoinReply, await self.bus.request(subjects.REGISTER, req.encode(), timeout=5.0,
-                                                             what="fleet server"))
-            if not reply.ok:
-                if reply.reason is None:  # the server failed (e.g. its store is still recovering): retry
-                    raise TransientError(f"registration failed: {reply.message}")
-                cls = Revoked if reply.reason == "revoked" else Refused
-                raise cls(f"registration refused ({reply.reason}): {reply.message}")
-            self.credential = credential
-            return reply
-        if not s.enroll_key:
-            raise Refused(f"no identity in {self.paths.root} and no enrollment key",
-                          hint="pass --enroll-key, --enroll-key-file or FLEET_ENROLL_KEY")
-        enroll = EnrollRequest(key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
-                               labels=s.labels, models=s.models, max_sessions=s.max_sessions,
-                               pool_max_disk_gb=s.pool_max_disk_gb, credential_socket=str(self.paths.credential_socket))
-        reply = decode(JoinReply, await self.bus.request(subjects.ENROLL, enroll.encode(), timeout=10.0,
-                                                         what="fleet server"))
+        req = RegisterRequest(hostname=s.hostname, version=__version__,
+                              credential_socket=str(self.paths.credential_socket))
+        reply = decode(JoinReply, await self.bus.request(subjects.register(self.machine_id), req.encode(),
+                                                         timeout=5.0, what="fleet server"))
         if not reply.ok:
-            if reply.reason is None:
-                raise TransientError(f"enrollment failed: {reply.message}")
-            raise Refused(f"enrollment refused ({reply.reason}): {reply.message}")
-        if not reply.machine_id or not reply.credential:
-            raise Refused("enrollment reply carries no machine ID or credential")
-        save_identity(self.paths, {"machine_id": reply.machine_id, "tenant": reply.tenant, "key_id": reply.key_id,
-                                   "pools": [p.id for p in reply.pools],
-                                   "enrolled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                      reply.credential)
-        self.credential = reply.credential
-        log.info("enrolled as %s", reply.machine_id)
+            if reply.reason is None:  # the server failed (e.g. its store is still recovering): retry
+                raise TransientError(f"registration failed: {reply.message}")
+            cls = Revoked if reply.reason == "revoked" else Refused
+            raise cls(f"registration refused ({reply.reason}): {reply.message}")
         return reply
+
+    async def _on_closed(self) -> None:
+        """NATS closed the connection for good: when it was the server revoking this identity, exit as revoked."""
+        if self.bus is None or self._stop.is_set():
+            return
+        said = str(getattr(self.bus.nc, "last_error", "") or "").lower()
+        if "revoked" in said or "authorization" in said or "authentication" in said:
+            log.warning("NATS closed this host's connection: %s", said or "revoked")
+            self._exit = Revoked(f"host {self.machine_id} was revoked: NATS refuses its identity")
+            self._stop.set()
 
     def _apply(self, reply: JoinReply) -> None:
         self.machine_id = reply.machine_id

@@ -3,7 +3,8 @@
 Read and written by fleet.agents.agent; the CLI (`fleet agent …`, `fleet down`) reads the paths from here.
 Layout of STATE_DIR:
     identity.json   machine_id, tenant, pools, enrolled_at (written at first enrollment, stable afterwards)
-    credential      the host credential (random token; the server stores only its SHA-256), mode 0600
+    host.creds      the host's NATS identity, mode 0600: the JWT the server signed at enrollment and the nkey seed
+                    the agent generated (the seed never left this machine)
     status.json     the admin status the operator set (active, paused, draining), kept across restarts
     agent.pid       PID of the running agent
     agent.log       the agent's log (`fleet agent logs`)
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.bus.trust import write_secret
 from fleet.errors import FleetError
 
 DEFAULT_AGENT_STATE_DIR = "~/.local/state/fleet-agent"
@@ -42,8 +44,8 @@ class AgentPaths:
         return self.root / "identity.json"
 
     @property
-    def credential(self) -> Path:
-        return self.root / "credential"
+    def host_creds(self) -> Path:
+        return self.root / "host.creds"
 
     @property
     def status(self) -> Path:
@@ -74,28 +76,33 @@ class AgentPaths:
                                  hint="use a shorter --state-dir")
 
 
-def load_identity(paths: AgentPaths) -> tuple[dict[str, Any], str] | None:
-    """The saved identity and credential, or None before the first enrollment."""
+MAX_IDENTITY_BYTES = 64 * 1024
+
+
+def load_identity(paths: AgentPaths) -> dict[str, Any] | None:
+    """The saved identity (its host.creds beside it), or None before the first enrollment."""
     if not paths.identity.exists():
         return None
     try:
-        identity = json.loads(paths.identity.read_text())
-        credential = paths.credential.read_text().strip()
+        with open(paths.identity, "rb") as fh:
+            raw = fh.read(MAX_IDENTITY_BYTES + 1)
+        identity = json.loads(raw) if len(raw) <= MAX_IDENTITY_BYTES else None
     except (OSError, ValueError) as exc:
         raise StateError(f"cannot read the agent identity in {paths.root}: {exc}",
-                         hint="remove identity.json and credential to enroll again") from exc
-    if not isinstance(identity, dict) or "machine_id" not in identity or not credential:
+                         hint="remove identity.json and host.creds to enroll again") from exc
+    if not isinstance(identity, dict) or not isinstance(identity.get("machine_id"), str):
         raise StateError(f"corrupt agent identity in {paths.root}",
-                         hint="remove identity.json and credential to enroll again")
-    return identity, credential
+                         hint="remove identity.json and host.creds to enroll again")
+    if not paths.host_creds.is_file():
+        raise StateError(f"the agent identity in {paths.root} has no host.creds (enrolled by an older fleet?)",
+                         hint="remove identity.json to enroll again")
+    return identity
 
 
-def save_identity(paths: AgentPaths, identity: dict[str, Any], credential: str) -> None:
+def save_identity(paths: AgentPaths, identity: dict[str, Any], host_creds: str) -> None:
+    """host.creds first (mode 0600 from its creation), then identity.json: an identity is complete once it exists."""
     paths.ensure()
-    fd = os.open(paths.credential, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(credential + "\n")
-    os.chmod(paths.credential, 0o600)
+    write_secret(paths.host_creds, host_creds)
     tmp = paths.identity.with_suffix(".tmp")
     tmp.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
     tmp.replace(paths.identity)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -24,15 +25,35 @@ from typing import Any
 from fleet.bus.connection import Bus
 from fleet.bus.kv import Store, open_store
 from fleet.bus.records import decode_record, encode_record
-from fleet.bus.subjects import BUCKET_CONFIG
-from fleet.errors import Conflict, FleetError, LockHeld, LockLost
+from fleet.bus.subjects import BUCKET_CONFIG, BUCKET_LOCKS, BUCKET_SECRETS
+from fleet.errors import Conflict, FleetError, LockHeld, LockLost, PermissionDenied, TransientError
 
 log = logging.getLogger(__name__)
 
-BUCKET_LOCKS = "fleet-v1-locks"
 APPLY_LOCK_KEY = "apply"
 DEFAULT_LOCK_TTL = 30.0
 META_KEY = "meta.applied"
+PEPPER_KEY = "pepper"
+
+
+async def load_pepper(bus: Bus, *, create: bool = False) -> bytes | None:
+    """The pepper of enrollment key digests (bucket fleet-v1-secrets): created at random when missing and
+    `create` (the fleet server does at start; concurrent creators agree: create is compare-and-set). None when this
+    identity may not read it (a viewer) or, without `create`, when there is none yet."""
+    try:
+        store = await open_store(bus, BUCKET_SECRETS, create=create, history=1)
+        entry = await store.get(PEPPER_KEY)
+        if entry is None and create:
+            with contextlib.suppress(Conflict):  # another replica made it first: use theirs
+                await store.create(PEPPER_KEY, secrets.token_hex(32).encode())
+            entry = await store.get(PEPPER_KEY)
+    except PermissionDenied:
+        return None
+    except TransientError:
+        if not create:
+            return None
+        raise
+    return bytes.fromhex(entry.value.decode()) if entry is not None else None
 
 
 @dataclass(frozen=True)

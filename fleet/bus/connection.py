@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,7 +27,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from fleet.bus.messages import ApiReply
-from fleet.errors import ConnectionFailed, FleetError, InternalError, TooLarge, TransientError
+from fleet.bus.settings import TlsSettings
+from fleet.errors import (
+    AuthRefused,
+    ConnectionFailed,
+    FleetError,
+    InternalError,
+    PermissionDenied,
+    TooLarge,
+    TransientError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,10 @@ Handler = Callable[[Msg], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
 #: a request handler for Bus.serve: the reply payload (None: no reply), or a FleetError raised
 RequestHandler = Callable[[Msg], Awaitable[bytes | None]]
+
+
+AUTH_HINT = ("run the command from the directory where `fleet up` ran (it finds .fleet/trust/admin.creds), or pass "
+             "--creds / FLEET_NATS_CREDS; `fleet creds create` issues more identities")
 
 
 class NoResponders(TransientError):
@@ -62,6 +76,19 @@ class Bus:
         self._tasks: set[asyncio.Task] = set()
         #: what was dropped or refused, by reason (`too_large`, `malformed`, `internal`, …); read by metrics
         self.metrics: Counter[str] = Counter()
+        #: publishes and subscribes the NATS server refused (time, message), newest last
+        self.denials: deque[tuple[float, str]] = deque(maxlen=64)
+        #: the reply-inbox prefix of this identity (None: NATS's default)
+        self.inbox: str | None = None
+
+    def denied(self, subject: str, since: float) -> str | None:
+        """The NATS server's refusal of `subject` (or of any subject, if it refused something) since `since`."""
+        wanted = subject.lower()
+        recent = [text for at, text in self.denials if at >= since]
+        for text in recent:
+            if f'"{wanted}"' in text:
+                return text.removeprefix("nats: ")
+        return recent[-1].removeprefix("nats: ") if recent else None
 
     def on_reconnect(self, hook: Hook) -> None:
         """Call `hook()` after every reconnection (e.g. to resync a KV informer)."""
@@ -129,12 +156,20 @@ class Bus:
                                     pending_bytes=64 * 1024 * 1024)
 
     async def request(self, subject: str, payload: bytes, *, timeout: float = 3.0, what: str = "") -> bytes:
-        """Request/reply; NoResponders if nobody listens, RequestTimeout if nobody answers in time."""
+        """Request/reply; NoResponders if nobody listens, RequestTimeout if nobody answers in time, PermissionDenied
+        if the NATS server refused this identity the subject (nats-py only reports that to error_cb: the request
+        itself would just time out)."""
+        started = time.monotonic()
         try:
             msg = await self.nc.request(subject, payload, timeout=timeout)
         except nats.errors.NoRespondersError as exc:
             raise NoResponders(f"no {what or 'service'} answers on {subject} at {self.url}") from exc
         except (TimeoutError, nats.errors.TimeoutError) as exc:
+            refusal = self.denied(subject, started)
+            if refusal is not None:
+                raise PermissionDenied(f"NATS refused this request: {refusal}",
+                                       hint="this identity may not do that; use credentials of a role that may "
+                                            "(`fleet creds create --role admin` on the fleet's host)") from exc
             raise RequestTimeout(f"no reply from {what or subject} within {timeout:g}s at {self.url}") from exc
         except nats.errors.Error as exc:
             raise TransientError(f"request on {subject} failed: {exc}") from exc
@@ -173,27 +208,60 @@ class Bus:
         await self.close()
 
 
+def _inbox_of(creds: str | None) -> str | None:
+    """The reply-inbox prefix a creds file's identity may subscribe to (its JWT's `_INBOX.x.>` permission)."""
+    if not creds:
+        return None
+    from fleet.bus.trust import TrustError, read_creds  # nkeys (and nacl) only for those who use creds
+
+    try:
+        parsed = read_creds(creds)  # a clear error now, instead of an obscure one inside the connect
+    except TrustError as exc:
+        raise ConnectionFailed(f"cannot use --creds {creds}: {exc.message}",
+                               hint="pass the creds file `fleet up` or `fleet creds create` wrote") from None
+    allowed = ((parsed.claims.get("nats") or {}).get("sub") or {}).get("allow") or []
+    inboxes = [p[:-2] for p in allowed if isinstance(p, str) and p.startswith("_INBOX.") and p.endswith(".>")]
+    return inboxes[0] if inboxes else None
+
+
+_AUTH_WORDS = ("authorization violation", "authentication", "user authentication revoked", "permissions violation")
+
+
 async def connect(
     url: str = DEFAULT_URL,
     *,
     creds: str | None = None,
+    tls: TlsSettings | None = None,
     connect_timeout: float = 3.0,
     name: str = "fleet",
     persistent: bool = False,
     on_reconnect: Hook | None = None,
     on_disconnect: Hook | None = None,
+    on_closed: Hook | None = None,
 ) -> Bus:
-    """Connect within about `connect_timeout` seconds or raise ConnectionFailed naming the URL.
+    """Connect within about `connect_timeout` seconds or raise ConnectionFailed naming the URL (AuthRefused when
+    the server refuses the credentials).
 
-    persistent=True (agents, `fleet server`): once connected, reconnect forever after any outage.
+    persistent=True (agents, `fleet server`): once connected, reconnect forever after any outage. With a creds
+    file, replies come to the inbox prefix its identity may subscribe to (fleet.bus.identities).
     """
     servers = _servers(url) or [DEFAULT_URL]
     attempt_timeout = max(0.2, min(connect_timeout, 2.0))
     wait = 0.2
     attempts = max(1, int(connect_timeout / (attempt_timeout + wait)))
+    denials: deque[tuple[float, str]] = deque(maxlen=64)
+    first_errors: list[str] = []
 
     async def error_cb(exc: Exception) -> None:
-        log.debug("nats error: %s", exc)
+        text = str(exc)
+        if "permissions violation" in text.lower():
+            # nats-py reports a refused publish or subscribe here, not to the caller (it lowercases the subject)
+            denials.append((time.monotonic(), text))
+            log.debug("NATS refused: %s", text.removeprefix("nats: "))  # surfaced as PermissionDenied where it matters
+        else:
+            if len(first_errors) < 4:
+                first_errors.append(text)
+            log.debug("nats error: %s", exc)
 
     hooks: list[Hook] = [on_reconnect] if on_reconnect is not None else []
 
@@ -210,6 +278,10 @@ async def connect(
         if on_disconnect is not None:
             await on_disconnect()
 
+    async def closed_cb() -> None:
+        if on_closed is not None:
+            await on_closed()
+
     kwargs: dict[str, Any] = dict(
         servers=servers,
         name=name,
@@ -220,21 +292,27 @@ async def connect(
         error_cb=error_cb,
         reconnected_cb=reconnected_cb,
         disconnected_cb=disconnected_cb,
+        closed_cb=closed_cb,
         ping_interval=5 if persistent else 120,
         max_outstanding_pings=2,
     )
+    inbox = _inbox_of(creds)
     if creds:
-        from fleet.bus.trust import TrustError, read_creds  # nkeys (and nacl) only for those who use creds
-
-        try:
-            read_creds(creds)  # a clear error now, instead of an obscure one inside the connect
-        except TrustError as exc:
-            raise ConnectionFailed(f"cannot use --creds {creds}: {exc.message}",
-                                   hint="pass the creds file `fleet up` or `fleet creds create` wrote") from None
         kwargs["user_credentials"] = creds
+    if inbox:
+        kwargs["inbox_prefix"] = inbox
+    if tls:
+        kwargs["tls"] = tls.context()
+    elif any(u.startswith("tls://") for u in servers):
+        kwargs["tls"] = TlsSettings().context()  # tls:// without files: verify the server with the system CAs
     try:
         nc = await asyncio.wait_for(nats.connect(**kwargs), connect_timeout + attempt_timeout + 1.0)
     except (TimeoutError, nats.errors.Error, OSError) as exc:
+        said = " ".join([str(exc), *first_errors]).lower()
+        if any(word in said for word in _AUTH_WORDS):
+            raise AuthRefused(f"NATS at {url} refused the credentials"
+                              + (f" in {creds}" if creds else " (this server needs credentials)")
+                              + f": {_first_line(said)}", hint=AUTH_HINT) from exc
         raise ConnectionFailed(f"cannot reach NATS at {url}", hint=UP_HINT) from exc
     except Exception as exc:  # nats-py raises assorted errors for bad URLs and credentials
         raise ConnectionFailed(f"cannot connect to NATS at {url}: {exc}", hint=UP_HINT) from exc
@@ -242,4 +320,14 @@ async def connect(
         # From now on, never give up: the agent or server outlives NATS restarts.
         nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = 0.5
-    return Bus(nc, url, hooks)
+    bus = Bus(nc, url, hooks)
+    bus.denials = denials
+    bus.inbox = inbox
+    return bus
+
+
+def _first_line(text: str) -> str:
+    for word in _AUTH_WORDS:
+        if word in text:
+            return word
+    return text.splitlines()[0][:120]

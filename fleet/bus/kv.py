@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ import nats.js.api
 import nats.js.errors
 
 from fleet.bus.connection import Bus
-from fleet.errors import Conflict, TransientError
+from fleet.errors import Conflict, FleetError, PermissionDenied, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class Feed:
             if meta.num_pending == 0:
                 synced.set()
 
+        started = time.monotonic()
         try:
             self._sub = await store.js.subscribe(
                 subject, stream=f"KV_{store.bucket}", cb=on_msg, ordered_consumer=True,
@@ -102,7 +104,7 @@ class Feed:
                     synced.set()  # the consumer has nothing to deliver: the prefix holds no keys
         except (TimeoutError, nats.errors.Error) as exc:
             await self.stop()
-            raise TransientError(f"cannot read KV bucket {store.bucket}: {exc}") from exc
+            raise store._failed(f"reading KV bucket {store.bucket}", exc, started) from exc
 
     async def wait_synced(self, idle_timeout: float) -> None:
         """Until `synced`; TransientError if no message arrives for `idle_timeout` seconds before that."""
@@ -125,49 +127,65 @@ class Feed:
 class Store:
     """One KV bucket."""
 
-    def __init__(self, kv: Any, bucket: str, js: Any = None) -> None:
+    def __init__(self, kv: Any, bucket: str, js: Any = None, bus: Bus | None = None) -> None:
         self._kv = kv
         self.bucket = bucket
         self.js = js
+        self.bus = bus
+
+    def _failed(self, what: str, exc: BaseException, started: float) -> FleetError:
+        """The error to raise for a failed KV operation: PermissionDenied if the NATS server refused this identity
+        the subject meanwhile (nats-py only tells error_cb; the operation itself just times out), else transient."""
+        refusal = self.bus.denied(f"$KV.{self.bucket}", started) if self.bus is not None else None
+        if refusal is not None:
+            return PermissionDenied(f"{what}: NATS refused it ({refusal})",
+                                    hint="this identity may not write there (a viewer cannot apply); use the "
+                                         "admin credentials")
+        return TransientError(f"{what} failed: {exc}")
 
     async def get(self, key: str) -> Entry | None:
+        started = time.monotonic()
         try:
             entry = await self._kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
         except (TimeoutError, nats.errors.Error) as exc:
-            raise TransientError(f"KV get {self.bucket}/{key} failed: {exc}") from exc
+            raise self._failed(f"KV get {self.bucket}/{key}", exc, started) from exc
         if entry.value is None:
             return None
         return Entry(key, entry.value, entry.revision)
 
     async def put(self, key: str, value: bytes) -> int:
         """Unconditional write: only for keys nobody else writes."""
+        started = time.monotonic()
         try:
             return await self._kv.put(key, value)
         except (TimeoutError, nats.errors.Error) as exc:
-            raise TransientError(f"KV put {self.bucket}/{key} failed: {exc}") from exc
+            raise self._failed(f"KV put {self.bucket}/{key}", exc, started) from exc
 
     async def create(self, key: str, value: bytes) -> int:
         """Write only if `key` does not exist; Conflict otherwise."""
+        started = time.monotonic()
         try:
             return await self._kv.create(key, value)
         except nats.js.errors.KeyWrongLastSequenceError as exc:
             raise Conflict(f"{self.bucket}/{key} already exists") from exc
         except (TimeoutError, nats.errors.Error) as exc:
-            raise TransientError(f"KV create {self.bucket}/{key} failed: {exc}") from exc
+            raise self._failed(f"KV create {self.bucket}/{key}", exc, started) from exc
 
     async def update(self, key: str, value: bytes, last: int) -> int:
         """Write only if the key is still at revision `last`; Conflict otherwise."""
+        started = time.monotonic()
         try:
             return await self._kv.update(key, value, last=last)
         except nats.js.errors.KeyWrongLastSequenceError as exc:
             raise Conflict(f"{self.bucket}/{key} changed (expected revision {last})") from exc
         except (TimeoutError, nats.errors.Error) as exc:
-            raise TransientError(f"KV update {self.bucket}/{key} failed: {exc}") from exc
+            raise self._failed(f"KV update {self.bucket}/{key}", exc, started) from exc
 
     async def delete(self, key: str, last: int | None = None) -> None:
         """Delete `key`; with `last`, only if it is still at that revision (Conflict otherwise)."""
+        started = time.monotonic()
         try:
             await self._kv.delete(key, last=last)
         except nats.js.errors.KeyWrongLastSequenceError as exc:
@@ -175,9 +193,9 @@ class Store:
         except nats.js.errors.APIError as exc:
             if getattr(exc, "err_code", None) in (10071, 10164):  # wrong last sequence, as a plain API error
                 raise Conflict(f"{self.bucket}/{key} changed (expected revision {last})") from exc
-            raise TransientError(f"KV delete {self.bucket}/{key} failed: {exc}") from exc
+            raise self._failed(f"KV delete {self.bucket}/{key}", exc, started) from exc
         except (TimeoutError, nats.errors.Error) as exc:
-            raise TransientError(f"KV delete {self.bucket}/{key} failed: {exc}") from exc
+            raise self._failed(f"KV delete {self.bucket}/{key}", exc, started) from exc
 
     async def modify(self, key: str, change: Callable[[Entry | None], bytes | None], *,
                      attempts: int = 30) -> Entry | None:
@@ -336,6 +354,7 @@ async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int
     """Open bucket `bucket`, creating it (file storage; entries expiring after `ttl` seconds if given) when missing
     and `create` is set. Idempotent."""
     js = bus.js
+    started = time.monotonic()
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError as exc:
@@ -352,5 +371,9 @@ async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int
     except nats.js.errors.ServiceUnavailableError as exc:
         raise TransientError(f"JetStream is not enabled on {bus.url}", hint="run nats-server with -js") from exc
     except (TimeoutError, nats.errors.Error) as exc:
+        refusal = bus.denied(f"$JS.API.STREAM.INFO.KV_{bucket}", started)
+        if refusal is not None:
+            raise PermissionDenied(f"cannot open KV bucket {bucket}: NATS refused it ({refusal})",
+                                   hint="this identity may not read that bucket") from exc
         raise TransientError(f"cannot open KV bucket {bucket} at {bus.url}: {exc}") from exc
-    return Store(kv, bucket, js)
+    return Store(kv, bucket, js, bus)

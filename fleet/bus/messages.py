@@ -70,6 +70,7 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=200), Printabl
 Hostname = Annotated[str, StringConstraints(min_length=1, max_length=255), Printable]
 Version = Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+NkeyUser = Annotated[str, StringConstraints(pattern=r"^U[A-Z2-7]{55}$")]
 Text = Annotated[str, StringConstraints(max_length=2000), Printable]
 SocketPath = Annotated[str, StringConstraints(max_length=512), Printable]
 Epoch = Annotated[float, AfterValidator(_finite), Field(ge=0, le=1e11)]
@@ -159,14 +160,14 @@ class EnrollRequest(Message):
     max_sessions: Slots | None = None
     pool_max_disk_gb: DiskGb | None = None
     credential_socket: SocketPath | None = None
+    nkey: NkeyUser | None = None  # the public key of the host's own identity; the server signs a JWT for it
     tenant: Ident | None = None  # what the host *claims*; the server ignores it (the key decides)
 
 
 class RegisterRequest(Message):
-    """A known host (re)joining after a restart or a reconnect; consumes no key use."""
+    """A known host (re)joining after a restart or a reconnect, on its own subject fleet.v1.register.<machine_id>
+    (which only its identity may publish on); consumes no key use."""
 
-    machine_id: MachineId
-    credential: Secret = Field(repr=False)
     hostname: Hostname
     version: Version
     credential_socket: SocketPath | None = None
@@ -179,7 +180,7 @@ class JoinReply(Message):
     reason: str | None = None  # a code: unknown_key, expired, exhausted, pool_out_of_scope, pool_full, ...
     message: str | None = None
     machine_id: str | None = None
-    credential: str | None = Field(default=None, repr=False)  # only in the reply to a first enrollment
+    jwt: str | None = None  # only in the reply to a first enrollment: the host's identity, signed by the server
     tenant: str | None = None
     key_id: str | None = None
     pools: list[PoolMembership] = Field(default_factory=list)
@@ -306,7 +307,7 @@ class HostRecord(Message):
     models: list[Label] = Field(default_factory=list, max_length=64)
     max_sessions: Slots | None = None  # what the host asked for at enrollment (None: its pools decide)
     max_disk_gb: DiskGb | None = None  # likewise for its disk envelope
-    credential_sha256: str
+    nkey: NkeyUser | None = None  # the public key of its NATS identity (revoking the host revokes it)
     enrolled_at: str
     revoked: bool = False
     revoked_at: str | None = None

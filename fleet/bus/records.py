@@ -1,13 +1,14 @@
 """The applied-config record codec of KV bucket fleet-v1-config (key `<kind>.<id>`).
 
-A record is `{"v": 1, "kind": "key", "id": "local-dev", "spec": {...}}`. Written by `fleet apply` (later) and
-`fleet keys create` (now); read by the enrollment authority in fleet.service and by the reconciler. Only the
-SHA-256 of an enrollment key's secret is ever stored.
+A record is `{"v": 1, "kind": "key", "id": "local-dev", "spec": {...}}`. Written by `fleet apply`; read by the
+enrollment authority (fleet.hosts) and by the reconciler. Of an enrollment key's secret only its keyed digest
+(`key_digest`) is ever stored.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 from datetime import UTC, datetime
@@ -44,7 +45,7 @@ class KeySpec(BaseModel):
     labels: list[str] = Field(default_factory=list)
     max_uses: int | None = None
     expires: str | None = None  # RFC 3339
-    secret_sha256: str
+    secret_digest: str
 
     def expires_at(self) -> datetime | None:
         return parse_time(self.expires) if self.expires else None
@@ -98,8 +99,11 @@ def decode_record(data: bytes) -> ConfigRecord:
     return ConfigRecord.model_validate(obj)
 
 
-def secret_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+def key_digest(pepper: bytes, secret: str) -> str:
+    """What is stored of an enrollment key's secret: an HMAC-SHA256 keyed with the fleet's pepper (bucket
+    fleet-v1-secrets, readable only by the server and admins), so that a dump of the config bucket alone does not
+    allow guessing secrets offline."""
+    return "hmac-sha256:" + hmac.new(pepper, secret.encode(), hashlib.sha256).hexdigest()
 
 
 def now_utc() -> datetime:

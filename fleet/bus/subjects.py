@@ -12,9 +12,11 @@ import re
 
 PREFIX = "fleet.v1"
 
-# Agent -> server (request/reply, served by a queue group of `fleet server` replicas).
+# Agent -> server (request/reply, served by a queue group of `fleet server` replicas). Enrollment is the only
+# subject an unenrolled agent may use; a host registers on its own subject (register(machine_id)).
 ENROLL = f"{PREFIX}.enroll"
-REGISTER = f"{PREFIX}.register"
+REGISTER_PREFIX = f"{PREFIX}.register."
+REGISTER_WILDCARD = f"{REGISTER_PREFIX}*"
 SERVER_QUEUE = "fleet-server"
 
 # Agent -> server (plain publish): heartbeats and the goodbye of a clean shutdown. Every replica subscribes.
@@ -31,10 +33,18 @@ API_HOSTS_COMMAND = f"{PREFIX}.api.hosts.command"
 # replica; the later pages of that snapshot go to that replica's own subject (hosts_page_at).
 API_HOSTS_PAGE = f"{PREFIX}.api.hosts.page"
 
+# Submitters -> server: the session API of one tenant (the tenant is a subject token, so that NATS permissions
+# scope a submitter to its tenant), and the output of its sessions (server -> submitters).
+API_SESSIONS = f"{PREFIX}.api.sessions"
+SESSION_OUTPUT = f"{PREFIX}.out"
+
 # KV buckets (JetStream, file storage).
 BUCKET_CONFIG = "fleet-v1-config"
 BUCKET_HOSTS = "fleet-v1-hosts"
 BUCKET_ENROLL = "fleet-v1-enroll"
+BUCKET_LOCKS = "fleet-v1-locks"
+BUCKET_SECRETS = "fleet-v1-secrets"  # the pepper of enrollment key digests: server and admin only
+BUCKET_TRUST = "fleet-v1-trust"  # revoked host identities: server only
 
 _MACHINE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -49,9 +59,24 @@ def bye(machine_id: str) -> str:
     return f"{BYE_PREFIX}{machine_id}"
 
 
+def register(machine_id: str) -> str:
+    """Where host `machine_id` (re)registers after a restart or a reconnect (request/reply)."""
+    return f"{REGISTER_PREFIX}{machine_id}"
+
+
+def host_prefix(machine_id: str) -> str:
+    """Everything the server sends host `machine_id` is under this prefix; only that host may subscribe to it."""
+    return f"{PREFIX}.host.{machine_id}"
+
+
 def host_control(machine_id: str) -> str:
     """Server -> agent commands (pause, resume, drain, revoke) for host `machine_id` (request/reply)."""
-    return f"{PREFIX}.host.{machine_id}.control"
+    return f"{host_prefix(machine_id)}.control"
+
+
+def host_work(machine_id: str) -> str:
+    """What host `machine_id` reports about its sessions goes under this prefix (the dispatch issue)."""
+    return f"{PREFIX}.work.{machine_id}"
 
 
 def hosts_page_at(server_id: str) -> str:

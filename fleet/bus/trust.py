@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import nkeys
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
 from fleet.errors import FleetError
 
@@ -102,10 +104,20 @@ def verify(token: str, issuers: set[str] | frozenset[str]) -> dict[str, Any]:
         raise TrustError(f"JWT issued by {str(claims.get('iss'))[:12]}…, not by a trusted key")
     head, payload, signature = token.strip().split(".")
     try:
-        nkeys.KeyPair(public_key=claims["iss"].encode()).verify(f"{head}.{payload}".encode(), _unb64(signature))
-    except Exception:
+        VerifyKey(public_key_bytes(claims["iss"])).verify(f"{head}.{payload}".encode(), _unb64(signature))
+    except (BadSignatureError, ValueError):
         raise TrustError("JWT signature does not verify") from None
     return claims
+
+
+def public_key_bytes(public: str) -> bytes:
+    """The 32 ed25519 bytes of a public nkey (`U…`, `A…`, `O…`), its checksum verified (ValueError if wrong)."""
+    raw = base64.b32decode(public + "=" * (-len(public) % 8))
+    if len(raw) != 35 or not nkeys.valid_public_prefix_byte(raw[0]):
+        raise ValueError("not a public nkey")
+    if int.from_bytes(raw[-2:], "little") != nkeys.crc16(bytearray(raw[:-2])):
+        raise ValueError("bad nkey checksum")
+    return raw[1:33]
 
 
 # ------------------------------------------------------------------------------------------- claims

@@ -38,9 +38,9 @@ from fleet.cli.options import (
     NatsSettings,
     Number,
     Seconds,
+    agent_nats_options,
     agent_state_dir_option,
     json_option,
-    nats_options,
 )
 from fleet.cli.shared import read_bounded
 from fleet.errors import UsageError
@@ -83,7 +83,7 @@ def agent_group() -> None:
 
 
 @agent_group.command("run")
-@nats_options
+@agent_nats_options
 @agent_state_dir_option(create=True)
 @click.option("--enroll-key", type=SECRET, envvar="FLEET_ENROLL_KEY", show_envvar=True, default=None,
               help="Enrollment key secret (needed only at first start). Prefer the environment variable or "
@@ -139,7 +139,7 @@ def run_cmd(nats: NatsSettings, agent_state_dir: Path, enroll_key: str | None, e
     # an agent waits longer for NATS by default than a one-shot command; a timeout given explicitly is obeyed
     explicit = ctx.get_parameter_source("nats_timeout") != click.core.ParameterSource.DEFAULT
     settings = AgentSettings(
-        state_dir=paths.root, nats_url=nats.url, creds=nats.creds,
+        state_dir=paths.root, nats_url=nats.url, creds=nats.creds, tls=nats.tls,
         connect_timeout=nats.connect_timeout if explicit else max(nats.connect_timeout, 5.0),
         enroll_key=enroll_key, pools=pool_ids, labels=label_list, models=model_list,
         max_sessions=max_sessions, pool_max_disk_gb=pool_max_disk_gb, heartbeat_interval=heartbeat_interval,

@@ -153,7 +153,7 @@ def render_show(host: dict[str, Any]) -> str:
 
 
 def _client(nats: NatsSettings) -> ControlPlaneClient:
-    return ControlPlaneClient(nats.url, nats.creds, nats.connect_timeout)
+    return ControlPlaneClient(nats.url, nats.creds, nats.connect_timeout, tls=nats.tls)
 
 
 def sorted_hosts(hosts: list[Host]) -> list[Host]:

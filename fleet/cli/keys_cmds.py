@@ -34,14 +34,14 @@ def list_cmd(nats: NatsSettings, fmt: str) -> None:
     """List the applied enrollment keys with their use counts (never the secrets), sorted by ID."""
 
     async def read() -> list[dict[str, Any]]:
-        async with await connect(nats.url, creds=nats.creds, connect_timeout=nats.connect_timeout) as bus:
+        async with await connect(**nats.kwargs(), name="fleet-cli") as bus:
             config = await open_store(bus, subjects.BUCKET_CONFIG)
             counters = await open_store(bus, subjects.BUCKET_ENROLL)
             uses = {e.key.removeprefix("uses."): e.value for e in await counters.snapshot("uses.")}
             out = []
             for entry in await config.snapshot("key."):
                 rec = decode_record(entry.value)
-                spec = {k: v for k, v in rec.spec.items() if k not in ("secret_sha256",)}
+                spec = {k: v for k, v in rec.spec.items() if k not in ("secret_digest",)}
                 try:
                     used = int(uses.get(rec.id, b"0"))
                 except ValueError:

@@ -48,6 +48,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "hosts": ("fleet.cli.inventory_cmds", "hosts_group",
               "Control hosts remotely through the control plane (pause, resume, drain, revoke, rm)."),
     "machine": ("fleet.cli.inventory_cmds", "machine_group", ""),
+    "creds": ("fleet.cli.creds_cmds", "creds_group",
+              "NATS identities of the fleet: issue more (admin, viewer, a tenant's submitter, enroll)."),
     "keys": ("fleet.cli.keys_cmds", "keys_group",
              "Enrollment keys: declared in fleet.yaml (`keys:`), applied by `fleet apply`; list the applied ones here."),
     "up": ("fleet.cli.runtime_cmds", "up_cmd",

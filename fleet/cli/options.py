@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from fleet.bus.settings import TlsSettings
 from fleet.errors import FleetError, InvalidRequest
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -449,11 +450,22 @@ SECRET = Name("key secret", max_length=1024, strip=True, metavar="SECRET", conce
 
 @dataclass(frozen=True)
 class NatsSettings:
-    """Where and how to reach NATS; passed to fleet.bus.connect by commands."""
+    """Where and how to reach NATS; passed to fleet.bus.connect by commands (`connect(**nats.kwargs())`)."""
 
     url: str
     creds: str | None
     connect_timeout: float
+    tls: TlsSettings | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"url": self.url, "creds": self.creds, "connect_timeout": self.connect_timeout, "tls": self.tls}
+
+
+def default_creds(role: str = "admin") -> str | None:
+    """The creds file `fleet up` wrote for `role`, when the command runs where it ran: <state dir>/trust/<role>.creds
+    (state dir: FLEET_STATE_DIR, default .fleet). None when there is none."""
+    path = Path(os.environ.get("FLEET_STATE_DIR") or DEFAULT_STATE_DIR) / "trust" / f"{role}.creds"
+    return os.fspath(path) if path.is_file() else None
 
 
 def file_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -476,43 +488,73 @@ CONNECT_TIMEOUT = Seconds(min=0.1, max=600)
 MAX_CREDS_BYTES = 64 * 1024
 
 
-def nats_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """`--nats URL`, `--creds FILE`, `--connect-timeout S`; the command receives one `nats: NatsSettings`."""
+def _nats_options(role: str, creds_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The decorator behind `nats_options` (operators: the admin identity by default) and `agent_nats_options`
+    (agents: the enrollment identity by default)."""
 
-    @click.option(
-        "--nats",
-        "nats_url",
-        type=NatsUrl(),
-        default=DEFAULT_NATS_URL,
-        envvar="FLEET_NATS_URL",
-        show_default=True,
-        show_envvar=True,
-        help="NATS server URL of the control plane, nats:// or tls:// (comma-separate several for a cluster).",
-    )
-    @click.option(
-        "--creds",
-        "nats_creds",
-        type=InputFile(max_bytes=MAX_CREDS_BYTES, what="NATS credentials file"),
-        envvar="FLEET_NATS_CREDS",
-        show_envvar=True,
-        default=None,
-        help="NATS credentials file (JWT + NKey seed).",
-    )
-    @click.option(
-        "--connect-timeout",
-        "nats_timeout",
-        type=CONNECT_TIMEOUT,
-        default=3.0,
-        envvar="FLEET_NATS_TIMEOUT",
-        show_default=True,
-        help="Seconds to wait for the NATS server before giving up.",
-    )
-    @functools.wraps(func)
-    def wrapper(*args: Any, nats_url: str, nats_creds: Path | None, nats_timeout: float, **kwargs: Any) -> Any:
-        creds = os.fspath(nats_creds) if nats_creds is not None else None
-        return func(*args, nats=NatsSettings(nats_url, creds, nats_timeout), **kwargs)
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @click.option(
+            "--nats",
+            "nats_url",
+            type=NatsUrl(),
+            default=DEFAULT_NATS_URL,
+            envvar="FLEET_NATS_URL",
+            show_default=True,
+            show_envvar=True,
+            help="NATS server URL of the control plane, nats:// or tls:// (comma-separate several for a cluster).",
+        )
+        @click.option(
+            "--creds",
+            "nats_creds",
+            type=InputFile(max_bytes=MAX_CREDS_BYTES, what="NATS credentials file"),
+            envvar="FLEET_NATS_CREDS",
+            show_envvar=True,
+            default=None,
+            help=creds_help,
+        )
+        @click.option(
+            "--connect-timeout",
+            "nats_timeout",
+            type=CONNECT_TIMEOUT,
+            default=3.0,
+            envvar="FLEET_NATS_TIMEOUT",
+            show_default=True,
+            help="Seconds to wait for the NATS server before giving up.",
+        )
+        @click.option("--tls-ca", "tls_ca", type=InputFile(max_bytes=1024 * 1024, what="CA certificate"),
+                      envvar="FLEET_NATS_TLS_CA", show_envvar=True, default=None,
+                      help="CA certificate to verify the NATS server's TLS certificate.")
+        @click.option("--tls-cert", "tls_cert", type=InputFile(max_bytes=1024 * 1024, what="client certificate"),
+                      envvar="FLEET_NATS_TLS_CERT", show_envvar=True, default=None,
+                      help="Client certificate, when the NATS server asks for one (with --tls-key).")
+        @click.option("--tls-key", "tls_key", type=InputFile(max_bytes=1024 * 1024, what="client key"),
+                      envvar="FLEET_NATS_TLS_KEY", show_envvar=True, default=None,
+                      help="Private key of --tls-cert.")
+        @functools.wraps(func)
+        def wrapper(*args: Any, nats_url: str, nats_creds: Path | None, nats_timeout: float, tls_ca: Path | None,
+                    tls_cert: Path | None, tls_key: Path | None, **kwargs: Any) -> Any:
+            creds = os.fspath(nats_creds) if nats_creds is not None else default_creds(role)
+            if bool(tls_cert) != bool(tls_key):
+                raise click.UsageError("--tls-cert and --tls-key go together")
+            tls = TlsSettings(*(os.fspath(p) if p else None for p in (tls_ca, tls_cert, tls_key)))
+            return func(*args, nats=NatsSettings(nats_url, creds, nats_timeout, tls or None), **kwargs)
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+#: `--nats URL`, `--creds FILE`, `--connect-timeout S`, `--tls-*`; the command receives one `nats: NatsSettings`
+nats_options = _nats_options("admin", "NATS credentials file (JWT + NKey seed). Default: .fleet/trust/admin.creds "
+                                      "(under FLEET_STATE_DIR) when `fleet up` made one there.")
+#: the same for `fleet server`, whose --creds is the fleet server identity
+server_nats_options = _nats_options("server", "NATS credentials of the fleet server identity. Default: "
+                                              ".fleet/trust/server.creds (under FLEET_STATE_DIR) when `fleet up` made "
+                                              "one there.")
+#: the same for `fleet agent run`, whose --creds is the enrollment identity (only the first start needs it)
+agent_nats_options = _nats_options("enroll", "Credentials of the enrollment identity, used once, to enroll (after that "
+                                             "the agent uses its own host.creds). Default: .fleet/trust/enroll.creds "
+                                             "(under FLEET_STATE_DIR) when `fleet up` made one there.")
 
 
 def state_dir_option(create: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -32,7 +32,7 @@ MAX_PLAN_BYTES = 64 * 1024 * 1024  # a saved plan larger than this is not one fl
 
 
 async def _connect(nats: NatsSettings) -> Bus:
-    return await connect(nats.url, creds=nats.creds, connect_timeout=nats.connect_timeout, name="fleet-cli")
+    return await connect(**nats.kwargs(), name="fleet-cli")
 
 
 def render(plan: Plan, fmt: str, summary: bool = False) -> str:

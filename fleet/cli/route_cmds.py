@@ -172,7 +172,7 @@ def route_test(project: str | None, explain: bool, file: Path, nats: NatsSetting
     p = pick_project(cfg, project)
 
     async def run() -> list[Host]:
-        async with await connect(nats.url, creds=nats.creds, connect_timeout=nats.connect_timeout, name="fleet-cli") as bus:
+        async with await connect(**nats.kwargs(), name="fleet-cli") as bus:
             hosts, _ = await observe_hosts(bus, required=True)
             return hosts
 

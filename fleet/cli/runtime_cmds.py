@@ -42,7 +42,17 @@ from fleet.bus.embedded import (
     terminate_child,
     write_pid,
 )
-from fleet.cli.options import NatsSettings, OutputFile, Seconds, nats_options, state_dir_option
+from fleet.bus.trust import write_secret
+from fleet.bus.trustdir import TrustDir
+from fleet.cli.options import (
+    DEFAULT_STATE_DIR,
+    NatsSettings,
+    OutputFile,
+    Seconds,
+    nats_options,
+    server_nats_options,
+    state_dir_option,
+)
 from fleet.errors import FleetError, UsageError
 from fleet.hosts.client import ControlPlaneClient
 from fleet.service.server import (
@@ -76,7 +86,20 @@ def _local_endpoint(url: str) -> tuple[str, int]:
 
 def _embedded(state_dir: Path, port: int) -> EmbeddedNats:
     return EmbeddedNats(store_dir=state_dir / "nats", port=port, pid_file=state_dir / "nats-server.pid",
-                        log_file=state_dir / "nats-server.log")
+                        log_file=state_dir / "nats-server.log", extra_args=["-c", str(state_dir / "nats.conf")])
+
+
+def _trust(state_dir: Path, host: str, port: int) -> TrustDir:
+    """The fleet's identities (created at the first `fleet up`), and nats-server's config from them (operator mode:
+    every connection authenticates, anonymous is refused), both under the state dir, mode 0600."""
+    try:
+        trust = TrustDir.create(state_dir / "trust")
+        conf = trust.nats_conf(host, port, state_dir / "nats", state_dir / "nats" / "jwt")
+        write_secret(state_dir / "nats.conf", conf)
+    except OSError as exc:
+        raise UsageError(f"cannot write the fleet's identities under {state_dir}: {exc.strerror or exc}",
+                         hint="choose another --state-dir (or FLEET_STATE_DIR)") from exc
+    return trust
 
 
 def _embedded_state_dir(argv: list[str]) -> Path | None:
@@ -143,7 +166,7 @@ def _server_pid(pid_file: Path) -> int | None:
 
 async def _ping(nats: NatsSettings, timeout: float) -> dict | None:
     try:
-        async with ControlPlaneClient(nats.url, nats.creds, connect_timeout=min(timeout, 2.0)) as client:
+        async with ControlPlaneClient(nats.url, nats.creds, connect_timeout=min(timeout, 2.0), tls=nats.tls) as client:
             return await client.ping(timeout=min(timeout, 1.0), attempts=1)
     except FleetError:
         return None
@@ -191,6 +214,7 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
                 raise UsageError(f"the fleet in {state_dir} already runs its NATS at {url}, not at {nats_proc.url}",
                                  hint=f"use --nats {url} (or FLEET_NATS_URL), or `fleet down` it first")
             pid = nats_proc.start(timeout=timeout)  # restores a lost PID file
+            trust = TrustDir.load(state_dir / "trust")
             click.echo(f"nats-server already running (pid {pid}) at {nats_proc.url}")
         else:
             probe = probe_port(host, port)
@@ -201,6 +225,7 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
             except OSError as exc:
                 raise UsageError(f"cannot create state dir {state_dir}: {exc.strerror or exc}",
                                  hint="choose another --state-dir (or FLEET_STATE_DIR)") from exc
+            trust = _trust(state_dir, host, port)
             try:
                 pid = nats_proc.start(timeout=timeout)
             except PortInUse as exc:  # taken between the probe and the start; a usage error (64), whatever
@@ -209,7 +234,7 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
                        else UsageError(exc.message, hint=exc.hint)) from exc
             started.append(nats_proc.stop)
             click.echo(f"started nats-server (pid {pid}) at {nats_proc.url}, data in {nats_proc.store_dir}")
-        _up_server(nats_proc.url, nats, state_dir, timeout, offline_after, started)
+        _up_server(nats_proc.url, nats, trust, state_dir, timeout, offline_after, started)
     except BaseException:
         for undo in reversed(started):
             with contextlib.suppress(Exception):
@@ -218,10 +243,13 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
     click.echo(f"fleet is up at {nats_proc.url}; stop it with `fleet down`")
 
 
-def _up_server(url: str, nats: NatsSettings, state_dir: Path, timeout: float, offline_after: float,
+def _up_server(url: str, nats: NatsSettings, trust: TrustDir, state_dir: Path, timeout: float, offline_after: float,
                started: list[Callable[[], object]]) -> None:
-    """The `fleet server` half of `fleet up`: reuse the running one, or start one and wait until it answers."""
-    server_settings = NatsSettings(url, nats.creds, nats.connect_timeout)
+    """The `fleet server` half of `fleet up`: reuse the running one, or start one and wait until it answers.
+
+    The server runs as the fleet server identity, with the trust dir (it signs host identities and revokes them);
+    `fleet up` asks it whether it is ready as the admin."""
+    server_settings = NatsSettings(url, str(trust.path("admin.creds")), nats.connect_timeout)
     server_pid_file = state_dir / "server.pid"
     server_log = state_dir / "server.log"
     spid = _server_pid(server_pid_file)
@@ -233,9 +261,8 @@ def _up_server(url: str, nats: NatsSettings, state_dir: Path, timeout: float, of
         with contextlib.suppress(FileNotFoundError):
             server_pid_file.unlink()  # stale
         args = [sys.executable, "-m", "fleet.cli.main", "server", "--nats", url, "--pid-file", str(server_pid_file),
-                "--offline-after", str(offline_after)]
-        if nats.creds:
-            args += ["--creds", nats.creds]
+                "--offline-after", str(offline_after), "--creds", str(trust.path("server.creds")),
+                "--trust-dir", str(trust.root)]
         try:
             with open(server_log, "ab") as log:
                 proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -289,7 +316,7 @@ def down_cmd(state_dir: Path) -> None:
 
 
 @click.command("server")
-@nats_options
+@server_nats_options
 @click.option("--offline-after", type=OFFLINE_AFTER, default=DEFAULT_OFFLINE_AFTER, show_default=True,
               envvar="FLEET_OFFLINE_AFTER", help="Seconds without a heartbeat before a host is offline "
               "(a pool's disconnect_grace overrides).")
@@ -298,10 +325,16 @@ def down_cmd(state_dir: Path) -> None:
 @click.option("--heartbeat-interval", type=Seconds(0.05, 3600), default=DEFAULT_HEARTBEAT_INTERVAL,
               show_default=True, help="Heartbeat interval advertised to agents.")
 @click.option("--pid-file", type=OutputFile(), default=None, help="Write the server's PID here.")
+@click.option("--trust-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), envvar="FLEET_TRUST_DIR",
+              show_envvar=True, default=None,
+              help="The fleet's trust directory (`fleet up` makes <state dir>/trust): the keys that sign host "
+                   "identities at enrollment and revoke them. Without it the server cannot enroll hosts.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float, heartbeat_interval: float,
-               pid_file: Path | None, verbose: bool) -> None:
-    """Run the control-plane service in the foreground (enrollment, registry, liveness, host API)."""
+               pid_file: Path | None, trust_dir: Path | None, verbose: bool) -> None:
+    """Run the control-plane service in the foreground (enrollment, registry, liveness, host API).
+
+    Connect it with the fleet server identity (--creds …/trust/server.creds) and give it the trust directory."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if pid_file is not None:
@@ -309,9 +342,12 @@ def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float
             write_pid(pid_file)
         except OSError as exc:
             raise UsageError(f"--pid-file {pid_file}: {exc.strerror or exc}") from exc
-    settings = ServerSettings(url=nats.url, creds=nats.creds, connect_timeout=nats.connect_timeout,
+    if trust_dir is None:  # where `fleet up` keeps it, when the server runs from there
+        found = Path(os.environ.get("FLEET_STATE_DIR") or DEFAULT_STATE_DIR) / "trust"
+        trust_dir = found if (found / "signing.nk").is_file() else None
+    settings = ServerSettings(url=nats.url, creds=nats.creds, tls=nats.tls, connect_timeout=nats.connect_timeout,
                               offline_after=offline_after, monitor_interval=monitor_interval,
-                              heartbeat_interval=heartbeat_interval)
+                              heartbeat_interval=heartbeat_interval, trust_dir=str(trust_dir) if trust_dir else None)
 
     async def main() -> None:
         stop = asyncio.Event()

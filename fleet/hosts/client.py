@@ -30,6 +30,7 @@ from fleet.bus.messages import (
     Message,
     decode,
 )
+from fleet.bus.settings import TlsSettings
 from fleet.errors import FleetError, ProtocolError, ServerUnavailable, SnapshotExpired, from_wire
 from fleet.hosts.model import Host, row_reader
 
@@ -164,12 +165,14 @@ async def _host_pages(bus: Bus, page_size: int, concurrency: int, timeout: float
 class ControlPlaneClient:
     """A short-lived connection for one CLI command."""
 
-    def __init__(self, url: str, creds: str | None = None, connect_timeout: float = 3.0) -> None:
-        self.url, self.creds, self.connect_timeout = url, creds, connect_timeout
+    def __init__(self, url: str, creds: str | None = None, connect_timeout: float = 3.0, *,
+                 tls: TlsSettings | None = None) -> None:
+        self.url, self.creds, self.connect_timeout, self.tls = url, creds, connect_timeout, tls
         self.bus: Bus | None = None
 
     async def __aenter__(self) -> ControlPlaneClient:
-        self.bus = await connect(self.url, creds=self.creds, connect_timeout=self.connect_timeout, name="fleet-cli")
+        self.bus = await connect(self.url, creds=self.creds, connect_timeout=self.connect_timeout, tls=self.tls,
+                                 name="fleet-cli")
         return self
 
     async def __aexit__(self, *exc: object) -> None:

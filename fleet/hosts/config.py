@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class AppliedConfig:
     def __init__(self) -> None:
         self.keys: dict[str, KeySpec] = {}
-        self.keys_by_hash: dict[str, str] = {}
+        self.keys_by_digest: dict[str, str] = {}
         self.pools: dict[str, dict[str, Any]] = {}
         self.pool_specs: dict[str, PoolSpec] = {}
         self.declared: dict[str, str] = {}
@@ -48,7 +48,7 @@ class AppliedConfig:
                 if kind == "key":
                     spec = KeySpec.model_validate(rec.spec)
                     self.keys[ident] = spec
-                    self.keys_by_hash[spec.secret_sha256] = ident
+                    self.keys_by_digest[spec.secret_digest] = ident
                 elif kind == "pool":
                     self.pool_specs[ident] = PoolSpec.model_validate(rec.spec)
                     self.pools[ident] = rec.spec
@@ -66,14 +66,14 @@ class AppliedConfig:
     def _forget(self, kind: str, ident: str) -> None:
         if kind == "key":
             old = self.keys.pop(ident, None)
-            if old is not None and self.keys_by_hash.get(old.secret_sha256) == ident:
-                del self.keys_by_hash[old.secret_sha256]
+            if old is not None and self.keys_by_digest.get(old.secret_digest) == ident:
+                del self.keys_by_digest[old.secret_digest]
         elif kind == "pool":
             self.pools.pop(ident, None)
             self.pool_specs.pop(ident, None)
         else:
             self.declared.pop(ident, None)
 
-    def key_for_secret_hash(self, digest: str) -> tuple[str, KeySpec] | None:
-        ident = self.keys_by_hash.get(digest)
+    def key_for_digest(self, digest: str) -> tuple[str, KeySpec] | None:
+        ident = self.keys_by_digest.get(digest)
         return (ident, self.keys[ident]) if ident is not None else None

@@ -20,12 +20,11 @@ the applied pools (a requested envelope larger than a pool's is refused, not tri
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import logging
-import secrets
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +32,8 @@ from typing import Any
 
 from fleet.bus.kv import Entry, Store
 from fleet.bus.messages import EnrollRequest, HostRecord, JoinReply, PoolMembership, RegisterRequest
-from fleet.bus.records import KeySpec, PoolSpec, format_time, now_utc, secret_hash
+from fleet.bus.records import KeySpec, PoolSpec, format_time, key_digest, now_utc
+from fleet.bus.trustdir import TrustDir
 from fleet.errors import FleetError, Refused
 from fleet.hosts.model import Host
 from fleet.hosts.registry import Registry
@@ -146,21 +146,63 @@ def pool_full(members: dict[str, float], registry: Registry, limit: int, now: fl
     return count >= limit
 
 
+class FailureBudget:
+    """A token bucket for failed enrollments: `rate` per second, bursts of `burst`. When it is empty, enrollment
+    requests are refused before their key is even looked up (`rate_limited`), so guessing keys costs the guesser
+    time, not the server work. NATS does not say who sent a request, so the budget is shared by all senders."""
+
+    def __init__(self, rate: float = 10.0, burst: float = 50.0) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, time.monotonic()
+
+    def allows(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        return self.tokens >= 1.0
+
+    def spend(self) -> None:
+        self.tokens = max(0.0, self.tokens - 1.0)
+
+
 class Enroller:
-    def __init__(self, registry: Registry, hosts: Store, counters: Store, heartbeat_interval: float) -> None:
+    def __init__(self, registry: Registry, hosts: Store, counters: Store, heartbeat_interval: float, *,
+                 pepper: bytes | None = None, trust: TrustDir | None = None,
+                 failures: FailureBudget | None = None) -> None:
         self.registry = registry
         self.hosts = hosts
         self.counters = counters
         self.heartbeat_interval = heartbeat_interval
+        self.pepper = pepper
+        self.trust = trust
+        self.failures = failures or FailureBudget()
+        self.metrics: Counter[str] = Counter()
 
     # ------------------------------------------------------------------------------------------ enroll
     async def enroll(self, req: EnrollRequest) -> JoinReply:
+        if not self.failures.allows():
+            self.metrics["enroll_rate_limited"] += 1
+            return JoinReply(ok=False, reason="rate_limited",
+                             message="too many failed enrollments; try again in a few seconds")
+        reply = await self._enroll(req)
+        if not reply.ok:
+            self.metrics[f"enroll_refused_{reply.reason}"] += 1
+            if reply.reason not in ("exhausted", "pool_full"):
+                self.failures.spend()
+        return reply
+
+    async def _enroll(self, req: EnrollRequest) -> JoinReply:
         config = self.registry.config
-        digest = secret_hash(req.key)
-        found = config.key_for_secret_hash(digest)
+        if self.pepper is None or self.trust is None:
+            return JoinReply(ok=False, reason="unavailable",
+                             message="this fleet server cannot enroll hosts (it has no trust directory)")
+        if req.nkey is None:
+            return JoinReply(ok=False, reason="malformed", message="an enrollment needs the host's public key (nkey)")
+        digest = key_digest(self.pepper, req.key)
+        found = config.key_for_digest(digest)
         if found is None:
             log.warning("security: enrollment refused: unknown key (fingerprint %s) from hostname %r",
-                        digest[:12], req.hostname[:64])
+                        digest.removeprefix("hmac-sha256:")[:12], req.hostname[:64])
             return JoinReply(ok=False, reason="unknown_key", message="unknown enrollment key")
         key_id, key = found
         decision = check_enrollment(key_id, key, config.pool_specs, req, now_utc())
@@ -183,14 +225,13 @@ class Enroller:
                                          message=f"pool {pool_id} already has its maximum of {limit} hosts "
                                                  f"(hosts.max in fleet.yaml)")
                     undo.append(functools.partial(self.leave_pool, pool_id, mid))
-            credential = secrets.token_urlsafe(32)
             record = HostRecord(
                 machine_id=mid, tenant=decision.tenant or key.tenant, key_id=key_id, hostname=req.hostname,
                 pools=decision.pools, labels=decision.labels, models=decision.models,
-                max_sessions=decision.max_sessions, max_disk_gb=decision.max_disk_gb,
-                credential_sha256=secret_hash(credential), enrolled_at=format_time(now_utc()), version=req.version,
-                credential_socket=req.credential_socket,
+                max_sessions=decision.max_sessions, max_disk_gb=decision.max_disk_gb, nkey=req.nkey,
+                enrolled_at=format_time(now_utc()), version=req.version, credential_socket=req.credential_socket,
             )
+            jwt = self.trust.host_jwt(req.nkey, mid, req.hostname, record.tenant)
             revision = await self.hosts.create(mid, record.encode())
             undo.clear()
         finally:
@@ -202,7 +243,7 @@ class Enroller:
         log.info("enrolled %s (%s) with key %s: tenant %s, pools %s (use %d%s)", mid, req.hostname, key_id,
                  record.tenant, ", ".join(record.pools), used, f" of {key.max_uses}" if key.max_uses else "")
         self.registry.apply_record(mid, Entry(mid, record.encode(), revision))  # don't wait for the informer
-        return self.join_reply(self.registry.build(record, None, False), credential)
+        return self.join_reply(self.registry.build(record, None, False), jwt)
 
     async def _join_pool(self, pool_id: str, mid: str, limit: int) -> bool:
         full = [False]
@@ -233,26 +274,25 @@ class Enroller:
         await self.counters.modify(f"members.{pool_id}", change)
 
     # ------------------------------------------------------------------------------------------ register
-    async def register(self, req: RegisterRequest) -> JoinReply:
-        entry = self.registry.entries.get(req.machine_id)
+    async def register(self, machine_id: str, req: RegisterRequest) -> JoinReply:
+        """Host `machine_id` (the token of the subject it registered on: only its identity may publish there)
+        rejoins."""
+        entry = self.registry.entries.get(machine_id)
         if entry is None:
-            return JoinReply(ok=False, reason="unknown_host", message=f"no host {req.machine_id} is registered")
+            return JoinReply(ok=False, reason="unknown_host", message=f"no host {machine_id} is registered")
         record = entry.record
-        if not hmac.compare_digest(secret_hash(req.credential), record.credential_sha256):
-            log.warning("security: registration of %s refused: wrong credential", req.machine_id)
-            return JoinReply(ok=False, reason="bad_credential", message="wrong credential for this machine ID")
         if record.revoked:
-            return JoinReply(ok=False, reason="revoked", message=f"host {req.machine_id} was revoked")
+            return JoinReply(ok=False, reason="revoked", message=f"host {machine_id} was revoked")
         wanted = {"hostname": req.hostname, "version": req.version, "credential_socket": req.credential_socket}
         if any(getattr(record, k) != v for k, v in wanted.items()):  # the informer brings the new record back
-            record = await modify_record(self.hosts, req.machine_id, lambda r: r.model_copy(update=wanted)
+            record = await modify_record(self.hosts, machine_id, lambda r: r.model_copy(update=wanted)
                                          if any(getattr(r, k) != v for k, v in wanted.items()) else None) or record
         log.info("registered %s (%s)", record.machine_id, record.hostname)
         return self.join_reply(self.registry.build(record, None, False))
 
-    def join_reply(self, host: Host, credential: str | None = None) -> JoinReply:
+    def join_reply(self, host: Host, jwt: str | None = None) -> JoinReply:
         return JoinReply(
-            ok=True, machine_id=host.machine_id, credential=credential, tenant=host.tenant, key_id=host.key_id,
+            ok=True, machine_id=host.machine_id, jwt=jwt, tenant=host.tenant, key_id=host.key_id,
             pools=[PoolMembership(id=p, mode=m) for p, m in zip(host.pools, host.pool_modes, strict=True)],  # type: ignore[arg-type]
             labels=list(host.labels), models=list(host.models),
             capacity={"max_concurrent_sessions": host.max_sessions, "pool_max_disk_gb": host.max_disk_gb},  # type: ignore[arg-type]

@@ -3,9 +3,9 @@
 Each change writes against the revision the plan saw: create only if absent, update/delete only at
 `base_revision`. A lost race is re-checked: if the store already holds exactly the target (a re-run after a
 crash), the change counts as done; otherwise apply stops with Conflict and nothing half-written is left that a
-new plan would not show. Key secrets are resolved here and only here: `env:VAR` is read and hashed, a
-generated secret is created once and handed to `reveal` before its hash is stored (so no crash can lose it);
-only hashes are stored. The batches come
+new plan would not show. Key secrets are resolved here and only here: `env:VAR` is read and digested with the pepper
+(fleet.bus.records.key_digest), a generated secret is created once and handed to `reveal` before its digest is
+stored (so no crash can lose it); only digests are stored. The batches come
 from fleet.reconciler.ordering; changes inside a batch run concurrently. Called by `fleet apply`.
 """
 
@@ -20,9 +20,10 @@ from typing import Any
 
 from fleet import __version__
 from fleet.bus.applied import ConfigStore
+from fleet.bus.records import key_digest
 from fleet.errors import Conflict, FleetError
 from fleet.reconciler.desired import SENSITIVE_ATTRS
-from fleet.reconciler.gather import secret_sha256
+from fleet.reconciler.gather import MIN_SECRET_BITS, secret_bits
 from fleet.reconciler.ordering import batches
 from fleet.reconciler.plan import Change, Plan
 
@@ -47,39 +48,49 @@ def new_secret() -> str:
 
 
 def check_secrets(plan: Plan, env: Mapping[str, str]) -> None:
-    """Fail before any write if a key's secret variable is missing."""
-    missing = []
+    """Fail before any write if a key's secret variable is missing or its secret is weak (a saved plan is checked
+    here as a fresh one is at plan time)."""
+    missing, weak = [], []
     for c in plan.changes:
         if c.kind == "key" and c.action in ("create", "update", "replace") and c.after:
             source = c.after.get("secret_source", "")
             if source.startswith("env:") and not env.get(source[4:]):
                 missing.append(f"{source[4:]} (key {c.id})")
+            elif source.startswith("env:") and secret_bits(env[source[4:]]) < MIN_SECRET_BITS:
+                weak.append(f"{source[4:]} (key {c.id})")
     if missing:
         raise FleetError("enrollment key secrets are not set: " + ", ".join(missing),
                          hint="export the variables (from your CI secret store) and re-run; nothing was written")
+    if weak:
+        raise FleetError(f"enrollment key secrets under {MIN_SECRET_BITS} bits: " + ", ".join(weak),
+                         hint="use a random secret (e.g. `openssl rand -hex 32`); nothing was written")
 
 
-def _generate(c: Change, report: ApplyReport, reveal: Reveal | None) -> str:
+def _generate(c: Change, report: ApplyReport, reveal: Reveal | None, pepper: bytes) -> str:
     secret = new_secret()
     report.revealed[c.id] = secret
     if reveal is not None:
         reveal(c.id, secret)
-    return secret_sha256(secret)
+    return key_digest(pepper, secret)
 
 
 async def _target(store: ConfigStore, c: Change, env: Mapping[str, str], report: ApplyReport,
-                  reveal: Reveal | None) -> dict[str, Any]:
+                  reveal: Reveal | None, pepper: bytes | None) -> dict[str, Any]:
     spec = dict(c.after or {})
     if c.kind != "key":
         return spec
+    if pepper is None:
+        raise FleetError(f"cannot write key {c.id}: these credentials cannot read the pepper of key digests",
+                         hint="apply with the admin credentials, with the fleet server running (it creates the pepper)")
     source = spec.get("secret_source", "")
     if source.startswith("env:"):
-        spec["secret_sha256"] = secret_sha256(env[source[4:]])
+        spec["secret_digest"] = key_digest(pepper, env[source[4:]])
     elif c.action == "update" and (c.before or {}).get("secret_source") == "generated":
         current = await store.get(f"key.{c.id}")
-        spec["secret_sha256"] = (current.spec.get("secret_sha256") if current else None) or _generate(c, report, reveal)
+        spec["secret_digest"] = ((current.spec.get("secret_digest") if current else None)
+                                 or _generate(c, report, reveal, pepper))
     else:
-        spec["secret_sha256"] = _generate(c, report, reveal)
+        spec["secret_digest"] = _generate(c, report, reveal, pepper)
     return spec
 
 
@@ -93,7 +104,7 @@ def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 async def _apply_one(store: ConfigStore, c: Change, env: Mapping[str, str], report: ApplyReport,
-                     reveal: Reveal | None) -> bool:
+                     reveal: Reveal | None, pepper: bytes | None) -> bool:
     """Apply one change; True if written, False if the store already had the target."""
     if c.action == "delete":
         try:
@@ -103,7 +114,7 @@ async def _apply_one(store: ConfigStore, c: Change, env: Mapping[str, str], repo
             if await store.get(c.address) is None:
                 return False
             raise
-    spec = await _target(store, c, env, report, reveal)
+    spec = await _target(store, c, env, report, reveal, pepper)
     try:
         if c.action == "create":
             await store.create(c.kind, c.id, spec)
@@ -122,7 +133,7 @@ async def _apply_one(store: ConfigStore, c: Change, env: Mapping[str, str], repo
 
 async def apply_plan(store: ConfigStore, plan: Plan, env: Mapping[str, str], *, progress: Progress | None = None,
                      reveal: Reveal | None = None, applied_by: str = "",
-                     still_ours: Callable[[], None] | None = None) -> ApplyReport:
+                     still_ours: Callable[[], None] | None = None, pepper: bytes | None = None) -> ApplyReport:
     """Write every change of `plan`; see the module docstring."""
     check_secrets(plan, env)
     report = ApplyReport()
@@ -134,7 +145,7 @@ async def apply_plan(store: ConfigStore, plan: Plan, env: Mapping[str, str], *, 
     async def run(c: Change) -> None:
         nonlocal done
         async with sem:
-            wrote = await _apply_one(store, c, env, report, reveal)
+            wrote = await _apply_one(store, c, env, report, reveal, pepper)
         if wrote:
             report.applied += 1
         else:

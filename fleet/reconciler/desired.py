@@ -4,7 +4,7 @@ Addresses are `kind.id`: `org.acme`, `tenant.fin-prod`, `project.my-fintech-app`
 `route.my-fintech-app` (a project's routing policy is its own resource so that a routing change reads as one
 line), `key.ci-runners`, `host.<machine-id>` (a host's declared admin state). Abstract pools are templates and are not resources. Specs are canonical plain JSON
 (sorted label/model/pool sets) so that a reorder in the file is not a change. Key secrets: the spec carries
-`secret_source` (never the secret) and `secret_sha256`, which the edge fills from the environment (or leaves
+`secret_source` (never the secret) and `secret_digest`, which the edge fills from the environment (or leaves
 None: unknown until apply). Pure; called by fleet.reconciler.diff and the apply edge.
 """
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from fleet.schema.models import FleetConfig, Key, Pool, Project
 
 KIND_ORDER = ("org", "tenant", "project", "pool", "route", "key", "host")
-SENSITIVE_ATTRS = frozenset({"secret_sha256"})
+SENSITIVE_ATTRS = frozenset({"secret_digest"})
 SENSITIVE = "(sensitive)"
 UNKNOWN = "(known after apply)"
 #: attributes whose change cannot be made in place
@@ -79,7 +79,7 @@ def route_spec(project: Project) -> dict[str, Any]:
     }
 
 
-def key_spec(key: Key, secret_sha256: str | None) -> dict[str, Any]:
+def key_spec(key: Key, secret_digest: str | None) -> dict[str, Any]:
     source = f"env:{key.secret.from_env}" if key.secret.from_env else "generated"
     return {
         "tenant": key.tenant,
@@ -90,7 +90,7 @@ def key_spec(key: Key, secret_sha256: str | None) -> dict[str, Any]:
         "max_uses": key.max_uses,
         "expires": key.expires.isoformat().replace("+00:00", "Z") if key.expires else None,
         "secret_source": source,
-        "secret_sha256": secret_sha256,
+        "secret_digest": secret_digest,
     }
 
 
@@ -139,6 +139,6 @@ _FIELD_ORDER = {
              "disconnect_grace_s", "idle_timeout_s", "settings"],
     "route": ["tenant", "mode", "preferred_pool", "fallback_pool", "candidates", "required_labels", "model"],
     "key": ["tenant", "description", "pools", "models", "labels", "max_uses", "expires", "secret_source",
-            "secret_sha256"],
+            "secret_digest"],
     "host": ["status", "note"],
 }

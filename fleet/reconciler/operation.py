@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fleet import __version__
-from fleet.bus.applied import ApplyLock, ConfigStore, LockInfo
+from fleet.bus.applied import ApplyLock, ConfigStore, LockInfo, load_pepper
 from fleet.bus.connection import Bus
 from fleet.errors import FleetError, NotConverged, ServerUnavailable, StalePlan
 from fleet.hosts.client import host_pages
@@ -30,7 +30,7 @@ from fleet.reconciler.basis import moved
 from fleet.reconciler.converge import Targets, pending, targets
 from fleet.reconciler.desired import desired_resources
 from fleet.reconciler.diff import make_plan
-from fleet.reconciler.gather import gather, key_hashes
+from fleet.reconciler.gather import gather, key_hashes, key_secret_problems
 from fleet.reconciler.plan import Basis, Change, Plan
 from fleet.schema.models import FleetConfig
 
@@ -51,7 +51,11 @@ async def observe_hosts(bus: Bus, *, required: bool = False) -> tuple[list[Host]
 async def make_live_plan(bus: Bus, cfg: FleetConfig, file: Path, env: Mapping[str, str], *,
                          refresh_only: bool = False) -> Plan:
     """Gather live state and diff it against the loaded config."""
-    hashes, warnings = key_hashes(cfg, env)
+    problems = key_secret_problems(cfg, env)
+    if problems:
+        raise FleetError("enrollment key secrets refused:\n" + "\n".join(f"  - {p}" for p in problems),
+                         hint="fix the secrets in your CI secret store; nothing was planned or written")
+    hashes, warnings = key_hashes(cfg, env, await load_pepper(bus))
     store = await ConfigStore.open(bus)
     hosts, host_warning = await observe_hosts(bus)
     if host_warning:
@@ -112,8 +116,9 @@ async def apply(bus: Bus, req: ApplyRequest, view: ApplyView) -> Plan:
         if plan.no_op:
             return plan
         store = await ConfigStore.open(bus)
+        pepper = await load_pepper(bus, create=True) if any(c.kind == "key" for c in plan.changes) else None
         report = await apply_plan(store, plan, env, progress=view.progress, reveal=_reveal(view),
-                                  applied_by=info.holder, still_ours=lock.check)
+                                  applied_by=info.holder, still_ours=lock.check, pepper=pepper)
         view.applied(plan, report)
     finally:
         await asyncio.shield(lock.release())  # even when cancelled: a killed apply must not hold the lock

@@ -45,11 +45,13 @@ from fleet.errors import (
     NotFound,
     ProtocolError,
     Refused,
+    TransientError,
 )
 from fleet.hosts.enrollment import Enroller, modify_record
 from fleet.hosts.model import HOST_COLUMNS, Host
 from fleet.hosts.paging import Snapshots
 from fleet.hosts.registry import HostEntry, Registry
+from fleet.hosts.revocation import Revocations
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,9 @@ AGENT_TIMEOUT_S = 3.0
 
 class HostApi:
     def __init__(self, bus: Bus, registry: Registry, enroller: Enroller, hosts: Store, server_id: str, *,
-                 page_bytes: int | None = None, metrics: list[Counter[str]] | None = None) -> None:
+                 page_bytes: int | None = None, metrics: list[Counter[str]] | None = None,
+                 revocations: Revocations | None = None) -> None:
+        self.revocations = revocations
         self.bus = bus
         self.registry = registry
         self.enroller = enroller
@@ -78,11 +82,14 @@ class HostApi:
         return (await self.enroller.enroll(req)).encode()
 
     async def register(self, msg: Any) -> bytes:
+        machine_id = subjects.machine_id_of(msg.subject, subjects.REGISTER_PREFIX)
+        if machine_id is None:
+            return JoinReply(ok=False, reason="malformed", message="register on fleet.v1.register.<machine-id>").encode()
         try:
             req = decode(RegisterRequest, msg.data)
         except ProtocolError as exc:
             return JoinReply(ok=False, reason=exc.code, message=exc.message).encode()
-        return (await self.enroller.register(req)).encode()
+        return (await self.enroller.register(machine_id, req)).encode()
 
     # ------------------------------------------------------------------------------------------ CLI
     async def ping(self, msg: Any) -> bytes:
@@ -153,7 +160,19 @@ class HostApi:
             await self.bus.publish(subjects.host_control(mid), ControlCommand(action="revoke").encode())
         except FleetError as exc:
             log.info("could not tell host %s it is revoked: %s", mid, exc)
+        await self._void_identity(entry)
         return self._host_reply(entry)
+
+    async def _void_identity(self, entry: HostEntry) -> None:
+        """Make the NATS server close the host's connection and refuse its identity from now on."""
+        if self.revocations is None or not entry.record.nkey:
+            return
+        try:
+            await self.revocations.revoke(entry.record.nkey, entry.record.machine_id)
+        except FleetError as exc:
+            raise TransientError(f"host {entry.record.machine_id} is revoked in the registry, but NATS has not taken "
+                                 f"the revocation of its identity yet: {exc.message}",
+                                 hint="the server retries in the background; run the command again to check") from exc
 
     async def _remove(self, entry: HostEntry, force: bool) -> bytes:
         mid = entry.record.machine_id
@@ -166,6 +185,7 @@ class HostApi:
                 await self.bus.publish(subjects.host_control(mid), ControlCommand(action="revoke").encode())
             except FleetError as exc:
                 log.info("could not tell host %s to stop: %s", mid, exc)
+        await self._void_identity(entry)  # a forgotten host's identity must not keep working
         current = await self.hosts.get(mid)
         if current is None:
             raise NotFound(f"no host with ID {mid}")

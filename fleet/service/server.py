@@ -25,18 +25,25 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fleet import __version__
 from fleet.bus import subjects
+from fleet.bus.applied import ApplyLock, load_pepper
 from fleet.bus.connection import Bus, connect
 from fleet.bus.kv import Informer, open_store
 from fleet.bus.messages import MAX_MESSAGE_BYTES
+from fleet.bus.settings import TlsSettings
+from fleet.bus.trustdir import TrustDir
+from fleet.errors import FleetError
 from fleet.hosts.config import AppliedConfig
 from fleet.hosts.declared import DeclaredStatus
 from fleet.hosts.enrollment import Enroller
 from fleet.hosts.liveness import Liveness
 from fleet.hosts.registry import DEFAULT_OFFLINE_AFTER, Registry
+from fleet.hosts.revocation import Revocations
 from fleet.service.api import HostApi
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,8 @@ AGENT_CONCURRENCY = 32
 class ServerSettings:
     url: str = "nats://127.0.0.1:4222"
     creds: str | None = None
+    tls: TlsSettings | None = None
+    trust_dir: str | None = None  # keys to sign host identities and revoke them (fleet.bus.trustdir)
     connect_timeout: float = 5.0
     offline_after: float = DEFAULT_OFFLINE_AFTER
     monitor_interval: float = DEFAULT_MONITOR_INTERVAL
@@ -67,6 +76,7 @@ class FleetServer:
     config: AppliedConfig = field(default_factory=AppliedConfig)
     registry: Registry = field(init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    sys_bus: Bus | None = None
     _tasks: set[asyncio.Task] = field(default_factory=set)
     _informers: list[Informer] = field(default_factory=list)
 
@@ -75,11 +85,15 @@ class FleetServer:
 
     async def start(self) -> None:
         s = self.settings
-        self.bus = bus = await connect(s.url, creds=s.creds, connect_timeout=s.connect_timeout, name="fleet-server",
-                                       persistent=True)
+        trust = TrustDir.load(Path(s.trust_dir)) if s.trust_dir else None
+        self.bus = bus = await connect(s.url, creds=s.creds, tls=s.tls, connect_timeout=s.connect_timeout,
+                                       name="fleet-server", persistent=True)
+        await self._warn_if_exposed(s)
         config_store = await open_store(bus, subjects.BUCKET_CONFIG)
         self.hosts_store = hosts_store = await open_store(bus, subjects.BUCKET_HOSTS)
         counters = await open_store(bus, subjects.BUCKET_ENROLL)
+        await ApplyLock.open(bus)  # the lock bucket exists before an admin (who may not create buckets) applies
+        pepper = await load_pepper(bus, create=True)
 
         started = time.monotonic()
         self._informers = [Informer(config_store, self.config.apply), Informer(hosts_store, self.registry.apply_record)]
@@ -93,9 +107,18 @@ class FleetServer:
         gc.collect()
         gc.freeze()
 
-        enroller = Enroller(self.registry, hosts_store, counters, s.heartbeat_interval)
+        revocations = None
+        if trust is not None:
+            self.sys_bus = await connect(s.url, creds=str(trust.path("sys.creds")), tls=s.tls,
+                                         connect_timeout=s.connect_timeout, name="fleet-server-sys", persistent=True)
+            revocations = Revocations(trust, await open_store(bus, subjects.BUCKET_TRUST), self.sys_bus)
+            self.sys_bus.on_reconnect(revocations.push)
+        else:
+            log.warning("no --trust-dir: this server cannot enroll hosts nor revoke their NATS identities")
+        enroller = Enroller(self.registry, hosts_store, counters, s.heartbeat_interval, pepper=pepper, trust=trust)
         self.api = api = HostApi(bus, self.registry, enroller, hosts_store, self.server_id, page_bytes=s.page_bytes,
-                                 metrics=[bus.metrics, self.registry.metrics, self.config.metrics])
+                                 revocations=revocations,
+                                 metrics=[bus.metrics, self.registry.metrics, self.config.metrics, enroller.metrics])
         registry = self.registry
         liveness = Liveness(registry, hosts_store, bus, monitor_interval=s.monitor_interval)
 
@@ -110,7 +133,7 @@ class FleetServer:
         await bus.subscribe(subjects.BYE_WILDCARD, on_bye)
         q = subjects.SERVER_QUEUE
         await bus.serve(subjects.ENROLL, api.enroll, queue=q, concurrency=AGENT_CONCURRENCY, max_bytes=MAX_MESSAGE_BYTES)
-        await bus.serve(subjects.REGISTER, api.register, queue=q, concurrency=AGENT_CONCURRENCY,
+        await bus.serve(subjects.REGISTER_WILDCARD, api.register, queue=q, concurrency=AGENT_CONCURRENCY,
                         max_bytes=MAX_MESSAGE_BYTES)
         for subject, handler in ((subjects.API_PING, api.ping), (subjects.API_HOSTS_PAGE, api.page),
                                  (subjects.API_HOSTS_GET, api.get), (subjects.API_HOSTS_COMMAND, api.command)):
@@ -121,10 +144,28 @@ class FleetServer:
         self._spawn(liveness.monitor())
         self._spawn(liveness.writer())
         self._spawn(DeclaredStatus(registry, bus).run())
+        if revocations is not None:
+            self._spawn(revocations.run())
         self._spawn(self._log_metrics())
         self.ready.set()
         log.info("fleet server %s (%s) ready on %s (%d hosts known, offline after %.1fs)", self.server_id,
                  __version__, s.url, len(registry.entries), s.offline_after)
+
+    async def _warn_if_exposed(self, s: ServerSettings) -> None:
+        """Say so when the bus is open to eavesdroppers (no TLS beyond this machine) or to anyone (anonymous
+        connections accepted): both mean that whoever reaches the port can read or control the fleet."""
+        hosts = [urlsplit(u.strip() if "://" in u else f"nats://{u.strip()}") for u in s.url.split(",") if u.strip()]
+        remote = [h for h in hosts if (h.hostname or "") not in ("127.0.0.1", "localhost", "::1")]
+        if remote and not s.tls and not all(h.scheme == "tls" for h in remote):
+            log.warning("security: NATS at %s is not on this machine and this server talks to it without TLS: "
+                        "credentials and enrollment keys cross the network in clear (use tls:// and --tls-ca)", s.url)
+        try:
+            probe = await connect(s.url, tls=s.tls, connect_timeout=1.0, name="fleet-server-anonymous-probe")
+        except FleetError:
+            return  # refused: as it should be
+        await probe.close()
+        log.warning("security: NATS at %s accepts anonymous connections: anyone who can reach it can read and change "
+                    "the fleet (run NATS in operator mode, as `fleet up` does; see docs/operations.md)", s.url)
 
     async def _resync(self) -> None:
         """After a NATS reconnect, read both buckets again: what changed meanwhile is applied, deletions included."""
@@ -172,8 +213,9 @@ class FleetServer:
                 await task
         for informer in self._informers:
             await informer.stop()
-        if self.bus is not None:
-            await self.bus.close()
+        for bus in (self.sys_bus, self.bus):
+            if bus is not None:
+                await bus.close()
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
         await self.start()

@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fleet.bus import subjects
-from fleet.bus.connection import connect
+from fleet.bus.applied import load_pepper
 from fleet.bus.kv import open_store
-from fleet.bus.messages import EnrollRequest, JoinReply, decode
-from fleet.bus.records import encode_record, secret_hash
+from fleet.bus.messages import JoinReply, decode
+from fleet.bus.records import encode_record, key_digest
 from tests.conftest import run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -43,7 +43,7 @@ def test_three_enroll_fourth_refused(live_fleet) -> None:
         state = live_fleet.agent_dir(name)
         identity = json.loads((state / "identity.json").read_text())
         assert identity["machine_id"] in {h["id"] for h in hosts}
-        assert stat.S_IMODE((state / "credential").stat().st_mode) == 0o600
+        assert stat.S_IMODE((state / "host.creds").stat().st_mode) == 0o600
 
     fourth = live_fleet.agent("h4", "--pool", "pool-local-main", key=key)
     assert fourth.popen.wait(30) == 1
@@ -57,7 +57,7 @@ def test_three_enroll_fourth_refused(live_fleet) -> None:
     assert len(lines) == 4 and all(" active " in line and "0/4" in line and "s ago" in line for line in lines[1:])
 
     keys = json.loads(run_cli("keys", "list", "--json", "--nats", live_fleet.url).output)
-    assert keys[0]["uses"] == 3 and "secret_sha256" not in keys[0] and "secret" not in keys[0]
+    assert keys[0]["uses"] == 3 and "secret_digest" not in keys[0] and "secret" not in keys[0]
 
 
 def test_refusals_carry_reasons(live_fleet) -> None:
@@ -68,11 +68,13 @@ def test_refusals_carry_reasons(live_fleet) -> None:
     async def write_behind_the_plan() -> str:
         """A key whose pool belongs to another tenant cannot be declared (validate refuses it); the enrollment
         authority must refuse it anyway if the store holds one: written here as a bug or an intruder would."""
-        other = "cross-tenant-secret"
-        async with await connect(live_fleet.url) as bus:
+        other = "cross-tenant-secret-0123456789abcdef"
+        async with await live_fleet.bus("server") as bus:  # only the server identity may write there now
+            pepper = await load_pepper(bus)
+            assert pepper is not None
             store = await open_store(bus, subjects.BUCKET_CONFIG)
             await store.put("key.cross", encode_record("key", "cross", {
-                "tenant": "fin-prod", "pools": ["pool-health-local"], "secret_sha256": secret_hash(other)}))
+                "tenant": "fin-prod", "pools": ["pool-health-local"], "secret_digest": key_digest(pepper, other)}))
         return other
 
     other = asyncio.run(write_behind_the_plan())
@@ -99,19 +101,13 @@ def test_refusals_carry_reasons(live_fleet) -> None:
 def test_tenant_comes_from_the_key(live_fleet) -> None:
     secret = live_fleet.key("fin")
 
-    async def enroll() -> JoinReply:
-        async with await connect(live_fleet.url) as bus:
-            req = EnrollRequest(key=secret, hostname="liar", version="0", pools=["pool-local-main"],
-                                tenant="health-prod")
-            return decode(JoinReply, await bus.request(subjects.ENROLL, req.encode(), timeout=5))
-
-    reply = asyncio.run(enroll())
-    assert reply.ok and reply.tenant == "fin-prod"
+    reply, creds = asyncio.run(live_fleet.enroll(secret, "liar", pools=["pool-local-main"], tenant="health-prod"))
+    assert reply.ok and reply.tenant == "fin-prod" and creds is not None
     host = wait_for(lambda: live_fleet.hosts(), 5, what="host listed")[0]
     assert host["tenant"] == "fin-prod" and host["status"] == "offline"  # enrolled, no heartbeat yet
 
     async def bad_heartbeats() -> None:  # a host sending garbage must not break the inventory
-        async with await connect(live_fleet.url) as bus:
+        async with await live_fleet.bus(creds=creds) as bus:  # as the host itself: only it may publish there
             mid = reply.machine_id
             await bus.publish(subjects.heartbeat(mid), json.dumps({"v": 1, "machine_id": mid, "pools": 5}).encode())
             await bus.publish(subjects.heartbeat(mid), json.dumps({"v": 1, "seq": 1, "sent_at": 1, "started_at": 1,
@@ -130,7 +126,7 @@ def test_tenant_comes_from_the_key(live_fleet) -> None:
 
 def test_unsupported_version_is_refused_clearly(live_fleet) -> None:
     async def enroll() -> JoinReply:
-        async with await connect(live_fleet.url) as bus:
+        async with await live_fleet.bus("enroll") as bus:
             data = json.dumps({"v": 99, "key": "x", "hostname": "h", "version": "9"}).encode()
             return decode(JoinReply, await bus.request(subjects.ENROLL, data, timeout=5))
 

@@ -280,7 +280,7 @@ def test_secrets_never_in_outputs_or_kv(nats_server, workdir):
     generated = dict(line.split("=", 1) for line in revealed.split())
     assert set(generated) == {"ci-runners"}
     # rotate one env secret: plan shows (sensitive), never the value
-    rotated = {"FLEET_KEY_LOCAL_DEV": "rotated-secret-0b9d"}
+    rotated = {"FLEET_KEY_LOCAL_DEV": "0b9d4e6f8a1c3e5b7d9f0a2c4e6b8d1f"}
     for fmt in ("human", "json", "markdown"):
         r = fleet(["plan", "--format", fmt], url, cwd=workdir, **rotated)
         outputs.append(r.stdout + r.stderr)
@@ -293,8 +293,11 @@ def test_secrets_never_in_outputs_or_kv(nats_server, workdir):
         assert secret.encode() not in kv_dump
     import hashlib
 
-    assert hashlib.sha256(SECRETS["FLEET_KEY_LOCAL_DEV"].encode()).hexdigest().encode() in kv_dump, "the hash is stored"
-    assert hashlib.sha256(SECRETS["FLEET_KEY_LOCAL_DEV"].encode()).hexdigest() not in everything
+    digest = _digest(url, SECRETS["FLEET_KEY_LOCAL_DEV"])
+    assert digest.encode() in kv_dump, "the keyed digest is stored"
+    assert digest not in everything
+    # and not the plain SHA-256 of old: a dump of the config bucket alone does not allow guessing offline
+    assert hashlib.sha256(SECRETS["FLEET_KEY_LOCAL_DEV"].encode()).hexdigest().encode() not in kv_dump
 
 
 async def _dump_stream(url: str, stream: str) -> bytes:
@@ -341,7 +344,7 @@ def test_force_unlock(nats_server, workdir):
 def test_rerun_after_interrupted_apply_is_idempotent_and_voids_a_regenerated_secret(nats_server):
     """A change already in the store (an earlier apply died after writing it) counts as done; a secret generated
     again for such a key is declared void to the reveal callback, and the stored hash is kept."""
-    from fleet.bus.applied import ConfigStore
+    from fleet.bus.applied import ConfigStore, load_pepper
     from fleet.reconciler.apply import apply_plan
     from fleet.reconciler.desired import desired_resources
     from fleet.reconciler.diff import make_plan
@@ -350,21 +353,21 @@ def test_rerun_after_interrupted_apply_is_idempotent_and_voids_a_regenerated_sec
     from fleet.schema.api import load_fleet
 
     cfg = load_fleet(EXAMPLE).config
-    hashes, _ = key_hashes(cfg, SECRETS)
-    desired = desired_resources(cfg, hashes)
     events: list[tuple[str, str | None]] = []
 
     async def run() -> tuple:
         async with await connect(nats_server.url) as bus:
+            pepper = await load_pepper(bus, create=True)
+            desired = desired_resources(cfg, key_hashes(cfg, SECRETS, pepper)[0])
             store = await ConfigStore.open(bus)
             plan = make_plan(desired, (await gather(store)).live, Basis())
             # the "earlier run": it stored two records, ci-runners with its own generated secret, then died
             earlier = {"pool.pool-local-main": None, "key.ci-runners": "f" * 64}
             for c in plan.changes:
                 if c.address in earlier:
-                    spec = dict(c.after, secret_sha256=earlier[c.address]) if c.kind == "key" else dict(c.after)
+                    spec = dict(c.after, secret_digest=earlier[c.address]) if c.kind == "key" else dict(c.after)
                     await store.create(c.kind, c.id, spec)
-            report = await apply_plan(store, plan, SECRETS, reveal=lambda k, s: events.append((k, s)))
+            report = await apply_plan(store, plan, SECRETS, reveal=lambda k, s: events.append((k, s)), pepper=pepper)
             stored = await store.get("key.ci-runners")
             again = make_plan(desired, (await gather(store)).live, Basis())
             return report, stored, again
@@ -373,13 +376,22 @@ def test_rerun_after_interrupted_apply_is_idempotent_and_voids_a_regenerated_sec
     assert report.already == 2 and report.applied == 15
     assert [k for k, _ in events] == ["ci-runners", "ci-runners"] and events[1][1] is None
     assert report.revealed == {}
-    assert stored.spec["secret_sha256"] == "f" * 64, "the earlier run's secret stays the valid one"
+    assert stored.spec["secret_digest"] == "f" * 64, "the earlier run's secret stays the valid one"
     assert again.no_op
 
 
-def test_switching_a_key_to_a_generated_secret_rotates_it(nats_server, workdir):
-    import hashlib
+def _digest(url: str, secret: str) -> str:
+    from fleet.bus.applied import load_pepper
+    from fleet.bus.records import key_digest
 
+    async def pepper() -> bytes | None:
+        async with await connect(url) as bus:
+            return await load_pepper(bus)
+
+    return key_digest(asyncio.run(pepper()) or b"", secret)
+
+
+def test_switching_a_key_to_a_generated_secret_rotates_it(nats_server, workdir):
     url = nats_server.url
     assert fleet(["apply", "--auto-approve"], url, cwd=workdir).returncode == 0
     path = workdir / "fleet.yaml"
@@ -388,5 +400,5 @@ def test_switching_a_key_to_a_generated_secret_rotates_it(nats_server, workdir):
     assert r.returncode == 0, r.stderr
     secret = dict(line.split("=", 1) for line in (workdir / "keys.txt").read_text().split())["local-dev"]
     kv = asyncio.run(_dump_stream(url, f"KV_{BUCKET_CONFIG}"))
-    assert hashlib.sha256(secret.encode()).hexdigest().encode() in kv
+    assert _digest(url, secret).encode() in kv  # the new secret's digest replaced the old one
     assert fleet(["plan", "--detailed-exitcode"], url, cwd=workdir).returncode == 0

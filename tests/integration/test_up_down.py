@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fleet.bus.embedded import free_port, pid_alive, read_pid
+from fleet.bus.trustdir import TrustDir
 from fleet.errors import EXIT_USAGE
 from tests.conftest import fleet_yaml, wait_for
 
@@ -51,7 +52,7 @@ def test_up_twice_down_twice_and_stale_pid_files(tmp_path: Path) -> None:
         assert listed.returncode == 0 and json.loads(listed.stdout) == []
 
         # an agent started under the state dir (as examples/demo.sh does) is stopped by `fleet down`
-        secret = "s-updown-0123456789abcdef0123456789"
+        secret = "5d9c1e7a3b8f2d6c4e0a9b7d5f3c1e8a"  # 128 random bits
         (tmp_path / "fleet.yaml").write_text(fleet_yaml([{"id": "k", "tenant": "fin-prod", "pools": ["pool-local-main"],
                                                           "secret": {"from_env": "FLEET_KEY_K"}}], {}))
         applied = _fleet(state, url, "apply", "--auto-approve", "-f", str(tmp_path / "fleet.yaml"), cwd=tmp_path,
@@ -60,8 +61,10 @@ def test_up_twice_down_twice_and_stale_pid_files(tmp_path: Path) -> None:
         agent_dir = state / "agents" / "w1"
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
         agent = subprocess.Popen([sys.executable, "-m", "fleet.cli.main", "agent", "run", "--nats", url,
-                                  "--state-dir", str(agent_dir), "--enroll-key", secret, "--hostname", "w1"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                                  "--state-dir", str(agent_dir), "--hostname", "w1",
+                                  "--creds", str(state / "trust" / "enroll.creds")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env={**env, "FLEET_ENROLL_KEY": secret})
         wait_for(lambda: (hs := json.loads(_fleet(state, url, "list", "--json").stdout)) and
                  hs[0]["status"] == "active", 30, 0.3, "agent active")
 
@@ -286,14 +289,14 @@ def test_garbage_pid_files_neither_double_the_fleet_nor_hide_it_from_down(tmp_pa
 
 
 def test_up_that_fails_half_way_stops_what_it_started(tmp_path: Path) -> None:
-    """nats-server starts, then `fleet server` cannot (unreadable --creds): `fleet up` fails in one line and stops
-    the nats-server it started, so no process and no PID file is left behind."""
+    """nats-server starts, then `fleet server` cannot (its creds file in the trust dir is garbage): `fleet up` fails
+    in one line and stops the nats-server it started, so no process and no PID file is left behind."""
     state = tmp_path / ".fleet"
-    creds = tmp_path / "bad.creds"
-    creds.write_text("not a creds file\n")
+    TrustDir.create(state / "trust")
+    (state / "trust" / "server.creds").write_text("not a creds file\n")
     try:
         began = time.monotonic()
-        result = _fleet(state, f"nats://127.0.0.1:{free_port()}", "up", "--creds", str(creds))
+        result = _fleet(state, f"nats://127.0.0.1:{free_port()}", "up")
         assert time.monotonic() - began < 15  # the server's exit is noticed; no 20 s readiness wait
         assert result.returncode == 1, result.stdout + result.stderr
         assert "started nats-server" in result.stdout

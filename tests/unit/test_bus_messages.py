@@ -19,7 +19,7 @@ from fleet.bus.messages import (
     UnsupportedVersion,
     decode,
 )
-from fleet.bus.records import KeySpec, RecordError, decode_record, encode_record, record_key, secret_hash
+from fleet.bus.records import KeySpec, RecordError, decode_record, encode_record, key_digest, record_key
 
 MID = "b2c4a1e0-12ab-4cde-89ef-aabbccddeeff"
 
@@ -98,7 +98,7 @@ def test_host_records_of_fleet_0_1_still_load() -> None:
 
 def test_config_record_codec() -> None:
     spec = {"tenant": "fin-prod", "pools": ["p"], "models": None, "labels": ["a=b"], "max_uses": 3,
-            "expires": "2030-01-01T00:00:00Z", "secret_sha256": secret_hash("x")}
+            "expires": "2030-01-01T00:00:00Z", "secret_digest": key_digest(b"pepper", "x")}
     raw = encode_record("key", "local-dev", spec)
     assert json.loads(raw) == {"v": 1, "kind": "key", "id": "local-dev", "spec": spec}
     record = decode_record(raw)

@@ -110,13 +110,13 @@ def test_secrets_are_masked_and_rotation_is_detected():
     cfg = example_config()
     fresh = diff(desired_resources(cfg, {}), LiveState())
     key = next(c for c in fresh if c.address == "key.local-dev")
-    assert key.after["secret_sha256"] == UNKNOWN
+    assert key.after["secret_digest"] == UNKNOWN
     applied = applied_from_example()
     rotated = {k.id: ("f" * 64 if k.id == "local-dev" else "0" * 64) for k in cfg.keys}
     changes = diff(desired_resources(cfg, rotated), LiveState(applied=applied))
     assert [c.address for c in changes] == ["key.local-dev"]
     attr = changes[0].attributes[0]
-    assert (attr.path, attr.before, attr.after, attr.sensitive) == ("secret_sha256", SENSITIVE, SENSITIVE, True)
+    assert (attr.path, attr.before, attr.after, attr.sensitive) == ("secret_digest", SENSITIVE, SENSITIVE, True)
     assert "f" * 64 not in changes[0].model_dump_json() and "0" * 64 not in changes[0].model_dump_json()
 
 

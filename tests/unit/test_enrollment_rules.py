@@ -12,7 +12,7 @@ from fleet.hosts.enrollment import check_enrollment
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 KEY = KeySpec(tenant="fin-prod", pools=["pool-local-main", "pool-ci"], models=["m1", "m2"],
-              labels=["region=eu-west"], max_uses=3, expires="2027-01-01T00:00:00Z", secret_sha256="x")
+              labels=["region=eu-west"], max_uses=3, expires="2027-01-01T00:00:00Z", secret_digest="x")
 POOLS = {
     "pool-local-main": PoolSpec(tenant="fin-prod", mode="persistent", labels=["tier=dev"],
                                 capacity={"max_concurrent_sessions": 4, "pool_max_disk_gb": 50},

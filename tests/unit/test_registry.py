@@ -28,7 +28,7 @@ def mid(n: int) -> str:
 
 def record(n: int = 1, *pools: str, revoked: bool = False, **kw) -> HostRecord:
     return HostRecord(machine_id=mid(n), tenant="fin-prod", key_id="k", hostname=f"h{n}", pools=list(pools or ["a"]),
-                      credential_sha256="0" * 64, enrolled_at="2026-01-01T00:00:00Z", revoked=revoked, **kw)
+                      enrolled_at="2026-01-01T00:00:00Z", revoked=revoked, **kw)
 
 
 def pool(ident: str, *, slots: int | None = 4, labels=(), grace=None, tenant="fin-prod", mode="persistent") -> Entry:

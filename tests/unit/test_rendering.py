@@ -111,8 +111,8 @@ def test_colours_only_when_asked():
         assert marker in coloured, repr(marker)
 
 
-# `secret_sha256 = VALUE` (human, Markdown) or `"secret_sha256": "VALUE"` (JSON); VALUE up to `"`, ` ->` or line end
-SECRET_VALUE = re.compile(r'secret_sha256"?(?: +=|:) +"?(.+?)(?:"|(?= ->)|$)', re.MULTILINE)
+# `secret_digest = VALUE` (human, Markdown) or `"secret_digest": "VALUE"` (JSON); VALUE up to `"`, ` ->` or line end
+SECRET_VALUE = re.compile(r'secret_digest"?(?: +=|:) +"?(.+?)(?:"|(?= ->)|$)', re.MULTILINE)
 
 
 @pytest.mark.parametrize("render,shown", [
@@ -126,7 +126,7 @@ def test_no_secret_in_any_view(render, shown):
     text = render(scenario_plan())
     assert HASH not in text
     values = SECRET_VALUE.findall(text)
-    assert len(values) == text.count("secret_sha256"), "every secret_sha256 in the view is followed by its value"
+    assert len(values) == text.count("secret_digest"), "every secret_digest in the view is followed by its value"
     assert set(values) == shown, "a secret digest is only ever shown masked"
 
 
