@@ -154,11 +154,8 @@ class FleetServer:
     async def _warn_if_exposed(self, s: ServerSettings) -> None:
         """Say so when the bus is open to eavesdroppers (no TLS beyond this machine) or to anyone (anonymous
         connections accepted): both mean that whoever reaches the port can read or control the fleet."""
-        hosts = [urlsplit(u.strip() if "://" in u else f"nats://{u.strip()}") for u in s.url.split(",") if u.strip()]
-        remote = [h for h in hosts if (h.hostname or "") not in ("127.0.0.1", "localhost", "::1")]
-        if remote and not s.tls and not all(h.scheme == "tls" for h in remote):
-            log.warning("security: NATS at %s is not on this machine and this server talks to it without TLS: "
-                        "credentials and enrollment keys cross the network in clear (use tls:// and --tls-ca)", s.url)
+        for warning in exposure_warnings(s.url, s.tls):
+            log.warning("security: %s", warning)
         try:
             probe = await connect(s.url, tls=s.tls, connect_timeout=1.0, name="fleet-server-anonymous-probe")
         except FleetError:
@@ -224,3 +221,14 @@ class FleetServer:
         finally:
             await self.stop()
 
+
+def exposure_warnings(url: str, tls: TlsSettings | None) -> list[str]:
+    """Why talking to NATS at `url` this way exposes the fleet: servers beyond this machine reached without TLS."""
+    hosts = [urlsplit(u.strip() if "://" in u else f"nats://{u.strip()}") for u in url.split(",") if u.strip()]
+    remote = [h for h in hosts if (h.hostname or "") not in ("127.0.0.1", "localhost", "::1")]
+    plain = [h for h in remote if h.scheme != "tls"]
+    if plain and not tls:
+        names = ", ".join(f"{h.hostname}:{h.port or 4222}" for h in plain)
+        return [f"NATS at {names} is not on this machine and this server talks to it without TLS: credentials and "
+                "enrollment keys cross the network in clear (use tls:// and --tls-ca)"]
+    return []
