@@ -88,8 +88,9 @@ FAST_GRACE = 1.0
 
 
 def fleet_yaml(keys: list[dict[str, Any]], hosts: dict[str, str], pool_slots: int = 4,
-               hosts_max: int | None = None) -> str:
-    """The fleet the live-fleet tests run: two tenants, a local pool each, one project, and the given keys."""
+               hosts_max: int | None = None, layout: dict[str, Any] | None = None) -> str:
+    """The fleet the live-fleet tests run: two tenants, a local pool each, one project, and the given keys; `layout`
+    replaces any of the top-level sections (tenants, projects, pools)."""
     doc = {
         "version": 1,
         "org": {"id": "test"},
@@ -105,6 +106,7 @@ def fleet_yaml(keys: list[dict[str, Any]], hosts: dict[str, str], pool_slots: in
         ],
         "keys": keys,
     }
+    doc.update(layout or {})
     if hosts:
         doc["hosts"] = [{"id": mid, "status": status} for mid, status in hosts.items()]
     return json.dumps(doc, indent=2) + "\n"  # JSON is YAML
@@ -203,6 +205,7 @@ class LiveFleet:
         self.fleet_file = root / "fleet.yaml"
         self.keys: dict[str, dict[str, Any]] = {}
         self.secrets: dict[str, str] = {}
+        self.layout: dict[str, Any] | None = None  # tenants/projects/pools instead of fleet_yaml's (apply() writes it)
 
     @property
     def url(self) -> str:
@@ -258,7 +261,8 @@ class LiveFleet:
 
     def apply(self, *, hosts: dict[str, str] | None = None, pool_slots: int = 4, hosts_max: int | None = None) -> Any:
         """Write the test fleet's fleet.yaml (its pools, the keys declared so far, `hosts:` statuses) and apply it."""
-        self.fleet_file.write_text(fleet_yaml(list(self.keys.values()), hosts or {}, pool_slots, hosts_max))
+        self.fleet_file.write_text(fleet_yaml(list(self.keys.values()), hosts or {}, pool_slots, hosts_max,
+                                              self.layout))
         result = run_cli("apply", "--auto-approve", "--no-wait", "-f", str(self.fleet_file), "--nats", self.url,
                          env=self.secrets)
         assert result.exit_code == 0, result.output

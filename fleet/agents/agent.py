@@ -26,6 +26,7 @@ from typing import Any
 
 from fleet import __version__
 from fleet.agents.control import serve_json_socket
+from fleet.agents.sessions import Runner
 from fleet.agents.state import AgentPaths, load_identity, load_status, save_identity, save_status
 from fleet.bus import subjects
 from fleet.bus.connection import Bus, NoResponders, RequestTimeout, connect
@@ -40,7 +41,6 @@ from fleet.bus.messages import (
     PoolMembership,
     ProtocolError,
     RegisterRequest,
-    SessionInfo,
     decode,
 )
 from fleet.bus.settings import TlsSettings
@@ -88,7 +88,9 @@ class Agent:
         self.models: list[str] = []
         self.capacity = Capacity(max_concurrent_sessions=settings.max_sessions or 0)
         self.status = "active"
-        self.sessions: dict[str, SessionInfo] = {}
+        self.runner: Runner | None = None
+        self.lease_s = 5.0  # how long the server keeps this host's sessions without news (the join reply says)
+        self._disconnected_at: float | None = None
         self.started_at = time.time()
         self.seq = 0
         self._stop = asyncio.Event()
@@ -121,7 +123,11 @@ class Agent:
                                "run with a valid enrollment key") from exc
         try:
             await self._join()
+            self.runner = Runner(self.bus, self.machine_id or "", self.paths.root, self.paths.credential_socket,
+                                 self._wake.set)
             await self.bus.subscribe(subjects.host_control(self.machine_id or ""), self._on_control)
+            await self.bus.subscribe(subjects.host_assign(self.machine_id or ""), self.runner.on_assign)
+            await self.bus.subscribe(subjects.host_cancel(self.machine_id or ""), self.runner.on_cancel)
             self._servers.append(await serve_json_socket(self.paths.control_socket, self._on_local))
             self._servers.append(await serve_json_socket(self.paths.credential_socket, self._on_credential))
             log.info("agent %s (%s) running: tenant %s, pools %s, status %s", self.machine_id, s.hostname,
@@ -131,6 +137,8 @@ class Agent:
                 raise self._exit
             await self._goodbye()
         finally:
+            if self.runner is not None:
+                await self.runner.close()
             for server in self._servers:
                 server.close()
             for sock in (self.paths.control_socket, self.paths.credential_socket):
@@ -223,6 +231,8 @@ class Agent:
         self.models = reply.models
         if reply.capacity is not None:
             self.capacity = reply.capacity
+        if reply.lease_s:
+            self.lease_s = reply.lease_s
         if reply.status is not None and reply.status != self.status:
             log.info("fleet.yaml declares this host %s", reply.status)
             self.set_status({"active": "resume", "paused": "pause", "draining": "drain"}[reply.status])
@@ -244,17 +254,22 @@ class Agent:
 
     # ------------------------------------------------------------------------------------------ heartbeats
     def running(self) -> int:
-        return sum(1 for sess in self.sessions.values() if sess.phase in ("assigned", "running"))
+        return self.runner.running() if self.runner is not None else 0
 
     def heartbeat(self) -> Heartbeat:
         self.seq += 1
+        sessions = self.runner.infos() if self.runner is not None else []
         return Heartbeat(seq=self.seq, sent_at=time.time(), started_at=self.started_at, status=self.status,  # type: ignore[arg-type]
-                         running=self.running(), sessions=list(self.sessions.values()), version=__version__)
+                         running=self.running(), sessions=sessions, version=__version__)
 
     async def _heartbeat_loop(self) -> None:
         assert self.bus is not None
         subject = subjects.heartbeat(self.machine_id or "")
+        last = time.monotonic()
         while not self._stop.is_set():
+            now = time.monotonic()
+            await self._check_lease(now - last, now)
+            last = now
             if self.bus.is_connected:
                 with contextlib.suppress(FleetError):
                     await self.bus.publish(subject, self.heartbeat().encode())
@@ -265,6 +280,20 @@ class Agent:
                                return_when=asyncio.FIRST_COMPLETED)
             for fut in (stop, wake):
                 fut.cancel()
+
+    async def _check_lease(self, since_last: float, now: float) -> None:
+        """Self-fencing: the server re-queues this host's sessions once it has heard nothing for the lease; past that,
+        they may run elsewhere, so stop them here (they are not reported: their fencing tokens are dead)."""
+        if self.runner is None:
+            return
+        if since_last > self.lease_s:
+            await self.runner.kill_all(f"the agent was stopped for {since_last:.1f}s, longer than its lease")
+        if self.bus is not None and not self.bus.is_connected:
+            self._disconnected_at = self._disconnected_at or now
+            if now - self._disconnected_at > self.lease_s:
+                await self.runner.kill_all(f"cut off from NATS for longer than its lease ({self.lease_s:g}s)")
+        else:
+            self._disconnected_at = None
 
     async def _goodbye(self) -> None:
         """Clean shutdown: one heartbeat saying draining, then the goodbye (the server marks us offline)."""
@@ -339,8 +368,8 @@ class Agent:
     async def _on_credential(self, request: dict[str, Any]) -> dict[str, Any]:
         """A session asks for its identity; only sessions that run on this host get one."""
         session_id = request.get("session_id")
-        session = self.sessions.get(session_id) if isinstance(session_id, str) else None
-        if session is None:
-            return {"ok": False, "error": f"no session {session_id!r} runs on this host"}
-        return {"ok": True, "session_id": session.id, "phase": session.phase, "machine_id": self.machine_id,
-                "tenant": self.tenant}
+        run = self.runner.runs_session(session_id) if isinstance(session_id, str) and self.runner else None
+        if run is None:
+            return {"ok": False, "error": f"no session {str(session_id)[:40]!r} runs on this host"}
+        return {"ok": True, "session_id": run.session, "phase": run.phase, "machine_id": self.machine_id,
+                "tenant": self.tenant, "project": run.assignment.project, "attempt": run.assignment.attempt}

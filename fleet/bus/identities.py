@@ -9,8 +9,9 @@ subscribe only under it, so nobody can read another identity's replies.
 - admin (`fleet apply`, `fleet hosts revoke`, …): the whole API; the applied config and apply lock buckets, read and
   write; the enrollment counters and the pepper of key digests, read. No heartbeat, bye, register or host subject: an operator cannot impersonate
   a host or read what the server tells one, and cannot read enrollment requests (they carry key secrets).
-- viewer (a reviewer's CI job: `fleet plan`, `list`, `show`, `route test`, `keys list`): the read-only API
-  (ping, host pages, one host) and the config and counter buckets read-only. `fleet apply` is refused (it cannot
+- viewer (a reviewer's CI job: `fleet plan`, `list`, `show`, `route test`, `keys list`, `sessions list`): the
+  read-only API (ping, host pages, one host, sessions listed, shown, awaited and their logs) and the config and
+  counter buckets read-only. `fleet apply` is refused (it cannot
   take the apply lock nor write a record), and so is every host command.
 - submitter of tenant T (the dispatch issue): the session API of tenant T only.
 - host <id>: publishes only its own heartbeat, goodbye, registration and work subjects; subscribes only to its own
@@ -62,7 +63,8 @@ def admin(user_public: str) -> Permissions:
     )
 
 
-VIEWER_API = (subjects.API_PING, subjects.API_HOSTS_PAGE, f"{subjects.API_HOSTS_PAGE}.*", subjects.API_HOSTS_GET)
+VIEWER_API = (subjects.API_PING, subjects.API_HOSTS_PAGE, f"{subjects.API_HOSTS_PAGE}.*", subjects.API_HOSTS_GET,
+              *(f"{subjects.API_SESSIONS}.*.{verb}" for verb in ("list", "get", "wait", "logs")))
 
 
 def viewer(user_public: str) -> Permissions:
@@ -75,7 +77,7 @@ def viewer(user_public: str) -> Permissions:
 def submitter(user_public: str, tenant: str) -> Permissions:
     return Permissions(
         pub_allow=(f"{subjects.API_SESSIONS}.{tenant}.>", subjects.API_PING),
-        sub_allow=(*_own_inbox(user_public), f"{subjects.SESSION_OUTPUT}.{tenant}.>"),
+        sub_allow=_own_inbox(user_public),
     )
 
 

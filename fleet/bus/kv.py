@@ -353,6 +353,21 @@ class Informer:
 async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int = 5, ttl: float | None = None) -> Store:
     """Open bucket `bucket`, creating it (file storage; entries expiring after `ttl` seconds if given) when missing
     and `create` is set. Idempotent."""
+    for delay in (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, None):
+        try:
+            return await _open_store(bus, bucket, create=create, history=history, ttl=ttl)
+        except JetStreamUnavailable:
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)  # JetStream answers 503 for a moment after nats-server starts
+    raise AssertionError("not reached")
+
+
+class JetStreamUnavailable(TransientError):
+    """JetStream answered 503: not enabled, or not ready yet (right after nats-server started)."""
+
+
+async def _open_store(bus: Bus, bucket: str, *, create: bool, history: int, ttl: float | None) -> Store:
     js = bus.js
     started = time.monotonic()
     try:
@@ -369,7 +384,8 @@ async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int
         except nats.js.errors.BadRequestError:
             kv = await js.key_value(bucket)  # another process created it in the meantime
     except nats.js.errors.ServiceUnavailableError as exc:
-        raise TransientError(f"JetStream is not enabled on {bus.url}", hint="run nats-server with -js") from exc
+        raise JetStreamUnavailable(f"JetStream is not enabled (or not ready) on {bus.url}",
+                                   hint="run nats-server with -js") from exc
     except (TimeoutError, nats.errors.Error) as exc:
         refusal = bus.denied(f"$JS.API.STREAM.INFO.KV_{bucket}", started)
         if refusal is not None:

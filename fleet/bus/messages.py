@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
+import time
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -143,6 +145,7 @@ class PoolMembership(BaseModel):
 class SessionInfo(BaseModel):
     id: Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
     phase: SessionPhase
+    fence: int | None = Field(default=None, ge=0)  # the fencing token of the assignment it runs under
 
 
 # ------------------------------------------------------------------------------------------- agent <-> server
@@ -188,6 +191,7 @@ class JoinReply(Message):
     models: list[str] = Field(default_factory=list)
     capacity: Capacity | None = None
     heartbeat_interval_s: float | None = None
+    lease_s: float | None = None  # the server re-queues this host's sessions after hearing nothing for this long
     status: AdminStatus | None = None  # the status fleet.yaml declares for this host, if it declares one
 
 
@@ -334,3 +338,169 @@ class HostRecord(Message):
         if isinstance(data, dict) and data.get("last_status") in ("paused", "draining") and "admin_status" not in data:
             data = {**data, "admin_status": data["last_status"]}
         return data
+
+
+# ------------------------------------------------------------------------------------------- sessions
+
+FINAL_PHASES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+LIVE_PHASES = frozenset({"assigned", "running"})
+MAX_COMMAND_ARGS = 256
+MAX_ENV = 64
+MAX_OUTPUT_TAIL = 16 * 1024  # bytes of output a session keeps (the end of it)
+MAX_OUTPUT_CHUNK = 8 * 1024
+MAX_HISTORY = 64
+
+SessionId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{20}$")]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+
+
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("must not contain a NUL byte (no command or environment can hold one)")
+    return value
+
+
+EnvValue = Annotated[str, StringConstraints(max_length=8192), AfterValidator(_no_nul)]
+Arg = Annotated[str, StringConstraints(max_length=8192), AfterValidator(_no_nul)]
+Seconds = Annotated[float, AfterValidator(_finite), Field(gt=0, le=7 * 86400)]
+
+
+def new_session_id() -> str:
+    """20 hex characters, ordered by submission time: milliseconds since the epoch, then 32 random bits. Chosen by
+    the submitting client (fleet.sessions.client), so that a submit sent again is recognised."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
+
+
+class SubmitRequest(Message):
+    """fleet.v1.api.sessions.<tenant>.submit: run `command` for `project` (a project of that tenant), as session
+    `id` (the client's choice: the same ID sent again is the same session, never a second one)."""
+
+    id: SessionId | None = None
+    project: Ident
+    command: list[Arg] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
+    labels: list[Label] = Field(default_factory=list, max_length=32)
+    model: Label | None = None
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    timeout_s: Seconds | None = None
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=MAX_ENV)
+    wait_s: float = Field(default=0.0, ge=0, le=3600)  # answer when the session ends (or after wait_s)
+
+
+class PhaseEvent(BaseModel):
+    phase: SessionPhase
+    at: float
+    host: str | None = None
+    attempt: int = 1
+    note: str | None = None
+
+
+class SessionRecord(Message):
+    """A session, as stored in KV bucket fleet-v1-sessions (key = id) and as the session API returns it (without
+    its environment's values)."""
+
+    id: SessionId
+    tenant: Ident
+    project: Ident
+    command: list[Arg]
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    labels: list[Label] = Field(default_factory=list)
+    model: Label | None = None
+    priority: int = 0
+    timeout_s: float | None = None
+    max_attempts: int = 3
+    phase: SessionPhase = "queued"
+    attempt: int = 1
+    host: str | None = None
+    pool: str | None = None
+    fence: int | None = None  # the KV revision of the write that assigned it (None: the record's own revision)
+    exit_code: int | None = None
+    reason: str | None = None
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    history: list[PhaseEvent] = Field(default_factory=list)
+    output_tail: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.phase in FINAL_PHASES
+
+
+class SessionView(SessionRecord):
+    """A session as the session API returns it: its environment's names only, and why it waits when it does."""
+
+    env: list[EnvName] = Field(default_factory=list)  # type: ignore[assignment]
+    hostname: str | None = None  # of `host`, as the dispatcher knows it
+
+
+class SessionQuery(Message):
+    """fleet.v1.api.sessions.<tenant>.get / .cancel / .wait: one session (ID or unique prefix)."""
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+    wait_s: float = Field(default=0.0, ge=0, le=3600)
+
+
+class SessionListRequest(Message):
+    """fleet.v1.api.sessions.<tenant>.list."""
+
+    project: Ident | None = None
+    phase: SessionPhase | None = None
+    limit: int = Field(default=1000, ge=1, le=10_000)
+
+
+class LogsRequest(Message):
+    """fleet.v1.api.sessions.<tenant>.logs: output from byte `offset` on; waits up to `wait_s` for more."""
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+    offset: int = Field(default=0, ge=0)
+    wait_s: float = Field(default=0.0, ge=0, le=60)
+
+
+class Assignment(Message):
+    """Server -> host on fleet.v1.host.<machine_id>.assign: run this session under this fencing token."""
+
+    session: SessionId
+    fence: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+    tenant: Ident
+    project: Ident
+    command: list[Arg] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=MAX_ENV)
+    timeout_s: float | None = None
+
+
+class CancelOrder(Message):
+    """Server -> host on fleet.v1.host.<machine_id>.cancel: stop this session (cancelled, or its lease is gone)."""
+
+    session: SessionId
+    fence: int | None = None
+    reason: Annotated[str, StringConstraints(max_length=200)] = "cancelled"
+
+
+class WorkEvent(Message):
+    """Host -> server on fleet.v1.work.<machine_id>.event (request/reply): a session of this host changed phase."""
+
+    session: SessionId
+    fence: int = Field(ge=0)
+    phase: Literal["running", "succeeded", "failed", "cancelled", "timed_out"]
+    exit_code: int | None = Field(default=None, ge=-255, le=255)
+    started_at: Epoch | None = None
+    at: Epoch
+    output_tail: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_TAIL)] = ""
+    note: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class WorkReply(Message):
+    ok: bool
+    stale: bool = False  # the session is no longer this host's under this fence: stop it, report nothing more
+    message: str | None = None
+
+
+class OutputChunk(Message):
+    """Host -> server on fleet.v1.work.<machine_id>.output: more output of a running session."""
+
+    session: SessionId
+    fence: int = Field(ge=0)
+    offset: int = Field(ge=0)  # byte offset of `data` in the session's output
+    data: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHUNK)]

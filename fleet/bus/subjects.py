@@ -34,9 +34,9 @@ API_HOSTS_COMMAND = f"{PREFIX}.api.hosts.command"
 API_HOSTS_PAGE = f"{PREFIX}.api.hosts.page"
 
 # Submitters -> server: the session API of one tenant (the tenant is a subject token, so that NATS permissions
-# scope a submitter to its tenant), and the output of its sessions (server -> submitters).
+# scope a submitter to its tenant): api_sessions(tenant, verb), verbs submit, list, get, cancel, wait, logs.
 API_SESSIONS = f"{PREFIX}.api.sessions"
-SESSION_OUTPUT = f"{PREFIX}.out"
+SESSION_VERBS = ("submit", "list", "get", "cancel", "wait", "logs")
 
 # KV buckets (JetStream, file storage).
 BUCKET_CONFIG = "fleet-v1-config"
@@ -45,6 +45,8 @@ BUCKET_ENROLL = "fleet-v1-enroll"
 BUCKET_LOCKS = "fleet-v1-locks"
 BUCKET_SECRETS = "fleet-v1-secrets"  # the pepper of enrollment key digests: server and admin only
 BUCKET_TRUST = "fleet-v1-trust"  # revoked host identities: server only
+BUCKET_SESSIONS = "fleet-v1-sessions"  # every session: server only (the session API serves them)
+BUCKET_DISPATCH = "fleet-v1-dispatch"  # the dispatcher lease (key `leader`, entries expire): server only
 
 _MACHINE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -75,8 +77,39 @@ def host_control(machine_id: str) -> str:
 
 
 def host_work(machine_id: str) -> str:
-    """What host `machine_id` reports about its sessions goes under this prefix (the dispatch issue)."""
+    """What host `machine_id` reports about its sessions goes under this prefix (events, output)."""
     return f"{PREFIX}.work.{machine_id}"
+
+
+WORK_PREFIX = f"{PREFIX}.work."
+
+
+def host_assign(machine_id: str) -> str:
+    return f"{host_prefix(machine_id)}.assign"
+
+
+def host_cancel(machine_id: str) -> str:
+    return f"{host_prefix(machine_id)}.cancel"
+
+
+def api_sessions(tenant: str, verb: str) -> str:
+    """The session API of `tenant`: fleet.v1.api.sessions.<tenant>.<verb>."""
+    return f"{API_SESSIONS}.{tenant}.{verb}"
+
+
+def work_parts(subject: str) -> tuple[str, str] | None:
+    """(machine ID, kind) of fleet.v1.work.<machine_id>.<kind>, or None."""
+    if not subject.startswith(WORK_PREFIX):
+        return None
+    mid, _, kind = subject[len(WORK_PREFIX):].partition(".")
+    return (mid, kind) if is_machine_id(mid) and kind in ("event", "output") else None
+
+
+def session_api_parts(subject: str) -> tuple[str, str] | None:
+    """(tenant, verb) of fleet.v1.api.sessions.<tenant>.<verb>, or None."""
+    rest = subject[len(API_SESSIONS) + 1:] if subject.startswith(API_SESSIONS + ".") else ""
+    tenant, _, verb = rest.partition(".")
+    return (tenant, verb) if tenant and verb in SESSION_VERBS else None
 
 
 def hosts_page_at(server_id: str) -> str:

@@ -89,16 +89,20 @@ class TrustDir:
         return cls(root, seeds["operator"], seeds["sys"], seeds["account"], seeds["signing"])
 
     # ------------------------------------------------------------------------------------------ identities
-    def issue(self, name: str, permissions: Permissions, user: Key | None = None) -> str:
+    def issue(self, name: str, permissions: Permissions, user: Key | None = None, tags: tuple[str, ...] = ()) -> str:
         """A creds file's text for a new user (or `user`) of the FLEET account with these permissions."""
         user = user or Key.generate("user")
-        return creds_text(user_jwt(user.public, name, self.account.public, self.signing, permissions), user.seed)
+        return creds_text(user_jwt(user.public, name, self.account.public, self.signing, permissions, tags=tags),
+                          user.seed)
 
     def issue_role(self, role: str, *, name: str, tenant: str | None = None) -> str:
+        """A creds file for a new identity of `role` (its JWT is tagged `role:<role>` and, for a submitter,
+        `tenant:<tenant>`: the session client reads its tenant from there)."""
         user = Key.generate("user")
+        tags = (f"role:{role}",) + ((f"tenant:{tenant}",) if tenant else ())
         if role == "enroll":
-            return self.issue(name, identities.enroll(), user)
-        return self.issue(name, identities.for_role(role, user.public, tenant), user)
+            return self.issue(name, identities.enroll(), user, tags)
+        return self.issue(name, identities.for_role(role, user.public, tenant), user, tags)
 
     def host_jwt(self, user_public: str, machine_id: str, hostname: str, tenant: str) -> str:
         """The JWT of an enrolled host: it may use only its own subjects (fleet.bus.identities.host)."""

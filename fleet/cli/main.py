@@ -52,6 +52,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "NATS identities of the fleet: issue more (admin, viewer, a tenant's submitter, enroll)."),
     "keys": ("fleet.cli.keys_cmds", "keys_group",
              "Enrollment keys: declared in fleet.yaml (`keys:`), applied by `fleet apply`; list the applied ones here."),
+    "submit": ("fleet.cli.session_cmds", "submit_cmd", "Run COMMAND on a host of the fleet, placed by PROJECT's routing policy."),
+    "sessions": ("fleet.cli.session_cmds", "sessions_group", "Sessions: list them, show one, cancel one, read its output."),
     "up": ("fleet.cli.runtime_cmds", "up_cmd",
            "Start the embedded fleet in the background: nats-server (JetStream) + `fleet server`."),
     "down": ("fleet.cli.runtime_cmds", "down_cmd",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 import click
@@ -22,7 +23,8 @@ from fleet.cli.shared import atomic_write, load_config_or_report, plugin_registr
 from fleet.errors import FleetError, UsageError
 from fleet.hosts.model import Host
 from fleet.reconciler.desired import pool_spec, route_spec
-from fleet.reconciler.operation import observe_hosts
+from fleet.reconciler.live import QueuedSession
+from fleet.reconciler.operation import observe_hosts, observe_queued
 from fleet.routing import Capacity, PoolView, RouteView, decide, ineligibility, pool_capacity
 from fleet.schema.api import load_fleet_text
 from fleet.schema.diagnostics import did_you_mean
@@ -171,12 +173,13 @@ def route_test(project: str | None, explain: bool, file: Path, nats: NatsSetting
     assert cfg is not None
     p = pick_project(cfg, project)
 
-    async def run() -> list[Host]:
+    async def run() -> tuple[list[Host], list[QueuedSession], str | None]:
         async with await connect(**nats.kwargs(), name="fleet-cli") as bus:
             hosts, _ = await observe_hosts(bus, required=True)
-            return hosts
+            queued, warning = await observe_queued(bus, project=p.id)
+            return hosts, queued, warning
 
-    hosts = asyncio.run(run())
+    hosts, queued, queue_warning = asyncio.run(run())
     route = RouteView.from_spec(p.id, route_spec(p))
     pools = {pid: PoolView.from_spec(pid, pool_spec(pool)) for pid in route.pools if (pool := cfg.pool(pid))}
     caps = {pid: pool_capacity(view, hosts, route) for pid, view in pools.items()}
@@ -189,6 +192,10 @@ def route_test(project: str | None, explain: bool, file: Path, nats: NatsSetting
             "decision": {"pool": decision.pool, "role": decision.role},
             "fallback": route.fallback_pool if route.mode == "preferred-with-fallback" else None,
             "explain": _explain_json(route, pools, hosts) if explain else None,
+            "queued": None if queue_warning else {
+                "count": len(queued), "sessions": [q.session_id for q in queued[:100]],
+                "oldest_s": round(time.time() - queued[0].submitted_at, 3) if queued else None,
+                "reason": queued[0].reason if queued else None},
         }, indent=2))
         return
     click.echo(f"Simulating dispatch for project: {p.id}")
@@ -205,6 +212,14 @@ def route_test(project: str | None, explain: bool, file: Path, nats: NatsSetting
         click.echo(f"  {'Fallback:':<17}{route.fallback_pool} (not needed)")
     elif route.mode != "adaptive" and not route.fallback_pool:
         click.echo(f"  {'Fallback:':<17}(none configured)")
+    if queue_warning:
+        click.echo(f"  {'Queue:':<17}unknown ({queue_warning})")
+    elif queued:
+        oldest = time.time() - queued[0].submitted_at
+        click.echo(f"  {'Queue:':<17}{len(queued)} session(s) waiting, the oldest for {oldest:.0f}s"
+                   + (f": {queued[0].reason}" if queued[0].reason else ""))
+    else:
+        click.echo(f"  {'Queue:':<17}empty")
     if explain:
         click.echo("")
         click.echo("Hosts:")

@@ -1,10 +1,8 @@
 """The client of the control-plane API (`fleet.v1.api.*`): ping, every host page by page, one host, a command.
 
 Called by the CLI (fleet.cli.inventory_cmds, runtime_cmds), the reconciler's plan and apply (observed hosts) and
-the benches; the server side of paging is fleet.hosts.paging. `call()` turns "NATS is up but
-no `fleet server` answers" into ServerUnavailable, and an error reply into the FleetError subclass its wire code
-names (fleet.errors.from_wire), so retry meaning survives the trip; retryable errors (a transient failure, an
-expired snapshot, a lost race) are retried with backoff before they reach the user. `host_pages()` is the one
+the benches; the server side of paging is fleet.hosts.paging. Requests go through fleet.bus.api.call (typed
+errors, retries; re-exported here for the callers that already import it from this module). `host_pages()` is the one
 reader of paged snapshots: the first page comes from any replica, the rest from the replica that holds the
 snapshot, several at a time, each page converted as it arrives. Hosts arrive as fleet.hosts.model.Host.
 """
@@ -14,56 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import random
 from collections.abc import Iterator
 from typing import Any
 
 from fleet.bus import subjects
-from fleet.bus.connection import Bus, NoResponders, RequestTimeout, connect
+from fleet.bus.api import ATTEMPTS, SERVER_HINT, call
+from fleet.bus.connection import Bus, connect
 from fleet.bus.messages import (
     HOSTS_PAGE_MAX,
-    ApiReply,
     HostCommand,
     HostQuery,
     HostsPage,
     HostsPageRequest,
-    Message,
-    decode,
 )
 from fleet.bus.settings import TlsSettings
-from fleet.errors import FleetError, ProtocolError, ServerUnavailable, SnapshotExpired, from_wire
+from fleet.errors import FleetError, ProtocolError, SnapshotExpired
 from fleet.hosts.model import Host, row_reader
 
-SERVER_HINT = "start one with `fleet up` (embedded) or `fleet server --nats URL`"
-ATTEMPTS = 3
-
-
-async def call(bus: Bus, subject: str, message: Message | None = None, *, timeout: float = 5.0,
-               attempts: int = ATTEMPTS) -> Any:
-    """One API request; the reply's data, or the FleetError it carries. Retryable failures are retried."""
-    payload = message.encode() if message is not None else b'{"v": 1}'
-    for attempt in range(attempts):
-        try:
-            return await _call_once(bus, subject, payload, timeout)
-        except FleetError as exc:
-            if not exc.retryable or attempt == attempts - 1 or isinstance(exc, SnapshotExpired):
-                raise
-            await asyncio.sleep(random.uniform(0.5, 1.0) * 0.2 * 2 ** attempt)
-    raise AssertionError("not reached")
-
-
-async def _call_once(bus: Bus, subject: str, payload: bytes, timeout: float) -> Any:
-    try:
-        data = await bus.request(subject, payload, timeout=timeout, what="fleet server")
-    except NoResponders as exc:
-        raise ServerUnavailable(f"NATS at {bus.url} is up but no fleet server answers", hint=SERVER_HINT) from exc
-    except RequestTimeout as exc:
-        raise ServerUnavailable(f"the fleet server at {bus.url} did not answer within {timeout:g}s",
-                                hint="check `fleet server` logs (.fleet/server.log after `fleet up`)") from exc
-    reply = decode(ApiReply, data, max_bytes=len(data))  # our own server's reply: as large as NATS allowed
-    if not reply.ok:
-        raise from_wire(reply.error, reply.message, reply.hint, reply.retryable)
-    return reply.data
+__all__ = ["SERVER_HINT", "ControlPlaneClient", "call", "host_pages", "hosts_of"]
 
 
 def hosts_of(columns: list[str], rows: list[list[Any]]) -> list[Host]:

@@ -2,8 +2,9 @@
 
 `AppliedConfig.apply(key, entry)` is fed by a fleet.bus.kv.Informer on bucket fleet-v1-config (every replica
 follows every apply within milliseconds; no polling). A record that does not decode is skipped and counted, never
-fatal. Readers get plain data: `keys` (KeySpec by ID, and by secret hash), `pools` (the raw spec dicts, which the
-host model reads), `declared` (the status fleet.yaml declares per machine ID). `version` moves on every change,
+fatal. Readers get plain data: `keys` (KeySpec by ID, and by secret digest), `pools` (the raw spec dicts, which the
+host model reads), `declared` (the status fleet.yaml declares per machine ID), `routes` (each project's routing,
+which the dispatcher follows). `version` moves on every change,
 so derived caches (per-pool-set envelopes, grace periods) know when to rebuild. Used by the registry, the
 enrollment authority and the declared-status controller.
 """
@@ -30,6 +31,7 @@ class AppliedConfig:
         self.pools: dict[str, dict[str, Any]] = {}
         self.pool_specs: dict[str, PoolSpec] = {}
         self.declared: dict[str, str] = {}
+        self.routes: dict[str, dict[str, Any]] = {}  # project -> its routing (route.<project> specs)
         self.version = 0
         self.metrics: Counter[str] = Counter()
         self.listeners: list[Callable[[str], None]] = []
@@ -37,7 +39,7 @@ class AppliedConfig:
     def apply(self, key: str, entry: Entry | None) -> None:
         """One record changed (None: deleted). Called by the informer, in stream order."""
         kind, _, ident = key.partition(".")
-        if kind not in ("key", "pool", "host"):
+        if kind not in ("key", "pool", "host", "route"):
             return
         self._forget(kind, ident)
         if entry is not None:
@@ -52,6 +54,10 @@ class AppliedConfig:
                 elif kind == "pool":
                     self.pool_specs[ident] = PoolSpec.model_validate(rec.spec)
                     self.pools[ident] = rec.spec
+                elif kind == "route":
+                    if not isinstance(rec.spec.get("tenant"), str) or not isinstance(rec.spec.get("preferred_pool"), str):
+                        raise FleetError(f"route {ident} has no tenant or preferred pool")
+                    self.routes[ident] = rec.spec
                 else:
                     status = rec.spec.get("status")
                     if status in LIVE_STATUSES:
@@ -71,6 +77,8 @@ class AppliedConfig:
         elif kind == "pool":
             self.pools.pop(ident, None)
             self.pool_specs.pop(ident, None)
+        elif kind == "route":
+            self.routes.pop(ident, None)
         else:
             self.declared.pop(ident, None)
 

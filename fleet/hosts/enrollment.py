@@ -297,6 +297,7 @@ class Enroller:
             labels=list(host.labels), models=list(host.models),
             capacity={"max_concurrent_sessions": host.max_sessions, "pool_max_disk_gb": host.max_disk_gb},  # type: ignore[arg-type]
             heartbeat_interval_s=self.heartbeat_interval, status=host.declared,  # type: ignore[arg-type]
+            lease_s=self.registry.grace_for_pools(host.pools),
         )
 
 

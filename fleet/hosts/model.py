@@ -28,6 +28,7 @@ class Session:
     session_id: str
     phase: str
     project: str | None = None
+    fence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

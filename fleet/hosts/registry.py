@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,9 +93,15 @@ class Registry:
         self.dirty: set[str] = set()
         #: revoked hosts that still heartbeat (drained by the liveness writer, which tells them again)
         self.revoked_seen: set[str] = set()
+        #: called with a machine ID when a host's record, liveness or reported status changes (the dispatcher listens)
+        self.watchers: list[Callable[[str], None]] = []
         self._sorted: list[str] | None = None
         self._poolsets: dict[tuple[str, ...], _PoolSet] = {}
         self._poolsets_version = -1
+
+    def _changed(self, machine_id: str) -> None:
+        for watcher in self.watchers:
+            watcher(machine_id)
 
     # ------------------------------------------------------------------------------------------ records
     def apply_record(self, key: str, entry: KvEntry | None) -> None:
@@ -104,6 +110,7 @@ class Registry:
             if self.entries.pop(key, None) is not None:
                 self._sorted = None
                 self.dirty.discard(key)
+                self._changed(key)
             return
         try:
             record = HostRecord.model_validate_json(entry.value)
@@ -120,6 +127,7 @@ class Registry:
             self.unknown.pop(key, None)
         else:
             current.record, current.revision = record, entry.revision
+        self._changed(key)
 
     # ------------------------------------------------------------------------------------------ liveness
     def heartbeat(self, subject: str, data: bytes, now: float | None = None, now_wall: float | None = None) -> bool:
@@ -144,10 +152,13 @@ class Registry:
         if hb.v != PROTOCOL_VERSION:
             self.metrics["heartbeat_unsupported_version"] += 1
             return False
-        entry.beat = Beat(hb.status, hb.running, tuple(Session(s.id, s.phase) for s in hb.sessions), hb.started_at,
-                          hb.version, hb.seq, time.monotonic() if now is None else now,
+        before = entry.beat.status if entry.live and entry.beat is not None else None
+        entry.beat = Beat(hb.status, hb.running, tuple(Session(s.id, s.phase, fence=s.fence) for s in hb.sessions),
+                          hb.started_at, hb.version, hb.seq, time.monotonic() if now is None else now,
                           time.time() if now_wall is None else now_wall)
         entry.live = True
+        if before != hb.status:  # came alive, or changed status: the dispatcher re-reads it (never per heartbeat)
+            self._changed(entry.record.machine_id)
         self.metrics["heartbeats"] += 1
         if hb.status != entry.record.admin_status:
             self.dirty.add(entry.record.machine_id)
@@ -159,6 +170,7 @@ class Registry:
             entry.beat = dataclasses.replace(entry.beat, status=status)
             if status != entry.record.admin_status:
                 self.dirty.add(entry.record.machine_id)
+            self._changed(entry.record.machine_id)
 
     def bye(self, subject: str) -> HostEntry | None:
         """A host said goodbye (clean shutdown): offline now. The payload says nothing we need."""
@@ -170,6 +182,7 @@ class Registry:
         self.metrics["offline_transitions"] += 1
         self.dirty.add(entry.record.machine_id)
         log.info("host %s (%s) said goodbye: offline", entry.record.machine_id, entry.record.hostname)
+        self._changed(entry.record.machine_id)
         return entry
 
     def sweep(self, now: float | None = None) -> list[HostEntry]:
@@ -184,6 +197,8 @@ class Registry:
                 log.info("host %s (%s) offline: no heartbeat for %.1fs", entry.record.machine_id,
                          entry.record.hostname, now - entry.beat.at)
         self.metrics["offline_transitions"] += len(gone)
+        for entry in gone:
+            self._changed(entry.record.machine_id)
         return gone
 
     def _unknown(self, mid: str | None) -> None:
@@ -221,7 +236,10 @@ class Registry:
 
     def grace(self, record: HostRecord) -> float:
         """Seconds without a heartbeat before the host is offline: the largest disconnect_grace of its pools."""
-        return self._poolset(tuple(record.pools)).grace or self.offline_after
+        return self.grace_for_pools(tuple(record.pools))
+
+    def grace_for_pools(self, pools: tuple[str, ...]) -> float:
+        return self._poolset(pools).grace or self.offline_after
 
     def host(self, entry: HostEntry) -> Host:
         return self.build(entry.record, entry.beat, entry.live)

@@ -55,6 +55,8 @@ class QueuedSession(_Model):
     tenant: str
     required_labels: tuple[str, ...] = ()
     model: str | None = None
+    submitted_at: float = 0.0
+    reason: str | None = None  # why it waits, as the dispatcher says
 
 
 class LiveState(_Model):

@@ -22,7 +22,7 @@ from typing import Protocol
 from fleet import __version__
 from fleet.bus.applied import ApplyLock, ConfigStore, LockInfo, load_pepper
 from fleet.bus.connection import Bus
-from fleet.errors import FleetError, NotConverged, ServerUnavailable, StalePlan
+from fleet.errors import FleetError, NotConverged, PermissionDenied, ServerUnavailable, StalePlan
 from fleet.hosts.client import host_pages
 from fleet.hosts.model import Host
 from fleet.reconciler.apply import ApplyReport, Reveal, apply_plan
@@ -31,8 +31,10 @@ from fleet.reconciler.converge import Targets, pending, targets
 from fleet.reconciler.desired import desired_resources
 from fleet.reconciler.diff import make_plan
 from fleet.reconciler.gather import gather, key_hashes, key_secret_problems
+from fleet.reconciler.live import QueuedSession
 from fleet.reconciler.plan import Basis, Change, Plan
 from fleet.schema.models import FleetConfig
+from fleet.sessions.client import list_sessions
 
 CONVERGE_POLL_S = 0.5
 
@@ -48,6 +50,17 @@ async def observe_hosts(bus: Bus, *, required: bool = False) -> tuple[list[Host]
         return [], f"{exc.message}: hosts were not observed (consequences and drift use the applied state only)"
 
 
+async def observe_queued(bus: Bus, project: str | None = None) -> tuple[list[QueuedSession], str | None]:
+    """The sessions waiting in the dispatcher's pending queue (the plan says which a change leaves unroutable), and
+    a warning instead when no dispatcher answers or this identity may not list sessions."""
+    try:
+        sessions = await list_sessions(bus, phase="queued", project=project, limit=10_000)
+    except (ServerUnavailable, PermissionDenied) as exc:
+        return [], f"{exc.message}: queued sessions were not observed"
+    return [QueuedSession(session_id=s.id, project=s.project, tenant=s.tenant, required_labels=tuple(s.labels),
+                          model=s.model, submitted_at=s.submitted_at, reason=s.reason) for s in sessions], None
+
+
 async def make_live_plan(bus: Bus, cfg: FleetConfig, file: Path, env: Mapping[str, str], *,
                          refresh_only: bool = False) -> Plan:
     """Gather live state and diff it against the loaded config."""
@@ -60,7 +73,12 @@ async def make_live_plan(bus: Bus, cfg: FleetConfig, file: Path, env: Mapping[st
     hosts, host_warning = await observe_hosts(bus)
     if host_warning:
         warnings.append(host_warning)
-    got = await gather(store, hosts, hosts_observed=host_warning is None)
+    queued: list[QueuedSession] = []
+    if host_warning is None:
+        queued, queue_warning = await observe_queued(bus)
+        if queue_warning:
+            warnings.append(queue_warning)
+    got = await gather(store, hosts, hosts_observed=host_warning is None, queued=queued)
     basis = Basis(config_file=str(file), config_hash=cfg.source_hash, applied_revision=got.live.revision,
                   applied_resources={a: r.revision for a, r in got.live.applied.items()}, tool_version=__version__)
     return make_plan(desired_resources(cfg, hashes), got.live, basis, refresh_only=refresh_only, errors=tuple(warnings))

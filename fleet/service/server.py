@@ -11,9 +11,11 @@ benches and tests. `FleetServer.start()`:
    enrollment, registration and the host API (fleet.service.api) in the `fleet-server` queue group, bounded in
    size and concurrency by fleet.bus.connection.Bus.serve;
 4. starts the offline monitor and the writer of transitions (fleet.hosts.liveness) and the declared-status
-   controller (fleet.hosts.declared).
+   controller (fleet.hosts.declared);
+5. runs for the dispatch lease (fleet.dispatch.leader): the replica that holds it dispatches sessions
+   (fleet.dispatch.dispatcher) and serves the session API and the hosts' work subjects (fleet.dispatch.api).
 
-Later issues add the dispatcher and the backend controllers here, as further wiring.
+The backend controllers of a later issue join here, as further wiring.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from fleet.bus.kv import Informer, open_store
 from fleet.bus.messages import MAX_MESSAGE_BYTES
 from fleet.bus.settings import TlsSettings
 from fleet.bus.trustdir import TrustDir
+from fleet.dispatch.api import SessionApi
+from fleet.dispatch.dispatcher import Dispatcher
+from fleet.dispatch.leader import Lease
 from fleet.errors import FleetError
 from fleet.hosts.config import AppliedConfig
 from fleet.hosts.declared import DeclaredStatus
@@ -77,6 +82,8 @@ class FleetServer:
     registry: Registry = field(init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     sys_bus: Bus | None = None
+    dispatcher: Dispatcher | None = None
+    lease: Lease | None = None
     _tasks: set[asyncio.Task] = field(default_factory=set)
     _informers: list[Informer] = field(default_factory=list)
 
@@ -146,10 +153,31 @@ class FleetServer:
         self._spawn(DeclaredStatus(registry, bus).run())
         if revocations is not None:
             self._spawn(revocations.run())
+        await self._start_dispatch(bus)
         self._spawn(self._log_metrics())
         self.ready.set()
         log.info("fleet server %s (%s) ready on %s (%d hosts known, offline after %.1fs)", self.server_id,
                  __version__, s.url, len(registry.entries), s.offline_after)
+
+    async def _start_dispatch(self, bus: Bus) -> None:
+        """The dispatcher, active while this replica holds the dispatch lease (fleet.dispatch.leader)."""
+        sessions = await open_store(bus, subjects.BUCKET_SESSIONS, history=1)
+        self.dispatcher = dispatcher = Dispatcher(bus, self.registry, self.config, sessions,
+                                                  lease_ok=lambda: self.lease is not None and self.lease.held)
+        self.api.metrics.append(dispatcher.metrics)
+        session_api = SessionApi(bus, dispatcher)
+
+        async def elected() -> None:
+            await dispatcher.take_over()
+            await session_api.start()
+            self._spawn(dispatcher.run())
+
+        async def lost() -> None:
+            dispatcher.step_down()
+            await session_api.stop()
+
+        self.lease = await Lease.open(bus, self.server_id, elected, lost)
+        self._spawn(self.lease.run())
 
     async def _warn_if_exposed(self, s: ServerSettings) -> None:
         """Say so when the bus is open to eavesdroppers (no TLS beyond this machine) or to anyone (anonymous
@@ -203,6 +231,10 @@ class FleetServer:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        if self.lease is not None:  # let another replica take over at once
+            if self.dispatcher is not None:
+                self.dispatcher.step_down()
+            await self.lease.release()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -120,7 +120,7 @@ def test_a_host_may_use_its_own_subjects_and_nothing_else(live_fleet) -> None:
         # what it may not
         for subject in (">", "fleet.>", "fleet.v1.hb.*", f"{subjects.host_prefix(b_id)}.>",
                         f"{subjects.host_prefix(c_id)}.control", "$JS.API.>", "$KV.>", f"$KV.{subjects.BUCKET_CONFIG}.>",
-                        "_INBOX.>", subjects.ENROLL, f"{subjects.SESSION_OUTPUT}.health-prod.>", "$SYS.>"):
+                        "_INBOX.>", subjects.ENROLL, f"{subjects.API_SESSIONS}.health-prod.>", "$SYS.>"):
             await a.subscribe(subject)
             assert await a.refused("subscription", subject), subject
         for subject, payload in ((subjects.heartbeat(b_id), b"{}"), (subjects.heartbeat(c_id), b"{}"),
@@ -208,7 +208,7 @@ def test_ten_thousand_subscriptions_of_a_tenant_a_host_get_nothing_of_tenant_b(l
                 for subject in (subjects.host_control(b), f"{subjects.host_prefix(b)}.assign", subjects.heartbeat(b),
                                 subjects.bye(b), subjects.register(b), f"{subjects.host_work(b)}.s1.done"):
                     await server.publish(subject, b"tenant-b")
-            for subject in (f"{subjects.SESSION_OUTPUT}.health-prod.s1", f"{subjects.API_SESSIONS}.health-prod.submit",
+            for subject in (f"{subjects.API_SESSIONS}.health-prod.list", f"{subjects.API_SESSIONS}.health-prod.submit",
                             "_INBOX.health.x", "fleet.v1.api.hosts.page"):
                 await server.publish(subject, b"tenant-b")
             kv = await open_store(server, subjects.BUCKET_HOSTS)

@@ -1,0 +1,288 @@
+"""Running sessions on a host: the agent's executor (the local backend: a subprocess per session).
+
+`Runner` is started by fleet.agents.agent. For each Assignment (on the host's own subject) it starts the command in
+a process group of its own, in a working directory of its own (`<state dir>/sessions/<id>`), with an environment
+that holds only PATH, LANG, HOME/TMPDIR (the working directory), the session's own variables, `FLEET_SESSION_ID`,
+`FLEET_ATTEMPT` and `FLEET_CREDENTIALS_SOCKET` (the agent's own environment, with its enrollment key, is never
+passed on). It streams the output to the server (bounded chunks) and keeps a bounded tail, reports `running` (when
+the command lives longer than RUNNING_AFTER_S) and the final phase: succeeded (exit 0), failed, timed_out (its
+timeout killed it) or cancelled. A final phase is reported until the server acknowledges it or says it is stale,
+and is listed in the heartbeats meanwhile, so that a dispatcher fail-over never makes the host run it again.
+
+A host that lost its lease stops its sessions (self-fencing): when its NATS connection has been down, or the agent
+itself was stopped (SIGSTOP), for longer than the lease the server gave it, the server has re-queued them and they
+may already run elsewhere; `kill_all` ends them and they are not reported (the server would refuse them anyway:
+their fencing tokens are dead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet.bus import subjects
+from fleet.bus.connection import Bus
+from fleet.bus.messages import (
+    MAX_OUTPUT_CHUNK,
+    MAX_OUTPUT_TAIL,
+    Assignment,
+    CancelOrder,
+    OutputChunk,
+    SessionInfo,
+    WorkEvent,
+    WorkReply,
+    decode,
+)
+from fleet.errors import FleetError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+RUNNING_AFTER_S = 0.05  # a command that ends sooner is reported once, with its final phase (both phases recorded)
+OUTPUT_EVERY_S = 0.1
+KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this long
+MAX_UNREPORTED = 1000
+REPORT_RETRY_S = 0.5
+
+
+@dataclass(eq=False)
+class Run:
+    assignment: Assignment
+    started_at: float = 0.0
+    proc: asyncio.subprocess.Process | None = None
+    tail: bytearray = field(default_factory=bytearray)
+    sent: int = 0  # bytes of output sent to the server so far
+    total: int = 0  # bytes of output read so far
+    stop_reason: str | None = None  # cancelled / timed_out / lease lost
+    phase: str = "assigned"
+    silenced: bool = False  # lease lost: report nothing
+
+    @property
+    def session(self) -> str:
+        return self.assignment.session
+
+
+class Runner:
+    def __init__(self, bus: Bus, machine_id: str, state_dir: Path, credential_socket: Path,
+                 on_change: Callable[[], None]) -> None:
+        self.bus = bus
+        self.machine_id = machine_id
+        self.state_dir = state_dir
+        self.credential_socket = credential_socket
+        self.on_change = on_change  # a heartbeat should go out now (a session started or ended)
+        self.runs: dict[str, Run] = {}
+        self.unreported: dict[str, tuple[Run, WorkEvent]] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------------------------------ state
+    def running(self) -> int:
+        return sum(1 for run in self.runs.values() if run.phase in ("assigned", "running"))
+
+    def infos(self) -> list[SessionInfo]:
+        """What the heartbeat reports: running sessions and finished ones not yet acknowledged by the server."""
+        out = [SessionInfo(id=r.session, phase=r.phase, fence=r.assignment.fence) for r in self.runs.values()]  # type: ignore[arg-type]
+        out += [SessionInfo(id=sid, phase=ev.phase, fence=ev.fence) for sid, (_, ev) in self.unreported.items()]
+        return out[:128]
+
+    def runs_session(self, session_id: str) -> Run | None:
+        run = self.runs.get(session_id)
+        return run if run is not None and not run.silenced else None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------------------------------ from the server
+    async def on_assign(self, msg: object) -> None:
+        try:
+            assignment = decode(Assignment, msg.data)  # type: ignore[attr-defined]
+        except ProtocolError as exc:
+            log.warning("ignoring a malformed assignment: %s", exc.message)
+            return
+        current = self.runs.get(assignment.session)
+        if current is not None:
+            if current.assignment.fence == assignment.fence:
+                return  # sent again: already running it
+            await self._stop(current, "assigned again under a new fencing token", silence=True)
+        if assignment.session in self.unreported:
+            return  # finished here already; the server will hear about it
+        run = Run(assignment)
+        self.runs[assignment.session] = run
+        self._spawn(self._run(run))
+
+    async def on_cancel(self, msg: object) -> None:
+        try:
+            order = decode(CancelOrder, msg.data)  # type: ignore[attr-defined]
+        except ProtocolError:
+            return
+        run = self.runs.get(order.session)
+        if run is None or (order.fence is not None and order.fence != run.assignment.fence):
+            return
+        stale = order.reason != "cancelled"
+        log.info("session %s: stopping (%s)", order.session, order.reason)
+        await self._stop(run, "cancelled" if not stale else order.reason, silence=stale)
+
+    # ------------------------------------------------------------------------------------------ running
+    def _environment(self, run: Run, workdir: Path) -> dict[str, str]:
+        a = run.assignment
+        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(workdir),
+               "TMPDIR": str(workdir), "LANG": os.environ.get("LANG", "C.UTF-8")}
+        env.update(a.env)
+        env.update({"FLEET_SESSION_ID": a.session, "FLEET_ATTEMPT": str(a.attempt), "FLEET_PROJECT": a.project,
+                    "FLEET_CREDENTIALS_SOCKET": str(self.credential_socket)})
+        return env
+
+    async def _run(self, run: Run) -> None:
+        a = run.assignment
+        workdir = self.state_dir / "sessions" / a.session
+        run.started_at = time.time()
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            run.proc = await asyncio.create_subprocess_exec(
+                *a.command, cwd=workdir, env=self._environment(run, workdir), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        except (OSError, ValueError) as exc:  # not found, not executable, …; ValueError: a NUL byte somewhere
+            why = getattr(exc, "strerror", None) or str(exc)
+            run.tail += f"fleet: cannot start {a.command[0][:200]!r}: {why}\n".encode()
+            await self._final(run, "failed", 127, note=f"cannot start the command: {why}"[:200])
+            return
+        if run.stop_reason:  # cancelled (or its lease lost) while it was starting
+            await self._kill(run)
+        self.on_change()
+        reader = asyncio.get_running_loop().create_task(self._read(run))
+        announced = asyncio.get_running_loop().create_task(self._announce(run))
+        try:
+            if a.timeout_s:
+                try:
+                    await asyncio.wait_for(run.proc.wait(), a.timeout_s)
+                except TimeoutError:
+                    run.stop_reason = run.stop_reason or "timed_out"
+                    await self._kill(run)
+            code = await run.proc.wait()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        finally:
+            announced.cancel()
+        await self._flush_output(run)
+        if run.silenced:
+            self.runs.pop(a.session, None)
+            return
+        if run.stop_reason == "timed_out":
+            phase, note = "timed_out", f"killed after its timeout of {a.timeout_s:g}s"
+        elif run.stop_reason == "cancelled":
+            phase, note = "cancelled", "cancelled"
+        else:
+            phase, note = ("succeeded" if code == 0 else "failed"), None
+        await self._final(run, phase, code, note=note)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(workdir)
+
+    async def _announce(self, run: Run) -> None:
+        await asyncio.sleep(RUNNING_AFTER_S)
+        run.phase = "running"
+        await self._report(run, WorkEvent(session=run.session, fence=run.assignment.fence, phase="running",
+                                          started_at=run.started_at, at=time.time()), final=False)
+
+    async def _read(self, run: Run) -> None:
+        assert run.proc is not None and run.proc.stdout is not None
+        last_sent = time.monotonic()
+        while True:
+            data = await run.proc.stdout.read(MAX_OUTPUT_CHUNK)
+            if not data:
+                return
+            run.total += len(data)
+            run.tail += data
+            if len(run.tail) > MAX_OUTPUT_TAIL * 2:
+                del run.tail[:len(run.tail) - MAX_OUTPUT_TAIL]
+            if time.monotonic() - last_sent >= OUTPUT_EVERY_S or run.total - run.sent >= MAX_OUTPUT_CHUNK:
+                await self._flush_output(run)
+                last_sent = time.monotonic()
+
+    async def _flush_output(self, run: Run) -> None:
+        """Send the output not sent yet (what no longer is in the tail is lost: the server says so)."""
+        while run.sent < run.total and not run.silenced:
+            start = max(run.sent, run.total - len(run.tail))
+            tail_start = run.total - len(run.tail)
+            chunk = bytes(run.tail[start - tail_start:start - tail_start + MAX_OUTPUT_CHUNK // 2])
+            text = chunk.decode("utf-8", "replace")
+            with contextlib.suppress(FleetError):
+                await self.bus.publish(f"{subjects.host_work(self.machine_id)}.output", OutputChunk(
+                    session=run.session, fence=run.assignment.fence, offset=start, data=text).encode())
+            run.sent = start + len(chunk)
+
+    async def _final(self, run: Run, phase: str, code: int | None, *, note: str | None = None) -> None:
+        run.phase = phase
+        tail = bytes(run.tail[-MAX_OUTPUT_TAIL:]).decode("utf-8", "replace")[-MAX_OUTPUT_TAIL // 4:]
+        event = WorkEvent(session=run.session, fence=run.assignment.fence, phase=phase,  # type: ignore[arg-type]
+                          exit_code=max(-255, min(255, code)) if code is not None else None,
+                          started_at=run.started_at, at=time.time(), output_tail=tail, note=note)
+        self.runs.pop(run.session, None)
+        if len(self.unreported) < MAX_UNREPORTED:
+            self.unreported[run.session] = (run, event)
+        self.on_change()
+        await self._report(run, event, final=True)
+
+    async def _report(self, run: Run, event: WorkEvent, *, final: bool) -> None:
+        """Tell the server, again and again until it answers (ok or stale); a final phase is never dropped."""
+        while not run.silenced:
+            try:
+                data = await self.bus.request(f"{subjects.host_work(self.machine_id)}.event", event.encode(),
+                                              timeout=5.0, what="the dispatcher")
+                reply = decode(WorkReply, data)
+                if reply.ok or reply.stale:
+                    if reply.stale:
+                        log.info("session %s: the server says it is no longer ours (%s)", run.session, reply.message)
+                        if not final:
+                            await self._stop(run, "stale", silence=True)
+                    break
+            except FleetError as exc:  # no dispatcher right now (a fail-over), or NATS is away: try again
+                log.debug("reporting session %s: %s", run.session, exc)
+            if not final:
+                return  # a lost `running` report is harmless: the final one carries started_at
+            await asyncio.sleep(REPORT_RETRY_S)
+        if final:
+            self.unreported.pop(run.session, None)
+            self.on_change()
+
+    # ------------------------------------------------------------------------------------------ stopping
+    async def _stop(self, run: Run, reason: str, *, silence: bool = False) -> None:
+        run.stop_reason = reason
+        run.silenced = run.silenced or silence
+        await self._kill(run)
+
+    async def _kill(self, run: Run) -> None:
+        proc = run.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    async def kill_all(self, reason: str) -> None:
+        """The lease is lost: stop every session, report none of them."""
+        runs = list(self.runs.values())
+        if runs:
+            log.warning("stopping %d session(s): %s", len(runs), reason)
+        for run in runs:
+            await self._stop(run, reason, silence=True)
+        for run, _ in list(self.unreported.values()):
+            run.silenced = True
+        self.unreported.clear()
+
+    async def close(self) -> None:
+        await self.kill_all("the agent stops")
+        for task in list(self._tasks):
+            task.cancel()

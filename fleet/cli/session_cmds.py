@@ -1,0 +1,316 @@
+"""`fleet submit` and `fleet sessions list|show|cancel|logs`: run commands on the fleet and follow them.
+
+Built on the Python client (fleet.sessions.client.Client), which talks to the session API of the `fleet server`
+replica that dispatches. `fleet submit` prints the session ID once the session is durably stored; with `--wait` it
+streams the session's output, then exits with the command's exit code (124 when it timed out, 1 when it failed
+without one or was cancelled; the final line on stderr says which). `session_json` is the one public JSON form of a
+session (`--json` of every command here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+import click
+
+from fleet.bus.messages import FINAL_PHASES, SessionView
+from fleet.cli.inventory_cmds import ago, duration
+from fleet.cli.options import (
+    ID,
+    LABEL,
+    MODEL,
+    Count,
+    Name,
+    NatsSettings,
+    Seconds,
+    format_option,
+    nats_options,
+    shown,
+)
+from fleet.cli.shared import run_async
+from fleet.errors import EXIT_ERROR, UsageError
+from fleet.sessions.client import Client
+
+SESSION_ID = Name("session ID", pattern=r"^[0-9a-fA-F]{1,20}$", max_length=20, strip=True, lower=True,
+                  rule="20 hex characters or a unique prefix", hint="`fleet sessions list` shows them",
+                  metavar="SESSION_ID")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class EnvItem(click.ParamType):
+    """`NAME=VALUE` (any value up to 8 KiB but a NUL byte) or `NAME` (this shell's value)."""
+
+    name = "NAME[=VALUE]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        name, _, val = text.partition("=")
+        if not ENV_NAME.match(name):
+            self.fail(f"malformed environment variable name {shown(name)} (letters, digits and _, not first a digit)",
+                      param, ctx)
+        if len(val) > 8192 or "\0" in val:
+            self.fail(f"the value of {name} is longer than 8192 characters or has a NUL byte", param, ctx)
+        return text
+
+
+PHASES = ("queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out")
+HEADERS = ("ID", "PROJECT", "STATUS", "HOST", "POOL", "ATTEMPT", "AGE", "COMMAND")
+EXIT_TIMED_OUT = 124  # as timeout(1)
+STATUS_COLOURS = {"succeeded": "green", "running": "cyan", "assigned": "cyan", "queued": "yellow",
+                  "failed": "red", "timed_out": "red", "cancelled": "magenta"}
+
+
+def _client(nats: NatsSettings) -> Client:
+    return Client(nats.url, creds=nats.creds, tls=nats.tls, connect_timeout=nats.connect_timeout)
+
+
+def _iso(epoch: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
+
+
+def session_json(s: SessionView) -> dict[str, Any]:
+    """The public JSON of a session: what the server says, times also as ISO 8601."""
+    data = s.model_dump(mode="json", exclude={"v"})
+    for key in ("submitted_at", "started_at", "finished_at"):
+        data[key.replace("_at", "")] = _iso(data.get(key))
+    return data
+
+
+def exit_code_of(s: SessionView) -> int:
+    """What `fleet submit --wait` exits with: 124 when it timed out, else the command's exit code (128 + N when
+    signal N killed it), else 1."""
+    if s.phase == "timed_out":
+        return EXIT_TIMED_OUT
+    if s.exit_code is not None and s.exit_code >= 0:
+        return s.exit_code
+    if s.exit_code is not None:  # killed by a signal: as a shell reports it
+        return 128 + -s.exit_code
+    return EXIT_ERROR
+
+
+def summary(s: SessionView) -> str:
+    """One line: `session 0195… succeeded (exit 0) on host-a in 1.2s, attempt 1 of 3`."""
+    where = f" on {s.hostname or s.host}" if s.host else ""
+    took = f" in {s.finished_at - s.started_at:.1f}s" if s.finished_at and s.started_at else ""
+    code = f" (exit {s.exit_code})" if s.exit_code is not None else ""
+    why = f": {s.reason}" if s.reason else ""
+    attempt = f", attempt {s.attempt} of {s.max_attempts}" if s.attempt > 1 else ""
+    if s.phase == "queued":
+        return f"session {s.id} queued{why}"
+    return f"session {s.id} {s.phase}{code}{where}{took}{attempt}{why}"
+
+
+def row(s: SessionView, now: float) -> tuple[str, ...]:
+    command = " ".join(s.command)
+    host = (s.hostname or s.host[:8]) if s.host else "-"
+    return (s.id, s.project, s.phase, host, s.pool or "-",
+            f"{s.attempt}/{s.max_attempts}", ago(now - s.submitted_at),
+            command if len(command) <= 40 else command[:39] + "…")
+
+
+def render_table(rows: list[tuple[str, ...]], colour: bool = False) -> str:
+    widths = [max([len(HEADERS[i])] + [len(r[i]) for r in rows]) for i in range(len(HEADERS))]
+    lines = []
+    for r in [HEADERS, *rows]:
+        cells = []
+        for i, cell in enumerate(r):
+            text = cell.ljust(widths[i] + 2) if i < len(r) - 1 else cell
+            if colour and i == 2 and r is not HEADERS:
+                text = click.style(text, fg=STATUS_COLOURS.get(cell))
+            cells.append(text)
+        lines.append("".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def render_show(s: SessionView) -> str:
+    took = duration(s.finished_at - s.started_at) if s.finished_at and s.started_at else "-"
+    rows = [
+        ("ID", s.id),
+        ("Project", f"{s.project} (tenant {s.tenant})"),
+        ("Status", s.phase + (f" (exit {s.exit_code})" if s.exit_code is not None else "")),
+        ("Command", " ".join(s.command)),
+        ("Host", f"{s.hostname} ({s.host})" if s.hostname and s.host else s.host or "-"),
+        ("Pool", s.pool or "-"),
+        ("Attempt", f"{s.attempt} of {s.max_attempts}"),
+        ("Fencing token", str(s.fence) if s.fence is not None else "-"),
+        ("Labels", ", ".join(s.labels) or "-"),
+        ("Model", s.model or "-"),
+        ("Priority", str(s.priority)),
+        ("Timeout", f"{s.timeout_s:g}s" if s.timeout_s else "-"),
+        ("Environment", ", ".join(s.env) or "-"),
+        ("Submitted", _iso(s.submitted_at) or "-"),
+        ("Ran for", took),
+    ]
+    if s.reason:
+        rows.insert(3, ("Waiting because" if s.phase == "queued" else "Reason", s.reason))
+    lines = [f"{k + ':':<17}{v}" for k, v in rows]
+    lines.append("History:")
+    t0 = s.submitted_at
+    for ev in s.history:
+        host = f"  host {ev.host[:8]}" if ev.host else ""
+        note = f"  {ev.note}" if ev.note else ""
+        lines.append(f"  {_iso(ev.at)}  +{ev.at - t0:7.3f}s  {ev.phase:<10} attempt {ev.attempt}{host}{note}")
+    tail = s.output_tail.rstrip("\n")
+    lines.append("Output (tail):" + ("  (none)" if not tail else ""))
+    lines += [f"  {line}" for line in tail.splitlines()[-20:]]
+    return "\n".join(lines)
+
+
+def _env(items: tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq:
+            if name not in os.environ:
+                raise UsageError(f"--env {name}: not set in this shell", hint="pass --env NAME=VALUE")
+            value = os.environ[name]
+        env[name] = value
+    return env
+
+
+@click.command("submit", context_settings={"allow_interspersed_args": False})
+@click.option("--project", "-p", required=True, type=ID, help="The project whose routing policy places the session.")
+@click.option("--label", "-l", "labels", multiple=True, type=LABEL,
+              help="A label the host must have (name or name=value); repeat for several.")
+@click.option("--model", type=MODEL, default=None, help="A model the host must support.")
+@click.option("--priority", type=Count(-1000, 1000), default=0, show_default=True,
+              help="Higher runs first among queued sessions of the project's pools (FIFO within a priority).")
+@click.option("--timeout", "timeout_s", type=Seconds(min=0.001, max=7 * 86400, min_open=True), default=None,
+              help="Stop the command after this many seconds (status timed_out).")
+@click.option("--max-attempts", type=Count(1, 20), default=3, show_default=True,
+              help="Runs allowed when hosts die under it (a lost session is queued again until then).")
+@click.option("--env", "-e", "env", multiple=True, type=EnvItem(),
+              help="NAME=VALUE for the command's environment (NAME alone passes this shell's value); repeatable. "
+                   "Values are stored with the session and only names are ever shown.")
+@click.option("--wait", "-w", is_flag=True,
+              help="Follow the session: stream its output, then exit with the command's exit code.")
+@click.argument("command", nargs=-1, required=True)
+@nats_options
+@format_option("human", "json", default="human")
+def submit_cmd(project: str, labels: tuple[str, ...], model: str | None, priority: int, timeout_s: float | None,
+               max_attempts: int, env: tuple[str, ...], wait: bool, command: tuple[str, ...], nats: NatsSettings,
+               fmt: str) -> None:
+    """Run COMMAND on a host of the fleet, placed by PROJECT's routing policy.
+
+    Prints the session ID once the session is durably stored (queued or already assigned to a host). Put `--`
+    before the command when it has options of its own:
+
+        fleet submit --project my-fintech-app --label model=claude-3-5-sonnet -- python job.py --fast
+
+    With --wait the output streams as it comes and the exit code is the command's (124: timed out, 1: failed
+    without an exit code or cancelled).
+    """
+    env_map = _env(env)
+
+    async def run() -> SessionView:
+        async with _client(nats) as client:
+            s = await client.submit(project, list(command), labels=labels, model=model, priority=priority,
+                                    timeout=timeout_s, max_attempts=max_attempts, env=env_map)
+            if fmt != "json":
+                click.echo(s.id)
+                if s.phase == "queued":
+                    click.echo(f"queued: {s.reason or 'waiting for a free slot'}", err=True)
+                else:
+                    click.echo(f"assigned to {s.hostname or s.host} (pool {s.pool})", err=True)
+            if not wait:
+                return s
+            if fmt != "json":
+                async for text in client.logs(s.id, follow=True):
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+            return await client.wait(s.id)
+
+    s = run_async(run)
+    if fmt == "json":
+        click.echo(json.dumps(session_json(s), indent=2))
+    elif wait:
+        click.secho(summary(s), err=True, fg="green" if s.phase == "succeeded" else "red")
+    if wait and s.phase in FINAL_PHASES:
+        sys.exit(exit_code_of(s))
+
+
+@click.group("sessions")
+def sessions_group() -> None:
+    """Sessions: list them, show one, cancel one, read its output."""
+
+
+@sessions_group.command("list")
+@click.option("--project", "-p", type=ID, default=None, help="Only this project's sessions.")
+@click.option("--status", "phase", type=click.Choice(PHASES), default=None, help="Only sessions in this phase.")
+@click.option("--limit", type=Count(1, 10_000), default=1000, show_default=True, help="At most this many (newest).")
+@nats_options
+@format_option("table", "json", default="table")
+def list_cmd(project: str | None, phase: str | None, limit: int, nats: NatsSettings, fmt: str) -> None:
+    """List sessions, oldest first (ID, PROJECT, STATUS, HOST, POOL, ATTEMPT, AGE, COMMAND); `--json` for scripts.
+    A submitter sees its tenant's sessions only."""
+
+    async def run() -> list[SessionView]:
+        async with _client(nats) as client:
+            return await client.list(project=project, phase=phase, limit=limit)
+
+    sessions = run_async(run)
+    if fmt == "json":
+        click.echo(json.dumps([session_json(s) for s in sessions], indent=2))
+        return
+    now = time.time()
+    click.echo(render_table([row(s, now) for s in sessions], colour=sys.stdout.isatty()))
+    queued = [s for s in sessions if s.phase == "queued" and s.reason]
+    for s in queued[:10]:
+        click.echo(f"{s.id} waits: {s.reason}", err=True)
+
+
+@sessions_group.command("show")
+@click.argument("session_id", type=SESSION_ID)
+@nats_options
+@format_option("human", "json", default="human")
+def show_cmd(session_id: str, nats: NatsSettings, fmt: str) -> None:
+    """Show one session: phase history with times, host, attempt, fencing token, exit code, output tail."""
+
+    async def run() -> SessionView:
+        async with _client(nats) as client:
+            return await client.get(session_id)
+
+    s = run_async(run)
+    click.echo(json.dumps(session_json(s), indent=2) if fmt == "json" else render_show(s))
+
+
+@sessions_group.command("cancel")
+@click.argument("session_id", type=SESSION_ID)
+@nats_options
+@format_option("human", "json", default="human")
+def cancel_cmd(session_id: str, nats: NatsSettings, fmt: str) -> None:
+    """Cancel a session: a queued one at once, a running one by stopping its command on its host."""
+
+    async def run() -> SessionView:
+        async with _client(nats) as client:
+            s = await client.cancel(session_id)
+            return s if s.final else await client.wait(s.id, timeout=15)
+
+    s = run_async(run)
+    if fmt == "json":
+        click.echo(json.dumps(session_json(s), indent=2))
+    elif s.final:
+        click.echo(summary(s))
+    else:
+        click.echo(f"session {s.id}: asked its host to stop it; still {s.phase}", err=True)
+
+
+@sessions_group.command("logs")
+@click.argument("session_id", type=SESSION_ID)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing output as it comes, until the session ends.")
+@nats_options
+def logs_cmd(session_id: str, follow: bool, nats: NatsSettings) -> None:
+    """Print a session's output (the bounded tail the server keeps; with --follow, the rest as it comes)."""
+
+    async def run() -> None:
+        async with _client(nats) as client:
+            async for text in client.logs(session_id, follow=follow):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+
+    run_async(run)

@@ -1,0 +1,700 @@
+"""The dispatcher: sessions in, hosts out; leases with fencing tokens; nothing lost when a host or a replica dies.
+
+Runs in `fleet server`, active in one replica at a time (the leader, fleet.dispatch.leader); wired by
+fleet.service.server. State lives in KV bucket fleet-v1-sessions, one key per session (no shared counter: slot
+accounting is in the leader's memory, rebuilt from the bucket when a replica takes over):
+
+- submit (fleet.v1.api.sessions.<tenant>.submit): the project must belong to the tenant of the subject (which NATS
+  permissions tie to the submitter's identity); the session is placed at once when a host has a free slot
+  (fleet.dispatch.placement) and stored already assigned, else stored queued; the submitter gets its ID only once
+  JetStream acknowledged the write. The assignment is sent to the host on its own subject, with a fencing token:
+  the KV revision of the write that assigned it.
+- the host reports phases (fleet.v1.work.<machine_id>.event, request/reply): accepted only from the host the session
+  is assigned to, under the current fencing token, while the session is assigned or running; anything else is
+  refused as stale (and logged as a security event when another host claims it). A completion is written by
+  compare-and-set on the session's revision: exactly one completion is ever accepted.
+- a host's lease is its liveness: when the registry says it is offline (its heartbeats stopped for its pool's grace),
+  revoked or gone, its sessions are lost and re-queued (attempt + 1, up to max attempts: then failed); their fencing
+  tokens die with the assignment, so a late completion from the old holder is refused.
+- pending sessions (fleet.dispatch.queue) are placed as soon as a slot opens in one of their pools.
+- every RECONCILE_S the leader compares what each live host reports running (its heartbeats) with what it was
+  given: a session a host runs without a current assignment is cancelled there; an assignment a host never took up
+  is sent again, then re-queued.
+
+Delivery guarantee (docs/protocol.md): a session's command may start more than once when its host dies or is cut
+off mid-run (the session is re-queued and runs elsewhere, and a host that lost its lease stops the command); at most
+one completion per session is ever accepted, and a session is never lost: every session reaches a final phase.
+
+Two replicas never dispatch at once: every write first checks that this replica still holds the lease by its own
+clock (`lease_ok`), and every write is a compare-and-set on the session's revision. A write that loses such a race
+(someone else wrote the session: a replica that led before us and lingered) makes this replica read the whole
+bucket again (`take_over`) instead of guessing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.bus import subjects
+from fleet.bus.connection import Bus
+from fleet.bus.kv import Store
+from fleet.bus.messages import (
+    LIVE_PHASES,
+    MAX_HISTORY,
+    MAX_OUTPUT_TAIL,
+    Assignment,
+    CancelOrder,
+    OutputChunk,
+    PhaseEvent,
+    SessionRecord,
+    SubmitRequest,
+    WorkEvent,
+    WorkReply,
+    new_session_id,
+)
+from fleet.dispatch.placement import DispatchHost, Placement, PoolIndex, Route, place, why_waiting
+from fleet.dispatch.queue import GroupKey, PendingQueue
+from fleet.errors import Conflict, FleetError, InvalidRequest, NotFound, Refused, TransientError
+from fleet.hosts.config import AppliedConfig
+from fleet.hosts.registry import Registry
+
+log = logging.getLogger(__name__)
+
+RECONCILE_S = 0.5
+ASSIGN_RESEND_S = 3.0  # an assignment a live host does not report running after this long is sent again
+ASSIGN_TRIES = 3  # ... this many times, then the session is re-queued
+KEEP_FINISHED = 10_000  # finished sessions kept in memory for the API (the bucket keeps them all)
+ALL_TENANTS = "_all"  # the tenant token of the session API for identities that see every tenant (admin, viewer)
+
+
+def public(record: SessionRecord) -> dict[str, Any]:
+    """A session as the API shows it: the environment's names, never its values."""
+    data = record.model_dump(mode="json")
+    data["env"] = sorted(record.env)
+    return data
+
+
+@dataclass(eq=False)
+class SessionState:
+    record: SessionRecord
+    revision: int
+    fence: int | None = None
+    writing: bool = False
+    dirty: bool = False
+    flushed: list[asyncio.Future] = field(default_factory=list)
+    waiters: list[asyncio.Future] = field(default_factory=list)
+    output: bytearray = field(default_factory=bytearray)
+    output_start: int = 0  # offset of output[0] in the session's whole output
+    log_waiters: list[asyncio.Future] = field(default_factory=list)
+    assigned_at: float = 0.0  # monotonic
+    sends: int = 0
+
+    @property
+    def output_end(self) -> int:
+        return self.output_start + len(self.output)
+
+
+class Dispatcher:
+    def __init__(self, bus: Bus, registry: Registry, config: AppliedConfig, store: Store,
+                 lease_ok: Callable[[], bool] = lambda: True) -> None:
+        self.bus = bus
+        self.lease_ok = lease_ok
+        self.registry = registry
+        self.config = config
+        self.store = store
+        self.hosts: dict[str, DispatchHost] = {}
+        self.pools: dict[str, PoolIndex] = {}
+        self.sessions: dict[str, SessionState] = {}  # not final
+        self.finished: OrderedDict[str, SessionState] = OrderedDict()
+        self.pending = PendingQueue()
+        self.metrics: Counter[str] = Counter()
+        self.leading = False
+        self._changed: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._pass_wanted = asyncio.Event()
+        self._resync_wanted = False
+        self._submitting: dict[str, asyncio.Future[SessionState]] = {}
+        registry.watchers.append(self._host_changed)
+        config.listeners.append(self._config_changed)
+
+    # ------------------------------------------------------------------------------------------ leadership
+    async def take_over(self) -> None:
+        """Become the dispatcher: rebuild everything from the hosts the registry knows and the stored sessions.
+        Called when this replica is elected, and again when a write found that someone else wrote a session."""
+        entries = await self.store.snapshot()  # first: nothing below awaits until the new state is in place
+        before = {**self.finished, **self.sessions}
+        self.hosts, self.pools, self.sessions, self.finished = {}, {}, {}, OrderedDict()
+        self.pending = PendingQueue()
+        for mid in list(self.registry.entries):
+            self._sync_host(mid, requeue=False)
+        states: dict[str, SessionState] = {}
+        for entry in entries:
+            try:
+                record = SessionRecord.model_validate_json(entry.value)
+            except ValueError:
+                self.metrics["session_record_skipped"] += 1
+                continue
+            states[record.id] = SessionState(record, entry.revision)
+        for sid, old in before.items():
+            st = states.get(sid)
+            if st is None or old.revision > st.revision:  # written by us after the snapshot was taken
+                states[sid] = old
+            else:  # keep who waits for it and what it printed
+                st.waiters, st.log_waiters, st.output, st.output_start = (
+                    old.waiters, old.log_waiters, old.output, old.output_start)
+        lost: list[SessionState] = []
+        finished = []
+        for st in states.values():
+            record = st.record
+            if record.final:
+                finished.append(st)
+                continue
+            self.sessions[record.id] = st
+            if record.phase in LIVE_PHASES and record.host:
+                st.fence = record.fence if record.fence is not None else st.revision
+                st.assigned_at = time.monotonic()
+                host = self.hosts.get(record.host)
+                if host is None or host.status in ("offline", "revoked"):
+                    lost.append(st)
+                else:
+                    self._reserve(host, record.id)
+            else:
+                self._enqueue(st)
+        for st in sorted(finished, key=lambda s: s.record.finished_at or 0)[-KEEP_FINISHED:]:
+            self.finished[st.record.id] = st
+        for st in finished:
+            self._wake(st)
+        self.leading = True
+        log.info("dispatcher took over: %d sessions in flight, %d queued, %d lost with their hosts",
+                 len(self.sessions) - len(self.pending), len(self.pending), len(lost))
+        for st in lost:
+            await self._requeue(st, f"host {st.record.host} is gone")
+        self._want_pass()
+
+    def step_down(self) -> None:
+        self.leading = False
+        for st in list(self.sessions.values()):
+            self._wake(st)
+
+    # ------------------------------------------------------------------------------------------ hosts
+    def _host_changed(self, machine_id: str) -> None:
+        if self.leading:
+            self._changed.add(machine_id)
+            self._want_pass()
+
+    def _config_changed(self, key: str) -> None:
+        if self.leading and key.startswith(("pool.", "route.", "host.")):
+            self._changed.update(self.registry.entries)  # capacity and labels follow the pools
+            for pool_id, index in self.pools.items():
+                index.models = self._pool_models(pool_id)
+            self._want_pass()
+
+    def _sync_host(self, machine_id: str, *, requeue: bool = True) -> list[SessionState]:
+        """Bring our view of one host up to date; the sessions it lost (gone, revoked, offline) when `requeue`."""
+        entry = self.registry.entries.get(machine_id)
+        current = self.hosts.get(machine_id)
+        if entry is None:
+            if current is None:
+                return []
+            del self.hosts[machine_id]
+            for pool_id in current.pools:
+                self._index(pool_id).drop(machine_id)
+            return self._orphans(current) if requeue else []
+        host = self.registry.host(entry)
+        view = DispatchHost(machine_id, host.tenant, host.pools, frozenset(host.labels), frozenset(host.models),
+                            host.status, host.max_sessions, host.hostname)
+        if current is not None:
+            view.sessions, view.version = current.sessions, current.version + 1
+            for pool_id in set(current.pools) - set(view.pools):
+                self._index(pool_id).drop(machine_id)
+        self.hosts[machine_id] = view
+        for pool_id in view.pools:
+            self._index(pool_id).put(view)
+        if requeue and view.status in ("offline", "revoked"):
+            return self._orphans(view)
+        return []
+
+    def _orphans(self, host: DispatchHost) -> list[SessionState]:
+        return [self.sessions[s] for s in list(host.sessions) if s in self.sessions]
+
+    def _reserve(self, host: DispatchHost, session_id: str) -> None:
+        host.sessions.add(session_id)
+        self._rank(host)
+
+    def _release(self, host_id: str | None, session_id: str) -> None:
+        host = self.hosts.get(host_id or "")
+        if host is not None and session_id in host.sessions:
+            host.sessions.discard(session_id)
+            self._rank(host)
+            self._want_pass()
+
+    def _index(self, pool_id: str) -> PoolIndex:
+        index = self.pools.get(pool_id)
+        if index is None:
+            index = self.pools[pool_id] = PoolIndex(self._pool_models(pool_id))
+        return index
+
+    def _pool_models(self, pool_id: str) -> frozenset[str]:
+        return frozenset((self.config.pools.get(pool_id) or {}).get("models") or ())
+
+    def _rank(self, host: DispatchHost) -> None:
+        host.version += 1
+        for pool_id in host.pools:
+            self._index(pool_id).put(host)
+
+    # ------------------------------------------------------------------------------------------ routes
+    def route_of(self, record: SessionRecord) -> Route | None:
+        spec = self.config.routes.get(record.project)
+        return Route.of(record.project, spec, record.labels, record.model) if spec is not None else None
+
+    @staticmethod
+    def group_key(record: SessionRecord) -> GroupKey:
+        return (record.project, frozenset(record.labels), record.model)
+
+    def _enqueue(self, st: SessionState) -> None:
+        self.pending.add(st.record.id, self.group_key(st.record), st.record.priority,
+                         seq=int(st.record.submitted_at * 1_000_000))
+
+    def _why(self, route: Route) -> str:
+        modes = {p: (self.config.pools.get(p) or {}).get("mode", "persistent") for p in route.pools
+                 if p in self.config.pools}
+        return why_waiting(route, self.hosts.values(), modes, {p: self._pool_models(p) for p in route.pools})
+
+    def waiting_reason(self, record: SessionRecord) -> str | None:
+        key = self.pending.where.get(record.id)
+        if key is None:
+            return None
+        group = self.pending.groups.get(key)
+        return group.reason if group is not None and group.reason else None
+
+    def _check_lease(self) -> None:
+        if not self.leading or not self.lease_ok():
+            raise TransientError("this fleet server replica no longer dispatches (another one takes over)",
+                                 hint="retry in a few seconds")
+
+    def _lost_race(self, st: SessionState) -> None:
+        """Someone else wrote session `st` since we read it: read everything again, once, before the next pass."""
+        self.metrics["write_conflicts"] += 1
+        log.warning("session %s was written by someone else (another dispatcher replica?): reading all sessions "
+                    "again", st.record.id)
+        self._resync_wanted = True
+        self._want_pass()
+
+    # ------------------------------------------------------------------------------------------ submit
+    async def submit(self, tenant: str, req: SubmitRequest) -> SessionState:
+        """Store a new session (placed at once when a host has room); the same ID submitted again (a client that
+        lost the reply) returns the session stored the first time."""
+        spec = self.config.routes.get(req.project)
+        if spec is None:
+            raise NotFound(f"no project {req.project} in the applied config", hint="`fleet route show` lists them")
+        if tenant != ALL_TENANTS and spec.get("tenant") != tenant:
+            log.warning("security: a submitter of tenant %s asked for project %s of tenant %s: refused", tenant,
+                        req.project, spec.get("tenant"))
+            raise Refused(f"project {req.project} does not belong to tenant {tenant}")
+        sid = req.id or new_session_id()
+        known = self.sessions.get(sid) or self.finished.get(sid)
+        if known is None and sid in self._submitting:
+            known = await asyncio.shield(self._submitting[sid])
+        if known is not None:
+            if known.record.tenant != spec["tenant"] or known.record.project != req.project:
+                raise Refused(f"session ID {sid} is taken", hint="let the client choose the ID")
+            self.metrics["submit_repeated"] += 1
+            return known
+        fut: asyncio.Future[SessionState] = asyncio.get_running_loop().create_future()
+        self._submitting[sid] = fut
+        try:
+            st = await self._submit_new(sid, spec, req)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._submitting[sid]
+        fut.set_result(st)
+        return st
+
+    async def _submit_new(self, sid: str, spec: dict[str, Any], req: SubmitRequest) -> SessionState:
+        now = time.time()
+        record = SessionRecord(
+            id=sid, tenant=spec["tenant"], project=req.project, command=req.command, env=req.env,
+            labels=sorted(set(req.labels)), model=req.model, priority=req.priority, timeout_s=req.timeout_s,
+            max_attempts=req.max_attempts, submitted_at=now, history=[PhaseEvent(phase="queued", at=now)],
+        )
+        placement = None
+        if not len(self.pending):  # sessions already waiting go first
+            route = Route.of(req.project, spec, record.labels, record.model)
+            placement = place(route, self.pools)
+            if placement is None:
+                record.reason = self._why(route)
+        else:
+            record.reason = f"{len(self.pending)} session(s) queued before it"
+        if placement is not None:
+            self._assign_in_memory(record, placement, now)
+            self._reserve(placement.host, record.id)
+        try:
+            self._check_lease()
+            revision = await self.store.create(record.id, record.encode())
+        except BaseException as exc:
+            if placement is not None:
+                self._release(placement.host.machine_id, record.id)
+            if isinstance(exc, Conflict):  # stored already, and not in memory: we are behind; read again
+                self._resync_wanted = True
+                self._want_pass()
+                raise TransientError(f"session {sid} is being stored; send it again",
+                                     hint="retry in a moment") from None
+            raise
+        st = SessionState(record, revision)
+        self.sessions[record.id] = st
+        self.metrics["submitted"] += 1
+        if placement is not None:
+            st.fence, st.assigned_at = revision, time.monotonic()
+            await self._send_assignment(st)
+        else:
+            self._enqueue(st)
+            self._want_pass()
+        return st
+
+    @staticmethod
+    def _assign_in_memory(record: SessionRecord, placement: Placement, now: float) -> None:
+        record.phase, record.host, record.pool, record.fence, record.reason = (
+            "assigned", placement.host.machine_id, placement.pool, None, None)
+        _history(record, PhaseEvent(phase="assigned", at=now, host=placement.host.machine_id, attempt=record.attempt))
+
+    async def _send_assignment(self, st: SessionState) -> None:
+        record = st.record
+        assert record.host is not None and st.fence is not None
+        st.sends += 1
+        msg = Assignment(session=record.id, fence=st.fence, attempt=record.attempt, tenant=record.tenant,
+                         project=record.project, command=record.command, env=record.env, timeout_s=record.timeout_s)
+        try:
+            await self.bus.publish(subjects.host_assign(record.host), msg.encode())
+        except FleetError as exc:  # the reconcile loop sends it again
+            log.info("could not send session %s to %s: %s", record.id, record.host, exc)
+
+    # ------------------------------------------------------------------------------------------ dispatch passes
+    def _want_pass(self) -> None:
+        self._pass_wanted.set()
+
+    async def run(self) -> None:
+        """The leader's loop: dispatch passes when something changed, reconciliation every RECONCILE_S."""
+        next_reconcile = 0.0
+        while self.leading:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pass_wanted.wait(), RECONCILE_S)
+            self._pass_wanted.clear()
+            try:
+                if self._resync_wanted:
+                    self._resync_wanted = False
+                    await self.take_over()
+                await self._apply_host_changes()
+                await self._dispatch_pass()
+                if time.monotonic() >= next_reconcile:
+                    next_reconcile = time.monotonic() + RECONCILE_S
+                    await self._reconcile()
+            except FleetError as exc:
+                log.warning("dispatch pass failed (%s); retrying", exc.message)
+                await asyncio.sleep(0.2)
+
+    async def _apply_host_changes(self) -> None:
+        changed, self._changed = self._changed, set()
+        lost: list[tuple[SessionState, str]] = []
+        for mid in changed:
+            for st in self._sync_host(mid):
+                host = self.hosts.get(mid)
+                lost.append((st, f"host {mid} is {host.status if host else 'gone'}"))
+        for st, why in lost:
+            await self._requeue(st, why)
+
+    async def _dispatch_pass(self) -> None:
+        placed: list[tuple[SessionState, Placement]] = []
+        now = time.time()
+        for group in self.pending.ordered_groups():
+            while group.heap:
+                st = self.sessions.get(group.heap[0][2])
+                if st is None:
+                    self.pending.pop_head(group)
+                    continue
+                route = self.route_of(st.record)
+                if route is None:
+                    group.reason = f"project {st.record.project} is not in the applied config"
+                    break
+                placement = place(route, self.pools)
+                if placement is None:
+                    group.reason = self._why(route)
+                    break
+                self.pending.pop_head(group)
+                self._reserve(placement.host, st.record.id)
+                placed.append((st, placement))
+        if placed:
+            await asyncio.gather(*(self._assign(st, p, now) for st, p in placed))
+
+    async def _assign(self, st: SessionState, placement: Placement, now: float) -> None:
+        before = st.record.model_copy()
+        self._assign_in_memory(st.record, placement, now)
+        try:
+            await self._persist(st)
+        except FleetError as exc:
+            log.warning("could not assign session %s: %s", st.record.id, exc)
+            st.record = before
+            self._release(placement.host.machine_id, st.record.id)
+            self._enqueue(st)
+            return
+        st.fence, st.assigned_at, st.sends = st.revision, time.monotonic(), 0
+        await self._send_assignment(st)
+
+    # ------------------------------------------------------------------------------------------ writes
+    async def _persist(self, st: SessionState) -> None:
+        """Write the session's current state by compare-and-set on its revision. Writes of one session never
+        overlap: a write asked for while one is in flight is folded into the next, and this returns once a write
+        that includes the state as of the call has landed."""
+        st.dirty = True
+        if st.writing:
+            fut = asyncio.get_running_loop().create_future()
+            st.flushed.append(fut)
+            await fut
+            return
+        st.writing = True
+        try:
+            while st.dirty:
+                st.dirty = False
+                waiting, st.flushed = st.flushed, []
+                if st.fence is not None and st.record.phase in LIVE_PHASES:
+                    st.record.fence = st.fence
+                try:
+                    self._check_lease()
+                    st.revision = await self.store.update(st.record.id, st.record.encode(), last=st.revision)
+                except FleetError as exc:
+                    for fut in waiting:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    if isinstance(exc, Conflict):
+                        self._lost_race(st)
+                    raise
+                for fut in waiting:
+                    if not fut.done():
+                        fut.set_result(None)
+        finally:
+            st.writing = False
+
+    async def _finish(self, st: SessionState, phase: str, *, at: float, exit_code: int | None = None,
+                      reason: str | None = None, host: str | None = None, output: str | None = None) -> None:
+        record = st.record
+        was_host = record.host
+        if st.fence is not None:
+            record.fence = st.fence
+        record.phase, record.finished_at, record.exit_code = phase, at, exit_code  # type: ignore[assignment]
+        record.reason = reason
+        if output is not None:
+            record.output_tail = output
+        elif st.output:
+            record.output_tail = st.output[-MAX_OUTPUT_TAIL:].decode("utf-8", "replace")
+        _history(record, PhaseEvent(phase=phase, at=at, host=host or was_host, attempt=record.attempt,  # type: ignore[arg-type]
+                                    note=reason))
+        await self._persist(st)
+        self.sessions.pop(record.id, None)
+        self.pending.remove(record.id)
+        self._release(was_host, record.id)
+        self.finished[record.id] = st
+        while len(self.finished) > KEEP_FINISHED:
+            self.finished.popitem(last=False)
+        self.metrics[f"finished_{phase}"] += 1
+        self._wake(st)
+
+    @staticmethod
+    def _wake(st: SessionState) -> None:
+        for fut in st.waiters + st.log_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        st.waiters, st.log_waiters = [], []
+
+    async def _requeue(self, st: SessionState, why: str) -> None:
+        """The session's host is gone: it is lost; queued again (attempt + 1) or, out of attempts, failed."""
+        record = st.record
+        if record.final or record.id not in self.sessions:
+            return
+        now = time.time()
+        was_host = record.host
+        _history(record, PhaseEvent(phase="lost", at=now, host=was_host, attempt=record.attempt, note=why))
+        self._release(was_host, record.id)
+        st.fence = None
+        self.metrics["lost"] += 1
+        log.info("session %s lost (%s), attempt %d of %d", record.id, why, record.attempt, record.max_attempts)
+        if record.attempt >= record.max_attempts:
+            await self._finish(st, "failed", at=now, reason=f"lost: {why}; no attempts left ({record.max_attempts})")
+            return
+        record.attempt += 1
+        record.phase, record.host, record.pool, record.fence, record.reason = "queued", None, None, None, why
+        record.started_at = None
+        _history(record, PhaseEvent(phase="queued", at=now, attempt=record.attempt))
+        await self._persist(st)
+        self._enqueue(st)
+        self._want_pass()
+
+    # ------------------------------------------------------------------------------------------ from hosts
+    async def on_event(self, machine_id: str, ev: WorkEvent) -> WorkReply:
+        st = self.sessions.get(ev.session)
+        if st is None or st.record.host != machine_id or st.fence != ev.fence or st.record.phase not in LIVE_PHASES:
+            owner = st.record.host if st is not None else None
+            if owner is not None and owner != machine_id:
+                log.warning("security: host %s reported %s on session %s, which is assigned to host %s: refused",
+                            machine_id, ev.phase, ev.session, owner)
+                self.metrics["foreign_claims"] += 1
+            else:
+                self.metrics["stale_events"] += 1
+            return WorkReply(ok=False, stale=True, message="this session is not yours under that fencing token")
+        host = self.hosts.get(machine_id)
+        if host is not None and host.status == "revoked":
+            log.warning("security: revoked host %s reported on session %s: refused", machine_id, ev.session)
+            return WorkReply(ok=False, stale=True, message="this host is revoked")
+        record = st.record
+        if ev.phase == "running":
+            if record.phase == "assigned":
+                record.phase, record.started_at = "running", ev.started_at or ev.at
+                _history(record, PhaseEvent(phase="running", at=record.started_at, host=machine_id,
+                                            attempt=record.attempt))
+                await self._persist(st)
+            return WorkReply(ok=True)
+        if record.phase == "assigned":  # it ran and ended before its running event was sent: both happened
+            record.started_at = ev.started_at or ev.at
+            _history(record, PhaseEvent(phase="running", at=record.started_at, host=machine_id, attempt=record.attempt))
+        await self._finish(st, ev.phase, at=ev.at, exit_code=ev.exit_code, reason=ev.note, host=machine_id,
+                           output=ev.output_tail or None)
+        return WorkReply(ok=True)
+
+    def on_output(self, machine_id: str, chunk: OutputChunk) -> None:
+        st = self.sessions.get(chunk.session)
+        if st is None or st.record.host != machine_id or st.fence != chunk.fence:
+            self.metrics["stale_output"] += 1
+            return
+        data = chunk.data.encode()
+        if chunk.offset > st.output_end:  # a gap (a chunk was lost): say so in the output
+            st.output += f"\n[… {chunk.offset - st.output_end} bytes lost …]\n".encode()
+        elif chunk.offset < st.output_end:  # a chunk sent again: keep only what is new
+            data = data[st.output_end - chunk.offset:]
+        st.output += data
+        if len(st.output) > MAX_OUTPUT_TAIL * 4:
+            drop = len(st.output) - MAX_OUTPUT_TAIL * 2
+            del st.output[:drop]
+            st.output_start += drop
+        for fut in st.log_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        st.log_waiters = []
+
+    # ------------------------------------------------------------------------------------------ reconciliation
+    async def _reconcile(self) -> None:
+        """Compare what live hosts report running with what they were given (see the module docstring)."""
+        now = time.monotonic()
+        for mid, host in list(self.hosts.items()):
+            entry = self.registry.entries.get(mid)
+            if entry is None or not entry.live or entry.beat is None:
+                continue
+            reported = {s.session_id: s for s in entry.beat.sessions}
+            for sid, s in reported.items():
+                st = self.sessions.get(sid)
+                if st is None or st.record.host != mid or (s.fence is not None and s.fence != st.fence):
+                    await self._tell_stop(mid, sid, s.fence, "no longer assigned to this host")
+            beat_age = now - entry.beat.at
+            for sid in list(host.sessions):
+                st = self.sessions.get(sid)
+                if st is None or sid in reported or st.record.phase != "assigned":
+                    continue
+                if now - st.assigned_at > ASSIGN_RESEND_S and beat_age < ASSIGN_RESEND_S:
+                    if st.sends >= ASSIGN_TRIES:
+                        await self._requeue(st, f"host {mid} did not take up the assignment")
+                    else:
+                        st.assigned_at = now
+                        await self._send_assignment(st)
+
+    async def _tell_stop(self, machine_id: str, session_id: str, fence: int | None, reason: str) -> None:
+        with contextlib.suppress(FleetError):
+            await self.bus.publish(subjects.host_cancel(machine_id),
+                                   CancelOrder(session=session_id, fence=fence, reason=reason).encode())
+
+    # ------------------------------------------------------------------------------------------ API
+    def find(self, tenant: str, ident: str) -> SessionState | None:
+        """A session of `tenant` by ID or unique prefix, in memory (None if unknown here)."""
+        ident = ident.strip().lower()
+        if not ident or len(ident) > 20 or any(c not in "0123456789abcdef" for c in ident):
+            raise InvalidRequest(f"malformed session ID {ident[:24]!r}", hint="`fleet sessions list` shows them")
+        matches = [st for pool in (self.sessions, self.finished) for sid, st in pool.items()
+                   if sid.startswith(ident) and (tenant == ALL_TENANTS or st.record.tenant == tenant)]
+        exact = [st for st in matches if st.record.id == ident]
+        if exact:
+            return exact[0]
+        if len(matches) > 1:
+            raise InvalidRequest(f"session ID prefix {ident} matches {len(matches)} sessions",
+                                 hint="pass a longer prefix")
+        return matches[0] if matches else None
+
+    async def get(self, tenant: str, ident: str) -> SessionState:
+        st = self.find(tenant, ident)
+        if st is not None:
+            return st
+        if len(ident) == 20:  # an old session no longer in memory: the bucket has every session
+            entry = await self.store.get(ident)
+            if entry is not None:
+                record = SessionRecord.model_validate_json(entry.value)
+                if tenant in (ALL_TENANTS, record.tenant):
+                    return SessionState(record, entry.revision)
+        raise NotFound(f"no session {ident}", hint="`fleet sessions list` shows them")
+
+    def listing(self, tenant: str, project: str | None, phase: str | None, limit: int) -> list[SessionState]:
+        out = [st for pool in (self.sessions, self.finished) for st in pool.values()
+               if (tenant == ALL_TENANTS or st.record.tenant == tenant) and (project is None or st.record.project == project)
+               and (phase is None or st.record.phase == phase)]
+        out.sort(key=lambda st: st.record.id)
+        return out[-limit:]
+
+    async def cancel(self, st: SessionState) -> None:
+        record = st.record
+        if record.final:
+            return
+        if record.phase == "queued":
+            self.pending.remove(record.id)
+            await self._finish(st, "cancelled", at=time.time(), reason="cancelled before it ran")
+            return
+        host = self.hosts.get(record.host or "")
+        if host is None or host.status in ("offline", "revoked"):
+            await self._finish(st, "cancelled", at=time.time(), reason="cancelled; its host was gone")
+            return
+        await self._tell_stop(record.host or "", record.id, st.fence, "cancelled")
+
+    async def wait(self, st: SessionState, timeout: float) -> None:
+        """Until the session is final or `timeout` passes."""
+        if st.record.final or timeout <= 0 or not self.leading:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        st.waiters.append(fut)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fut, timeout)
+
+    async def logs(self, st: SessionState, offset: int, wait_s: float) -> tuple[int, str, bool]:
+        """(offset of the text returned, the text from `offset` on as far as it is known, whether it is the end)."""
+        if st.record.final and not st.output:
+            text = st.record.output_tail
+            return 0, text[offset:] if offset < len(text.encode()) else "", True
+        if offset >= st.output_end and not st.record.final and wait_s > 0 and self.leading:
+            fut = asyncio.get_running_loop().create_future()
+            st.log_waiters.append(fut)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, wait_s)
+        start = max(offset, st.output_start)
+        data = bytes(st.output[start - st.output_start:])
+        return start, data.decode("utf-8", "replace"), st.record.final
+
+    def queued_of(self, sessions: Iterable[SessionState]) -> list[dict[str, Any]]:
+        return [public(st.record) for st in sessions]
+
+
+def _history(record: SessionRecord, event: PhaseEvent) -> None:
+    record.history.append(event)
+    if len(record.history) > MAX_HISTORY:
+        del record.history[1:len(record.history) - MAX_HISTORY + 1]
