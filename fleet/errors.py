@@ -153,6 +153,12 @@ class Refused(FleetError):
     code = "refused"
 
 
+class QueueFull(Refused):
+    """Too many sessions of this tenant wait already: submit later (or raise capacity)."""
+
+    code = "queue_full"
+
+
 class AuthRefused(Refused):
     """The NATS server refused the credentials (unknown, revoked, or none given where they are required)."""
 

@@ -346,6 +346,8 @@ FINAL_PHASES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 LIVE_PHASES = frozenset({"assigned", "running"})
 MAX_COMMAND_ARGS = 256
 MAX_ENV = 64
+MAX_COMMAND_BYTES = 64 * 1024  # a session record must fit one NATS message with room to spare
+MAX_ENV_BYTES = 64 * 1024
 MAX_OUTPUT_TAIL = 16 * 1024  # bytes of output a session keeps (the end of it)
 MAX_OUTPUT_CHUNK = 8 * 1024
 MAX_HISTORY = 64
@@ -385,6 +387,14 @@ class SubmitRequest(Message):
     max_attempts: int = Field(default=3, ge=1, le=20)
     env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=MAX_ENV)
     wait_s: float = Field(default=0.0, ge=0, le=3600)  # answer when the session ends (or after wait_s)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SubmitRequest:
+        if sum(len(a) for a in self.command) > MAX_COMMAND_BYTES:
+            raise ValueError(f"the command is longer than {MAX_COMMAND_BYTES} characters in all")
+        if sum(len(k) + len(v) for k, v in self.env.items()) > MAX_ENV_BYTES:
+            raise ValueError(f"the environment is larger than {MAX_ENV_BYTES} characters in all")
+        return self
 
 
 class PhaseEvent(BaseModel):

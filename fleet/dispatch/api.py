@@ -11,7 +11,9 @@ is the subject's token, which only that host's identity may publish on. Subscrib
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
 from typing import Any
 
 from fleet.bus import subjects
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 API_CONCURRENCY = 512
 WAIT_CONCURRENCY = 4096  # waits and log polls hold a handler while they wait: cheap (a future each)
 WORK_CONCURRENCY = 512
+WAITS_PER_TENANT = 256  # waits and log polls one tenant may hold at once
+LIST_BYTES = 512 * 1024  # a list reply stays well under NATS's 1 MB message limit
 
 
 class SessionApi:
@@ -42,6 +46,7 @@ class SessionApi:
         self.bus = bus
         self.dispatcher = dispatcher
         self._subs: list[Any] = []
+        self.waiting: Counter[str] = Counter()  # requests held waiting, per tenant token
 
     async def start(self) -> None:
         bus, q = self.bus, subjects.SERVER_QUEUE
@@ -77,16 +82,31 @@ class SessionApi:
             req = decode(SubmitRequest, msg.data)
             st = await d.submit(tenant, req)
             if req.wait_s:
-                await d.wait(st, req.wait_s)
+                await self._wait(tenant, st, req.wait_s)
             return self._reply(st)
         if verb == "list":
             lreq = decode(SessionListRequest, msg.data)
             sessions = d.listing(tenant, lreq.project, lreq.phase, lreq.limit)
-            return ApiReply(ok=True, data=[self._view(st) for st in sessions]).encode()
+            items: list[dict[str, Any]] = []
+            size = 0
+            for st in reversed(sessions):  # the newest first, as many as one reply holds
+                item = self._summary(st)
+                size += len(json.dumps(item)) + 1
+                if size > LIST_BYTES:
+                    break
+                items.append(item)
+            items.reverse()
+            return ApiReply(ok=True, data={"sessions": items, "total": len(sessions),
+                                           "truncated": len(items) < len(sessions)}).encode()
         if verb == "logs":
             logreq = decode(LogsRequest, msg.data)
             st = await d.get(tenant, logreq.id)
-            offset, text, end = await d.logs(st, logreq.offset, logreq.wait_s)
+            wait_s = logreq.wait_s if self.waiting[tenant] < WAITS_PER_TENANT else 0.0
+            self.waiting[tenant] += 1
+            try:
+                offset, text, end = await d.logs(st, logreq.offset, wait_s)
+            finally:
+                self.waiting[tenant] -= 1
             return ApiReply(ok=True, data={"id": st.record.id, "offset": offset, "text": text, "end": end,
                                            "phase": st.record.phase, "exit_code": st.record.exit_code}).encode()
         query = decode(SessionQuery, msg.data)
@@ -94,8 +114,20 @@ class SessionApi:
         if verb == "cancel":
             await d.cancel(st)
         elif verb == "wait":
-            await d.wait(st, query.wait_s)
+            await self._wait(tenant, st, query.wait_s)
         return self._reply(st)
+
+    async def _wait(self, tenant: str, st: SessionState, wait_s: float) -> None:
+        """Hold the request until the session ends (or wait_s); at most WAITS_PER_TENANT at once per tenant, so
+        that one tenant's waits never take every handler (past that it answers at once: the client asks again)."""
+        if self.waiting[tenant] >= WAITS_PER_TENANT:
+            self.dispatcher.metrics["waits_refused"] += 1
+            return
+        self.waiting[tenant] += 1
+        try:
+            await self.dispatcher.wait(st, wait_s)
+        finally:
+            self.waiting[tenant] -= 1
 
     def _view(self, st: SessionState) -> dict[str, Any]:
         data = public(st.record)
@@ -106,6 +138,20 @@ class SessionApi:
             data["hostname"] = host.hostname
         if st.record.phase == "queued":
             data["reason"] = self.dispatcher.waiting_reason(st.record) or data.get("reason")
+        return data
+
+    def _summary(self, st: SessionState) -> dict[str, Any]:
+        """A session as a list shows it: no output, no history, the command cut at 200 characters."""
+        data = self._view(st)
+        del data["output_tail"], data["history"]
+        command, size = [], 0
+        for arg in data["command"]:
+            if size + len(arg) > 200:
+                command.append(arg[:max(0, 200 - size)] + "…")
+                break
+            command.append(arg)
+            size += len(arg)
+        data["command"] = command
         return data
 
     def _reply(self, st: SessionState) -> bytes:

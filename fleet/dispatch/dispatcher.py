@@ -19,7 +19,7 @@ accounting is in the leader's memory, rebuilt from the bucket when a replica tak
 - pending sessions (fleet.dispatch.queue) are placed as soon as a slot opens in one of their pools.
 - every RECONCILE_S the leader compares what each live host reports running (its heartbeats) with what it was
   given: a session a host runs without a current assignment is cancelled there; an assignment a host never took up
-  is sent again, then re-queued.
+  is sent again, then re-queued; a running session the host no longer lists (its agent restarted) is lost.
 
 Delivery guarantee (docs/protocol.md): a session's command may start more than once when its host dies or is cut
 off mid-run (the session is re-queued and runs elsewhere, and a host that lost its lease stops the command); at most
@@ -49,6 +49,7 @@ from fleet.bus.messages import (
     LIVE_PHASES,
     MAX_HISTORY,
     MAX_OUTPUT_TAIL,
+    MAX_REPORTED_SESSIONS,
     Assignment,
     CancelOrder,
     OutputChunk,
@@ -61,7 +62,7 @@ from fleet.bus.messages import (
 )
 from fleet.dispatch.placement import DispatchHost, Placement, PoolIndex, Route, place, why_waiting
 from fleet.dispatch.queue import GroupKey, PendingQueue
-from fleet.errors import Conflict, FleetError, InvalidRequest, NotFound, Refused, TransientError
+from fleet.errors import Conflict, FleetError, InvalidRequest, NotFound, QueueFull, Refused, TransientError
 from fleet.hosts.config import AppliedConfig
 from fleet.hosts.registry import Registry
 
@@ -70,7 +71,9 @@ log = logging.getLogger(__name__)
 RECONCILE_S = 0.5
 ASSIGN_RESEND_S = 3.0  # an assignment a live host does not report running after this long is sent again
 ASSIGN_TRIES = 3  # ... this many times, then the session is re-queued
-KEEP_FINISHED = 10_000  # finished sessions kept in memory for the API (the bucket keeps them all)
+MISSING_S = 3.0  # a running session its live host has not listed in its heartbeats for this long is lost
+KEEP_FINISHED = 2_000  # finished sessions kept in memory for the API (the bucket keeps them all: `get` reads it)
+MAX_OPEN_PER_TENANT = 10_000  # sessions of one tenant not final yet; more are refused (QueueFull) until some end
 ALL_TENANTS = "_all"  # the tenant token of the session API for identities that see every tenant (admin, viewer)
 
 
@@ -95,6 +98,7 @@ class SessionState:
     log_waiters: list[asyncio.Future] = field(default_factory=list)
     assigned_at: float = 0.0  # monotonic
     sends: int = 0
+    missing_since: float | None = None  # monotonic: since when its host's heartbeats no longer list it
 
     @property
     def output_end(self) -> int:
@@ -121,6 +125,7 @@ class Dispatcher:
         self._pass_wanted = asyncio.Event()
         self._resync_wanted = False
         self._submitting: dict[str, asyncio.Future[SessionState]] = {}
+        self.open_by_tenant: Counter[str] = Counter()  # sessions not final yet, per tenant
         registry.watchers.append(self._host_changed)
         config.listeners.append(self._config_changed)
 
@@ -151,12 +156,14 @@ class Dispatcher:
                     old.waiters, old.log_waiters, old.output, old.output_start)
         lost: list[SessionState] = []
         finished = []
+        self.open_by_tenant = Counter()
         for st in states.values():
             record = st.record
             if record.final:
                 finished.append(st)
                 continue
             self.sessions[record.id] = st
+            self.open_by_tenant[record.tenant] += 1
             if record.phase in LIVE_PHASES and record.host:
                 st.fence = record.fence if record.fence is not None else st.revision
                 st.assigned_at = time.monotonic()
@@ -321,6 +328,11 @@ class Dispatcher:
         return st
 
     async def _submit_new(self, sid: str, spec: dict[str, Any], req: SubmitRequest) -> SessionState:
+        tenant = spec["tenant"]
+        if self.open_by_tenant[tenant] >= MAX_OPEN_PER_TENANT:
+            self.metrics["queue_full"] += 1
+            raise QueueFull(f"tenant {tenant} has {self.open_by_tenant[tenant]} sessions queued or running already "
+                            f"(at most {MAX_OPEN_PER_TENANT})", hint="submit again when some have ended")
         now = time.time()
         record = SessionRecord(
             id=sid, tenant=spec["tenant"], project=req.project, command=req.command, env=req.env,
@@ -352,6 +364,7 @@ class Dispatcher:
             raise
         st = SessionState(record, revision)
         self.sessions[record.id] = st
+        self.open_by_tenant[tenant] += 1
         self.metrics["submitted"] += 1
         if placement is not None:
             st.fence, st.assigned_at = revision, time.monotonic()
@@ -498,8 +511,13 @@ class Dispatcher:
         _history(record, PhaseEvent(phase=phase, at=at, host=host or was_host, attempt=record.attempt,  # type: ignore[arg-type]
                                     note=reason))
         await self._persist(st)
-        self.sessions.pop(record.id, None)
+        if self.sessions.pop(record.id, None) is not None:
+            self.open_by_tenant[record.tenant] -= 1
         self.pending.remove(record.id)
+        if len(st.output) > MAX_OUTPUT_TAIL:  # what a finished session keeps of its output (`logs` reads it)
+            drop = len(st.output) - MAX_OUTPUT_TAIL
+            del st.output[:drop]
+            st.output_start += drop
         self._release(was_host, record.id)
         self.finished[record.id] = st
         while len(self.finished) > KEEP_FINISHED:
@@ -602,9 +620,20 @@ class Dispatcher:
                 if st is None or st.record.host != mid or (s.fence is not None and s.fence != st.fence):
                     await self._tell_stop(mid, sid, s.fence, "no longer assigned to this host")
             beat_age = now - entry.beat.at
+            complete = len(entry.beat.sessions) < MAX_REPORTED_SESSIONS  # else the report was cut short
             for sid in list(host.sessions):
                 st = self.sessions.get(sid)
-                if st is None or sid in reported or st.record.phase != "assigned":
+                if st is None or sid in reported:
+                    if st is not None:
+                        st.missing_since = None
+                    continue
+                if st.record.phase == "running":
+                    if not complete or beat_age > MISSING_S:
+                        continue
+                    if st.missing_since is None:
+                        st.missing_since = now
+                    elif now - st.missing_since > MISSING_S:  # the host forgot it (its agent restarted)
+                        await self._requeue(st, f"host {mid} no longer runs it")
                     continue
                 if now - st.assigned_at > ASSIGN_RESEND_S and beat_age < ASSIGN_RESEND_S:
                     if st.sends >= ASSIGN_TRIES:

@@ -74,7 +74,9 @@ async def list_sessions(bus: Bus, tenant: str = ALL_TENANTS, *, project: str | N
     the reconciler's plan (queued sessions, fleet.reconciler.operation) use."""
     data = await call(bus, subjects.api_sessions(tenant, "list"),
                       SessionListRequest(project=project, phase=phase, limit=limit))  # type: ignore[arg-type]
-    return [_view(item) for item in data or []]
+    if not isinstance(data, dict) or not isinstance(data.get("sessions"), list):
+        raise ProtocolError("malformed session list from the fleet server")
+    return [_view(item) for item in data["sessions"]]
 
 
 class Client:
@@ -158,13 +160,17 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
+            asked = time.monotonic()
             view = _view(await self._call("wait", SessionQuery(id=session_id, wait_s=left), timeout=left + 10.0))
             if view.final or (deadline is not None and time.monotonic() >= deadline):
                 return view
+            if time.monotonic() - asked < min(left, 0.5):  # answered at once (the server holds enough waits): pause
+                await asyncio.sleep(0.5)
 
     async def logs(self, session_id: str, *, follow: bool = False, offset: int = 0) -> AsyncIterator[str]:
         """The session's output (what the server still holds of it), and with `follow`, the rest as it comes."""
         while True:
+            asked = time.monotonic()
             data = await self._call("logs", LogsRequest(id=session_id, offset=offset, wait_s=POLL_S if follow else 0),
                                     timeout=POLL_S + 10.0)
             text = data.get("text") or ""
@@ -175,6 +181,8 @@ class Client:
             offset = int(data.get("offset", offset)) + len(text.encode())
             if data.get("end") or not follow:
                 return
+            if not text and time.monotonic() - asked < 0.5:  # answered at once with nothing new: pause
+                await asyncio.sleep(0.5)
 
 
 class SyncClient:

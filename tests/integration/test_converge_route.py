@@ -42,6 +42,7 @@ def test_apply_converges_and_route_test(live_fleet, tmp_path: Path):
         "  Preferred pool:  pool-local-main  [0/8 slots used]  → AVAILABLE\n"
         "  Decision:        route to pool-local-main\n"
         "  Fallback:        pool-cloud-e2b (not needed)\n"
+        "  Queue:           empty\n"
     )
 
     # capacity and labels change in the file; apply waits until both agents run them
@@ -88,6 +89,7 @@ def test_apply_converges_and_route_test(live_fleet, tmp_path: Path):
         "  Preferred pool:  pool-local-main  [0/0 slots used]  → FULL\n"
         "  Fallback pool:   pool-cloud-e2b   [0/∞ slots used]  → AVAILABLE\n"
         "  Decision:        route to pool-cloud-e2b (fallback)\n"
+        "  Queue:           empty\n"
     )
     # a drift: someone resumes a2 by hand; plan shows it apart from the changes
     assert live_fleet.procs  # agents still run

@@ -462,3 +462,42 @@ def test_the_dispatcher_killed_midway_loses_nothing(live_fleet: LiveFleet, tmp_p
     assert all(len(final_events(s)) == 1 for s in sessions)
     assert set(out.read_text().split()) == {s.id for s in sessions}
     assert "now dispatches" in standby.output()
+
+
+def test_the_plan_names_queued_sessions_that_a_change_leaves_unroutable(live_fleet: LiveFleet) -> None:
+    setup(live_fleet)
+    with client(live_fleet) as c:
+        waiting = c.submit("gpu-app", ["true"])  # no host in pool-gpu: it waits
+        assert waiting.phase == "queued"
+    live_fleet.layout = layout()
+    live_fleet.layout["projects"] = [p for p in live_fleet.layout["projects"] if p["id"] != "gpu-app"]
+    live_fleet.fleet_file.write_text(json.dumps({**json.loads(live_fleet.fleet_file.read_text()),
+                                                 **live_fleet.layout}))
+    plan = run_cli("plan", "-f", str(live_fleet.fleet_file), "--nats", live_fleet.url, "--json",
+                   env=live_fleet.secrets)
+    assert plan.exit_code == 0, plan.output
+    items = json.loads(plan.output)["consequences"]["items"]
+    assert {"kind": "session-unroutable", "subject": waiting.id} in [
+        {"kind": i["kind"], "subject": i["subject"]} for i in items], items
+    text = run_cli("plan", "-f", str(live_fleet.fleet_file), "--nats", live_fleet.url, env=live_fleet.secrets).output
+    assert f"queued session {waiting.id} of project gpu-app: the project is deleted" in text
+
+
+def test_an_agent_restarted_within_its_grace_loses_its_running_session_to_a_new_attempt(live_fleet: LiveFleet) -> None:
+    live_fleet.layout = layout()
+    for pool in live_fleet.layout["pools"]:
+        pool["disconnect_grace"] = "60s"  # the host stays online while its agent restarts
+    key = live_fleet.key("fin", pools=(MAIN,))
+    host = worker(live_fleet, "w-main", key, MAIN)
+    with client(live_fleet) as c:
+        s = c.submit("solo-app", ["sh", "-c", 'if [ "$FLEET_ATTEMPT" = 1 ]; then sleep 60; fi; echo attempt $FLEET_ATTEMPT'])
+        until(c, s.id, "running")
+        agent = agent_proc(live_fleet, "w-main")
+        subprocess.run(["pkill", "-KILL", "-P", str(agent.pid)], check=False)  # the agent and its session's process
+        agent.popen.send_signal(signal.SIGKILL)
+        agent.popen.wait(10)
+        assert live_fleet.by_name()["w-main"]["status"] == "active"  # within its grace: still online
+        live_fleet.agent("w-main", "--pool", MAIN)  # the same machine, restarted (its state dir has its identity)
+        done = until(c, s.id, "succeeded", 40)
+        assert done.host == host and done.attempt == 2 and done.output_tail == "attempt 2\n"
+        assert "no longer runs it" in next(e.note for e in done.history if e.phase == "lost")
