@@ -427,7 +427,12 @@ def run(fl: EmbeddedFleet, check: Checks, count: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--sessions", type=int, default=10, choices=range(2, 101), metavar="N",
+    def count(text: str) -> int:
+        if not text.isdigit() or not 2 <= int(text) <= 100:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 2 to 100")
+        return int(text)
+
+    parser.add_argument("--sessions", type=count, default=10, metavar="N",
                         help="mixed-tenant sessions to run (2-100, default 10)")
     parser.add_argument("--keep", action="store_true", help="keep the state dir (logs, creds) afterwards")
     args = parser.parse_args(argv)
