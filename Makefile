@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench clean venv down
+.PHONY: demo example test lint unit bench clean venv down
 
 venv: $(STAMP)
 
@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check fleet tests bench
+	$(BIN)/ruff check fleet tests bench examples
 	$(BIN)/lint-imports
-	$(BIN)/mypy fleet
+	$(BIN)/mypy fleet examples
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -26,6 +26,9 @@ test: lint unit
 
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/demo.sh
+
+example: $(STAMP)
+	$(BIN)/python examples/multi_tenant.py
 
 down: $(STAMP)
 	$(BIN)/fleet down

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: validate the example fleet, start the embedded fleet (`fleet up`), plan and apply fleet.yaml.example,
 # enroll two local agents in its local pool (pool-local-main of tenant fin-prod, key `local-dev`), show
-# `fleet list` and simulate a dispatch with `fleet route test`.
+# `fleet list`, simulate a dispatch with `fleet route test`, then submit real sessions to project my-fintech-app
+# (`fleet submit`, one with --wait), follow them to the end and show them (`fleet sessions list`, `… show`).
 # The fleet keeps running afterwards; `fleet down` (or `make down`) stops it, agents included.
 # (Run through `make demo`, which puts .venv/bin on PATH.) Idempotent: a second run reuses what runs.
 set -euo pipefail
@@ -56,15 +57,22 @@ done
 
 echo
 echo "== waiting until both agents are active"
+active=no
 for _ in $(seq 1 100); do
   if fleet list --json | python3 -c 'import json, sys
 hosts = json.load(sys.stdin)
 names = {h["hostname"] for h in hosts if h["status"] == "active"}
 sys.exit(0 if {"demo-agent-1", "demo-agent-2"} <= names else 1)'; then
+    active=yes
     break
   fi
   sleep 0.3
 done
+if [ "$active" != yes ]; then
+  echo "error: the two demo agents are not both active after 30 s (see $STATE_DIR/agents/agent-*/agent.log," \
+    "and \`fleet list\`)" >&2
+  exit 1
+fi
 
 echo
 echo "== fleet list"
@@ -74,6 +82,65 @@ echo
 echo "== fleet route test my-fintech-app"
 fleet route test my-fintech-app -f fleet.yaml.example
 
+# Sessions. my-fintech-app routes to pool-local-main while one of its hosts has a free slot (2 agents x 4 slots),
+# else to its fallback pool-cloud-e2b, which has no hosts here: a session would then wait in the queue until a
+# local slot opens. These five take at most five of the eight slots at once: they all run on the local agents.
+# Each has a --timeout, so that nothing can run on forever.
+JOB='echo "hello from session $FLEET_SESSION_ID of $FLEET_PROJECT (attempt $FLEET_ATTEMPT)"; sleep 1'
+echo
+echo "== fleet submit --project my-fintech-app -- sh -c '...'   (x4: prints the session ID once it is stored)"
+ids=()
+said="$STATE_DIR/demo-submit.err"
+for _ in 1 2 3 4; do
+  # the ID on stdout; where it went ("assigned to …") on stderr: one line for both
+  if ! id=$(fleet submit --project my-fintech-app --timeout 30 -- sh -c "$JOB" 2>"$said"); then
+    cat "$said" >&2
+    exit 1
+  fi
+  ids+=("$id")
+  echo "$id  $(cat "$said")"
+done
+
+echo
+echo "== fleet submit --project my-fintech-app --wait -- sh -c '...; exit 3'"
+echo "   (streams the output, then exits with the command's exit code: 3 on purpose)"
+set +e
+fleet submit --project my-fintech-app --timeout 30 --wait -- \
+  sh -c 'for i in 1 2 3; do echo "step $i of 3 (session $FLEET_SESSION_ID)"; sleep 0.3; done; exit 3'
+code=$?
+set -e
+echo "fleet submit --wait exited with $code"
+if [ "$code" != 3 ]; then
+  echo "error: expected the command's exit code 3 from \`fleet submit --wait\`, got $code" >&2
+  exit 1
+fi
+
+echo
+echo "== fleet sessions logs --follow <id>   (each of the four, until it ends)"
+for id in "${ids[@]}"; do
+  if ! timeout 60 fleet sessions logs --follow "$id"; then
+    echo "error: session $id did not end within 60 s (see \`fleet sessions show $id\`, \`fleet list\`)" >&2
+    exit 1
+  fi
+done
+
+echo
+echo "== fleet sessions list --project my-fintech-app --limit 5   (the newest five: this run's)"
+fleet sessions list --project my-fintech-app --limit 5
+if ! fleet sessions list --json --project my-fintech-app | python3 -c 'import json, sys
+sessions = json.load(sys.stdin)
+wanted = sys.argv[1:]
+got = {s["id"]: s for s in sessions}
+bad = [i for i in wanted if i not in got or got[i]["phase"] != "succeeded" or got[i]["pool"] != "pool-local-main"]
+sys.exit(1 if bad else 0)' "${ids[@]}"; then
+  echo "error: not every session of this run succeeded on pool-local-main (see \`fleet sessions list\`)" >&2
+  exit 1
+fi
+
+echo
+echo "== fleet sessions show ${ids[0]}"
+fleet sessions show "${ids[0]}"
+
 echo
 echo "The fleet keeps running. Try (after \`. .venv/bin/activate\`):"
 echo "  fleet list --json | jq '[.[] | select(.status == \"active\")]'"
@@ -81,4 +148,5 @@ echo "  fleet show <machine-id or prefix>"
 echo "  fleet route show my-fintech-app -f fleet.yaml.example"
 echo "  fleet plan -f fleet.yaml.example --format markdown"
 echo "  fleet hosts pause <machine-id>       fleet agent status --state-dir $STATE_DIR/agents/agent-1"
+echo "  fleet submit -p my-fintech-app --wait -- python3 -c 'print(42)'      fleet sessions list"
 echo "Stop everything (agents, fleet server, nats-server) with:  make down   (or: .venv/bin/fleet down)"
