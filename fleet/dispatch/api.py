@@ -38,7 +38,8 @@ API_CONCURRENCY = 512
 WAIT_CONCURRENCY = 4096  # waits and log polls hold a handler while they wait: cheap (a future each)
 WORK_CONCURRENCY = 512
 WAITS_PER_TENANT = 256  # waits and log polls one tenant may hold at once
-LIST_BYTES = 512 * 1024  # a list reply stays well under NATS's 1 MB message limit
+LIST_BYTES = 512 * 1024
+SUBMIT_BYTES = 160 * 1024  # a command and an environment of 64 KiB each, in JSON, with room to spare  # a list reply stays well under NATS's 1 MB message limit
 
 
 class SessionApi:
@@ -52,7 +53,8 @@ class SessionApi:
         bus, q = self.bus, subjects.SERVER_QUEUE
         api = f"{subjects.API_SESSIONS}.*"
         self._subs = [
-            await bus.serve(f"{api}.submit", self.handle, queue=q, concurrency=WAIT_CONCURRENCY),
+            await bus.serve(f"{api}.submit", self.handle, queue=q, concurrency=WAIT_CONCURRENCY,
+                            max_bytes=SUBMIT_BYTES),
             await bus.serve(f"{api}.list", self.handle, queue=q, concurrency=API_CONCURRENCY),
             await bus.serve(f"{api}.get", self.handle, queue=q, concurrency=API_CONCURRENCY),
             await bus.serve(f"{api}.cancel", self.handle, queue=q, concurrency=API_CONCURRENCY),
@@ -79,7 +81,7 @@ class SessionApi:
         tenant, verb = parts
         d = self.dispatcher
         if verb == "submit":
-            req = decode(SubmitRequest, msg.data)
+            req = decode(SubmitRequest, msg.data, max_bytes=SUBMIT_BYTES)
             st = await d.submit(tenant, req)
             if req.wait_s:
                 await self._wait(tenant, st, req.wait_s)

@@ -501,3 +501,54 @@ def test_an_agent_restarted_within_its_grace_loses_its_running_session_to_a_new_
         done = until(c, s.id, "succeeded", 40)
         assert done.host == host and done.attempt == 2 and done.output_tail == "attempt 2\n"
         assert "no longer runs it" in next(e.note for e in done.history if e.phase == "lost")
+
+
+def test_a_hostile_submitter_gets_clear_errors_and_changes_nothing(live_fleet: LiveFleet) -> None:
+    keys = setup(live_fleet)
+    worker(live_fleet, "w-health", keys["health"], HEALTH)
+    health = live_fleet.issue("health-ci", "submitter", tenant="health-prod")
+    submit = subjects.api_sessions("health-prod", "submit")
+    deep = ('{"v":1,"project":"health-app","command":["true"],"env":' + "[" * 5000 + "]" * 5000 + "}").encode()
+    nul = json.dumps({"v": 1, "id": "0" * 20, "project": "health-app", "command": ["sh", "-c", "x\0y"]}).encode()
+    huge = json.dumps({"v": 1, "project": "health-app", "command": ["x" * 8000] * 9}).encode()
+    bad_id = json.dumps({"v": 1, "id": "../../etc", "project": "health-app", "command": ["true"]}).encode()
+
+    async def attack() -> dict[str, Any]:
+        bus = await connect(live_fleet.url, creds=health)
+        out: dict[str, Any] = {}
+        try:
+            for name, payload in (("deep", deep), ("nul", nul), ("huge", huge), ("bad_id", bad_id),
+                                  ("too_large", b"{" + b" " * 900_000 + b"}")):
+                reply = json.loads(await bus.request(submit, payload, timeout=10))
+                out[name] = (reply["ok"], reply.get("error"), reply.get("message", ""))
+            # waits held by one tenant are bounded: the rest are answered at once, and the fleet still answers
+            c = Client(live_fleet.url, creds=health)
+            async with c:
+                s = await c.submit("health-app", ["sleep", "30"])
+                query = json.dumps({"v": 1, "id": s.id, "wait_s": 3}).encode()
+
+                async def timed_wait() -> float:
+                    started = time.monotonic()
+                    await bus.request(subjects.api_sessions("health-prod", "wait"), query, timeout=15)
+                    return time.monotonic() - started
+
+                out["waits"] = await asyncio.gather(*(timed_wait() for _ in range(300)))
+                out["quick"] = await c.submit("health-app", ["true"], wait=20)
+                await c.cancel(s.id)
+            return out
+        finally:
+            await bus.close()
+
+    out = asyncio.run(attack())
+    assert out["deep"][:2] == (False, "malformed")
+    assert out["nul"][:2] == (False, "malformed") and "NUL" in out["nul"][2]
+    assert out["huge"][:2] == (False, "malformed") and "longer than" in out["huge"][2]
+    assert out["bad_id"][:2] == (False, "malformed")
+    assert out["too_large"][:2] == (False, "too_large")
+    held = [t for t in out["waits"] if t >= 2.5]
+    assert len(held) == 256, sorted(out["waits"])  # WAITS_PER_TENANT held; the other 44 answered at once
+    assert out["quick"].phase == "succeeded"
+    with client(live_fleet) as admin:
+        stored = admin.list()
+        assert {s.project for s in stored} == {"health-app"} and len(stored) == 2  # the sleep and the quick one
+    assert "Traceback" not in server_log(live_fleet)
