@@ -414,6 +414,11 @@ class Dispatcher:
             except FleetError as exc:
                 log.warning("dispatch pass failed (%s); retrying", exc.message)
                 await asyncio.sleep(0.2)
+            except Exception:  # a bug: log it, read everything again, keep dispatching
+                log.exception("dispatch pass failed; reading all sessions again")
+                self.metrics["internal"] += 1
+                self._resync_wanted = True
+                await asyncio.sleep(1.0)
 
     async def _apply_host_changes(self) -> None:
         changed, self._changed = self._changed, set()
