@@ -1,0 +1,175 @@
+"""Measuring helpers shared by the benches: closed-loop load (async and threaded), percentiles, and the CPU time
+that each process of a bench spent (from /proc), so that a figure comes with where its CPU went.
+
+Used by bench/dispatch.py. A closed loop runs `total` operations with exactly `inflight` of them outstanding at
+any time (each worker starts the next operation when its previous one returned): 1 in flight measures the round
+trip, 128 in flight the throughput under pipelining. Latencies are per operation, from its start to its return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import resource
+import statistics
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass
+class LoopResult:
+    """What one closed loop measured: operations, wall time, per-operation latencies (seconds), failures."""
+
+    ops: int
+    elapsed: float
+    latencies: list[float] = field(default_factory=list)
+    failures: int = 0
+    first_failure: str = ""
+
+    @property
+    def per_s(self) -> float:
+        return self.ops / self.elapsed if self.elapsed > 0 else 0.0
+
+    def pct(self, q: float) -> float:
+        """The q-th percentile (0-100) of the latencies, in seconds."""
+        return percentile(self.latencies, q)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0-100) of `values`; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))  # ceil(q/100 * n), clamped
+    return ordered[rank - 1]
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+async def closed_loop(op: Callable[[int], Awaitable[object]], total: int, inflight: int) -> LoopResult:
+    """Run op(0) … op(total - 1) with `inflight` outstanding at a time (asyncio). An op that raises counts as a
+    failure (its latency is not recorded) and the loop goes on."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    failures: list[str] = []
+    clock = time.perf_counter
+
+    async def worker() -> None:
+        while (i := next(counter)) < total:
+            started = clock()
+            try:
+                await op(i)
+            except Exception as exc:  # counted and reported, never hidden
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            latencies.append(clock() - started)
+
+    start = clock()
+    await asyncio.gather(*(worker() for _ in range(min(inflight, total))))
+    elapsed = clock() - start
+    return LoopResult(len(latencies), elapsed, latencies, len(failures), failures[0] if failures else "")
+
+
+def closed_loop_threads(op: Callable[[int], object], total: int, inflight: int) -> LoopResult:
+    """The same with `inflight` threads, for blocking clients (Celery's)."""
+    counter = itertools.count()
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures: list[str] = []
+    clock = time.perf_counter
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(counter)
+            if i >= total:
+                return
+            started = clock()
+            try:
+                op(i)
+            except Exception as exc:  # counted and reported, never hidden
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            latencies.append(clock() - started)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(inflight, total))]
+    start = clock()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = clock() - start
+    return LoopResult(len(latencies), elapsed, latencies, len(failures), failures[0] if failures else "")
+
+
+def cpu_seconds(pid: int | None = None, *, children: bool = True) -> float:
+    """User + system CPU seconds of process `pid` (None: this process), with its reaped children's when
+    `children` (a Celery prefork worker's pool processes, an agent's `true` commands). 0.0 if it is gone."""
+    if pid is None or pid == os.getpid():
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        total = own.ru_utime + own.ru_stime
+        if children:
+            kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+            total += kids.ru_utime + kids.ru_stime
+        return total
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[0] is the state (field 3 of stat): utime, stime, cutime, cstime are fields 14-17
+    ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if children else 0)
+    return ticks / CLOCK_TICKS
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of `pid` (from /proc/<pid>/task/*/children)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                out += [int(p) for p in fh.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+class CpuMeter:
+    """CPU seconds spent by named processes (and their live and reaped children) between start() and stop()."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self._before: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        out = {}
+        for name, pids in self.pids.items():
+            total = 0.0
+            for pid in pids:
+                own = pid == os.getpid()
+                total += cpu_seconds(pid, children=not own)  # the bench's own: not its other children
+                if not own:
+                    total += sum(cpu_seconds(child) for child in child_pids(pid))
+            out[name] = total
+        return out
+
+    def start(self) -> CpuMeter:
+        self._before = self._now()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        after = self._now()
+        self.spent = {name: max(0.0, after[name] - self._before.get(name, 0.0)) for name in after}
+        return self.spent
