@@ -22,7 +22,8 @@ temp dir and stops by PID:
   per session, 1 and 128 in flight;
 - (c) Celery 5 with a Redis broker and Redis result backend: the bench's own `redis-server` (no persistence), one
   Celery worker process (prefork, concurrency 2 = the cores; --without-gossip/mingle/heartbeat) running a no-op
-  task; the client calls `noop.delay().get()`: 1 in flight and 128 in flight (128 client threads);
+  task; the client calls `noop.delay().get()` at 1 in flight; at 128 in flight one client thread keeps 128 tasks
+  submitted and takes their results in order (cheaper for Celery's client than 128 threads);
 - (d) the routing decision: `fleet.dispatch.placement.place()` over a pool of 1,000 active hosts (µs a decision,
   median of many); also with the re-ranking the dispatcher does after each decision, and with a label filter that
   1 host in 10 passes.
@@ -51,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +268,7 @@ def fleet_yaml(secret_env: str) -> str:
 def summary(r: LoopResult) -> dict[str, Any]:
     return {"ops": r.ops, "elapsed_s": round(r.elapsed, 3), "per_s": round(r.per_s, 1),
             "p50_ms": round(r.pct(50) * 1e3, 3), "p99_ms": round(r.pct(99) * 1e3, 3), "failures": r.failures,
+            "per_s_by_tenth": [round(x) for x in r.rate_by_part(10)],
             **({"first_failure": r.first_failure[:300]} if r.failures else {})}
 
 
@@ -316,6 +319,24 @@ async def wait_active(url: str, admin_creds: str, names: list[str], timeout: flo
             await asyncio.sleep(0.2)
 
 
+async def bus_counters(url: str, trust: TrustDir) -> dict[str, int]:
+    """Messages nats-server received and sent so far ($SYS VARZ, as the SYS identity), and the last sequence of the
+    sessions bucket's stream (every write to any session moves it by one; read as the server identity)."""
+    out: dict[str, int] = {}
+    async with await connect(url, creds=str(trust.path("sys.creds")), connect_timeout=5) as bus:
+        varz = json.loads((await bus.nc.request("$SYS.REQ.SERVER.PING.VARZ", b"", timeout=5)).data)["data"]
+        out["nats_in_msgs"], out["nats_out_msgs"] = int(varz["in_msgs"]), int(varz["out_msgs"])
+    async with await connect(url, creds=str(trust.path("server.creds")), connect_timeout=5) as bus:
+        with contextlib.suppress(Exception):  # no sessions bucket (the raw phase runs before the server)
+            info = await bus.js.stream_info(f"KV_{subjects.BUCKET_SESSIONS}")
+            out["session_writes"] = int(info.state.last_seq)
+    return out
+
+
+def per_op(before: dict[str, int], after: dict[str, int], ops: int) -> dict[str, float]:
+    return {k: round((after[k] - before.get(k, 0)) / max(ops, 1), 2) for k in after}
+
+
 async def server_metrics(url: str, creds: str) -> dict[str, Any]:
     async with await connect(url, creds=creds, connect_timeout=5) as bus:
         info = await call(bus, subjects.API_PING, timeout=5)
@@ -323,7 +344,7 @@ async def server_metrics(url: str, creds: str) -> dict[str, Any]:
 
 
 async def bench_sessions(url: str, creds: str, project: str, n1: int, nn: int, warm: int, meter: CpuMeter,
-                         *, two_step: int = 0, profile: Any = None) -> dict[str, Any]:
+                         trust: TrustDir, *, two_step: int = 0, profile: Any = None) -> dict[str, Any]:
     """Sessions of `project` through the fleet client: warm-up, 1 in flight, 128 in flight (CPU metered), and
     optionally `two_step` sessions as submit then wait(id)."""
     bad: list[str] = []
@@ -347,24 +368,27 @@ async def bench_sessions(url: str, creds: str, project: str, n1: int, nn: int, w
         out: dict[str, Any] = {"seq": seq}
         if two_step:
             out["seq_two_step"] = await closed_loop(two, two_step, 1)
+        before = await bus_counters(url, trust)
         meter.start()
         prof = profile() if profile is not None else None
         out["par"] = await closed_loop(one, nn, INFLIGHT)
         out["cpu"] = meter.stop()
+        out["per_session"] = per_op(before, await bus_counters(url, trust), out["par"].ops)
         if prof is not None:
             out["profile"] = prof
         out["not_succeeded"] = bad[:5]
     return out
 
 
-def py_spy(pid: int, out: str, seconds: float) -> subprocess.Popen | None:
+def py_spy(pid: int, out: str, seconds: float, native: bool = False) -> subprocess.Popen | None:
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
         note("--py-spy: py-spy is not installed (pip install py-spy); no profile taken")
         return None
-    fmt = "speedscope" if out.endswith(".json") else "flamegraph"
+    fmt = "speedscope" if out.endswith(".json") else "raw" if out.endswith(".txt") else "flamegraph"
     return subprocess.Popen([exe, "record", "-p", str(pid), "-o", out, "-d", str(max(1, int(seconds))), "-f", fmt,
-                             "-r", "200", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-r", "200", *(["--native"] if native else ["--nonblocking"])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # ============================================================================================ (c) Celery
@@ -402,6 +426,36 @@ def start_redis(work: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.05)
 
 
+def window(task: Any, total: int, inflight: int) -> LoopResult:
+    """Celery at `inflight` in flight, the cheapest way its client allows: one thread keeps `inflight` tasks
+    submitted and takes their results in order (`.get()` of the oldest, then one more `.delay()`). (128 client
+    threads each doing `.delay().get()` cost the client twice the CPU per task and gave ~20 % fewer tasks/s.)"""
+    clock = time.perf_counter
+    start = clock()
+    queue: deque[tuple[float, Any]] = deque()
+    latencies: list[float] = []
+    done_at: list[float] = []
+    failures: list[str] = []
+    sent = 0
+    while sent < min(inflight, total):
+        queue.append((clock(), task.delay()))
+        sent += 1
+    while queue:
+        submitted, result = queue.popleft()
+        try:
+            result.get(timeout=30)
+            now = clock()
+            latencies.append(now - submitted)
+            done_at.append(now - start)
+        except Exception as exc:  # counted and reported, never hidden
+            failures.append(f"{type(exc).__name__}: {exc}")
+        if sent < total:
+            queue.append((clock(), task.delay()))
+            sent += 1
+    elapsed = clock() - start
+    return LoopResult(len(latencies), elapsed, latencies, len(failures), failures[0] if failures else "", done_at)
+
+
 def bench_celery(work: Path, sizes: dict[str, int], pool: str) -> dict[str, Any]:
     redis_proc, url = start_redis(work)
     worker = None
@@ -422,12 +476,13 @@ def bench_celery(work: Path, sizes: dict[str, int], pool: str) -> dict[str, Any]
                 if worker.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the Celery worker did not start:\n{log.read_text(errors='replace')[-2000:]}") \
                         from None
-        closed_loop_threads(one, sizes["warm"], INFLIGHT)
+        window(noop, sizes["warm"], INFLIGHT)
         closed_loop_threads(one, 50, 1)
         seq = closed_loop_threads(one, sizes["celery_1"], 1)
-        meter = CpuMeter({"client (bench)": [os.getpid()], "celery worker": [worker.pid], "redis-server": [redis_proc.pid]})
+        meter = CpuMeter({"client (bench)": [os.getpid()], "celery worker": [worker.pid],
+                          "redis-server": [redis_proc.pid]})
         meter.start()
-        par = closed_loop_threads(one, sizes["celery_n"], INFLIGHT)
+        par = window(noop, sizes["celery_n"], INFLIGHT)
         cpu = meter.stop()
         with contextlib.suppress(Exception):
             app.close()
@@ -443,6 +498,7 @@ def bench_celery(work: Path, sizes: dict[str, int], pool: str) -> dict[str, Any]
 def bench_route(decisions: int, hosts: int = 1000) -> dict[str, Any]:
     """place() over one pool of `hosts` active hosts of mixed load (32 slots, 0-31 used)."""
     rng = random.Random(7)
+    random.seed(7)  # PoolIndex breaks ties with the random module: the same heap every run
     index = PoolIndex()
     pool_hosts = []
     for i in range(hosts):
@@ -496,6 +552,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "quick": args.quick, "cpus": os.cpu_count(),
                                "python": sys.version.split()[0], "hosts": HOSTS, "slots_per_host": SLOTS,
                                "inflight": INFLIGHT}
+    results["load_before"] = [round(x, 2) for x in os.getloadavg()]
     note("routing decision over 1,000 hosts …")
     results["route"] = bench_route(sizes["route"])
     with tempfile.TemporaryDirectory(prefix="fleet-bench-dispatch-") as tmp:
@@ -524,9 +581,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wait_ready(echo, "the echo responder", echo_log)
             meter = CpuMeter({"client (bench)": [os.getpid()], "echo responder": [echo.pid],
                               "nats-server": [nats_pid or 0]})
-            raw_seq_par = asyncio.run(_metered_raw(url, str(req_creds), sizes, meter))
+            raw_seq_par = asyncio.run(_metered_raw(url, str(req_creds), sizes, meter, trust))
             results["raw"] = {"seq": summary(raw_seq_par["seq"]), "par": summary(raw_seq_par["par"]),
-                              "cpu_us_per_op": cpu_per_op(raw_seq_par["cpu"], raw_seq_par["par"].ops)}
+                              "cpu_us_per_op": cpu_per_op(raw_seq_par["cpu"], raw_seq_par["par"].ops),
+                              "per_request": raw_seq_par["per_request"]}
             echo.stdin.close()  # type: ignore[union-attr]
             stop(echo)
             echo = None
@@ -538,13 +596,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cfg = work / "fleet.yaml"
             cfg.write_text(fleet_yaml(KEY_ENV))
             env = {"FLEET_NATS_URL": url, "FLEET_NATS_CREDS": admin, KEY_ENV: secret, "NO_COLOR": "1", "CI": "true"}
-            server_log = work / "server.log"
-            server = subprocess.Popen(
-                [sys.executable, "-m", "fleet.cli.main", "server", "--nats", url, "--creds",
-                 str(trust.path("server.creds")), "--trust-dir", str(trust.root)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=server_log.open("wb"), cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
-            asyncio.run(_wait_server(url, admin, server, server_log))
+            server, results["server_starts"] = start_server(url, trust, work)
             # after the server: it creates the buckets, which an admin identity may only read and write
             fleet_cli(["apply", "--auto-approve", "--no-wait", "--summary", "-f", str(cfg)], env)
             enroll_creds = str(trust.path("enroll.creds"))
@@ -564,9 +616,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             profile = None
             if args.py_spy:
                 def profile() -> subprocess.Popen | None:
-                    return py_spy(server.pid, args.py_spy, 8 if args.quick else 15)
+                    return py_spy(server.pid, args.py_spy, 8 if args.quick else 15, args.py_spy_native)
             noop = asyncio.run(bench_sessions(url, str(submitter), NOOP_PROJECT, sizes["noop_1"], sizes["noop_n"],
-                                              sizes["warm"], meter, two_step=sizes["noop_1"] // 2, profile=profile))
+                                              sizes["warm"], meter, trust, two_step=sizes["noop_1"] // 2,
+                                              profile=profile))
             if isinstance(noop.get("profile"), subprocess.Popen):
                 noop["profile"].wait(60)
                 note(f"py-spy profile of the fleet server written to {args.py_spy}")
@@ -576,7 +629,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             hosts = None
             results["noop"] = {"seq": summary(noop["seq"]), "seq_two_step": summary(noop["seq_two_step"]),
                                "par": summary(noop["par"]), "cpu_us_per_op": cpu_per_op(noop["cpu"], noop["par"].ops),
-                               "host_counts": counts, "not_succeeded": noop["not_succeeded"]}
+                               "host_counts": counts, "not_succeeded": noop["not_succeeded"],
+                               "per_session": noop["per_session"]}
 
             note(f"fleet: `true` on {HOSTS} real agents x {SLOTS} slots …")
             for i in range(HOSTS):
@@ -592,10 +646,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             meter = CpuMeter({"client (bench)": [os.getpid()], "fleet server": [server.pid],
                               "agents (+ true)": [a.pid for a in agents], "nats-server": [nats_pid or 0]})
             real = asyncio.run(bench_sessions(url, str(submitter), AGENT_PROJECT, sizes["agent_1"], sizes["agent_n"],
-                                              min(sizes["warm"], 128), meter))
+                                              min(sizes["warm"], 128), meter, trust))
             results["agents"] = {"seq": summary(real["seq"]), "par": summary(real["par"]),
                                  "cpu_us_per_op": cpu_per_op(real["cpu"], real["par"].ops),
-                                 "not_succeeded": real["not_succeeded"]}
+                                 "not_succeeded": real["not_succeeded"], "per_session": real["per_session"]}
             metrics = asyncio.run(server_metrics(url, admin))
             results["server_metrics"] = {k: v for k, v in metrics.items()
                                          if k in ("submitted", "finished_succeeded", "finished_failed", "lost",
@@ -622,11 +676,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  "cpu_us_per_op": cpu_per_op(c["cpu"], c["par"].ops), "pool": c["pool"],
                                  "concurrency": c["concurrency"], "version": celery_mod.__version__,
                                  "redis": _redis_version()}
+    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = targets(results)
     return results
 
 
-async def _metered_raw(url: str, creds: str, sizes: dict[str, int], meter: CpuMeter) -> dict[str, Any]:
+async def _metered_raw(url: str, creds: str, sizes: dict[str, int], meter: CpuMeter,
+                       trust: TrustDir) -> dict[str, Any]:
     payload = submit_payload()
     async with await connect(url, creds=creds, connect_timeout=5, name="bench-requester") as bus:
         nc = bus.nc
@@ -637,20 +693,44 @@ async def _metered_raw(url: str, creds: str, sizes: dict[str, int], meter: CpuMe
         await closed_loop(one, sizes["warm"] * 4, INFLIGHT)
         await closed_loop(one, 200, 1)
         seq = await closed_loop(one, sizes["raw_1"], 1)
+        before = await bus_counters(url, trust)
         meter.start()
         par = await closed_loop(one, sizes["raw_n"], INFLIGHT)
-        return {"seq": seq, "par": par, "cpu": meter.stop()}
+        cpu = meter.stop()
+        return {"seq": seq, "par": par, "cpu": cpu,
+                "per_request": per_op(before, await bus_counters(url, trust), par.ops)}
 
 
-async def _wait_server(url: str, creds: str, server: subprocess.Popen, log: Path) -> None:
+def start_server(url: str, trust: TrustDir, work: Path, tries: int = 2) -> tuple[subprocess.Popen, int]:
+    """A real `fleet server` process (as `fleet up` runs it: server identity, trust dir; default heartbeat, grace and
+    monitor settings); waits until it answers ping. One that exits at start is started once more, and the bench says
+    so (stderr, and `server_starts` in --json): a flaky start is a finding, not something to hide."""
+    for attempt in range(1, tries + 1):
+        log = work / f"server-{attempt}.log"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fleet.cli.main", "server", "--nats", url, "--creds", str(trust.path("server.creds")),
+             "--trust-dir", str(trust.root)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log.open("wb"), cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "FLEET_DEBUG": "1"})
+        if asyncio.run(_wait_server(url, str(trust.path("admin.creds")), server)):
+            return server, attempt
+        stop(server)
+        text = log.read_text(errors="replace")[-3000:]
+        if attempt == tries:
+            raise SystemExit(f"fleet server did not start:\n{text}")
+        note(f"fleet server exited at start (attempt {attempt}); starting it again. Its log:\n{text}")
+    raise AssertionError("unreachable")
+
+
+async def _wait_server(url: str, creds: str, server: subprocess.Popen) -> bool:
     deadline = time.monotonic() + 30
     while True:
         try:
             await server_metrics(url, creds)
-            return
+            return True
         except Exception:
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"fleet server did not start:\n{log.read_text(errors='replace')[-2000:]}") from None
+                return False
             await asyncio.sleep(0.2)
 
 
@@ -707,7 +787,9 @@ def render(r: dict[str, Any]) -> str:
     lines = []
     head = f"{'':<60} {'throughput':>16} {'p50':>10} {'p99':>10}"
     lines += [f"dispatch, {r['date']}, {r['cpus']} cores, Python {r['python']}"
-              + (" (--quick)" if r["quick"] else ""), head, "-" * len(head)]
+              + (" (--quick)" if r["quick"] else "")
+              + f"; load average before / after: {r['load_before'][0]:.2f} / {r['load_after'][0]:.2f}",
+              head, "-" * len(head)]
 
     def row(label: str, s: dict[str, Any] | None, unit: str, show_rate: bool = True) -> None:
         if s is None:
@@ -739,14 +821,23 @@ def render(r: dict[str, Any]) -> str:
                  f"{r['slots_per_host']} slots for `true`; client fleet.sessions.client.Client, submit(wait=…).")
     if "par" in cel:
         lines.append(f"Celery {cel['version']} + redis-server {cel['redis']}: one worker, -P {cel['pool']} "
-                     f"-c {cel['concurrency']}, Redis broker and result backend; client: noop.delay().get(), "
-                     f"{INFLIGHT} threads for {INFLIGHT} in flight.")
+                     f"-c {cel['concurrency']}, Redis broker and result backend; client: noop.delay().get(); "
+                     f"{INFLIGHT} in flight: one thread keeps {INFLIGHT} tasks submitted, results taken in order.")
     else:
         lines.append(f"Celery baseline skipped: {cel.get('skipped')}")
     counts = r["noop"].get("host_counts") or {}
     lines.append(f"no-op hosts: {counts.get('assigned', '?')} assignments, {counts.get('acked', '?')} completions "
                  f"acknowledged, {counts.get('refused', '?')} refused, {counts.get('errors', '?')} errors; "
                  f"server: {json.dumps(r.get('server_metrics', {}))}")
+    if r.get("server_starts", 1) > 1:
+        lines.append(f"NOTE: the fleet server exited at start and was started {r['server_starts']} times (see stderr)")
+    ps, pr = r["noop"].get("per_session") or {}, r["raw"].get("per_request") or {}
+    lines.append(f"NATS messages per operation at {INFLIGHT} in flight (nats-server in / out): raw request "
+                 f"{pr.get('nats_in_msgs')} / {pr.get('nats_out_msgs')}; fleet no-op session {ps.get('nats_in_msgs')} / "
+                 f"{ps.get('nats_out_msgs')}, with {ps.get('session_writes')} writes to the sessions bucket")
+    tenths = r["noop"]["par"].get("per_s_by_tenth") or []
+    lines.append(f"fleet no-op at {INFLIGHT} in flight, sessions/s by tenth of the run: "
+                 + " ".join(f"{x:,}" for x in tenths))
     lines.append("")
     lines.append(f"CPU per operation at {INFLIGHT} in flight (µs, from /proc; 2 cores = 1e6/… ops/s at most):")
     for label, key in (("raw request/reply", "raw"), ("fleet no-op", "noop"), ("fleet `true`", "agents"),
@@ -770,7 +861,10 @@ def main() -> None:
     ap.add_argument("--celery-pool", default="prefork", choices=["prefork", "threads", "solo"],
                     help="the Celery worker's pool (default prefork, concurrency 2)")
     ap.add_argument("--py-spy", metavar="FILE", help="profile the fleet server with py-spy during the no-op run at "
-                                                     f"{INFLIGHT} in flight (.svg flamegraph or .json speedscope)")
+                                                     f"{INFLIGHT} in flight (.svg flamegraph, .json speedscope, .txt collapsed stacks)")
+    ap.add_argument("--py-spy-native", action="store_true",
+                    help="with --py-spy: native frames too (the garbage collector, the socket writes); stops the "
+                         "server at each sample, so it slows it down")
     ap.add_argument("--role", choices=["echo", "hosts", "celery-worker"], help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--creds", help=argparse.SUPPRESS)

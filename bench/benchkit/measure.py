@@ -30,6 +30,18 @@ class LoopResult:
     latencies: list[float] = field(default_factory=list)
     failures: int = 0
     first_failure: str = ""
+    done_at: list[float] = field(default_factory=list)  # when each operation returned, seconds from the start
+
+    def rate_by_part(self, parts: int = 10) -> list[float]:
+        """Operations per second in each of `parts` equal slices of the run's wall time (a rate that falls from
+        slice to slice says the system slows down as it runs: state that grows, a collector, a queue)."""
+        if not self.done_at or self.elapsed <= 0:
+            return []
+        width = self.elapsed / parts
+        counts = [0] * parts
+        for t in self.done_at:
+            counts[min(parts - 1, int(t / width))] += 1
+        return [c / width for c in counts]
 
     @property
     def per_s(self) -> float:
@@ -58,6 +70,7 @@ async def closed_loop(op: Callable[[int], Awaitable[object]], total: int, inflig
     failure (its latency is not recorded) and the loop goes on."""
     counter = itertools.count()
     latencies: list[float] = []
+    done_at: list[float] = []
     failures: list[str] = []
     clock = time.perf_counter
 
@@ -69,12 +82,14 @@ async def closed_loop(op: Callable[[int], Awaitable[object]], total: int, inflig
             except Exception as exc:  # counted and reported, never hidden
                 failures.append(f"{type(exc).__name__}: {exc}")
                 continue
-            latencies.append(clock() - started)
+            now = clock()
+            latencies.append(now - started)
+            done_at.append(now - start)
 
     start = clock()
     await asyncio.gather(*(worker() for _ in range(min(inflight, total))))
     elapsed = clock() - start
-    return LoopResult(len(latencies), elapsed, latencies, len(failures), failures[0] if failures else "")
+    return LoopResult(len(latencies), elapsed, latencies, len(failures), failures[0] if failures else "", done_at)
 
 
 def closed_loop_threads(op: Callable[[int], object], total: int, inflight: int) -> LoopResult:
@@ -82,6 +97,7 @@ def closed_loop_threads(op: Callable[[int], object], total: int, inflight: int) 
     counter = itertools.count()
     lock = threading.Lock()
     latencies: list[float] = []
+    done_at: list[float] = []
     failures: list[str] = []
     clock = time.perf_counter
 
@@ -97,7 +113,9 @@ def closed_loop_threads(op: Callable[[int], object], total: int, inflight: int) 
             except Exception as exc:  # counted and reported, never hidden
                 failures.append(f"{type(exc).__name__}: {exc}")
                 continue
-            latencies.append(clock() - started)
+            now = clock()
+            latencies.append(now - started)
+            done_at.append(now - start)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(inflight, total))]
     start = clock()
@@ -106,7 +124,7 @@ def closed_loop_threads(op: Callable[[int], object], total: int, inflight: int) 
     for t in threads:
         t.join()
     elapsed = clock() - start
-    return LoopResult(len(latencies), elapsed, latencies, len(failures), failures[0] if failures else "")
+    return LoopResult(len(latencies), elapsed, latencies, len(failures), failures[0] if failures else "", done_at)
 
 
 def cpu_seconds(pid: int | None = None, *, children: bool = True) -> float:
