@@ -327,9 +327,11 @@ async def bus_counters(url: str, trust: TrustDir) -> dict[str, int]:
         varz = json.loads((await bus.nc.request("$SYS.REQ.SERVER.PING.VARZ", b"", timeout=5)).data)["data"]
         out["nats_in_msgs"], out["nats_out_msgs"] = int(varz["in_msgs"]), int(varz["out_msgs"])
     async with await connect(url, creds=str(trust.path("server.creds")), connect_timeout=5) as bus:
-        with contextlib.suppress(Exception):  # no sessions bucket (the raw phase runs before the server)
+        with contextlib.suppress(Exception):  # no sessions bucket, no fleet server (the raw phase runs before them)
             info = await bus.js.stream_info(f"KV_{subjects.BUCKET_SESSIONS}")
             out["session_writes"] = int(info.state.last_seq)
+            ping = await call(bus, subjects.API_PING, timeout=5, attempts=1)
+            out["heartbeats"] = int((ping or {}).get("heartbeats", 0))
     return out
 
 
@@ -373,6 +375,7 @@ async def bench_sessions(url: str, creds: str, project: str, n1: int, nn: int, w
         prof = profile() if profile is not None else None
         out["par"] = await closed_loop(one, nn, INFLIGHT)
         out["cpu"] = meter.stop()
+        out["cpu_sys"] = meter.spent_system
         out["per_session"] = per_op(before, await bus_counters(url, trust), out["par"].ops)
         if prof is not None:
             out["profile"] = prof
@@ -484,9 +487,11 @@ def bench_celery(work: Path, sizes: dict[str, int], pool: str) -> dict[str, Any]
         meter.start()
         par = window(noop, sizes["celery_n"], INFLIGHT)
         cpu = meter.stop()
+        cpu_sys = meter.spent_system
         with contextlib.suppress(Exception):
             app.close()
-        return {"seq": seq, "par": par, "cpu": cpu, "pool": pool, "concurrency": CELERY_CONCURRENCY}
+        return {"seq": seq, "par": par, "cpu": cpu, "cpu_sys": cpu_sys, "pool": pool,
+                "concurrency": CELERY_CONCURRENCY}
     finally:
         stop(worker)
         stop(redis_proc)
@@ -584,6 +589,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raw_seq_par = asyncio.run(_metered_raw(url, str(req_creds), sizes, meter, trust))
             results["raw"] = {"seq": summary(raw_seq_par["seq"]), "par": summary(raw_seq_par["par"]),
                               "cpu_us_per_op": cpu_per_op(raw_seq_par["cpu"], raw_seq_par["par"].ops),
+                              "cpu_sys_us_per_op": cpu_per_op(raw_seq_par["cpu_sys"], raw_seq_par["par"].ops),
                               "per_request": raw_seq_par["per_request"]}
             echo.stdin.close()  # type: ignore[union-attr]
             stop(echo)
@@ -629,6 +635,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             hosts = None
             results["noop"] = {"seq": summary(noop["seq"]), "seq_two_step": summary(noop["seq_two_step"]),
                                "par": summary(noop["par"]), "cpu_us_per_op": cpu_per_op(noop["cpu"], noop["par"].ops),
+                               "cpu_sys_us_per_op": cpu_per_op(noop["cpu_sys"], noop["par"].ops),
                                "host_counts": counts, "not_succeeded": noop["not_succeeded"],
                                "per_session": noop["per_session"]}
 
@@ -649,6 +656,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                               min(sizes["warm"], 128), meter, trust))
             results["agents"] = {"seq": summary(real["seq"]), "par": summary(real["par"]),
                                  "cpu_us_per_op": cpu_per_op(real["cpu"], real["par"].ops),
+                                 "cpu_sys_us_per_op": cpu_per_op(real["cpu_sys"], real["par"].ops),
                                  "not_succeeded": real["not_succeeded"], "per_session": real["per_session"]}
             metrics = asyncio.run(server_metrics(url, admin))
             results["server_metrics"] = {k: v for k, v in metrics.items()
@@ -673,7 +681,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             import celery as celery_mod
 
             results["celery"] = {"seq": summary(c["seq"]), "par": summary(c["par"]),
-                                 "cpu_us_per_op": cpu_per_op(c["cpu"], c["par"].ops), "pool": c["pool"],
+                                 "cpu_us_per_op": cpu_per_op(c["cpu"], c["par"].ops),
+                                 "cpu_sys_us_per_op": cpu_per_op(c["cpu_sys"], c["par"].ops), "pool": c["pool"],
                                  "concurrency": c["concurrency"], "version": celery_mod.__version__,
                                  "redis": _redis_version()}
     results["load_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -697,7 +706,7 @@ async def _metered_raw(url: str, creds: str, sizes: dict[str, int], meter: CpuMe
         meter.start()
         par = await closed_loop(one, sizes["raw_n"], INFLIGHT)
         cpu = meter.stop()
-        return {"seq": seq, "par": par, "cpu": cpu,
+        return {"seq": seq, "par": par, "cpu": cpu, "cpu_sys": meter.spent_system,
                 "per_request": per_op(before, await bus_counters(url, trust), par.ops)}
 
 
@@ -832,20 +841,26 @@ def render(r: dict[str, Any]) -> str:
     if r.get("server_starts", 1) > 1:
         lines.append(f"NOTE: the fleet server exited at start and was started {r['server_starts']} times (see stderr)")
     ps, pr = r["noop"].get("per_session") or {}, r["raw"].get("per_request") or {}
+    pa = r["agents"].get("per_session") or {}
     lines.append(f"NATS messages per operation at {INFLIGHT} in flight (nats-server in / out): raw request "
                  f"{pr.get('nats_in_msgs')} / {pr.get('nats_out_msgs')}; fleet no-op session {ps.get('nats_in_msgs')} / "
-                 f"{ps.get('nats_out_msgs')}, with {ps.get('session_writes')} writes to the sessions bucket")
+                 f"{ps.get('nats_out_msgs')}, with {ps.get('session_writes')} writes to the sessions bucket and "
+                 f"{ps.get('heartbeats')} heartbeats ingested; `true` on real agents "
+                 f"{pa.get('nats_in_msgs')} / {pa.get('nats_out_msgs')}, {pa.get('session_writes')} writes, "
+                 f"{pa.get('heartbeats')} heartbeats")
     tenths = r["noop"]["par"].get("per_s_by_tenth") or []
     lines.append(f"fleet no-op at {INFLIGHT} in flight, sessions/s by tenth of the run: "
                  + " ".join(f"{x:,}" for x in tenths))
     lines.append("")
-    lines.append(f"CPU per operation at {INFLIGHT} in flight (µs, from /proc; 2 cores = 1e6/… ops/s at most):")
+    lines.append(f"CPU per operation at {INFLIGHT} in flight, µs (in brackets: of which in the kernel), from /proc; "
+                 f"{r['cpus']} cores allow at most {r['cpus']:,} x 1e6 / total operations/s:")
     for label, key in (("raw request/reply", "raw"), ("fleet no-op", "noop"), ("fleet `true`", "agents"),
                        ("Celery no-op", "celery")):
         cpu = (r.get(key) or {}).get("cpu_us_per_op")
+        sys_ = (r.get(key) or {}).get("cpu_sys_us_per_op") or {}
         if cpu:
             total = sum(cpu.values())
-            lines.append(f"  {label:<18} " + ", ".join(f"{k} {v:,.0f}" for k, v in cpu.items())
+            lines.append(f"  {label:<18} " + ", ".join(f"{k} {v:,.0f} ({sys_.get(k, 0):,.0f})" for k, v in cpu.items())
                          + f"; total {total:,.0f}")
     lines.append("")
     for t in r["targets"]:

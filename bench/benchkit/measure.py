@@ -127,24 +127,32 @@ def closed_loop_threads(op: Callable[[int], object], total: int, inflight: int) 
     return LoopResult(len(latencies), elapsed, latencies, len(failures), failures[0] if failures else "", done_at)
 
 
-def cpu_seconds(pid: int | None = None, *, children: bool = True) -> float:
-    """User + system CPU seconds of process `pid` (None: this process), with its reaped children's when
-    `children` (a Celery prefork worker's pool processes, an agent's `true` commands). 0.0 if it is gone."""
+def cpu_times(pid: int | None = None, *, children: bool = True) -> tuple[float, float]:
+    """(user, system) CPU seconds of process `pid` (None: this process), with its reaped children's when
+    `children` (a Celery prefork worker's pool processes, an agent's `true` commands). (0, 0) if it is gone.
+    System time is the kernel working for the process: socket writes and reads, epoll, fork and exec."""
     if pid is None or pid == os.getpid():
         own = resource.getrusage(resource.RUSAGE_SELF)
-        total = own.ru_utime + own.ru_stime
+        user, system = own.ru_utime, own.ru_stime
         if children:
             kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-            total += kids.ru_utime + kids.ru_stime
-        return total
+            user, system = user + kids.ru_utime, system + kids.ru_stime
+        return user, system
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     # fields[0] is the state (field 3 of stat): utime, stime, cutime, cstime are fields 14-17
-    ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if children else 0)
-    return ticks / CLOCK_TICKS
+    user, system = int(fields[11]), int(fields[12])
+    if children:
+        user, system = user + int(fields[13]), system + int(fields[14])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def cpu_seconds(pid: int | None = None, *, children: bool = True) -> float:
+    """User + system CPU seconds of process `pid` (see cpu_times)."""
+    return sum(cpu_times(pid, children=children))
 
 
 def child_pids(pid: int) -> list[int]:
@@ -164,23 +172,27 @@ def child_pids(pid: int) -> list[int]:
 
 
 class CpuMeter:
-    """CPU seconds spent by named processes (and their live and reaped children) between start() and stop()."""
+    """CPU seconds spent by named processes (and their live and reaped children) between start() and stop():
+    `spent` (user + system) and `spent_system` (the kernel's part) by name."""
 
     def __init__(self, pids: dict[str, list[int]]) -> None:
         self.pids = pids
-        self._before: dict[str, float] = {}
+        self._before: dict[str, tuple[float, float]] = {}
         self.spent: dict[str, float] = {}
+        self.spent_system: dict[str, float] = {}
 
-    def _now(self) -> dict[str, float]:
+    def _now(self) -> dict[str, tuple[float, float]]:
         out = {}
         for name, pids in self.pids.items():
-            total = 0.0
+            user = system = 0.0
             for pid in pids:
                 own = pid == os.getpid()
-                total += cpu_seconds(pid, children=not own)  # the bench's own: not its other children
+                times = [cpu_times(pid, children=not own)]  # the bench's own: not its other children
                 if not own:
-                    total += sum(cpu_seconds(child) for child in child_pids(pid))
-            out[name] = total
+                    times += [cpu_times(child) for child in child_pids(pid)]
+                user += sum(t[0] for t in times)
+                system += sum(t[1] for t in times)
+            out[name] = (user, system)
         return out
 
     def start(self) -> CpuMeter:
@@ -189,5 +201,7 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         after = self._now()
-        self.spent = {name: max(0.0, after[name] - self._before.get(name, 0.0)) for name in after}
+        zero = (0.0, 0.0)
+        self.spent = {n: max(0.0, sum(after[n]) - sum(self._before.get(n, zero))) for n in after}
+        self.spent_system = {n: max(0.0, after[n][1] - self._before.get(n, zero)[1]) for n in after}
         return self.spent
