@@ -8,7 +8,8 @@ temp dir and stops by PID:
   connection below authenticates with its own JWT-signed identity and permissions;
 - (a) raw nats-py request/reply: the bench (an identity that may publish only `bench.echo`, with its own reply
   inbox) to an echo responder in its own process (an identity that may subscribe to `bench.echo` and answer), with
-  the payload of a fleet submit request: 1 in flight (p50/p99) and 128 in flight (requests/s);
+  the payload of a fleet submit request: 1 in flight (p50/p99) and 128 in flight (requests/s); and the JetStream
+  write a session costs twice, a KV compare-and-set (fleet.bus.kv.Store.update) of a finished session's record;
 - (b) fleet: `fleet apply` of a small fleet (tenant `bench`, pools `pool-noop` and `pool-agents`, 32 slots a host),
   a real `fleet server` process, then **no-op hosts**: 4 hosts enrolled for real (each its own nkey, the enrollment
   key over the enrollment identity, the host JWT the server signs), in one process, each with its own connection:
@@ -28,8 +29,11 @@ temp dir and stops by PID:
   median of many); also with the re-ranking the dispatcher does after each decision, and with a label filter that
   1 host in 10 passes.
 
-It prints one table (throughput, p50, p99), the issue's targets (met / not met, with the numbers), and the CPU time
-each process spent per operation at 128 in flight (from /proc), which says where the time goes. Nothing fails the
+It prints one table (throughput, p50, p99), the issue's targets (met / not met, with the numbers), and where the time
+goes: the CPU time each process spent per operation at 128 in flight (from /proc, with the kernel's part), the NATS
+messages and session-bucket writes per session (nats-server's VARZ, the bucket's stream), the rate by tenth of the
+run (a falling rate is state that grows), and the 1-in-flight round trip cut in three by wall-clock stamps taken by
+the client and the no-op hosts. Nothing fails the
 run on a timing. If redis-server or Celery is missing, the Celery baseline is skipped with a line saying why.
 
     python bench/dispatch.py            # full run (~2 minutes)
@@ -52,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -71,8 +76,10 @@ from fleet.bus.messages import (  # noqa: E402
     EnrollRequest,
     Heartbeat,
     JoinReply,
+    PhaseEvent,
     RegisterRequest,
     SessionInfo,
+    SessionRecord,
     SubmitRequest,
     WorkEvent,
     WorkReply,
@@ -140,6 +147,7 @@ async def role_hosts(url: str, spec_file: str) -> None:
     every Assignment at once with a final WorkEvent (succeeded) on its work subject, by request/reply."""
     spec = json.loads(Path(spec_file).read_text())
     counts = {"assigned": 0, "acked": 0, "refused": 0, "errors": 0}
+    stamps: dict[str, tuple[float, float]] = {}  # session -> (assignment received, completion acknowledged), wall
     started_at = time.time()
     tasks: set[asyncio.Task] = set()
     hosts = []
@@ -154,11 +162,12 @@ async def role_hosts(url: str, spec_file: str) -> None:
         host = {"mid": mid, "bus": bus, "running": {}, "seq": 0, "event": f"{subjects.host_work(mid)}.event"}
         hosts.append(host)
 
-        async def finish(a: Assignment, host: dict = host) -> None:
+        async def finish(a: Assignment, received: float, host: dict = host) -> None:
             now = time.time()
             ev = WorkEvent(session=a.session, fence=a.fence, phase="succeeded", exit_code=0, started_at=now, at=now)
             try:
                 answer = decode(WorkReply, await host["bus"].request(host["event"], ev.encode(), timeout=10))
+                stamps[a.session] = (received, time.time())
                 counts["acked" if answer.ok else "refused"] += 1
             except Exception:  # counted; the bench reports it
                 counts["errors"] += 1
@@ -166,10 +175,11 @@ async def role_hosts(url: str, spec_file: str) -> None:
                 host["running"].pop(a.session, None)
 
         async def on_assign(msg: Any, host: dict = host, finish: Any = finish) -> None:
+            received = time.time()
             a = decode(Assignment, msg.data)
             counts["assigned"] += 1
             host["running"][a.session] = a.fence
-            task = asyncio.get_running_loop().create_task(finish(a))  # as the agent's Runner: never block the sub
+            task = asyncio.get_running_loop().create_task(finish(a, received))  # as the agent's Runner: never block
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -194,6 +204,7 @@ async def role_hosts(url: str, spec_file: str) -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for t in beaters:
         t.cancel()
+    Path(spec_file).with_suffix(".stamps.json").write_text(json.dumps(stamps))
     print(json.dumps(counts), flush=True)
     for h in hosts:
         await h["bus"].close()
@@ -270,6 +281,24 @@ def summary(r: LoopResult) -> dict[str, Any]:
             "p50_ms": round(r.pct(50) * 1e3, 3), "p99_ms": round(r.pct(99) * 1e3, 3), "failures": r.failures,
             "per_s_by_tenth": [round(x) for x in r.rate_by_part(10)],
             **({"first_failure": r.first_failure[:300]} if r.failures else {})}
+
+
+def breakdown(marks: dict[str, tuple[float, float]], stamps: dict[str, list[float]]) -> dict[str, float]:
+    """Where a session's round trip at 1 in flight goes (medians, ms; one machine, one wall clock): submit sent ->
+    its host got the Assignment (submit request, placement, the session stored, the assignment published); -> the host
+    got the reply to its final WorkEvent (the event request, the completion stored by compare-and-set, the reply);
+    -> the client got the final reply to its submit."""
+    a, b, c = [], [], []
+    for sid, (sent, done) in marks.items():
+        if sid in stamps:
+            received, acked = stamps[sid]
+            a.append(received - sent)
+            b.append(acked - received)
+            c.append(done - acked)
+    if not a:
+        return {}
+    return {"to_host": round(median(a) * 1e3, 3), "host_event_round_trip": round(median(b) * 1e3, 3),
+            "to_client": round(median(c) * 1e3, 3), "sessions": len(a)}
 
 
 def cpu_per_op(spent: dict[str, float], ops: int) -> dict[str, float]:
@@ -350,10 +379,20 @@ async def bench_sessions(url: str, creds: str, project: str, n1: int, nn: int, w
     """Sessions of `project` through the fleet client: warm-up, 1 in flight, 128 in flight (CPU metered), and
     optionally `two_step` sessions as submit then wait(id)."""
     bad: list[str] = []
+    marks: dict[str, tuple[float, float]] = {}  # session -> (submit sent, final reply received), wall clock
 
     async with Client(url, creds=creds) as client:
         async def one(_: int) -> None:
             view = await client.submit(project, ["true"], wait=WAIT_S)
+            if view.phase != "succeeded":
+                bad.append(f"{view.id} {view.phase} {view.reason}")
+                raise RuntimeError(f"session {view.id} ended {view.phase}: {view.reason}")
+
+        async def marked(_: int) -> None:
+            sid = new_session_id()
+            sent = time.time()
+            view = await client.submit(project, ["true"], wait=WAIT_S, session_id=sid)
+            marks[sid] = (sent, time.time())
             if view.phase != "succeeded":
                 bad.append(f"{view.id} {view.phase} {view.reason}")
                 raise RuntimeError(f"session {view.id} ended {view.phase}: {view.reason}")
@@ -366,8 +405,8 @@ async def bench_sessions(url: str, creds: str, project: str, n1: int, nn: int, w
 
         await closed_loop(one, warm, INFLIGHT)
         await closed_loop(one, max(20, warm // 4), 1)
-        seq = await closed_loop(one, n1, 1)
-        out: dict[str, Any] = {"seq": seq}
+        seq = await closed_loop(marked, n1, 1)
+        out: dict[str, Any] = {"seq": seq, "marks": marks}
         if two_step:
             out["seq_two_step"] = await closed_loop(two, two_step, 1)
         before = await bus_counters(url, trust)
@@ -594,6 +633,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             echo.stdin.close()  # type: ignore[union-attr]
             stop(echo)
             echo = None
+            results["raw"]["kv"] = asyncio.run(bench_kv(url, trust, sizes["raw_1"] // 3, sizes["raw_n"] // 4,
+                                                        sizes["warm"]))
 
             # ---------------------------------------------------------------- (b) fleet
             note("fleet: apply, server, enrollment …")
@@ -633,9 +674,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             counts = json.loads(hosts.stdout.readline() or "{}")  # type: ignore[union-attr]
             stop(hosts)
             hosts = None
+            stamps = json.loads(spec_file.with_suffix(".stamps.json").read_text())
             results["noop"] = {"seq": summary(noop["seq"]), "seq_two_step": summary(noop["seq_two_step"]),
                                "par": summary(noop["par"]), "cpu_us_per_op": cpu_per_op(noop["cpu"], noop["par"].ops),
                                "cpu_sys_us_per_op": cpu_per_op(noop["cpu_sys"], noop["par"].ops),
+                               "seq_breakdown_ms": breakdown(noop["marks"], stamps),
                                "host_counts": counts, "not_succeeded": noop["not_succeeded"],
                                "per_session": noop["per_session"]}
 
@@ -688,6 +731,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = targets(results)
     return results
+
+
+async def bench_kv(url: str, trust: TrustDir, n1: int, nn: int, warm: int) -> dict[str, Any]:
+    """The JetStream write a session costs twice: a KV compare-and-set (fleet.bus.kv.Store.update, as the server
+    identity), of a record the size of a finished no-op session; 1 in flight on one key, 128 in flight on a key
+    each."""
+    from fleet.bus.kv import open_store
+
+    now = time.time()
+    record = SessionRecord(id=new_session_id(), tenant=TENANT, project=NOOP_PROJECT, command=["true"], phase="succeeded",
+                           host=str(uuid.uuid4()), pool=NOOP_POOL, fence=1, exit_code=0, submitted_at=now,
+                           started_at=now, finished_at=now,
+                           history=[PhaseEvent(phase=p, at=now) for p in ("queued", "assigned", "running", "succeeded")])
+    value = record.encode()
+    async with await connect(url, creds=str(trust.path("server.creds")), connect_timeout=5) as bus:
+        store = await open_store(bus, "bench-raw-kv", history=1)
+        revs = {f"k{k}": await store.create(f"k{k}", value) for k in range(INFLIGHT)}
+        free = deque(revs)
+
+        async def one(_: int) -> None:
+            key = free.popleft()
+            try:
+                revs[key] = await store.update(key, value, last=revs[key])
+            finally:
+                free.append(key)
+
+        await closed_loop(one, warm, INFLIGHT)
+        seq = await closed_loop(one, n1, 1)
+        par = await closed_loop(one, nn, INFLIGHT)
+    return {"seq": summary(seq), "par": summary(par), "value_bytes": len(value)}
 
 
 async def _metered_raw(url: str, creds: str, sizes: dict[str, int], meter: CpuMeter,
@@ -848,6 +921,16 @@ def render(r: dict[str, Any]) -> str:
                  f"{ps.get('heartbeats')} heartbeats ingested; `true` on real agents "
                  f"{pa.get('nats_in_msgs')} / {pa.get('nats_out_msgs')}, {pa.get('session_writes')} writes, "
                  f"{pa.get('heartbeats')} heartbeats")
+    bd = r["noop"].get("seq_breakdown_ms") or {}
+    if bd:
+        lines.append(f"fleet no-op at 1 in flight, medians: submit -> assignment at the host {bd['to_host']:.2f} ms "
+                     f"(submit, placement, session stored, assignment sent); final WorkEvent -> its reply "
+                     f"{bd['host_event_round_trip']:.2f} ms (completion stored by compare-and-set); -> submit reply at "
+                     f"the client {bd['to_client']:.2f} ms")
+    kv = r["raw"].get("kv") or {}
+    if kv:
+        lines.append(f"raw JetStream KV compare-and-set write (Store.update): 1 in flight p50 {kv['seq']['p50_ms']:.2f} ms, "
+                     f"p99 {kv['seq']['p99_ms']:.2f} ms; {INFLIGHT} in flight (own key each) {kv['par']['per_s']:,.0f} writes/s")
     tenths = r["noop"]["par"].get("per_s_by_tenth") or []
     lines.append(f"fleet no-op at {INFLIGHT} in flight, sessions/s by tenth of the run: "
                  + " ".join(f"{x:,}" for x in tenths))
