@@ -36,8 +36,8 @@ run (a falling rate is state that grows), and the 1-in-flight round trip cut in 
 the client and the no-op hosts. Nothing fails the
 run on a timing. If redis-server or Celery is missing, the Celery baseline is skipped with a line saying why.
 
-    python bench/dispatch.py            # full run (~2 minutes)
-    python bench/dispatch.py --quick    # short run (make bench)
+    python bench/dispatch.py            # full run (~40 s on 2 cores)
+    python bench/dispatch.py --quick    # short run (make bench, ~12 s)
     python bench/dispatch.py --json     # one JSON object
     python bench/dispatch.py --py-spy out.svg   # also profile the fleet server during the 128-in-flight no-op run
 """
