@@ -334,10 +334,10 @@ class Dispatcher:
             raise QueueFull(f"tenant {tenant} has {self.open_by_tenant[tenant]} sessions queued or running already "
                             f"(at most {MAX_OPEN_PER_TENANT})", hint="submit again when some have ended")
         now = time.time()
-        record = SessionRecord(
+        record = SessionRecord.model_construct(  # from a validated request: no second validation
             id=sid, tenant=spec["tenant"], project=req.project, command=req.command, env=req.env,
             labels=sorted(set(req.labels)), model=req.model, priority=req.priority, timeout_s=req.timeout_s,
-            max_attempts=req.max_attempts, submitted_at=now, history=[PhaseEvent(phase="queued", at=now)],
+            max_attempts=req.max_attempts, submitted_at=now, history=[_event(phase="queued", at=now)],
         )
         placement = None
         if not len(self.pending):  # sessions already waiting go first
@@ -378,13 +378,13 @@ class Dispatcher:
     def _assign_in_memory(record: SessionRecord, placement: Placement, now: float) -> None:
         record.phase, record.host, record.pool, record.fence, record.reason = (
             "assigned", placement.host.machine_id, placement.pool, None, None)
-        _history(record, PhaseEvent(phase="assigned", at=now, host=placement.host.machine_id, attempt=record.attempt))
+        _history(record, _event(phase="assigned", at=now, host=placement.host.machine_id, attempt=record.attempt))
 
     async def _send_assignment(self, st: SessionState) -> None:
         record = st.record
         assert record.host is not None and st.fence is not None
         st.sends += 1
-        msg = Assignment(session=record.id, fence=st.fence, attempt=record.attempt, tenant=record.tenant,
+        msg = Assignment.model_construct(session=record.id, fence=st.fence, attempt=record.attempt, tenant=record.tenant,
                          project=record.project, command=record.command, env=record.env, timeout_s=record.timeout_s)
         try:
             await self.bus.publish(subjects.host_assign(record.host), msg.encode())
@@ -513,7 +513,7 @@ class Dispatcher:
             record.output_tail = output
         elif st.output:
             record.output_tail = st.output[-MAX_OUTPUT_TAIL:].decode("utf-8", "replace")
-        _history(record, PhaseEvent(phase=phase, at=at, host=host or was_host, attempt=record.attempt,  # type: ignore[arg-type]
+        _history(record, _event(phase=phase, at=at, host=host or was_host, attempt=record.attempt,
                                     note=reason))
         await self._persist(st)
         if self.sessions.pop(record.id, None) is not None:
@@ -544,7 +544,7 @@ class Dispatcher:
             return
         now = time.time()
         was_host = record.host
-        _history(record, PhaseEvent(phase="lost", at=now, host=was_host, attempt=record.attempt, note=why))
+        _history(record, _event(phase="lost", at=now, host=was_host, attempt=record.attempt, note=why))
         self._release(was_host, record.id)
         st.fence = None
         self.metrics["lost"] += 1
@@ -555,7 +555,7 @@ class Dispatcher:
         record.attempt += 1
         record.phase, record.host, record.pool, record.fence, record.reason = "queued", None, None, None, why
         record.started_at = None
-        _history(record, PhaseEvent(phase="queued", at=now, attempt=record.attempt))
+        _history(record, _event(phase="queued", at=now, attempt=record.attempt))
         await self._persist(st)
         self._enqueue(st)
         self._want_pass()
@@ -580,13 +580,13 @@ class Dispatcher:
         if ev.phase == "running":
             if record.phase == "assigned":
                 record.phase, record.started_at = "running", ev.started_at or ev.at
-                _history(record, PhaseEvent(phase="running", at=record.started_at, host=machine_id,
+                _history(record, _event(phase="running", at=record.started_at, host=machine_id,
                                             attempt=record.attempt))
                 await self._persist(st)
             return WorkReply(ok=True)
         if record.phase == "assigned":  # it ran and ended before its running event was sent: both happened
             record.started_at = ev.started_at or ev.at
-            _history(record, PhaseEvent(phase="running", at=record.started_at, host=machine_id, attempt=record.attempt))
+            _history(record, _event(phase="running", at=record.started_at, host=machine_id, attempt=record.attempt))
         await self._finish(st, ev.phase, at=ev.at, exit_code=ev.exit_code, reason=ev.note, host=machine_id,
                            output=ev.output_tail or None)
         return WorkReply(ok=True)
@@ -726,6 +726,11 @@ class Dispatcher:
 
     def queued_of(self, sessions: Iterable[SessionState]) -> list[dict[str, Any]]:
         return [public(st.record) for st in sessions]
+
+
+def _event(**kw: Any) -> PhaseEvent:
+    """A history event from values the dispatcher itself holds (already validated): built without validation."""
+    return PhaseEvent.model_construct(**kw)
 
 
 def _history(record: SessionRecord, event: PhaseEvent) -> None:

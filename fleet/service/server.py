@@ -53,6 +53,8 @@ from fleet.service.api import HostApi
 
 log = logging.getLogger(__name__)
 
+GC_GEN0 = 50_000
+
 DEFAULT_MONITOR_INTERVAL = 0.25
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 METRICS_LOG_S = 60.0
@@ -113,6 +115,9 @@ class FleetServer:
         # traverse 100k records on every full collection (that stalled API replies for ~0.5 s at 100k hosts).
         gc.collect()
         gc.freeze()
+        # Each session dispatched allocates a few hundred short-lived objects: collect the young generation every
+        # 50,000 allocations, not 700 (bench/dispatch.py: +25-45% sessions/s, p99 / 4 at 128 in flight).
+        gc.set_threshold(GC_GEN0, 50, 100)
 
         revocations = None
         if trust is not None:
@@ -169,6 +174,8 @@ class FleetServer:
 
         async def elected() -> None:
             await dispatcher.take_over()
+            gc.collect()
+            gc.freeze()  # the sessions just read are long-lived: out of the collector's way
             await session_api.start()
             self._spawn(dispatcher.run())
 
