@@ -34,6 +34,8 @@ down: $(STAMP)
 	$(BIN)/fleet down
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'  # Celery + redis-py for bench/dispatch.py's baseline
+	@command -v redis-server >/dev/null || echo "note: no redis-server (apt-get install redis-server): bench/dispatch.py skips its Celery baseline"
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
 
 clean:
