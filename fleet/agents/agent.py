@@ -30,12 +30,12 @@ from fleet.agents.sessions import Runner
 from fleet.agents.state import AgentPaths, load_identity, load_status, save_identity, save_status
 from fleet.bus import subjects
 from fleet.bus.connection import Bus, NoResponders, RequestTimeout, connect
+from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, request_enrollment
 from fleet.bus.messages import (
     Bye,
     Capacity,
     ControlCommand,
     ControlReply,
-    EnrollRequest,
     Heartbeat,
     JoinReply,
     PoolMembership,
@@ -154,24 +154,26 @@ class Agent:
             raise Refused(f"no identity in {self.paths.root} and no enrollment key",
                           hint="pass FLEET_ENROLL_KEY or --enroll-key-file (or --enroll-key)")
         nkey = Key.generate("user")
-        req = EnrollRequest(key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
-                            labels=s.labels, models=s.models, max_sessions=s.max_sessions,
-                            pool_max_disk_gb=s.pool_max_disk_gb, credential_socket=str(self.paths.credential_socket),
-                            nkey=nkey.public)
+        box = ReplyKey.generate()  # the reply is sealed to it: other agents sharing the enroll identity read nothing
+        req = enrollment_request(nkey, box, key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
+                                 labels=s.labels, models=s.models, max_sessions=s.max_sessions,
+                                 pool_max_disk_gb=s.pool_max_disk_gb,
+                                 credential_socket=str(self.paths.credential_socket))
         deadline = time.monotonic() + s.join_timeout
         async with await connect(s.nats_url, creds=s.creds, tls=s.tls, connect_timeout=s.connect_timeout,
-                                 name=f"fleet-agent {s.hostname} (enrolling)") as bus:
+                                 name=f"fleet-agent {s.hostname} (enrolling)",
+                                 inbox_prefix=enroll_inbox(nkey.public)) as bus:
             while True:
                 try:
-                    reply = decode(JoinReply, await bus.request(subjects.ENROLL, req.encode(), timeout=10.0,
-                                                                what="fleet server"))
+                    reply = await request_enrollment(bus, req, box, timeout=10.0)
                     if reply.ok or reply.reason not in (None, "rate_limited", "unavailable"):
                         break
                     raise TransientError(f"enrollment failed: {reply.message}")
                 except TransientError as exc:
                     if time.monotonic() > deadline:
                         raise TransientError(f"could not enroll: {exc}",
-                                             hint="is `fleet server` running? (`fleet up` starts one)") from exc
+                                             hint="is `fleet server` running (`fleet up` starts one), and of the same "
+                                                  "version? (it does not answer a request it cannot verify)") from exc
                     log.info("waiting for the fleet server: %s", exc)
                     await asyncio.sleep(1.0)
         if not reply.ok:

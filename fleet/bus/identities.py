@@ -5,7 +5,13 @@ anything else (a denied publish is dropped, a denied subscribe is refused, and n
 `error_cb`). Every identity but the server gets its own reply-inbox prefix, `_INBOX.<its public key>`, and may
 subscribe only under it, so nobody can read another identity's replies.
 
-- server: everything in the FLEET account (fleet's subjects, JetStream, KV).
+- server: everything in the FLEET account (fleet's subjects, JetStream, KV). It never answers a request with it:
+  `fleet server` makes two more identities for itself at start (signed in memory, never written), through which
+  it serves requests, and which may publish only replies: `server_replies` (the API, registrations, the session
+  API and the hosts' work subjects; it may publish under `_INBOX.` but not into the enrollment inbox) and
+  `server_enroll` (enrollment; it may publish only under `_INBOX.enroll.`). So whatever reply subject a requester
+  chooses, the NATS server itself refuses a reply aimed at a KV bucket, a host's subjects or anything else but an
+  inbox (fleet.bus.replies checks the same before a handler runs).
 - admin (`fleet apply`, `fleet hosts revoke`, …): the whole API; the applied config and apply lock buckets, read and
   write; the enrollment counters and the pepper of key digests, read. No heartbeat, bye, register or host subject: an operator cannot impersonate
   a host or read what the server tells one, and cannot read enrollment requests (they carry key secrets).
@@ -25,10 +31,10 @@ Pure: plain data. Used by the embedded server setup, the enrollment authority (h
 from __future__ import annotations
 
 from fleet.bus import subjects
+from fleet.bus.replies import ENROLL_INBOX
 from fleet.bus.trust import Permissions, inbox_prefix
 
 ROLES = ("admin", "viewer", "submitter")
-ENROLL_INBOX = "_INBOX.enroll"
 
 _CONFIG, _LOCKS, _COUNTERS, _SECRETS = (subjects.BUCKET_CONFIG, subjects.BUCKET_LOCKS, subjects.BUCKET_ENROLL,
                                        subjects.BUCKET_SECRETS)
@@ -53,6 +59,22 @@ def _own_inbox(user_public: str) -> tuple[str, ...]:
 
 def server() -> Permissions:
     return Permissions()
+
+
+def server_replies() -> Permissions:
+    """The identity `fleet server` answers requests through: it receives the API, registrations and the hosts' work
+    subjects, and may publish nothing but replies into identities' inboxes (never the enrollment inbox)."""
+    return Permissions(
+        pub_allow=("_INBOX.>",),
+        pub_deny=(f"{ENROLL_INBOX}.>",),
+        sub_allow=(f"{subjects.PREFIX}.api.>", subjects.REGISTER_WILDCARD, f"{subjects.WORK_PREFIX}*.event",
+                   f"{subjects.WORK_PREFIX}*.output"),
+    )
+
+
+def server_enroll() -> Permissions:
+    """The identity `fleet server` answers enrollments through: it may publish only into the enrollment inbox."""
+    return Permissions(pub_allow=(f"{ENROLL_INBOX}.>",), sub_allow=(subjects.ENROLL,))
 
 
 def admin(user_public: str) -> Permissions:

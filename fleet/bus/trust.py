@@ -154,7 +154,7 @@ def operator_jwt(operator: Key, name: str, system_account: str) -> str:
 
 
 def account_jwt(account: Key, operator: Key, name: str, *, signing_keys: tuple[str, ...] = (),
-                jetstream: bool = False, revocations: dict[str, int] | None = None) -> str:
+                jetstream: bool = False, revocations: dict[str, int] | None = None, iat: int | None = None) -> str:
     limits: dict[str, Any] = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
                               "wildcards": True, "conn": -1, "leaf": -1}
     if jetstream:
@@ -165,7 +165,7 @@ def account_jwt(account: Key, operator: Key, name: str, *, signing_keys: tuple[s
         nats["signing_keys"] = list(signing_keys)
     if revocations:
         nats["revocations"] = dict(revocations)
-    return encode({"sub": account.public, "name": name, "nats": nats}, operator)
+    return encode({"sub": account.public, "name": name, "nats": nats, **({"iat": iat} if iat else {})}, operator)
 
 
 def user_jwt(user_public: str, name: str, account: str, signer: Key, permissions: Permissions, *,

@@ -87,6 +87,8 @@ class Registry:
         self.config = config or AppliedConfig()
         self.offline_after = offline_after
         self.entries: dict[str, HostEntry] = {}
+        #: machine ID of the host whose record names each NATS identity (nkey): enrollment refuses one in use
+        self.by_nkey: dict[str, str] = {}
         self.metrics: Counter[str] = Counter()
         self.unknown: OrderedDict[str, int] = OrderedDict()
         #: machine IDs whose reported status or last_seen should be persisted (drained by the liveness writer)
@@ -107,7 +109,9 @@ class Registry:
     def apply_record(self, key: str, entry: KvEntry | None) -> None:
         """A record in fleet-v1-hosts changed (None: deleted). Called by the informer, in stream order."""
         if entry is None:
-            if self.entries.pop(key, None) is not None:
+            gone = self.entries.pop(key, None)
+            if gone is not None:
+                self._forget_nkey(gone.record, key)
                 self._sorted = None
                 self.dirty.discard(key)
                 self._changed(key)
@@ -126,8 +130,16 @@ class Registry:
             self._sorted = None
             self.unknown.pop(key, None)
         else:
+            if current.record.nkey != record.nkey:
+                self._forget_nkey(current.record, key)
             current.record, current.revision = record, entry.revision
+        if record.nkey:
+            self.by_nkey[record.nkey] = key
         self._changed(key)
+
+    def _forget_nkey(self, record: HostRecord, key: str) -> None:
+        if record.nkey and self.by_nkey.get(record.nkey) == key:
+            del self.by_nkey[record.nkey]
 
     # ------------------------------------------------------------------------------------------ liveness
     def heartbeat(self, subject: str, data: bytes, now: float | None = None, now_wall: float | None = None) -> bool:
