@@ -36,6 +36,7 @@ from fleet.bus.messages import MAX_HEARTBEAT_BYTES, PROTOCOL_VERSION, Heartbeat,
 from fleet.errors import InvalidRequest, NotFound
 from fleet.hosts.config import AppliedConfig
 from fleet.hosts.model import LIVE_STATUSES, Host, Session, envelope, host_slots, sorted_unique, status_of
+from fleet.hosts.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,22 @@ class Beat:
     at_wall: float  # time.time() when it arrived
 
 
-class HostEntry:
-    """The registry's slot for one host: its stored record (and KV revision) and its liveness."""
+#: heartbeats a second one host may send, and how many at once (an agent sends one every heartbeat interval, 2 s by
+#: default, and one at once when its status or its sessions change); the rest are dropped before they are parsed
+HEARTBEAT_RATE, HEARTBEAT_BURST = 20.0, 40.0
 
-    __slots__ = ("record", "revision", "beat", "live")
+
+class HostEntry:
+    """The registry's slot for one host: its stored record (and KV revision), its liveness, its heartbeat budget."""
+
+    __slots__ = ("record", "revision", "beat", "live", "budget")
 
     def __init__(self, record: HostRecord, revision: int) -> None:
         self.record = record
         self.revision = revision
         self.beat: Beat | None = None
         self.live = False
+        self.budget: TokenBucket | None = None  # made at its first heartbeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +158,12 @@ class Registry:
         entry = self.entries.get(mid) if mid is not None else None
         if entry is None:
             self._unknown(mid)
+            return False
+        budget = entry.budget
+        if budget is None:
+            budget = entry.budget = TokenBucket(HEARTBEAT_RATE, HEARTBEAT_BURST, now)
+        if not budget.take(now):  # a flood from this host: dropped unparsed, so other hosts' heartbeats keep flowing
+            self.metrics["heartbeat_rate_limited"] += 1
             return False
         if entry.record.revoked:
             self.metrics["heartbeat_revoked"] += 1

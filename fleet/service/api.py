@@ -51,6 +51,7 @@ from fleet.errors import (
 from fleet.hosts.enrollment import Enroller, modify_record
 from fleet.hosts.model import HOST_COLUMNS, Host
 from fleet.hosts.paging import Snapshots
+from fleet.hosts.ratelimit import PerHost
 from fleet.hosts.registry import HostEntry, Registry
 from fleet.hosts.revocation import Revocations
 
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 AGENT_TIMEOUT_S = 3.0
+REGISTER_RATE, REGISTER_BURST = 0.5, 5.0  # registrations a second per host, and how many may come at once
 
 
 class HostApi:
@@ -75,6 +77,8 @@ class HostApi:
         self.metrics = metrics or []
         #: operator mode: every requester replies on its identity's inbox (fleet.bus.replies.identity_inbox)
         self.strict_replies = False
+        #: registrations per host: an agent registers at start and after a reconnect; a flood is dropped unread
+        self.registrations = PerHost(rate=REGISTER_RATE, burst=REGISTER_BURST)
 
     # ------------------------------------------------------------------------------------------ agents
     async def enroll(self, msg: Any) -> bytes | None:
@@ -113,6 +117,14 @@ class HostApi:
                 return reply.startswith(replies.inbox_of(entry.record.nkey))
             return replies.identity_inbox(subject, reply)
         return replies.any_inbox(subject, reply)
+
+    def admit_register(self, msg: Any) -> bool:
+        """Bus.serve's admission of a registration: within its host's budget (keyed by the subject's last token,
+        which only that host may publish on), else dropped before it is read or takes a handler."""
+        if self.registrations.take(msg.subject[len(subjects.REGISTER_PREFIX):]):
+            return True
+        self.enroller.metrics["register_rate_limited"] += 1
+        return False
 
     async def register(self, msg: Any) -> bytes:
         machine_id = subjects.machine_id_of(msg.subject, subjects.REGISTER_PREFIX)

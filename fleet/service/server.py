@@ -150,7 +150,8 @@ class FleetServer:
         await enroll_bus.serve(subjects.ENROLL, api.enroll, queue=q, concurrency=AGENT_CONCURRENCY,
                                max_bytes=MAX_MESSAGE_BYTES, answer_refusals=not api.strict_replies)
         await serve_bus.serve(subjects.REGISTER_WILDCARD, api.register, queue=q, concurrency=AGENT_CONCURRENCY,
-                              max_bytes=MAX_MESSAGE_BYTES, reply_rule=api.register_reply_ok)
+                              max_bytes=MAX_MESSAGE_BYTES, reply_rule=api.register_reply_ok,
+                              admit=api.admit_register)
         for subject, handler in ((subjects.API_PING, api.ping), (subjects.API_HOSTS_PAGE, api.page),
                                  (subjects.API_HOSTS_GET, api.get), (subjects.API_HOSTS_COMMAND, api.command)):
             await serve_bus.serve(subject, handler, queue=q, concurrency=API_CONCURRENCY, max_bytes=MAX_MESSAGE_BYTES)
