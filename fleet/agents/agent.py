@@ -125,9 +125,11 @@ class Agent:
             await self._join()
             self.runner = Runner(self.bus, self.machine_id or "", self.paths.root, self.paths.credential_socket,
                                  self._wake.set)
-            await self.bus.subscribe(subjects.host_control(self.machine_id or ""), self._on_control)
-            await self.bus.subscribe(subjects.host_assign(self.machine_id or ""), self.runner.on_assign)
-            await self.bus.subscribe(subjects.host_cancel(self.machine_id or ""), self.runner.on_cancel)
+            mid = self.machine_id or ""
+            for subject, handler in ((subjects.host_control(mid), self._on_control),
+                                     (subjects.host_assign(mid), self.runner.on_assign),
+                                     (subjects.host_cancel(mid), self.runner.on_cancel)):
+                await self.bus.subscribe(subject, self._from_server(subject, handler))
             self._servers.append(await serve_json_socket(self.paths.control_socket, self._on_local))
             self._servers.append(await serve_json_socket(self.paths.credential_socket, self._on_credential))
             log.info("agent %s (%s) running: tenant %s, pools %s, status %s", self.machine_id, s.hostname,
@@ -318,6 +320,28 @@ class Agent:
         self._wake.set()  # report the change at once
         log.info("status -> %s", new)
         return new
+
+    def _from_server(self, subject: str, handler: Any) -> Any:
+        """Only what the server itself sends on this host's subjects reaches `handler`. Nobody but the server may
+        publish there, but a JetStream push consumer delivers to whatever subject its creator names, and admins and
+        viewers may create consumers on the buckets they read: an admin could deliver `{"action": "revoke"}` (or an
+        assignment) here. Such a delivery is recognisable (checked against nats-server 2.15): it arrives with the
+        subject of the stored message (`$KV.<bucket>.<key>`), not the one subscribed, and a `$JS.ACK.…` reply
+        subject, whatever its ack policy; its idle heartbeats and flow control carry headers. The server's own
+        messages come on the subject itself, without headers, with no reply or an `_INBOX.` one."""
+        dropped = [0]
+
+        async def on_msg(msg: Any) -> None:
+            if msg.subject != subject or msg.headers or (msg.reply and not msg.reply.startswith("_INBOX.")):
+                dropped[0] += 1
+                if dropped[0] == 1 or dropped[0] % 1000 == 0:
+                    log.warning("security: ignored %d message(s) on %s that the server did not send (a JetStream "
+                                "delivery: subject %s, reply %s)", dropped[0], subject, str(msg.subject)[:80],
+                                str(msg.reply)[:80])
+                return
+            await handler(msg)
+
+        return on_msg
 
     async def _on_control(self, msg: Any) -> None:
         try:

@@ -67,7 +67,7 @@ HEARTBEAT_RATE, HEARTBEAT_BURST = 20.0, 40.0
 class HostEntry:
     """The registry's slot for one host: its stored record (and KV revision), its liveness, its heartbeat budget."""
 
-    __slots__ = ("record", "revision", "beat", "live", "budget")
+    __slots__ = ("record", "revision", "beat", "live", "budget", "deferred")
 
     def __init__(self, record: HostRecord, revision: int) -> None:
         self.record = record
@@ -75,6 +75,7 @@ class HostEntry:
         self.beat: Beat | None = None
         self.live = False
         self.budget: TokenBucket | None = None  # made at its first heartbeat
+        self.deferred: bytes | None = None  # its latest heartbeat beyond the budget, not yet taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,8 @@ class Registry:
         self.dirty: set[str] = set()
         #: revoked hosts that still heartbeat (drained by the liveness writer, which tells them again)
         self.revoked_seen: set[str] = set()
+        #: hosts with a heartbeat kept back by their budget (taken by `sweep`)
+        self._deferred: set[str] = set()
         #: called with a machine ID when a host's record, liveness or reported status changes (the dispatcher listens)
         self.watchers: list[Callable[[str], None]] = []
         self._sorted: list[str] | None = None
@@ -162,9 +165,17 @@ class Registry:
         budget = entry.budget
         if budget is None:
             budget = entry.budget = TokenBucket(HEARTBEAT_RATE, HEARTBEAT_BURST, now)
-        if not budget.take(now):  # a flood from this host: dropped unparsed, so other hosts' heartbeats keep flowing
+        if not budget.take(now):
+            # Beyond its budget: kept unparsed as the host's latest word (one per host), taken by `sweep` once the
+            # budget allows; a flood costs a lookup each, and a busy agent's last heartbeat of a burst still counts.
             self.metrics["heartbeat_rate_limited"] += 1
+            entry.deferred = data
+            self._deferred.add(entry.record.machine_id)
             return False
+        entry.deferred = None
+        return self._take(entry, data, now, now_wall)
+
+    def _take(self, entry: HostEntry, data: bytes, now: float | None, now_wall: float | None) -> bool:
         if entry.record.revoked:
             self.metrics["heartbeat_revoked"] += 1
             self.revoked_seen.add(entry.record.machine_id)
@@ -213,6 +224,8 @@ class Registry:
     def sweep(self, now: float | None = None) -> list[HostEntry]:
         """Mark hosts whose last heartbeat is older than their grace period offline; returns them."""
         now = time.monotonic() if now is None else now
+        if self._deferred:
+            self._take_deferred(now)
         gone = []
         for entry in self.entries.values():
             if entry.live and entry.beat is not None and now - entry.beat.at > self.grace(entry.record):
@@ -225,6 +238,17 @@ class Registry:
         for entry in gone:
             self._changed(entry.record.machine_id)
         return gone
+
+    def _take_deferred(self, now: float) -> None:
+        """The heartbeats kept back by the budget, as far as it now allows (the latest of each host)."""
+        for mid in list(self._deferred):
+            entry = self.entries.get(mid)
+            if entry is None or entry.deferred is None:
+                self._deferred.discard(mid)
+            elif entry.budget is None or entry.budget.take(now):
+                data, entry.deferred = entry.deferred, None
+                self._deferred.discard(mid)
+                self._take(entry, data, now, None)
 
     def _unknown(self, mid: str | None) -> None:
         self.metrics["heartbeat_unknown"] += 1

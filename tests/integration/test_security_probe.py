@@ -306,10 +306,6 @@ def test_the_jetstream_api_ignores_replies_sent_by_the_server(live_fleet) -> Non
     assert counts[f"KV_{subjects.BUCKET_ENROLL}"] >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="the KV read permissions include $JS.API.CONSUMER.CREATE.<stream>, and a push "
-                   "consumer delivers to any deliver_subject, with a reply subject: a viewer can stream the config "
-                   "bucket onto any host's control subject, and an admin, who writes that bucket, can deliver "
-                   "{\"action\": \"revoke\"} there and stop any agent of any tenant without the server (medium)")
 def test_no_consumer_delivers_onto_a_hosts_control_subject(live_fleet) -> None:
     fin, _ = _two_tenants(live_fleet)
     agent = live_fleet.agent("victim", key=fin)
@@ -320,15 +316,21 @@ def test_no_consumer_delivers_onto_a_hosts_control_subject(live_fleet) -> None:
         async with await live_fleet.bus("admin") as admin:
             config = await open_store(admin, subjects.BUCKET_CONFIG, create=False)
             await config.put("zz.order", b'{"v": 1, "action": "revoke", "by": "nobody"}')
-            body = {"stream_name": f"KV_{subjects.BUCKET_CONFIG}",
-                    "config": {"deliver_subject": subjects.host_control(mid), "ack_policy": "none",
-                               "deliver_policy": "last_per_subject",
-                               "filter_subject": f"$KV.{subjects.BUCKET_CONFIG}.zz.order"}}
-            await admin.request(f"$JS.API.CONSUMER.CREATE.KV_{subjects.BUCKET_CONFIG}", json.dumps(body).encode())
+            # onto the control, assignment and cancel subjects, every ack policy, with idle heartbeats / flow control
+            for target, ack, extra in ((subjects.host_control(mid), "none", {}),
+                                       (subjects.host_control(mid), "explicit", {"idle_heartbeat": 500_000_000,
+                                                                                  "flow_control": True}),
+                                       (subjects.host_assign(mid), "none", {}), (subjects.host_cancel(mid), "all", {})):
+                body = {"stream_name": f"KV_{subjects.BUCKET_CONFIG}",
+                        "config": {"deliver_subject": target, "ack_policy": ack, "deliver_policy": "last_per_subject",
+                                   "filter_subject": f"$KV.{subjects.BUCKET_CONFIG}.zz.order", **extra}}
+                await admin.request(f"$JS.API.CONSUMER.CREATE.KV_{subjects.BUCKET_CONFIG}", json.dumps(body).encode())
         await asyncio.sleep(2)
 
     asyncio.run(scenario())
     assert agent.popen.poll() is None, agent.output()[-500:]
+    assert "security: ignored" in agent.output()  # delivered by NATS, refused by the agent
+    assert live_fleet.by_name()["victim"]["status"] == "active"
 
 
 @pytest.mark.xfail(strict=True, reason="a viewer may create durable consumers on the config stream "

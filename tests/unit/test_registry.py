@@ -138,6 +138,13 @@ def test_a_flooding_host_is_limited_before_parsing_and_others_are_not() -> None:
     assert reg.metrics["heartbeat_rate_limited"] == 1000 - HEARTBEAT_BURST
     assert reg.heartbeat(subjects.heartbeat(mid(2)), beat(), now=100.0)
     assert reg.heartbeat(subjects.heartbeat(mid(1)), beat(), now=100.0 + 2 / HEARTBEAT_RATE)
+    # the last heartbeat of a burst beyond the budget is kept (unparsed) and taken once the budget allows
+    for _ in range(int(HEARTBEAT_BURST)):
+        reg.heartbeat(subjects.heartbeat(mid(1)), beat(), now=200.0)
+    assert not reg.heartbeat(subjects.heartbeat(mid(1)), beat("paused"), now=200.0)
+    assert reg.hosts()[0].status == "active"
+    reg.sweep(now=200.0 + 2 / HEARTBEAT_RATE)
+    assert reg.hosts()[0].status == "paused"
 
 
 def test_the_machine_id_is_the_subject_token_not_a_suffix() -> None:
