@@ -41,9 +41,11 @@ _CONFIG, _LOCKS, _COUNTERS, _SECRETS = (subjects.BUCKET_CONFIG, subjects.BUCKET_
 
 
 def _kv_read(bucket: str) -> tuple[str, ...]:
-    """The JetStream API calls a KV client needs to read a bucket (get, and snapshots through ordered consumers)."""
+    """The JetStream API calls a KV client needs to read a bucket (get, and snapshots through ordered consumers).
+    Consumers only through the unnamed create subject, which nats-server refuses for a durable one (fleet reads
+    through ephemeral ordered consumers; the server clears away whatever is left: fleet.service.janitor)."""
     stream = f"KV_{bucket}"
-    return (f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
+    return (f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}",
             f"$JS.API.CONSUMER.INFO.{stream}.>", f"$JS.API.CONSUMER.DELETE.{stream}.>",
             f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>",
             f"$JS.FC.{stream}.>")

@@ -16,7 +16,8 @@ benches and tests. `FleetServer.start()`:
 4. starts the offline monitor and the writer of transitions (fleet.hosts.liveness) and the declared-status
    controller (fleet.hosts.declared);
 5. runs for the dispatch lease (fleet.dispatch.leader): the replica that holds it dispatches sessions
-   (fleet.dispatch.dispatcher) and serves the session API and the hosts' work subjects (fleet.dispatch.api).
+   (fleet.dispatch.dispatcher) and serves the session API and the hosts' work subjects (fleet.dispatch.api), and
+   clears away consumers that readers of the buckets left behind (fleet.service.janitor).
 
 The backend controllers of a later issue join here, as further wiring.
 """
@@ -53,6 +54,7 @@ from fleet.hosts.liveness import Liveness
 from fleet.hosts.registry import DEFAULT_OFFLINE_AFTER, Registry
 from fleet.hosts.revocation import Revocations
 from fleet.service.api import HostApi
+from fleet.service.janitor import ConsumerJanitor
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,7 @@ class FleetServer:
         if revocations is not None:
             self._spawn(revocations.run())
         await self._start_dispatch(bus, serve_bus)
+        self._spawn(ConsumerJanitor(bus).run(lambda: self.lease is not None and self.lease.held))
         self._spawn(self._log_metrics())
         self.ready.set()
         log.info("fleet server %s (%s) ready on %s (%d hosts known, offline after %.1fs)", self.server_id,

@@ -333,9 +333,6 @@ def test_no_consumer_delivers_onto_a_hosts_control_subject(live_fleet) -> None:
     assert live_fleet.by_name()["victim"]["status"] == "active"
 
 
-@pytest.mark.xfail(strict=True, reason="a viewer may create durable consumers on the config stream "
-                   "($JS.API.CONSUMER.CREATE.KV_fleet-v1-config.>), which outlive it, without limit (the account's "
-                   "JetStream limits are all -1): storage and memory exhaustion by a read-only identity (low)")
 def test_a_viewer_cannot_leave_durable_consumers_behind(live_fleet) -> None:
     live_fleet.key("fin")
 
