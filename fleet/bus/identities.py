@@ -19,7 +19,7 @@ subscribe only under it, so nobody can read another identity's replies.
   read-only API (ping, host pages, one host, sessions listed, shown, awaited and their logs) and the config and
   counter buckets read-only. `fleet apply` is refused (it cannot
   take the apply lock nor write a record), and so is every host command.
-- submitter of tenant T (the dispatch issue): the session API of tenant T only.
+- submitter of tenant T (the dispatch issue): the session API of tenant T only (no ping: it tells fleet-wide counts).
 - host <id>: publishes only its own heartbeat, goodbye, registration and work subjects; subscribes only to its own
   host subjects and its own inbox; may answer the server's requests (NATS `resp`). No `>`, no `$JS.API.>`, no `$KV.>`.
 - enroll (a shared bearer identity that unenrolled agents use): publishes only `fleet.v1.enroll` and subscribes only
@@ -99,8 +99,10 @@ def viewer(user_public: str) -> Permissions:
 
 
 def submitter(user_public: str, tenant: str) -> Permissions:
+    """The session API of its tenant, and nothing else (not even ping, which says how many hosts the whole fleet
+    has and what the server dropped: other tenants' business)."""
     return Permissions(
-        pub_allow=(f"{subjects.API_SESSIONS}.{tenant}.>", subjects.API_PING),
+        pub_allow=(f"{subjects.API_SESSIONS}.{tenant}.>",),
         sub_allow=_own_inbox(user_public),
     )
 
