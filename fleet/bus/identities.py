@@ -40,6 +40,16 @@ _CONFIG, _LOCKS, _COUNTERS, _SECRETS = (subjects.BUCKET_CONFIG, subjects.BUCKET_
                                        subjects.BUCKET_SECRETS)
 
 
+# NATS limits per connection (fleet.bus.trust.Permissions): what one identity may cost nats-server. Payloads are
+# a few times the largest message of the role (a host's heartbeat <= 16 KiB, output chunk <= 4 KiB of text and
+# final work event with a 4K-character tail, each <= ~24 KiB as JSON; requests <= 64 KiB, which the server refuses
+# beyond; a submit up to its 64 KiB command and 64 KiB environment); a message beyond makes nats-server close the
+# connection, so they are generous. The server and admins are not limited (host pages and applied records).
+HOST_SUBS, HOST_PAYLOAD = 64, 128 * 1024
+ENROLL_SUBS, ENROLL_PAYLOAD = 16, 128 * 1024
+CLIENT_SUBS, CLIENT_PAYLOAD = 1024, 256 * 1024  # viewers and submitters
+
+
 def _kv_read(bucket: str) -> tuple[str, ...]:
     """The JetStream API calls a KV client needs to read a bucket (get, and snapshots through ordered consumers).
     Consumers only through the unnamed create subject, which nats-server refuses for a durable one (fleet reads
@@ -94,7 +104,7 @@ VIEWER_API = (subjects.API_PING, subjects.API_HOSTS_PAGE, f"{subjects.API_HOSTS_
 def viewer(user_public: str) -> Permissions:
     return Permissions(
         pub_allow=(*VIEWER_API, "$JS.API.INFO", *_kv_read(_CONFIG), *_kv_read(_COUNTERS)),
-        sub_allow=_own_inbox(user_public),
+        sub_allow=_own_inbox(user_public), subs=CLIENT_SUBS, payload=CLIENT_PAYLOAD,
     )
 
 
@@ -103,7 +113,7 @@ def submitter(user_public: str, tenant: str) -> Permissions:
     has and what the server dropped: other tenants' business)."""
     return Permissions(
         pub_allow=(f"{subjects.API_SESSIONS}.{tenant}.>",),
-        sub_allow=_own_inbox(user_public),
+        sub_allow=_own_inbox(user_public), subs=CLIENT_SUBS, payload=CLIENT_PAYLOAD,
     )
 
 
@@ -112,12 +122,13 @@ def host(user_public: str, machine_id: str) -> Permissions:
         pub_allow=(subjects.heartbeat(machine_id), subjects.bye(machine_id), subjects.register(machine_id),
                    f"{subjects.host_work(machine_id)}.>"),
         sub_allow=(f"{subjects.host_prefix(machine_id)}.>", *_own_inbox(user_public)),
-        responses=True,
+        responses=True, subs=HOST_SUBS, payload=HOST_PAYLOAD,
     )
 
 
 def enroll() -> Permissions:
-    return Permissions(pub_allow=(subjects.ENROLL,), sub_allow=(f"{ENROLL_INBOX}.>",))
+    return Permissions(pub_allow=(subjects.ENROLL,), sub_allow=(f"{ENROLL_INBOX}.>",), subs=ENROLL_SUBS,
+                       payload=ENROLL_PAYLOAD)
 
 
 def for_role(role: str, user_public: str, tenant: str | None = None) -> Permissions:

@@ -766,12 +766,40 @@ def test_an_agents_state_dir_keeps_its_seed_private_and_never_stores_the_key(liv
     assert fin not in agent.output()
 
 
-@pytest.mark.xfail(strict=True, reason="identities carry no NATS limits (subs, data, payload -1; the account: "
-                   "conn, subs, streams, consumers -1): one host may open unbounded connections and subscriptions "
-                   "(low: documented as out of scope, but the limits are one claim away)")
 def test_identities_carry_nats_limits(live_fleet) -> None:
     fin, _ = _two_tenants(live_fleet)
     _, creds = asyncio.run(_host(live_fleet, fin, "limited"))
     nats = read_creds(creds).claims["nats"]
     account = jwt_claims((live_fleet.trust.root / "account.jwt").read_text())["nats"]["limits"]
     assert nats["subs"] != -1 and account["conn"] != -1, (nats, account)
+
+    async def enforced() -> tuple[int, list[bool]]:
+        """nats-server enforces them: a host's subscriptions beyond its limit get nothing (nats-server 2.15 closes
+        the connection), and a payload beyond its limit closes its connection."""
+        mid = read_creds(creds).claims["nats"]["sub"]["allow"][0].split(".")[3]
+        got: list[str] = []
+        connected = []
+        async with await connect(live_fleet.url, creds=creds) as bus:
+            async def on_msg(msg: Any) -> None:
+                got.append(msg.subject)
+
+            with contextlib.suppress(Exception):
+                for i in range(nats["subs"] + 8):
+                    await bus.subscribe(f"{subjects.host_prefix(mid)}.x{i}", on_msg)
+                await bus.flush()
+            async with await live_fleet.bus("server") as server:
+                for i in range(nats["subs"] + 8):
+                    await server.publish(f"{subjects.host_prefix(mid)}.x{i}", b"x")
+                await server.flush()
+            await asyncio.sleep(0.5)
+            connected.append(bus.is_connected)
+        async with await connect(live_fleet.url, creds=creds) as bus:
+            with contextlib.suppress(Exception):
+                await bus.nc.publish(subjects.heartbeat(mid), b"x" * (nats["payload"] + 1))
+                await bus.flush(timeout=2)
+            await asyncio.sleep(0.5)
+            connected.append(bus.is_connected)
+        return len(got), connected
+
+    received, connected = asyncio.run(enforced())
+    assert received <= nats["subs"] and connected == [False, False], (received, connected)
