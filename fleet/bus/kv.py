@@ -383,6 +383,9 @@ async def _open_store(bus: Bus, bucket: str, *, create: bool, history: int, ttl:
             )
         except nats.js.errors.BadRequestError:
             kv = await js.key_value(bucket)  # another process created it in the meantime
+        except nats.js.errors.ServiceUnavailableError as exc:  # JetStream not ready yet: open_store retries
+            raise JetStreamUnavailable(f"JetStream is not ready on {bus.url} (creating KV bucket {bucket})",
+                                       hint="run nats-server with -js") from exc
     except nats.js.errors.ServiceUnavailableError as exc:
         raise JetStreamUnavailable(f"JetStream is not enabled (or not ready) on {bus.url}",
                                    hint="run nats-server with -js") from exc

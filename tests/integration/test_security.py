@@ -438,6 +438,9 @@ def test_forged_bye_and_control_from_another_host_change_nothing(live_fleet) -> 
         await forger.bus.publish(subjects.heartbeat(mid), json.dumps({"v": 1, "seq": 1, "sent_at": 1, "started_at": 1,
                                                                     "status": "paused", "version": "x"}).encode())
         await forger.bus.flush()
+        # nats-py hands each refusal to error_cb as it reads it: wait for all three (Probe.refused polls)
+        for subject in (subjects.bye(mid), subjects.host_control(mid), subjects.heartbeat(mid)):
+            assert await forger.refused("publish", subject), (subject, forger.refusals())
         refusals = forger.refusals()
         await forger.close()
         return refusals
