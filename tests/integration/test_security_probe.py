@@ -1,17 +1,19 @@
 """A second look at "a bus no one can abuse": attacks that test_security.py does not try, against a real nats-server
 in operator mode and a real `fleet server`.
 
-Each weakness found is a test that fails while the attack succeeds, marked `xfail(strict=True)` with the finding in
-its reason, so the suite stays green and turns red the day the weakness is fixed (remove the marker then). Tests
-without the marker are attacks that are refused today and must stay refused.
+Each weakness found was a test that failed while the attack succeeded, marked `xfail(strict=True)` with the finding
+in its reason, so the suite stayed green and turned red the day the weakness was fixed; every one is fixed now and
+its marker removed (docs/security.md, the threat model, names the mitigation of each). All of them are attacks that
+must stay refused.
 
-The root of most findings: `fleet server` answers every request on the reply subject the requester chose
+The root of most findings was: `fleet server` answered every request on the reply subject the requester chose
 (`Bus.serve` -> `msg.respond`), and its identity may publish everywhere in the FLEET account. Any identity that may
 send the server one request (the shared enroll identity, a viewer, a submitter, any host on its own register
-subject) can therefore make the server publish a message of its choice of type on any subject: into any KV bucket
+subject) could therefore make the server publish a message of its choice of type on any subject: into any KV bucket
 (`$KV.<bucket>.<key>`: the host registry, the revocations, the pepper, the counters, the apply lock, the applied
 config), onto another host's subjects, another tenant's output, another identity's inbox, or a host's `bye`.
-(The JetStream API itself ignores such replies: purging or deleting a stream this way does not work.)
+(The JetStream API itself ignores such replies: purging or deleting a stream this way does not work.) Now the server
+answers only on the requester's own inbox, through identities that may publish nothing else (fleet.bus.replies).
 """
 
 from __future__ import annotations
@@ -42,10 +44,6 @@ from fleet.hosts.client import call
 from tests.conftest import fleet_yaml
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-REPLY_INJECTION = ("`fleet server` answers on whatever reply subject a request carries, with an identity that may "
-                   "publish everywhere: ")
-
 
 # ------------------------------------------------------------------------------------------------ helpers
 
