@@ -25,7 +25,8 @@ from click.testing import CliRunner
 
 from fleet.bus.connection import Bus, connect
 from fleet.bus.embedded import EmbeddedNats, free_port, stop_pid
-from fleet.bus.messages import EnrollRequest, JoinReply, decode
+from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, request_enrollment
+from fleet.bus.messages import JoinReply
 from fleet.bus.trust import Key, creds_text, write_secret
 from fleet.bus.trustdir import TrustDir
 
@@ -224,13 +225,16 @@ class LiveFleet:
     async def bus(self, role: str = "server", *, creds: str | None = None, **kw: Any) -> Bus:
         return await connect(self.url, creds=creds or self.creds(role), **kw)
 
-    async def enroll(self, secret: str, hostname: str, **kw: Any) -> tuple[JoinReply, str | None]:
-        """Enroll a host as an agent does (its own nkey, over the enrollment identity); the reply and the path of the
+    async def enroll(self, secret: str, hostname: str, *, user: Key | None = None,
+                     **kw: Any) -> tuple[JoinReply, str | None]:
+        """Enroll a host as an agent does (its own nkey, or `user`, over the enrollment identity: a proof that it
+        holds the nkey, the inbox of that nkey, a reply sealed to a one-time key); the reply and the path of the
         host's creds file (None when refused)."""
-        user = Key.generate("user")
-        async with await self.bus("enroll") as bus:
-            req = EnrollRequest(key=secret, hostname=hostname, version="0.1.0", nkey=user.public, **kw)
-            reply = decode(JoinReply, await bus.request("fleet.v1.enroll", req.encode(), timeout=10))
+        user = user or Key.generate("user")
+        box = ReplyKey.generate()
+        req = enrollment_request(user, box, key=secret, hostname=hostname, version="0.1.0", **kw)
+        async with await self.bus("enroll", inbox_prefix=enroll_inbox(user.public)) as bus:
+            reply = await request_enrollment(bus, req, box, timeout=10)
         if not reply.ok or not reply.jwt:
             return reply, None
         path = self.root / "hosts" / f"{hostname}.creds"

@@ -30,12 +30,12 @@ from fleet.agents.sessions import Runner
 from fleet.agents.state import AgentPaths, load_identity, load_status, save_identity, save_status
 from fleet.bus import subjects
 from fleet.bus.connection import Bus, NoResponders, RequestTimeout, connect
+from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, request_enrollment
 from fleet.bus.messages import (
     Bye,
     Capacity,
     ControlCommand,
     ControlReply,
-    EnrollRequest,
     Heartbeat,
     JoinReply,
     PoolMembership,
@@ -125,9 +125,11 @@ class Agent:
             await self._join()
             self.runner = Runner(self.bus, self.machine_id or "", self.paths.root, self.paths.credential_socket,
                                  self._wake.set)
-            await self.bus.subscribe(subjects.host_control(self.machine_id or ""), self._on_control)
-            await self.bus.subscribe(subjects.host_assign(self.machine_id or ""), self.runner.on_assign)
-            await self.bus.subscribe(subjects.host_cancel(self.machine_id or ""), self.runner.on_cancel)
+            mid = self.machine_id or ""
+            for subject, handler in ((subjects.host_control(mid), self._on_control),
+                                     (subjects.host_assign(mid), self.runner.on_assign),
+                                     (subjects.host_cancel(mid), self.runner.on_cancel)):
+                await self.bus.subscribe(subject, self._from_server(subject, handler))
             self._servers.append(await serve_json_socket(self.paths.control_socket, self._on_local))
             self._servers.append(await serve_json_socket(self.paths.credential_socket, self._on_credential))
             log.info("agent %s (%s) running: tenant %s, pools %s, status %s", self.machine_id, s.hostname,
@@ -154,24 +156,26 @@ class Agent:
             raise Refused(f"no identity in {self.paths.root} and no enrollment key",
                           hint="pass FLEET_ENROLL_KEY or --enroll-key-file (or --enroll-key)")
         nkey = Key.generate("user")
-        req = EnrollRequest(key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
-                            labels=s.labels, models=s.models, max_sessions=s.max_sessions,
-                            pool_max_disk_gb=s.pool_max_disk_gb, credential_socket=str(self.paths.credential_socket),
-                            nkey=nkey.public)
+        box = ReplyKey.generate()  # the reply is sealed to it: other agents sharing the enroll identity read nothing
+        req = enrollment_request(nkey, box, key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
+                                 labels=s.labels, models=s.models, max_sessions=s.max_sessions,
+                                 pool_max_disk_gb=s.pool_max_disk_gb,
+                                 credential_socket=str(self.paths.credential_socket))
         deadline = time.monotonic() + s.join_timeout
         async with await connect(s.nats_url, creds=s.creds, tls=s.tls, connect_timeout=s.connect_timeout,
-                                 name=f"fleet-agent {s.hostname} (enrolling)") as bus:
+                                 name=f"fleet-agent {s.hostname} (enrolling)",
+                                 inbox_prefix=enroll_inbox(nkey.public)) as bus:
             while True:
                 try:
-                    reply = decode(JoinReply, await bus.request(subjects.ENROLL, req.encode(), timeout=10.0,
-                                                                what="fleet server"))
+                    reply = await request_enrollment(bus, req, box, timeout=10.0)
                     if reply.ok or reply.reason not in (None, "rate_limited", "unavailable"):
                         break
                     raise TransientError(f"enrollment failed: {reply.message}")
                 except TransientError as exc:
                     if time.monotonic() > deadline:
                         raise TransientError(f"could not enroll: {exc}",
-                                             hint="is `fleet server` running? (`fleet up` starts one)") from exc
+                                             hint="is `fleet server` running (`fleet up` starts one), and of the same "
+                                                  "version? (it does not answer a request it cannot verify)") from exc
                     log.info("waiting for the fleet server: %s", exc)
                     await asyncio.sleep(1.0)
         if not reply.ok:
@@ -316,6 +320,28 @@ class Agent:
         self._wake.set()  # report the change at once
         log.info("status -> %s", new)
         return new
+
+    def _from_server(self, subject: str, handler: Any) -> Any:
+        """Only what the server itself sends on this host's subjects reaches `handler`. Nobody but the server may
+        publish there, but a JetStream push consumer delivers to whatever subject its creator names, and admins and
+        viewers may create consumers on the buckets they read: an admin could deliver `{"action": "revoke"}` (or an
+        assignment) here. Such a delivery is recognisable (checked against nats-server 2.15): it arrives with the
+        subject of the stored message (`$KV.<bucket>.<key>`), not the one subscribed, and a `$JS.ACK.…` reply
+        subject, whatever its ack policy; its idle heartbeats and flow control carry headers. The server's own
+        messages come on the subject itself, without headers, with no reply or an `_INBOX.` one."""
+        dropped = [0]
+
+        async def on_msg(msg: Any) -> None:
+            if msg.subject != subject or msg.headers or (msg.reply and not msg.reply.startswith("_INBOX.")):
+                dropped[0] += 1
+                if dropped[0] == 1 or dropped[0] % 1000 == 0:
+                    log.warning("security: ignored %d message(s) on %s that the server did not send (a JetStream "
+                                "delivery: subject %s, reply %s)", dropped[0], subject, str(msg.subject)[:80],
+                                str(msg.reply)[:80])
+                return
+            await handler(msg)
+
+        return on_msg
 
     async def _on_control(self, msg: Any) -> None:
         try:

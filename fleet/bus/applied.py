@@ -31,6 +31,7 @@ from fleet.errors import Conflict, FleetError, LockHeld, LockLost, PermissionDen
 log = logging.getLogger(__name__)
 
 APPLY_LOCK_KEY = "apply"
+UNKNOWN_LOCK = "unknown"  # the ID of a lock record that does not parse
 DEFAULT_LOCK_TTL = 30.0
 META_KEY = "meta.applied"
 PEPPER_KEY = "pepper"
@@ -53,7 +54,18 @@ async def load_pepper(bus: Bus, *, create: bool = False) -> bytes | None:
         if not create:
             return None
         raise
-    return bytes.fromhex(entry.value.decode()) if entry is not None else None
+    if entry is None:
+        return None
+    try:
+        pepper = bytes.fromhex(entry.value.decode())
+    except (UnicodeDecodeError, ValueError):
+        pepper = b""
+    if len(pepper) != 32:
+        raise FleetError(f"the pepper of enrollment key digests (bucket {BUCKET_SECRETS}, key {PEPPER_KEY}) is "
+                         "malformed: it should be 32 random bytes in hex",
+                         hint="restore it from a backup of the JetStream store; or delete that key (the fleet server "
+                              "makes a new pepper at start) and run `fleet apply` again, which digests every key anew")
+    return pepper
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,11 @@ class ConfigStore:
         return await self.store.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
 
 
+def _printable(value: Any, limit: int) -> str:
+    """Text from the store as it may be shown on a terminal: printable characters only, bounded."""
+    return "".join(c for c in str(value)[:limit] if c.isprintable())
+
+
 @dataclass(frozen=True)
 class LockInfo:
     id: str
@@ -157,11 +174,18 @@ class ApplyLock:
         return cls(store, (await store.ttl()) or ttl)
 
     async def current(self) -> LockInfo | None:
+        """Who holds the lock. A lock record that does not parse is held by "unknown" (its ID is `unknown`, so
+        `fleet force-unlock unknown` clears it; otherwise it expires by TTL like any other)."""
         entry = await self.store.get(APPLY_LOCK_KEY)
         if entry is None or not entry.value:
             return None
-        data = json.loads(entry.value)
-        return LockInfo(data["id"], data["holder"], data.get("command", ""), data.get("acquired_at", 0.0), entry.revision)
+        try:
+            data = json.loads(entry.value)
+            return LockInfo(_printable(data["id"], 64), _printable(data["holder"], 200),
+                            _printable(data.get("command", ""), 200), float(data.get("acquired_at", 0.0)),
+                            entry.revision)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return LockInfo(UNKNOWN_LOCK, "unknown (a malformed lock record)", "", time.time(), entry.revision)
 
     async def acquire(self, command: str, *, timeout: float = 0.0) -> LockInfo:
         """Take the lock or raise LockHeld (after waiting up to `timeout` seconds)."""

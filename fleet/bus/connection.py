@@ -5,8 +5,9 @@ and by `fleet server` (`persistent=True`: the first connection is bounded too, a
 reconnects forever). Nothing outside fleet.bus imports nats: `Bus` exposes publish / subscribe / request and
 the KV stores (fleet.bus.kv), and turns nats' exceptions into fleet.errors types at this boundary.
 
-`Bus.serve` is how a service answers requests from the network: a payload over the subject's size limit is
-refused before it is read, at most `concurrency` handlers run at once (one slow handler, e.g. waiting on an
+`Bus.serve` is how a service answers requests from the network: a request whose reply subject is not the requester's
+own inbox (fleet.bus.replies: a reply rule per endpoint) is dropped unanswered, its handler never run, so nobody
+makes the service publish where it chooses; a payload over the subject's size limit is refused before it is read, at most `concurrency` handlers run at once (one slow handler, e.g. waiting on an
 agent, never stalls the others, and a flood waits in NATS instead of becoming tasks), and every FleetError a
 handler raises goes back as its wire code (fleet.errors.WIRE_ERRORS); anything else is logged and answered as
 an internal error. Drops and refusals are counted in `Bus.metrics`.
@@ -24,8 +25,10 @@ from typing import Any
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.client import RawCredentials
 from nats.aio.msg import Msg
 
+from fleet.bus import replies
 from fleet.bus.messages import ApiReply
 from fleet.bus.settings import TlsSettings
 from fleet.errors import (
@@ -80,6 +83,9 @@ class Bus:
         self.denials: deque[tuple[float, str]] = deque(maxlen=64)
         #: the reply-inbox prefix of this identity (None: NATS's default)
         self.inbox: str | None = None
+        #: the reply subjects `serve` answers unless told otherwise (fleet.bus.replies)
+        self.reply_rule: replies.ReplyRule = replies.any_inbox
+        self._refusals_logged = 0.0
 
     def denied(self, subject: str, since: float) -> str | None:
         """The NATS server's refusal of `subject` (or of any subject, if it refused something) since `since`."""
@@ -111,12 +117,22 @@ class Bus:
                                        pending_bytes_limit=pending_bytes)
 
     async def serve(self, subject: str, handler: RequestHandler, *, queue: str = "", concurrency: int = 64,
-                    max_bytes: int = 64 * 1024) -> Any:
-        """Answer requests on `subject` with `handler`, bounded in size and concurrency (see the module doc)."""
+                    max_bytes: int = 64 * 1024, reply_rule: replies.ReplyRule | None = None,
+                    admit: Callable[[Msg], bool] | None = None, answer_refusals: bool = True) -> Any:
+        """Answer requests on `subject` with `handler`, bounded in size and concurrency (see the module doc).
+
+        `reply_rule` (default: this bus's `reply_rule`) says which reply subjects are answered; any other request
+        is dropped before its handler runs. `admit(msg)`, if given, may drop a request before it takes a handler
+        (a per-sender rate limit): it must be cheap, it runs in the NATS read path. `answer_refusals=False`: only
+        what the handler returns is ever sent (no `too_large`, no error reply), for an endpoint that must first
+        check who asks before it answers anything (enrollment)."""
         sem = asyncio.Semaphore(concurrency)
         metrics = self.metrics
+        rule = reply_rule or self.reply_rule
 
-        async def respond(msg: Msg, payload: bytes | None) -> None:
+        async def respond(msg: Msg, payload: bytes | None, *, refusal: bool = False) -> None:
+            if refusal and not answer_refusals:
+                return
             if msg.reply and payload is not None:
                 try:
                     await msg.respond(payload)
@@ -125,26 +141,33 @@ class Bus:
 
         async def run(msg: Msg) -> None:
             try:
+                refusal = False
                 try:
                     payload = await handler(msg)
                 except FleetError as exc:
                     metrics[exc.code] += 1
-                    payload = ApiReply(ok=False, **exc.to_wire()).encode()
+                    payload, refusal = ApiReply(ok=False, **exc.to_wire()).encode(), True
                 except Exception as exc:  # a bug must not kill the subscription, nor leak internals
                     log.exception("handler of %s failed", subject)
                     metrics["internal"] += 1
                     err = InternalError(f"internal error in the fleet server ({type(exc).__name__})",
                                         hint="the fleet server log has the traceback")
-                    payload = ApiReply(ok=False, **err.to_wire()).encode()
-                await respond(msg, payload)
+                    payload, refusal = ApiReply(ok=False, **err.to_wire()).encode(), True
+                await respond(msg, payload, refusal=refusal)
             finally:
                 sem.release()
 
         async def on_msg(msg: Msg) -> None:
+            if msg.reply and not rule(msg.subject, msg.reply):
+                metrics["reply_refused"] += 1
+                self._refused_reply(msg)
+                return
+            if admit is not None and not admit(msg):
+                return
             if len(msg.data) > max_bytes:
                 metrics["too_large"] += 1
                 err = TooLarge(f"request of {len(msg.data)} bytes refused on {msg.subject} (at most {max_bytes})")
-                await respond(msg, ApiReply(ok=False, **err.to_wire()).encode())
+                await respond(msg, ApiReply(ok=False, **err.to_wire()).encode(), refusal=True)
                 return
             await sem.acquire()  # at `concurrency` handlers, this subscription waits: backpressure, not tasks
             task = asyncio.get_running_loop().create_task(run(msg))
@@ -154,6 +177,14 @@ class Bus:
         # Requests waiting for a free handler: bounded in count and bytes (the rest time out at the requester).
         return await self.subscribe(subject, on_msg, queue=queue, pending_msgs=10_000,
                                     pending_bytes=64 * 1024 * 1024)
+
+    def _refused_reply(self, msg: Msg) -> None:
+        """Log a refused reply subject as a security event, at most once every 10 s (the count is in metrics)."""
+        now = time.monotonic()
+        if now - self._refusals_logged >= 10.0:
+            self._refusals_logged = now
+            log.warning("security: request on %s not answered: its reply subject %r is not the requester's own "
+                        "inbox (%d refused so far)", msg.subject[:120], msg.reply[:120], self.metrics["reply_refused"])
 
     async def request(self, subject: str, payload: bytes, *, timeout: float = 3.0, what: str = "") -> bytes:
         """Request/reply; NoResponders if nobody listens, RequestTimeout if nobody answers in time, PermissionDenied
@@ -185,6 +216,12 @@ class Bus:
     def is_connected(self) -> bool:
         return self.nc.is_connected
 
+    @property
+    def auth_required(self) -> bool:
+        """Does the NATS server authenticate every connection (operator mode, as `fleet up` runs it)?"""
+        info = getattr(self.nc, "_server_info", None) or {}
+        return bool(info.get("auth_required"))
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -208,19 +245,26 @@ class Bus:
         await self.close()
 
 
-def _inbox_of(creds: str | None) -> str | None:
+def _inbox_of(creds: str | None, creds_text: str | None = None) -> str | None:
     """The reply-inbox prefix a creds file's identity may subscribe to (its JWT's `_INBOX.x.>` permission)."""
-    if not creds:
+    if not creds and not creds_text:
         return None
-    from fleet.bus.trust import TrustError, read_creds  # nkeys (and nacl) only for those who use creds
+    from fleet.bus.trust import (  # nkeys (and nacl) only for those who use creds
+        TrustError,
+        parse_creds,
+        read_creds,
+    )
 
     try:
-        parsed = read_creds(creds)  # a clear error now, instead of an obscure one inside the connect
+        # a clear error now, instead of an obscure one inside the connect
+        parsed = parse_creds(creds_text) if creds_text else read_creds(creds or "")
     except TrustError as exc:
-        raise ConnectionFailed(f"cannot use --creds {creds}: {exc.message}",
+        raise ConnectionFailed(f"cannot use --creds {creds or '(in memory)'}: {exc.message}",
                                hint="pass the creds file `fleet up` or `fleet creds create` wrote") from None
     allowed = ((parsed.claims.get("nats") or {}).get("sub") or {}).get("allow") or []
     inboxes = [p[:-2] for p in allowed if isinstance(p, str) and p.startswith("_INBOX.") and p.endswith(".>")]
+    if not allowed and parsed.public:  # may subscribe anywhere (the server): ask on its own key's inbox as well,
+        return f"_INBOX.{parsed.public}"  # so that services that answer only identities' inboxes answer it
     return inboxes[0] if inboxes else None
 
 
@@ -231,6 +275,8 @@ async def connect(
     url: str = DEFAULT_URL,
     *,
     creds: str | None = None,
+    creds_text: str | None = None,
+    inbox_prefix: str | None = None,
     tls: TlsSettings | None = None,
     connect_timeout: float = 3.0,
     name: str = "fleet",
@@ -240,7 +286,8 @@ async def connect(
     on_closed: Hook | None = None,
 ) -> Bus:
     """Connect within about `connect_timeout` seconds or raise ConnectionFailed naming the URL (AuthRefused when
-    the server refuses the credentials).
+    the server refuses the credentials). `creds_text`: the text of a creds file, for an identity made in memory.
+    `inbox_prefix`: ask with this reply-inbox prefix instead (it must be under the one the identity may read).
 
     persistent=True (agents, `fleet server`): once connected, reconnect forever after any outage. With a creds
     file, replies come to the inbox prefix its identity may subscribe to (fleet.bus.identities).
@@ -296,8 +343,10 @@ async def connect(
         ping_interval=5 if persistent else 120,
         max_outstanding_pings=2,
     )
-    inbox = _inbox_of(creds)
-    if creds:
+    inbox = inbox_prefix or _inbox_of(creds, creds_text)
+    if creds_text:
+        kwargs["user_credentials"] = RawCredentials(creds_text)
+    elif creds:
         kwargs["user_credentials"] = creds
     if inbox:
         kwargs["inbox_prefix"] = inbox

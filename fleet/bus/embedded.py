@@ -26,6 +26,7 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from fleet.errors import FleetError
 
@@ -418,7 +419,7 @@ class EmbeddedNats:
             *self.extra_args,
         ]
         try:
-            with open(self.log_file, "ab") as log:
+            with open_private_log(self.log_file) as log:
                 self._proc = subprocess.Popen(
                     args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
                 )
@@ -496,6 +497,18 @@ def terminate_child(proc: subprocess.Popen, timeout: float = 10.0) -> bool:
 
 
 _LOG_PREFIX = re.compile(r"^\[\d+\] \S+ \S+ ")  # "[pid] 2024/01/02 03:04:05.678901 "
+
+
+def open_private_log(path: Path) -> BinaryIO:
+    """Open a log for appending, readable by its owner only (0600, an existing one too): logs name hosts, tenants,
+    keys and refused enrollments."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab")
 
 
 def _relevant_line(path: Path, offset: int = 0) -> str:

@@ -383,6 +383,9 @@ async def _open_store(bus: Bus, bucket: str, *, create: bool, history: int, ttl:
             )
         except nats.js.errors.BadRequestError:
             kv = await js.key_value(bucket)  # another process created it in the meantime
+        except nats.js.errors.ServiceUnavailableError as exc:  # JetStream not ready yet: open_store retries
+            raise JetStreamUnavailable(f"JetStream is not ready on {bus.url} (creating KV bucket {bucket})",
+                                       hint="run nats-server with -js") from exc
     except nats.js.errors.ServiceUnavailableError as exc:
         raise JetStreamUnavailable(f"JetStream is not enabled (or not ready) on {bus.url}",
                                    hint="run nats-server with -js") from exc
@@ -393,3 +396,36 @@ async def _open_store(bus: Bus, bucket: str, *, create: bool, history: int, ttl:
                                    hint="this identity may not read that bucket") from exc
         raise TransientError(f"cannot open KV bucket {bucket} at {bus.url}: {exc}") from exc
     return Store(kv, bucket, js, bus)
+
+
+async def unbound_consumers(bus: Bus, bucket: str) -> list[str]:
+    """The consumers of `bucket`'s stream that nobody listens to now: durable ones (fleet makes none), pull consumers
+    (fleet makes none) and push consumers whose deliver subject has no subscriber. Used by `fleet server` to clear
+    away consumers that readers of a bucket (admins, viewers) created and left behind."""
+    stream = f"KV_{bucket}"
+    found: list[str] = []
+    offset = 0
+    try:
+        while True:
+            page = await bus.js.consumers_info(stream, offset=offset or None)
+            for info in page:
+                cfg = info.config
+                if cfg.durable_name or not cfg.deliver_subject or not info.push_bound:
+                    found.append(info.name)
+            if len(page) < 256:
+                return found
+            offset += len(page)
+    except nats.js.errors.NotFoundError:
+        return []  # no such bucket (yet)
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise TransientError(f"listing the consumers of {stream} failed: {exc}") from exc
+
+
+async def delete_consumer(bus: Bus, bucket: str, name: str) -> bool:
+    """Delete consumer `name` of `bucket`'s stream (False: it was gone already)."""
+    try:
+        return bool(await bus.js.delete_consumer(f"KV_{bucket}", name))
+    except nats.js.errors.NotFoundError:
+        return False
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise TransientError(f"deleting consumer {name} of KV_{bucket} failed: {exc}") from exc

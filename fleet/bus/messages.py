@@ -72,7 +72,17 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=200), Printabl
 Hostname = Annotated[str, StringConstraints(min_length=1, max_length=255), Printable]
 Version = Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-NkeyUser = Annotated[str, StringConstraints(pattern=r"^U[A-Z2-7]{55}$")]
+def _nkey_checksum(value: str) -> str:
+    from fleet.bus.replies import is_user_key  # nkeys is imported only when a key is checked
+
+    if not is_user_key(value):
+        raise ValueError("not a user public nkey (bad checksum)")
+    return value
+
+
+NkeyUser = Annotated[str, StringConstraints(pattern=r"^U[A-Z2-7]{55}$"), AfterValidator(_nkey_checksum)]
+B64Key = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")]  # 32 bytes, base64url without padding
+B64Signature = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{86}$")]  # 64 bytes
 Text = Annotated[str, StringConstraints(max_length=2000), Printable]
 SocketPath = Annotated[str, StringConstraints(max_length=512), Printable]
 Epoch = Annotated[float, AfterValidator(_finite), Field(ge=0, le=1e11)]
@@ -165,6 +175,14 @@ class EnrollRequest(Message):
     credential_socket: SocketPath | None = None
     nkey: NkeyUser | None = None  # the public key of the host's own identity; the server signs a JWT for it
     tenant: Ident | None = None  # what the host *claims*; the server ignores it (the key decides)
+    box: B64Key | None = None  # a one-time X25519 public key: the reply is sealed to it (fleet.bus.enrolling)
+    proof: B64Signature | None = None  # the nkey's signature of the request's key and box: proof it holds the seed
+
+
+class SealedReply(Message):
+    """The answer to an EnrollRequest: a JoinReply sealed to the request's `box` key (only that agent can read it)."""
+
+    sealed: Annotated[str, StringConstraints(max_length=2 * MAX_MESSAGE_BYTES)]
 
 
 class RegisterRequest(Message):

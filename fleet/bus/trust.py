@@ -132,9 +132,11 @@ class Permissions:
     sub_allow: tuple[str, ...] = ()
     sub_deny: tuple[str, ...] = ()
     responses: bool = False  # may publish one reply to a request it received (NATS `resp`)
+    subs: int = -1  # most subscriptions of one connection (-1: no limit)
+    payload: int = -1  # most bytes of one message it publishes (-1: the server's max_payload); more closes it
 
     def claims(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"pub": {}, "sub": {}}
+        out: dict[str, Any] = {"pub": {}, "sub": {}, "subs": self.subs, "payload": self.payload}
         for side, allow, deny in (("pub", self.pub_allow, self.pub_deny), ("sub", self.sub_allow, self.sub_deny)):
             if allow:
                 out[side]["allow"] = list(allow)
@@ -146,6 +148,9 @@ class Permissions:
 
 
 UNLIMITED = {"subs": -1, "data": -1, "payload": -1}
+#: most connections to the FLEET account at once: a fleet's hosts, servers and clients, with room to spare; a holder
+#: of a shared identity (enroll.creds) cannot open connections without bound
+ACCOUNT_MAX_CONNECTIONS = 250_000
 
 
 def operator_jwt(operator: Key, name: str, system_account: str) -> str:
@@ -154,9 +159,9 @@ def operator_jwt(operator: Key, name: str, system_account: str) -> str:
 
 
 def account_jwt(account: Key, operator: Key, name: str, *, signing_keys: tuple[str, ...] = (),
-                jetstream: bool = False, revocations: dict[str, int] | None = None) -> str:
+                jetstream: bool = False, revocations: dict[str, int] | None = None, iat: int | None = None) -> str:
     limits: dict[str, Any] = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
-                              "wildcards": True, "conn": -1, "leaf": -1}
+                              "wildcards": True, "conn": ACCOUNT_MAX_CONNECTIONS, "leaf": -1}
     if jetstream:
         limits.update({"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1})
     nats: dict[str, Any] = {"type": "account", "version": 2, "limits": limits,
@@ -165,7 +170,7 @@ def account_jwt(account: Key, operator: Key, name: str, *, signing_keys: tuple[s
         nats["signing_keys"] = list(signing_keys)
     if revocations:
         nats["revocations"] = dict(revocations)
-    return encode({"sub": account.public, "name": name, "nats": nats}, operator)
+    return encode({"sub": account.public, "name": name, "nats": nats, **({"iat": iat} if iat else {})}, operator)
 
 
 def user_jwt(user_public: str, name: str, account: str, signer: Key, permissions: Permissions, *,

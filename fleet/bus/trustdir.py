@@ -31,6 +31,7 @@ from fleet.bus.trust import (
     account_jwt,
     creds_text,
     operator_jwt,
+    read_creds,
     user_jwt,
     write_secret,
 )
@@ -109,10 +110,22 @@ class TrustDir:
         return user_jwt(user_public, hostname, self.account.public, self.signing,
                         identities.host(user_public, machine_id), tags=(f"tenant:{tenant}", f"host:{machine_id}"))
 
-    def account_jwt(self, revocations: dict[str, int]) -> str:
-        """The FLEET account JWT (JetStream enabled, the signing key), with these revocations."""
+    def account_jwt(self, revocations: dict[str, int], *, iat: int | None = None) -> str:
+        """The FLEET account JWT (JetStream enabled, the signing key, its limits), with these revocations, issued at
+        `iat` (default: now)."""
         return account_jwt(self.account, self.operator, ACCOUNT_NAME, signing_keys=(self.signing.public,),
-                           jetstream=True, revocations=revocations)
+                           jetstream=True, revocations=revocations, iat=iat)
+
+    def identity_keys(self) -> frozenset[str]:
+        """The public keys of the identities whose creds files are in the trust directory (server, sys, admin,
+        viewer, enroll, …): enrollment never makes one of them a host's identity."""
+        keys = set()
+        for path in sorted(self.root.glob("*.creds")):
+            try:
+                keys.add(read_creds(path).public)
+            except TrustError:
+                continue
+        return frozenset(keys)
 
     @property
     def issuers(self) -> frozenset[str]:

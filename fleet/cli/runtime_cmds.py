@@ -34,6 +34,7 @@ from fleet.bus.embedded import (
     PortProbe,
     arg_value,
     find_pids_with_arg,
+    open_private_log,
     pid_alive,
     probe_port,
     process_argv,
@@ -213,6 +214,8 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
                 url = f"nats://{host}:{running_port}"
                 raise UsageError(f"the fleet in {state_dir} already runs its NATS at {url}, not at {nats_proc.url}",
                                  hint=f"use --nats {url} (or FLEET_NATS_URL), or `fleet down` it first")
+            with contextlib.suppress(OSError):  # a state dir made by an older fleet
+                os.chmod(state_dir, 0o700)
             pid = nats_proc.start(timeout=timeout)  # restores a lost PID file
             trust = TrustDir.load(state_dir / "trust")
             click.echo(f"nats-server already running (pid {pid}) at {nats_proc.url}")
@@ -222,6 +225,7 @@ def up_cmd(nats: NatsSettings, state_dir: Path, timeout: float, offline_after: f
                 raise _port_taken(probe, state_dir)
             try:
                 state_dir.mkdir(parents=True, exist_ok=True)
+                os.chmod(state_dir, 0o700)  # its logs, trust dir and store are the fleet's secrets
             except OSError as exc:
                 raise UsageError(f"cannot create state dir {state_dir}: {exc.strerror or exc}",
                                  hint="choose another --state-dir (or FLEET_STATE_DIR)") from exc
@@ -264,7 +268,7 @@ def _up_server(url: str, nats: NatsSettings, trust: TrustDir, state_dir: Path, t
                 "--offline-after", str(offline_after), "--creds", str(trust.path("server.creds")),
                 "--trust-dir", str(trust.root)]
         try:
-            with open(server_log, "ab") as log:
+            with open_private_log(server_log) as log:
                 proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                         start_new_session=True, close_fds=True)
         except OSError as exc:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -33,10 +34,12 @@ from typing import Any
 from fleet.bus.kv import Entry, Store
 from fleet.bus.messages import EnrollRequest, HostRecord, JoinReply, PoolMembership, RegisterRequest
 from fleet.bus.records import KeySpec, PoolSpec, format_time, key_digest, now_utc
+from fleet.bus.subjects import is_machine_id
 from fleet.bus.trustdir import TrustDir
 from fleet.errors import FleetError, Refused
 from fleet.hosts.model import Host
 from fleet.hosts.registry import Registry
+from fleet.hosts.revocation import Revocations
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +150,11 @@ def pool_full(members: dict[str, float], registry: Registry, limit: int, now: fl
 
 
 class FailureBudget:
-    """A token bucket for failed enrollments: `rate` per second, bursts of `burst`. When it is empty, enrollment
-    requests are refused before their key is even looked up (`rate_limited`), so guessing keys costs the guesser
-    time, not the server work. NATS does not say who sent a request, so the budget is shared by all senders."""
+    """A token bucket for enrollments with an unknown key: `rate` per second, bursts of `burst`. When it is empty,
+    requests with an unknown key are refused as `rate_limited` instead of `unknown_key`, so guessing keys costs the
+    guesser time. NATS does not say who sent a request, so the budget is shared by all senders; that is why only
+    unknown keys draw from it (the keyed digest of the presented secret is looked up first, a dictionary lookup): a
+    flood of wrong keys slows down the guesser, never an agent that presents a valid key."""
 
     def __init__(self, rate: float = 10.0, burst: float = 50.0) -> None:
         self.rate, self.burst = rate, burst
@@ -168,7 +173,7 @@ class FailureBudget:
 class Enroller:
     def __init__(self, registry: Registry, hosts: Store, counters: Store, heartbeat_interval: float, *,
                  pepper: bytes | None = None, trust: TrustDir | None = None,
-                 failures: FailureBudget | None = None) -> None:
+                 failures: FailureBudget | None = None, revocations: Revocations | None = None) -> None:
         self.registry = registry
         self.hosts = hosts
         self.counters = counters
@@ -176,19 +181,16 @@ class Enroller:
         self.pepper = pepper
         self.trust = trust
         self.failures = failures or FailureBudget()
+        self.revocations = revocations
+        #: the fleet's own identities (server, admin, viewer, enroll, …): never a host's
+        self.own_keys = trust.identity_keys() if trust is not None else frozenset()
         self.metrics: Counter[str] = Counter()
 
     # ------------------------------------------------------------------------------------------ enroll
     async def enroll(self, req: EnrollRequest) -> JoinReply:
-        if not self.failures.allows():
-            self.metrics["enroll_rate_limited"] += 1
-            return JoinReply(ok=False, reason="rate_limited",
-                             message="too many failed enrollments; try again in a few seconds")
         reply = await self._enroll(req)
         if not reply.ok:
             self.metrics[f"enroll_refused_{reply.reason}"] += 1
-            if reply.reason not in ("exhausted", "pool_full"):
-                self.failures.spend()
         return reply
 
     async def _enroll(self, req: EnrollRequest) -> JoinReply:
@@ -201,6 +203,11 @@ class Enroller:
         digest = key_digest(self.pepper, req.key)
         found = config.key_for_digest(digest)
         if found is None:
+            if not self.failures.allows():
+                self.metrics["enroll_rate_limited"] += 1
+                return JoinReply(ok=False, reason="rate_limited",
+                                 message="too many failed enrollments; try again in a few seconds")
+            self.failures.spend()
             log.warning("security: enrollment refused: unknown key (fingerprint %s) from hostname %r",
                         digest.removeprefix("hmac-sha256:")[:12], req.hostname[:64])
             return JoinReply(ok=False, reason="unknown_key", message="unknown enrollment key")
@@ -209,6 +216,11 @@ class Enroller:
         if not decision.ok:
             log.warning("security: enrollment with key %s refused (%s): %s", key_id, decision.reason, decision.message)
             return JoinReply(ok=False, reason=decision.reason, message=decision.message)
+        refused = await self._identity_refused(req.nkey)
+        if refused is not None:
+            log.warning("security: enrollment with key %s from hostname %r refused (%s): %s", key_id,
+                        req.hostname[:64], refused.reason, refused.message)
+            return refused
         mid = str(uuid.uuid4())
         undo: list[Callable[[], Any]] = []
         try:
@@ -244,6 +256,20 @@ class Enroller:
                  record.tenant, ", ".join(record.pools), used, f" of {key.max_uses}" if key.max_uses else "")
         self.registry.apply_record(mid, Entry(mid, record.encode(), revision))  # don't wait for the informer
         return self.join_reply(self.registry.build(record, None, False), jwt)
+
+    async def _identity_refused(self, nkey: str) -> JoinReply | None:
+        """A host's identity is an nkey nobody else uses: not one of the fleet's own identities, not a registered
+        host's, not a revoked one (a revocation is for good: a stolen seed never comes back under a new host)."""
+        if nkey in self.own_keys:
+            return JoinReply(ok=False, reason="identity_in_use",
+                             message="this public key is one of the fleet's own identities; generate a new one")
+        holder = self.registry.by_nkey.get(nkey)
+        if holder is not None:
+            return JoinReply(ok=False, reason="identity_in_use",
+                             message=f"this public key is already the identity of host {holder}; generate a new one")
+        if self.revocations is not None and await self.revocations.is_revoked(nkey):
+            return JoinReply(ok=False, reason="revoked", message="this public key was revoked; generate a new one")
+        return None
 
     async def _join_pool(self, pool_id: str, mid: str, limit: int) -> bool:
         full = [False]
@@ -302,25 +328,44 @@ class Enroller:
 
 
 def _members(entry: Entry | None) -> dict[str, float]:
+    """The members of a pool (machine ID -> when its place was taken). Whatever is stored is read tolerantly: an
+    entry that is not a machine ID with a finite time is dropped (the next write leaves it out), so a corrupt list
+    never blocks enrollment into the pool nor the revocation of its hosts."""
     if entry is None:
         return {}
     try:
         data = json.loads(entry.value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
-    return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, float] = {}
+    for k, v in data.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and is_machine_id(k):
+            out[k] = float(v)
+    return out
 
 
-async def modify_record(store: Store, machine_id: str,
-                        change: Callable[[HostRecord], HostRecord | None]) -> HostRecord | None:
+async def modify_record(store: Store, machine_id: str, change: Callable[[HostRecord], HostRecord | None], *,
+                        fallback: HostRecord | None = None) -> HostRecord | None:
     """Change a host record by compare-and-set (fleet.bus.kv.Store.modify); `change` returns the new record or None
-    (no write). Returns the record as written, or None when nothing was written. Refused when the host is gone."""
+    (no write). Returns the record as written, or None when nothing was written. Refused when the host is gone.
+    A stored record that does not parse is changed from `fallback` (the record as last read, e.g. the registry's),
+    or refused without it."""
     result: list[HostRecord | None] = [None]
 
     def step(current: Entry | None) -> bytes | None:
         if current is None:
             raise Refused(f"host {machine_id} is no longer registered")
-        new = change(HostRecord.model_validate_json(current.value))
+        try:
+            stored = HostRecord.model_validate_json(current.value)
+        except ValueError:
+            if fallback is None:
+                raise Refused(f"the stored record of host {machine_id} is malformed") from None
+            log.warning("security: the stored record of host %s is malformed; rewriting it from the last good one",
+                        machine_id)
+            stored = fallback
+        new = change(stored)
         result[0] = new
         return new.encode() if new is not None else None
 

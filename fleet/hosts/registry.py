@@ -36,6 +36,7 @@ from fleet.bus.messages import MAX_HEARTBEAT_BYTES, PROTOCOL_VERSION, Heartbeat,
 from fleet.errors import InvalidRequest, NotFound
 from fleet.hosts.config import AppliedConfig
 from fleet.hosts.model import LIVE_STATUSES, Host, Session, envelope, host_slots, sorted_unique, status_of
+from fleet.hosts.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,23 @@ class Beat:
     at_wall: float  # time.time() when it arrived
 
 
-class HostEntry:
-    """The registry's slot for one host: its stored record (and KV revision) and its liveness."""
+#: heartbeats a second one host may send, and how many at once (an agent sends one every heartbeat interval, 2 s by
+#: default, and one at once when its status or its sessions change); the rest are dropped before they are parsed
+HEARTBEAT_RATE, HEARTBEAT_BURST = 20.0, 40.0
 
-    __slots__ = ("record", "revision", "beat", "live")
+
+class HostEntry:
+    """The registry's slot for one host: its stored record (and KV revision), its liveness, its heartbeat budget."""
+
+    __slots__ = ("record", "revision", "beat", "live", "budget", "deferred")
 
     def __init__(self, record: HostRecord, revision: int) -> None:
         self.record = record
         self.revision = revision
         self.beat: Beat | None = None
         self.live = False
+        self.budget: TokenBucket | None = None  # made at its first heartbeat
+        self.deferred: bytes | None = None  # its latest heartbeat beyond the budget, not yet taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +95,16 @@ class Registry:
         self.config = config or AppliedConfig()
         self.offline_after = offline_after
         self.entries: dict[str, HostEntry] = {}
+        #: machine ID of the host whose record names each NATS identity (nkey): enrollment refuses one in use
+        self.by_nkey: dict[str, str] = {}
         self.metrics: Counter[str] = Counter()
         self.unknown: OrderedDict[str, int] = OrderedDict()
         #: machine IDs whose reported status or last_seen should be persisted (drained by the liveness writer)
         self.dirty: set[str] = set()
         #: revoked hosts that still heartbeat (drained by the liveness writer, which tells them again)
         self.revoked_seen: set[str] = set()
+        #: hosts with a heartbeat kept back by their budget (taken by `sweep`)
+        self._deferred: set[str] = set()
         #: called with a machine ID when a host's record, liveness or reported status changes (the dispatcher listens)
         self.watchers: list[Callable[[str], None]] = []
         self._sorted: list[str] | None = None
@@ -107,7 +119,9 @@ class Registry:
     def apply_record(self, key: str, entry: KvEntry | None) -> None:
         """A record in fleet-v1-hosts changed (None: deleted). Called by the informer, in stream order."""
         if entry is None:
-            if self.entries.pop(key, None) is not None:
+            gone = self.entries.pop(key, None)
+            if gone is not None:
+                self._forget_nkey(gone.record, key)
                 self._sorted = None
                 self.dirty.discard(key)
                 self._changed(key)
@@ -126,8 +140,16 @@ class Registry:
             self._sorted = None
             self.unknown.pop(key, None)
         else:
+            if current.record.nkey != record.nkey:
+                self._forget_nkey(current.record, key)
             current.record, current.revision = record, entry.revision
+        if record.nkey:
+            self.by_nkey[record.nkey] = key
         self._changed(key)
+
+    def _forget_nkey(self, record: HostRecord, key: str) -> None:
+        if record.nkey and self.by_nkey.get(record.nkey) == key:
+            del self.by_nkey[record.nkey]
 
     # ------------------------------------------------------------------------------------------ liveness
     def heartbeat(self, subject: str, data: bytes, now: float | None = None, now_wall: float | None = None) -> bool:
@@ -140,6 +162,20 @@ class Registry:
         if entry is None:
             self._unknown(mid)
             return False
+        budget = entry.budget
+        if budget is None:
+            budget = entry.budget = TokenBucket(HEARTBEAT_RATE, HEARTBEAT_BURST, now)
+        if not budget.take(now):
+            # Beyond its budget: kept unparsed as the host's latest word (one per host), taken by `sweep` once the
+            # budget allows; a flood costs a lookup each, and a busy agent's last heartbeat of a burst still counts.
+            self.metrics["heartbeat_rate_limited"] += 1
+            entry.deferred = data
+            self._deferred.add(entry.record.machine_id)
+            return False
+        entry.deferred = None
+        return self._take(entry, data, now, now_wall)
+
+    def _take(self, entry: HostEntry, data: bytes, now: float | None, now_wall: float | None) -> bool:
         if entry.record.revoked:
             self.metrics["heartbeat_revoked"] += 1
             self.revoked_seen.add(entry.record.machine_id)
@@ -188,6 +224,8 @@ class Registry:
     def sweep(self, now: float | None = None) -> list[HostEntry]:
         """Mark hosts whose last heartbeat is older than their grace period offline; returns them."""
         now = time.monotonic() if now is None else now
+        if self._deferred:
+            self._take_deferred(now)
         gone = []
         for entry in self.entries.values():
             if entry.live and entry.beat is not None and now - entry.beat.at > self.grace(entry.record):
@@ -200,6 +238,17 @@ class Registry:
         for entry in gone:
             self._changed(entry.record.machine_id)
         return gone
+
+    def _take_deferred(self, now: float) -> None:
+        """The heartbeats kept back by the budget, as far as it now allows (the latest of each host)."""
+        for mid in list(self._deferred):
+            entry = self.entries.get(mid)
+            if entry is None or entry.deferred is None:
+                self._deferred.discard(mid)
+            elif entry.budget is None or entry.budget.take(now):
+                data, entry.deferred = entry.deferred, None
+                self._deferred.discard(mid)
+                self._take(entry, data, now, None)
 
     def _unknown(self, mid: str | None) -> None:
         self.metrics["heartbeat_unknown"] += 1

@@ -9,11 +9,15 @@ benches and tests. `FleetServer.start()`:
    anything is answered, both resynced after every NATS reconnect;
 3. subscribes heartbeats and goodbyes (every replica: liveness is computed in memory by each), and serves
    enrollment, registration and the host API (fleet.service.api) in the `fleet-server` queue group, bounded in
-   size and concurrency by fleet.bus.connection.Bus.serve;
+   size and concurrency by fleet.bus.connection.Bus.serve, answering only on the requester's own inbox
+   (fleet.bus.replies); with a trust directory it serves through two identities it signs for itself that may
+   publish nothing but replies (fleet.bus.identities.server_replies, server_enroll), so the NATS server refuses a
+   reply aimed anywhere else even if fleet's own check failed;
 4. starts the offline monitor and the writer of transitions (fleet.hosts.liveness) and the declared-status
    controller (fleet.hosts.declared);
 5. runs for the dispatch lease (fleet.dispatch.leader): the replica that holds it dispatches sessions
-   (fleet.dispatch.dispatcher) and serves the session API and the hosts' work subjects (fleet.dispatch.api).
+   (fleet.dispatch.dispatcher) and serves the session API and the hosts' work subjects (fleet.dispatch.api), and
+   clears away consumers that readers of the buckets left behind (fleet.service.janitor).
 
 The backend controllers of a later issue join here, as further wiring.
 """
@@ -32,7 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fleet import __version__
-from fleet.bus import subjects
+from fleet.bus import identities, replies, subjects
 from fleet.bus.applied import ApplyLock, load_pepper
 from fleet.bus.connection import Bus, connect
 from fleet.bus.kv import Informer, open_store
@@ -50,6 +54,7 @@ from fleet.hosts.liveness import Liveness
 from fleet.hosts.registry import DEFAULT_OFFLINE_AFTER, Registry
 from fleet.hosts.revocation import Revocations
 from fleet.service.api import HostApi
+from fleet.service.janitor import ConsumerJanitor
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,8 @@ class FleetServer:
     registry: Registry = field(init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     sys_bus: Bus | None = None
+    serve_bus: Bus | None = None  # answers the API, registrations, sessions and work (only replies: see above)
+    enroll_bus: Bus | None = None  # answers enrollments (only into the enrollment inbox)
     dispatcher: Dispatcher | None = None
     lease: Lease | None = None
     _tasks: set[asyncio.Task] = field(default_factory=set)
@@ -127,12 +134,15 @@ class FleetServer:
             self.sys_bus.on_reconnect(revocations.push)
         else:
             log.warning("no --trust-dir: this server cannot enroll hosts nor revoke their NATS identities")
-        enroller = Enroller(self.registry, hosts_store, counters, s.heartbeat_interval, pepper=pepper, trust=trust)
+        enroller = Enroller(self.registry, hosts_store, counters, s.heartbeat_interval, pepper=pepper, trust=trust,
+                            revocations=revocations)
         self.api = api = HostApi(bus, self.registry, enroller, hosts_store, self.server_id, page_bytes=s.page_bytes,
                                  revocations=revocations,
                                  metrics=[bus.metrics, self.registry.metrics, self.config.metrics, enroller.metrics])
         registry = self.registry
         liveness = Liveness(registry, hosts_store, bus, monitor_interval=s.monitor_interval)
+        serve_bus, enroll_bus = await self._serving_buses(bus, trust)
+        api.strict_replies = serve_bus.reply_rule is replies.identity_inbox
 
         async def on_heartbeat(msg: Any) -> None:
             registry.heartbeat(msg.subject, msg.data)
@@ -144,33 +154,59 @@ class FleetServer:
         await bus.subscribe(subjects.HEARTBEAT_WILDCARD, on_heartbeat)
         await bus.subscribe(subjects.BYE_WILDCARD, on_bye)
         q = subjects.SERVER_QUEUE
-        await bus.serve(subjects.ENROLL, api.enroll, queue=q, concurrency=AGENT_CONCURRENCY, max_bytes=MAX_MESSAGE_BYTES)
-        await bus.serve(subjects.REGISTER_WILDCARD, api.register, queue=q, concurrency=AGENT_CONCURRENCY,
-                        max_bytes=MAX_MESSAGE_BYTES)
+        await enroll_bus.serve(subjects.ENROLL, api.enroll, queue=q, concurrency=AGENT_CONCURRENCY,
+                               max_bytes=MAX_MESSAGE_BYTES, answer_refusals=not api.strict_replies)
+        await serve_bus.serve(subjects.REGISTER_WILDCARD, api.register, queue=q, concurrency=AGENT_CONCURRENCY,
+                              max_bytes=MAX_MESSAGE_BYTES, reply_rule=api.register_reply_ok,
+                              admit=api.admit_register)
         for subject, handler in ((subjects.API_PING, api.ping), (subjects.API_HOSTS_PAGE, api.page),
                                  (subjects.API_HOSTS_GET, api.get), (subjects.API_HOSTS_COMMAND, api.command)):
-            await bus.serve(subject, handler, queue=q, concurrency=API_CONCURRENCY, max_bytes=MAX_MESSAGE_BYTES)
-        await bus.serve(subjects.hosts_page_at(self.server_id), api.page, concurrency=API_CONCURRENCY,
-                        max_bytes=MAX_MESSAGE_BYTES)
-        await bus.flush()
+            await serve_bus.serve(subject, handler, queue=q, concurrency=API_CONCURRENCY, max_bytes=MAX_MESSAGE_BYTES)
+        await serve_bus.serve(subjects.hosts_page_at(self.server_id), api.page, concurrency=API_CONCURRENCY,
+                              max_bytes=MAX_MESSAGE_BYTES)
+        for b in {id(x): x for x in (bus, serve_bus, enroll_bus)}.values():
+            await b.flush()
         self._spawn(liveness.monitor())
         self._spawn(liveness.writer())
         self._spawn(DeclaredStatus(registry, bus).run())
         if revocations is not None:
             self._spawn(revocations.run())
-        await self._start_dispatch(bus)
+        await self._start_dispatch(bus, serve_bus)
+        self._spawn(ConsumerJanitor(bus).run(lambda: self.lease is not None and self.lease.held))
         self._spawn(self._log_metrics())
         self.ready.set()
         log.info("fleet server %s (%s) ready on %s (%d hosts known, offline after %.1fs)", self.server_id,
                  __version__, s.url, len(registry.entries), s.offline_after)
 
-    async def _start_dispatch(self, bus: Bus) -> None:
-        """The dispatcher, active while this replica holds the dispatch lease (fleet.dispatch.leader)."""
+    async def _serving_buses(self, bus: Bus, trust: TrustDir | None) -> tuple[Bus, Bus]:
+        """The connections requests are answered through (see the module doc): with a trust directory, two of their
+        own, whose identities may publish only replies; without one, the main connection. Either way, each answers
+        only the reply subjects of fleet.bus.replies."""
+        s = self.settings
+        if trust is None:
+            return bus, bus
+        made = []
+        for name, perms, rule in (("fleet-server-replies", identities.server_replies(), replies.identity_inbox),
+                                  ("fleet-server-enroll", identities.server_enroll(), replies.enroll_inbox)):
+            b = await connect(s.url, creds_text=trust.issue(f"{name} {self.server_id}", perms), tls=s.tls,
+                              connect_timeout=s.connect_timeout, name=name, persistent=True)
+            if b.auth_required:  # operator mode: every client replies on its own identity's inbox
+                b.reply_rule = rule
+            elif rule is replies.enroll_inbox:  # a NATS without auth: agents enroll with nats-py's default inbox
+                b.reply_rule = replies.any_inbox
+            b.metrics = bus.metrics  # one set of counters for ping and the log
+            made.append(b)
+        self.serve_bus, self.enroll_bus = made
+        return made[0], made[1]
+
+    async def _start_dispatch(self, bus: Bus, serve_bus: Bus) -> None:
+        """The dispatcher, active while this replica holds the dispatch lease (fleet.dispatch.leader); its API is
+        answered through `serve_bus`."""
         sessions = await open_store(bus, subjects.BUCKET_SESSIONS, history=1)
         self.dispatcher = dispatcher = Dispatcher(bus, self.registry, self.config, sessions,
                                                   lease_ok=lambda: self.lease is not None and self.lease.held)
         self.api.metrics.append(dispatcher.metrics)
-        session_api = SessionApi(bus, dispatcher)
+        session_api = SessionApi(serve_bus, dispatcher)
 
         async def elected() -> None:
             await dispatcher.take_over()
@@ -249,7 +285,7 @@ class FleetServer:
                 await task
         for informer in self._informers:
             await informer.stop()
-        for bus in (self.sys_bus, self.bus):
+        for bus in (self.enroll_bus, self.serve_bus, self.sys_bus, self.bus):
             if bus is not None:
                 await bus.close()
 

@@ -12,14 +12,17 @@ import stat
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from fleet.bus import subjects
 from fleet.bus.applied import load_pepper
+from fleet.bus.connection import RequestTimeout
 from fleet.bus.kv import open_store
 from fleet.bus.messages import JoinReply, decode
 from fleet.bus.records import encode_record, key_digest
+from fleet.hosts.client import call
 from tests.conftest import run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -125,10 +128,27 @@ def test_tenant_comes_from_the_key(live_fleet) -> None:
 
 
 def test_unsupported_version_is_refused_clearly(live_fleet) -> None:
-    async def enroll() -> JoinReply:
-        async with await live_fleet.bus("enroll") as bus:
-            data = json.dumps({"v": 99, "key": "x", "hostname": "h", "version": "9"}).encode()
-            return decode(JoinReply, await bus.request(subjects.ENROLL, data, timeout=5))
+    """A registration of another protocol version is refused with the reason; an enrollment request the server cannot
+    read is not answered at all (every enrolling agent shares one identity: the server answers only a request that
+    proves which agent sent it, on that agent's inbox; fleet.bus.enrolling), and is counted."""
+    secret = live_fleet.key("fin")
 
-    reply = asyncio.run(enroll())
-    assert not reply.ok and reply.reason == "unsupported_version" and "99" in (reply.message or "")
+    async def scenario() -> tuple[JoinReply, str, dict[str, Any]]:
+        reply, creds = await live_fleet.enroll(secret, "versioned")
+        assert reply.ok and creds
+        async with await live_fleet.bus(creds=creds) as bus:
+            data = json.dumps({"v": 99, "hostname": "h", "version": "9"}).encode()
+            refused = decode(JoinReply, await bus.request(subjects.register(reply.machine_id or ""), data, timeout=5))
+        async with await live_fleet.bus("enroll") as bus:
+            try:
+                await bus.request(subjects.ENROLL, json.dumps({"v": 99, "key": "x"}).encode(), timeout=2)
+                enrolled = "answered"
+            except RequestTimeout:
+                enrolled = "unanswered"
+        async with await live_fleet.bus("admin") as bus:
+            metrics = (await call(bus, subjects.API_PING))["metrics"]
+        return refused, enrolled, metrics
+
+    refused, enrolled, metrics = asyncio.run(scenario())
+    assert not refused.ok and refused.reason == "unsupported_version" and "99" in (refused.message or "")
+    assert enrolled == "unanswered" and metrics.get("enroll_unanswered_malformed") == 1, metrics

@@ -23,7 +23,7 @@ import pytest
 
 from fleet.bus.applied import BUCKET_LOCKS
 from fleet.bus.connection import connect
-from fleet.bus.subjects import BUCKET_CONFIG
+from fleet.bus.subjects import BUCKET_CONFIG, BUCKET_SECRETS
 from fleet.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_STALE_PLAN, EXIT_USAGE
 from fleet.schema.generate import synthetic_fleet
 
@@ -339,6 +339,41 @@ def test_force_unlock(nats_server, workdir):
     r = fleet(["force-unlock", lock_id], url, cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert fleet(["apply", "--auto-approve"], url, cwd=workdir).returncode == 0
+
+
+def test_a_malformed_lock_is_held_by_unknown_and_force_unlock_clears_it(nats_server, workdir):
+    """Whoever wrote garbage into the lock (nobody may but admins and the server), apply says who holds it and
+    force-unlock clears it; apply never crashes parsing it."""
+    url = nats_server.url
+
+    async def jam() -> None:
+        from fleet.bus.applied import ApplyLock
+
+        async with await connect(url) as bus:
+            lock = await ApplyLock.open(bus)
+            await lock.store.put("apply", b'{"v": 1, "ok": false, "message": "\x1b[2J"}')
+
+    asyncio.run(jam())
+    r = fleet(["apply", "--auto-approve"], url, cwd=workdir)
+    assert r.returncode == EXIT_LOCKED and "unknown (a malformed lock record)" in r.stderr, r.stderr
+    assert "fleet force-unlock unknown" in r.stderr
+    r = fleet(["force-unlock", "unknown"], url, cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert fleet(["apply", "--auto-approve"], url, cwd=workdir).returncode == 0
+
+
+def test_a_malformed_pepper_is_an_explicit_error(nats_server, workdir):
+    url = nats_server.url
+
+    async def spoil() -> None:
+        from fleet.bus.kv import open_store
+
+        async with await connect(url) as bus:
+            await (await open_store(bus, BUCKET_SECRETS, history=1)).put("pepper", b'{"v": 1, "ok": true}')
+
+    asyncio.run(spoil())
+    r = fleet(["apply", "--auto-approve"], url, cwd=workdir)
+    assert r.returncode == 1 and "pepper of enrollment key digests" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_rerun_after_interrupted_apply_is_idempotent_and_voids_a_regenerated_secret(nats_server):

@@ -26,9 +26,11 @@ from hypothesis import strategies as st
 
 from fleet.bus import subjects
 from fleet.bus.connection import Bus, connect
+from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, request_enrollment
 from fleet.bus.kv import open_store
-from fleet.bus.messages import Bye, ControlCommand, EnrollRequest, HostCommand, JoinReply, decode
+from fleet.bus.messages import Bye, ControlCommand, HostCommand
 from fleet.bus.records import encode_record
+from fleet.bus.trust import Key
 from fleet.errors import AuthRefused, FleetError, PermissionDenied
 from tests.conftest import FAST_HEARTBEAT, run_cli, wait_for
 
@@ -264,15 +266,18 @@ def test_a_hundred_thousand_random_keys_enroll_nothing_and_no_secret_is_stored(l
 
     async def scenario() -> dict[str, int]:
         outcomes: dict[str, int] = {}
-        async with await live_fleet.bus("enroll") as bus:
+        # a guesser that does everything right (its own nkey and the proof, its own inbox), but the key
+        user, box = Key.generate("user"), ReplyKey.generate()
+        async with await live_fleet.bus("enroll", inbox_prefix=enroll_inbox(user.public)) as bus:
             sem = asyncio.Semaphore(256)
 
+            proven = enrollment_request(user, box, key="x", hostname="guess", version="0")
+
             async def one() -> None:
-                req = EnrollRequest(key=secrets.token_urlsafe(24), hostname="guess", version="0",
-                                    nkey="U" + "A" * 55)
+                req = proven.model_copy(update={"key": secrets.token_urlsafe(24)})
                 async with sem:
                     try:
-                        reply = decode(JoinReply, await bus.request(subjects.ENROLL, req.encode(), timeout=20))
+                        reply = await request_enrollment(bus, req, box, timeout=20)
                         key = "accepted" if reply.ok else (reply.reason or "?")
                     except FleetError as exc:
                         key = type(exc).__name__
@@ -433,6 +438,9 @@ def test_forged_bye_and_control_from_another_host_change_nothing(live_fleet) -> 
         await forger.bus.publish(subjects.heartbeat(mid), json.dumps({"v": 1, "seq": 1, "sent_at": 1, "started_at": 1,
                                                                     "status": "paused", "version": "x"}).encode())
         await forger.bus.flush()
+        # nats-py hands each refusal to error_cb as it reads it: wait for all three (Probe.refused polls)
+        for subject in (subjects.bye(mid), subjects.host_control(mid), subjects.heartbeat(mid)):
+            assert await forger.refused("publish", subject), (subject, forger.refusals())
         refusals = forger.refusals()
         await forger.close()
         return refusals

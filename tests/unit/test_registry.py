@@ -19,7 +19,7 @@ from fleet.bus.records import encode_record
 from fleet.errors import InvalidRequest, NotFound
 from fleet.hosts.config import AppliedConfig
 from fleet.hosts.model import status_of
-from fleet.hosts.registry import UNKNOWN_CACHE, Registry
+from fleet.hosts.registry import HEARTBEAT_BURST, HEARTBEAT_RATE, UNKNOWN_CACHE, Registry
 
 
 def mid(n: int) -> str:
@@ -127,6 +127,24 @@ def test_hostile_heartbeats_are_dropped_and_counted(payload: bytes, counter: str
     assert not reg.heartbeat(subjects.heartbeat(mid(1)), payload)
     assert reg.metrics[counter] == 1
     assert reg.hosts()[0].status == "offline"  # nothing was believed
+
+
+def test_a_flooding_host_is_limited_before_parsing_and_others_are_not() -> None:
+    """A host past its heartbeat budget (HEARTBEAT_RATE a second, bursts of HEARTBEAT_BURST) is dropped unparsed;
+    another host's heartbeats are untouched; the budget refills with time."""
+    reg = registry(record(1), record(2))
+    flood = [reg.heartbeat(subjects.heartbeat(mid(1)), beat(), now=100.0) for _ in range(1000)]
+    assert sum(flood) == HEARTBEAT_BURST
+    assert reg.metrics["heartbeat_rate_limited"] == 1000 - HEARTBEAT_BURST
+    assert reg.heartbeat(subjects.heartbeat(mid(2)), beat(), now=100.0)
+    assert reg.heartbeat(subjects.heartbeat(mid(1)), beat(), now=100.0 + 2 / HEARTBEAT_RATE)
+    # the last heartbeat of a burst beyond the budget is kept (unparsed) and taken once the budget allows
+    for _ in range(int(HEARTBEAT_BURST)):
+        reg.heartbeat(subjects.heartbeat(mid(1)), beat(), now=200.0)
+    assert not reg.heartbeat(subjects.heartbeat(mid(1)), beat("paused"), now=200.0)
+    assert reg.hosts()[0].status == "active"
+    reg.sweep(now=200.0 + 2 / HEARTBEAT_RATE)
+    assert reg.hosts()[0].status == "paused"
 
 
 def test_the_machine_id_is_the_subject_token_not_a_suffix() -> None:
