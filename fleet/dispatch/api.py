@@ -38,8 +38,10 @@ API_CONCURRENCY = 512
 WAIT_CONCURRENCY = 4096  # waits and log polls hold a handler while they wait: cheap (a future each)
 WORK_CONCURRENCY = 512
 WAITS_PER_TENANT = 256  # waits and log polls one tenant may hold at once
-LIST_BYTES = 512 * 1024
-SUBMIT_BYTES = 160 * 1024  # a command and an environment of 64 KiB each, in JSON, with room to spare  # a list reply stays well under NATS's 1 MB message limit
+LIST_BYTES = 512 * 1024  # a list reply stays well under NATS's 1 MB message limit
+# a command and an environment of 64 KiB each, in JSON, with room to spare; below a submitter's NATS payload limit
+# (fleet.bus.identities.CLIENT_PAYLOAD), so a request of a size between the two gets a `too_large` reply
+SUBMIT_BYTES = 160 * 1024
 
 
 class SessionApi:
