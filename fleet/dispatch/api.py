@@ -142,6 +142,11 @@ class SessionApi:
             data["hostname"] = host.hostname
         if st.record.phase == "queued":
             data["reason"] = self.dispatcher.waiting_reason(st.record) or data.get("reason")
+        route = self.dispatcher.route_of(st.record)
+        if route is not None:
+            data["route_labels"] = sorted(route.labels - set(st.record.labels))
+            if st.record.model is None and route.model:
+                data["route_model"] = route.model
         return data
 
     def _summary(self, st: SessionState) -> dict[str, Any]:

@@ -151,6 +151,24 @@ def test_labels_must_match_and_a_matching_host_takes_the_waiting_session(live_fl
         assert c.get(s.id).labels == ["gpu=a100"]
 
 
+def test_a_routes_required_labels_and_model_apply_to_its_sessions_and_show(live_fleet: LiveFleet) -> None:
+    keys = setup(live_fleet, route={"mode": "preferred-only", "preferred_pool": MAIN,
+                                    "required_labels": ["zone=eu"], "model": "claude-3-5-sonnet"})
+    worker(live_fleet, "w-plain", keys["fin"], MAIN)
+    with client(live_fleet) as c:
+        s = c.submit("my-fintech-app", ["true"])
+        assert s.phase == "queued" and "zone=eu" in (s.reason or "")
+        assert (s.labels, s.route_labels, s.model, s.route_model) == ([], ["zone=eu"], None, "claude-3-5-sonnet")
+        own = c.submit("my-fintech-app", ["true"], labels=["zone=eu"], model="gpt-4o")
+        assert (own.route_labels, own.route_model) == ([], None)  # the session's own label and model win
+        eu_key = live_fleet.key("fin-eu", pools=(MAIN,), labels=("zone=eu",), models=("claude-3-5-sonnet",))
+        eu = worker(live_fleet, "w-eu", eu_key, MAIN)
+        assert until(c, s.id, "succeeded").host == eu
+        assert c.get(own.id).phase == "queued"  # no host of the pool serves gpt-4o
+    out = run_cli("sessions", "show", s.id, "--nats", live_fleet.url).output
+    assert "zone=eu (the route's)" in out and "claude-3-5-sonnet (the route's)" in out, out
+
+
 def test_a_routing_change_applies_at_the_next_dispatch_and_in_flight_sessions_stay(live_fleet: LiveFleet,
                                                                                    tmp_path: Path) -> None:
     keys = setup(live_fleet, route={"mode": "preferred-only", "preferred_pool": MAIN})
