@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -173,13 +174,23 @@ class Store:
         except (TimeoutError, nats.errors.Error) as exc:
             raise self._failed(f"KV create {self.bucket}/{key}", exc, started) from exc
 
-    async def update(self, key: str, value: bytes, last: int) -> int:
-        """Write only if the key is still at revision `last`; Conflict otherwise."""
+    async def update(self, key: str, value: bytes, last: int, *, ttl: float | None = None) -> int:
+        """Write only if the key is still at revision `last`; Conflict otherwise. With `ttl`, nats-server removes
+        this value (and so the key) `ttl` seconds later unless it is written again (a per-message TTL: the bucket
+        must allow them, see `allow_message_ttls`)."""
         started = time.monotonic()
         try:
-            return await self._kv.update(key, value, last=last)
+            if ttl is None:
+                return await self._kv.update(key, value, last=last)
+            ack = await self.js.publish(f"$KV.{self.bucket}.{key}", value, msg_ttl=ttl,
+                                        headers={nats.js.api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)})
+            return ack.seq
         except nats.js.errors.KeyWrongLastSequenceError as exc:
             raise Conflict(f"{self.bucket}/{key} changed (expected revision {last})") from exc
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) in (10071, 10164):  # wrong last sequence, as a plain API error
+                raise Conflict(f"{self.bucket}/{key} changed (expected revision {last})") from exc
+            raise self._failed(f"KV update {self.bucket}/{key}", exc, started) from exc
         except (TimeoutError, nats.errors.Error) as exc:
             raise self._failed(f"KV update {self.bucket}/{key}", exc, started) from exc
 
@@ -361,6 +372,21 @@ async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int
                 raise
             await asyncio.sleep(delay)  # JetStream answers 503 for a moment after nats-server starts
     raise AssertionError("not reached")
+
+
+async def allow_message_ttls(store: Store) -> None:
+    """Let `store`'s bucket take values with a TTL of their own (Store.update(ttl=…)). Buckets that nats-py
+    created allow them from the start; one created by an older client is updated (a setting nats-server lets one
+    turn on, never off). Idempotent."""
+    stream = f"KV_{store.bucket}"
+    try:
+        info = await store.js.stream_info(stream)
+        if not info.config.allow_msg_ttl:
+            await store.js.update_stream(dataclasses.replace(info.config, allow_msg_ttl=True))
+            log.info("KV bucket %s now allows values with a TTL of their own", store.bucket)
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise TransientError(f"cannot allow TTLs in KV bucket {store.bucket}: {exc}",
+                             hint="nats-server 2.11 or newer is needed") from exc
 
 
 class JetStreamUnavailable(TransientError):

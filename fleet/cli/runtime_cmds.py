@@ -60,6 +60,7 @@ from fleet.service.server import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_MONITOR_INTERVAL,
     DEFAULT_OFFLINE_AFTER,
+    SESSION_RETENTION_S,
     FleetServer,
     ServerSettings,
 )
@@ -328,6 +329,10 @@ def down_cmd(state_dir: Path) -> None:
               show_default=True, help="Seconds between liveness checks.")
 @click.option("--heartbeat-interval", type=Seconds(0.05, 3600), default=DEFAULT_HEARTBEAT_INTERVAL,
               show_default=True, help="Heartbeat interval advertised to agents.")
+@click.option("--session-retention", type=Seconds(1, 10 * 365 * 86_400), default=SESSION_RETENTION_S,
+              show_default=True, envvar="FLEET_SESSION_RETENTION", show_envvar=True,
+              help="Seconds the sessions bucket keeps a finished session (its record, output tail and history); "
+                   "sessions not yet final are kept until they are.")
 @click.option("--pid-file", type=OutputFile(), default=None, help="Write the server's PID here.")
 @click.option("--trust-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), envvar="FLEET_TRUST_DIR",
               show_envvar=True, default=None,
@@ -335,7 +340,7 @@ def down_cmd(state_dir: Path) -> None:
                    "identities at enrollment and revoke them. Without it the server cannot enroll hosts.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float, heartbeat_interval: float,
-               pid_file: Path | None, trust_dir: Path | None, verbose: bool) -> None:
+               session_retention: float, pid_file: Path | None, trust_dir: Path | None, verbose: bool) -> None:
     """Run the control-plane service in the foreground (enrollment, registry, liveness, host API).
 
     Connect it with the fleet server identity (--creds …/trust/server.creds) and give it the trust directory."""
@@ -351,7 +356,8 @@ def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float
         trust_dir = found if (found / "signing.nk").is_file() else None
     settings = ServerSettings(url=nats.url, creds=nats.creds, tls=nats.tls, connect_timeout=nats.connect_timeout,
                               offline_after=offline_after, monitor_interval=monitor_interval,
-                              heartbeat_interval=heartbeat_interval, trust_dir=str(trust_dir) if trust_dir else None)
+                              heartbeat_interval=heartbeat_interval, session_retention=session_retention,
+                              trust_dir=str(trust_dir) if trust_dir else None)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -72,7 +72,8 @@ RECONCILE_S = 0.5
 ASSIGN_RESEND_S = 3.0  # an assignment a live host does not report running after this long is sent again
 ASSIGN_TRIES = 3  # ... this many times, then the session is re-queued
 MISSING_S = 3.0  # a running session its live host has not listed in its heartbeats for this long is lost
-KEEP_FINISHED = 2_000  # finished sessions kept in memory for the API (the bucket keeps them all: `get` reads it)
+KEEP_FINISHED = 2_000  # finished sessions kept in memory for the API (the bucket keeps more: `get` reads it)
+SESSION_RETENTION_S = 7 * 86_400  # how long the bucket keeps a finished session (a TTL on its last value)
 MAX_OPEN_PER_TENANT = 10_000  # sessions of one tenant not final yet; more are refused (QueueFull) until some end
 ALL_TENANTS = "_all"  # the tenant token of the session API for identities that see every tenant (admin, viewer)
 
@@ -107,8 +108,9 @@ class SessionState:
 
 class Dispatcher:
     def __init__(self, bus: Bus, registry: Registry, config: AppliedConfig, store: Store,
-                 lease_ok: Callable[[], bool] = lambda: True) -> None:
+                 lease_ok: Callable[[], bool] = lambda: True, retention: float = SESSION_RETENTION_S) -> None:
         self.bus = bus
+        self.retention = retention  # seconds a finished session stays in the bucket (live ones stay until final)
         self.lease_ok = lease_ok
         self.registry = registry
         self.config = config
@@ -487,7 +489,8 @@ class Dispatcher:
                     st.record.fence = st.fence
                 try:
                     self._check_lease()
-                    st.revision = await self.store.update(st.record.id, st.record.encode(), last=st.revision)
+                    st.revision = await self.store.update(st.record.id, st.record.encode(), last=st.revision,
+                                                          ttl=self.retention if st.record.final else None)
                 except FleetError as exc:
                     for fut in waiting:
                         if not fut.done():

@@ -39,12 +39,12 @@ from fleet import __version__
 from fleet.bus import identities, replies, subjects
 from fleet.bus.applied import ApplyLock, load_pepper
 from fleet.bus.connection import Bus, connect
-from fleet.bus.kv import Informer, open_store
+from fleet.bus.kv import Informer, allow_message_ttls, open_store
 from fleet.bus.messages import MAX_MESSAGE_BYTES
 from fleet.bus.settings import TlsSettings
 from fleet.bus.trustdir import TrustDir
 from fleet.dispatch.api import SessionApi
-from fleet.dispatch.dispatcher import Dispatcher
+from fleet.dispatch.dispatcher import SESSION_RETENTION_S, Dispatcher
 from fleet.dispatch.leader import Lease
 from fleet.errors import FleetError
 from fleet.hosts.config import AppliedConfig
@@ -78,6 +78,7 @@ class ServerSettings:
     monitor_interval: float = DEFAULT_MONITOR_INTERVAL
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     page_bytes: int | None = None  # most bytes of one host page; None: the NATS server's max_payload
+    session_retention: float = SESSION_RETENTION_S  # seconds the sessions bucket keeps a finished session
 
 
 @dataclass
@@ -203,8 +204,10 @@ class FleetServer:
         """The dispatcher, active while this replica holds the dispatch lease (fleet.dispatch.leader); its API is
         answered through `serve_bus`."""
         sessions = await open_store(bus, subjects.BUCKET_SESSIONS, history=1)
+        await allow_message_ttls(sessions)  # finished sessions expire (Dispatcher.retention)
         self.dispatcher = dispatcher = Dispatcher(bus, self.registry, self.config, sessions,
-                                                  lease_ok=lambda: self.lease is not None and self.lease.held)
+                                                  lease_ok=lambda: self.lease is not None and self.lease.held,
+                                                  retention=self.settings.session_retention)
         self.api.metrics.append(dispatcher.metrics)
         session_api = SessionApi(serve_bus, dispatcher)
 

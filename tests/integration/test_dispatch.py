@@ -522,6 +522,30 @@ def test_an_agent_restarted_within_its_grace_loses_its_running_session_to_a_new_
         assert "no longer runs it" in next(e.note for e in done.history if e.phase == "lost")
 
 
+def test_finished_sessions_expire_from_the_bucket_and_waiting_ones_stay(live_fleet: LiveFleet,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = setup(live_fleet)
+    assert live_fleet.server is not None
+    live_fleet.server.stop()
+    monkeypatch.setenv("FLEET_SESSION_RETENTION", "2")
+    live_fleet.start_server()
+    worker(live_fleet, "w-main", keys["fin"], MAIN)
+
+    async def stored() -> set[str]:
+        async with await live_fleet.bus("server") as bus:
+            store = await open_store(bus, subjects.BUCKET_SESSIONS, create=False)
+            return {e.key for e in await store.snapshot()}
+
+    with client(live_fleet) as c:
+        done = c.submit("solo-app", ["true"], wait=20)
+        waiting = c.submit("gpu-app", ["true"])  # nobody serves pool-gpu: it waits
+        assert (done.phase, waiting.phase) == ("succeeded", "queued")
+        assert {done.id, waiting.id} <= asyncio.run(stored())
+        wait_for(lambda: done.id not in asyncio.run(stored()), 15, 0.2, "the finished session expires")
+        # written before the finished one's last write, and older than the retention by now: still there
+        assert waiting.id in asyncio.run(stored()) and c.get(waiting.id).phase == "queued"
+
+
 def test_a_hostile_submitter_gets_clear_errors_and_changes_nothing(live_fleet: LiveFleet) -> None:
     keys = setup(live_fleet)
     worker(live_fleet, "w-health", keys["health"], HEALTH)
