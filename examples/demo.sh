@@ -42,8 +42,23 @@ fleet apply -f fleet.yaml.example --auto-approve --summary --reveal-keys-to "$ST
 
 echo
 echo "== two local agents"
+fleet list --json >"$STATE_DIR/demo-hosts.json"
 for n in 1 2; do
   dir="$STATE_DIR/agents/agent-$n"
+  # An agent whose host was revoked or removed (`fleet hosts revoke|rm`) can never connect again with its identity:
+  # keep its old state dir aside and enroll it afresh, as a new host.
+  if [ -f "$dir/identity.json" ] && ! python3 - "$dir/identity.json" "$STATE_DIR/demo-hosts.json" <<'PY'
+import json, sys
+mid = json.load(open(sys.argv[1])).get("machine_id")
+hosts = {h["id"]: h["status"] for h in json.load(open(sys.argv[2]))}
+sys.exit(0 if hosts.get(mid, "revoked") != "revoked" else 1)
+PY
+  then
+    if [ -f "$dir/agent.pid" ]; then kill "$(cat "$dir/agent.pid")" 2>/dev/null || true; fi
+    old="$dir.retired-$(date +%s)"
+    mv "$dir" "$old"
+    echo "agent-$n's host was revoked or removed: its old state is in $old; enrolling agent-$n again as a new host"
+  fi
   mkdir -p "$dir"
   if [ -f "$dir/agent.pid" ] && tr '\0' ' ' <"/proc/$(cat "$dir/agent.pid")/cmdline" 2>/dev/null | grep -q "agent run"; then
     echo "agent-$n already running (pid $(cat "$dir/agent.pid"))"
