@@ -76,6 +76,8 @@ KEEP_FINISHED = 2_000  # finished sessions kept in memory for the API (the bucke
 SESSION_RETENTION_S = 7 * 86_400  # how long the bucket keeps a finished session (a TTL on its last value)
 MAX_OPEN_PER_TENANT = 10_000  # sessions of one tenant not final yet; more are refused (QueueFull) until some end
 ALL_TENANTS = "_all"  # the tenant token of the session API for identities that see every tenant (admin, viewer)
+SECURITY_LOG_EVERY_S = 10.0  # one `security:` line per kind of event and identity this often at most (the rest: counted)
+SECURITY_LOG_KEYS = 4096  # identities remembered for that (then forgotten all at once: memory stays bounded)
 
 
 def public(record: SessionRecord) -> dict[str, Any]:
@@ -128,6 +130,7 @@ class Dispatcher:
         self._resync_wanted = False
         self._submitting: dict[str, asyncio.Future[SessionState]] = {}
         self.open_by_tenant: Counter[str] = Counter()  # sessions not final yet, per tenant
+        self._security_logged: dict[tuple[str, str], float] = {}  # (kind, who) -> when last logged (monotonic)
         registry.watchers.append(self._host_changed)
         config.listeners.append(self._config_changed)
 
@@ -296,17 +299,36 @@ class Dispatcher:
         self._resync_wanted = True
         self._want_pass()
 
+    def _security(self, kind: str, who: str, msg: str, *args: Any) -> None:
+        """Count a security event (metrics[kind]) and log it as `security: …`, but at most one line per kind and
+        identity every SECURITY_LOG_EVERY_S: a host or submitter that repeats one as fast as it can must not write
+        a log line per message (the disk, and the operator's attention, are not theirs to fill)."""
+        self.metrics[kind] += 1
+        now, key = time.monotonic(), (kind, who)
+        last = self._security_logged.get(key)
+        if last is not None and now - last < SECURITY_LOG_EVERY_S:
+            return
+        if len(self._security_logged) >= SECURITY_LOG_KEYS:
+            self._security_logged.clear()
+        self._security_logged[key] = now
+        log.warning("security: " + msg + " (%d %s so far; at most one line every %gs)", *args, self.metrics[kind],
+                    kind, SECURITY_LOG_EVERY_S)
+
     # ------------------------------------------------------------------------------------------ submit
     async def submit(self, tenant: str, req: SubmitRequest) -> SessionState:
         """Store a new session (placed at once when a host has room); the same ID submitted again (a client that
         lost the reply) returns the session stored the first time."""
         spec = self.config.routes.get(req.project)
-        if spec is None:
+        if spec is None and tenant == ALL_TENANTS:
             raise NotFound(f"no project {req.project} in the applied config", hint="`fleet route show` lists them")
-        if tenant != ALL_TENANTS and spec.get("tenant") != tenant:
-            log.warning("security: a submitter of tenant %s asked for project %s of tenant %s: refused", tenant,
-                        req.project, spec.get("tenant"))
+        if tenant != ALL_TENANTS and (spec is None or spec.get("tenant") != tenant):
+            # the same answer whether the project is another tenant's or nobody's: no oracle of other tenants'
+            # project names
+            if spec is not None:
+                self._security("foreign_submits", tenant, "a submitter of tenant %s asked for project %s of tenant "
+                               "%s: refused", tenant, req.project, spec.get("tenant"))
             raise Refused(f"project {req.project} does not belong to tenant {tenant}")
+        assert spec is not None
         sid = req.id or new_session_id()
         known = self.sessions.get(sid) or self.finished.get(sid)
         if known is None and sid in self._submitting:
@@ -569,15 +591,15 @@ class Dispatcher:
         if st is None or st.record.host != machine_id or st.fence != ev.fence or st.record.phase not in LIVE_PHASES:
             owner = st.record.host if st is not None else None
             if owner is not None and owner != machine_id:
-                log.warning("security: host %s reported %s on session %s, which is assigned to host %s: refused",
-                            machine_id, ev.phase, ev.session, owner)
-                self.metrics["foreign_claims"] += 1
+                self._security("foreign_claims", machine_id, "host %s reported %s on session %s, which is assigned "
+                               "to host %s: refused", machine_id, ev.phase, ev.session, owner)
             else:
                 self.metrics["stale_events"] += 1
             return WorkReply(ok=False, stale=True, message="this session is not yours under that fencing token")
         host = self.hosts.get(machine_id)
         if host is not None and host.status == "revoked":
-            log.warning("security: revoked host %s reported on session %s: refused", machine_id, ev.session)
+            self._security("revoked_reports", machine_id, "revoked host %s reported on session %s: refused",
+                           machine_id, ev.session)
             return WorkReply(ok=False, stale=True, message="this host is revoked")
         record = st.record
         if ev.phase == "running":
