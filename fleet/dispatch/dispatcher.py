@@ -334,10 +334,7 @@ class Dispatcher:
         if known is None and sid in self._submitting:
             known = await asyncio.shield(self._submitting[sid])
         if known is not None:
-            if known.record.tenant != spec["tenant"] or known.record.project != req.project:
-                raise Refused(f"session ID {sid} is taken", hint="let the client choose the ID")
-            self.metrics["submit_repeated"] += 1
-            return known
+            return self._repeated(known, spec, req)
         fut: asyncio.Future[SessionState] = asyncio.get_running_loop().create_future()
         self._submitting[sid] = fut
         try:
@@ -349,7 +346,15 @@ class Dispatcher:
         finally:
             del self._submitting[sid]
         fut.set_result(st)
-        return st
+        in_memory = self.sessions.get(sid) is st or self.finished.get(sid) is st
+        return st if in_memory else self._repeated(st, spec, req)  # else one that ended long ago
+
+    def _repeated(self, known: SessionState, spec: dict[str, Any], req: SubmitRequest) -> SessionState:
+        """A submit of an ID already stored: the same session sent again (its reply was lost), or someone else's."""
+        if known.record.tenant != spec["tenant"] or known.record.project != req.project:
+            raise Refused(f"session ID {known.record.id} is taken", hint="let the client choose the ID")
+        self.metrics["submit_repeated"] += 1
+        return known
 
     async def _submit_new(self, sid: str, spec: dict[str, Any], req: SubmitRequest) -> SessionState:
         tenant = spec["tenant"]
@@ -380,7 +385,11 @@ class Dispatcher:
         except BaseException as exc:
             if placement is not None:
                 self._release(placement.host.machine_id, record.id)
-            if isinstance(exc, Conflict):  # stored already, and not in memory: we are behind; read again
+            if isinstance(exc, Conflict):  # stored already, and not in memory
+                old = await self._ended_long_ago(sid)
+                if old is not None:
+                    return old
+                # not a session that ended: we are behind (another replica wrote it); read everything again
                 self._resync_wanted = True
                 self._want_pass()
                 raise TransientError(f"session {sid} is being stored; send it again",
@@ -397,6 +406,19 @@ class Dispatcher:
             self._enqueue(st)
             self._want_pass()
         return st
+
+    async def _ended_long_ago(self, sid: str) -> SessionState | None:
+        """Session `sid` as stored, if it is final: one that ended before the sessions kept in memory (a client's
+        chosen ID sent again, by its own tenant or another). Read from its own key: a submitter who knows many old
+        IDs must not make the leader read the whole bucket again per request."""
+        try:
+            entry = await self.store.get(sid)
+            if entry is None:
+                return None
+            record = SessionRecord.model_validate_json(entry.value)
+        except (FleetError, ValueError):
+            return None
+        return SessionState(record, entry.revision) if record.final else None
 
     @staticmethod
     def _assign_in_memory(record: SessionRecord, placement: Placement, now: float) -> None:

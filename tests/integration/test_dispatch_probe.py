@@ -20,7 +20,8 @@ import pytest
 
 from fleet.bus import subjects
 from fleet.bus.connection import Bus, connect
-from fleet.bus.messages import OutputChunk, WorkEvent, WorkReply, decode
+from fleet.bus.kv import open_store
+from fleet.bus.messages import OutputChunk, SessionRecord, WorkEvent, WorkReply, decode
 from fleet.bus.trust import read_creds
 from tests.conftest import LiveFleet, wait_for
 from tests.integration.test_dispatch import HEALTH, MAIN, client, server_log, setup, until, worker
@@ -232,3 +233,35 @@ def test_a_submitter_learns_nothing_of_another_tenants_projects_or_sessions(live
         still = c.get(victim.id)
         assert (still.phase, still.tenant, still.project, still.env) == ("running", "fin-prod", "solo-app", ["TOKEN"])
         c.cancel(victim.id)
+
+
+def test_submitting_the_id_of_an_old_session_is_answered_from_the_bucket_without_reading_it_all(
+        live_fleet: LiveFleet) -> None:
+    """Session IDs are the client's choice; a session that finished long ago is in the bucket but no longer in the
+    leader's memory (only the last 2,000 are). Submitting its ID again (its own tenant: a client that retries; another
+    tenant: an attacker) must be answered from that one key: the stored session, or `refused`, and never make the
+    leader read the whole bucket again (once per request, for as many old IDs as a submitter knows)."""
+    keys = setup(live_fleet)
+    worker(live_fleet, "w-fin", keys["fin"], MAIN)
+    fin = live_fleet.issue("fin-ci", "submitter", tenant="fin-prod")
+    health = live_fleet.issue("health-ci", "submitter", tenant="health-prod")
+    old = SessionRecord(id="0000000000ab00000001", tenant="fin-prod", project="solo-app", command=["true"],
+                        phase="succeeded", exit_code=0, submitted_at=1.0, finished_at=2.0)
+
+    async def scenario() -> dict[str, Any]:
+        async with await live_fleet.bus("server") as server:  # an old session, written long ago
+            await (await open_store(server, subjects.BUCKET_SESSIONS, create=False)).create(old.id, old.encode())
+        out: dict[str, Any] = {}
+        for who, creds, tenant, project in (("fin", fin, "fin-prod", "solo-app"),
+                                            ("health", health, "health-prod", "health-app")):
+            async with await connect(live_fleet.url, creds=creds) as bus:
+                body = json.dumps({"v": 1, "id": old.id, "project": project, "command": ["true"]}).encode()
+                out[who] = [json.loads(await bus.request(subjects.api_sessions(tenant, "submit"), body, timeout=10))
+                            for _ in range(3)]
+        return out
+
+    took_over = server_log(live_fleet).count("dispatcher took over")
+    out = asyncio.run(scenario())
+    assert [(r["ok"], (r.get("data") or {}).get("phase"), r.get("error")) for r in out["fin"]] == [(True, "succeeded", None)] * 3, out["fin"]
+    assert [(r["ok"], r.get("error")) for r in out["health"]] == [(False, "refused")] * 3, out["health"]
+    assert server_log(live_fleet).count("dispatcher took over") == took_over
