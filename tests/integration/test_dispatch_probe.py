@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from typing import Any
 
@@ -21,8 +22,9 @@ import pytest
 from fleet.bus import subjects
 from fleet.bus.connection import Bus, connect
 from fleet.bus.kv import open_store
-from fleet.bus.messages import OutputChunk, SessionRecord, WorkEvent, WorkReply, decode
+from fleet.bus.messages import FINAL_PHASES, OutputChunk, SessionRecord, WorkEvent, WorkReply, decode
 from fleet.bus.trust import read_creds
+from fleet.sessions.client import Client
 from tests.conftest import LiveFleet, wait_for
 from tests.integration.test_dispatch import HEALTH, MAIN, client, server_log, setup, until, worker
 
@@ -265,3 +267,77 @@ def test_submitting_the_id_of_an_old_session_is_answered_from_the_bucket_without
     assert [(r["ok"], (r.get("data") or {}).get("phase"), r.get("error")) for r in out["fin"]] == [(True, "succeeded", None)] * 3, out["fin"]
     assert [(r["ok"], r.get("error")) for r in out["health"]] == [(False, "refused")] * 3, out["health"]
     assert server_log(live_fleet).count("dispatcher took over") == took_over
+
+
+@pytest.mark.xfail(strict=True, reason="a session's cancel and timeout are enforced only by its host: a host that "
+                   "keeps heartbeating but ignores them holds the session running for as long as it likes")
+def test_a_host_that_ignores_cancel_and_timeout_cannot_hold_a_session_forever(live_fleet: LiveFleet) -> None:
+    """A compromised host keeps its lease (heartbeats listing the session as running) but ignores the cancel order
+    and the session's timeout (here: its agent is frozen and the attacker heartbeats in its place, with its creds).
+    The session must still end: the server enforces a cancel and a timeout itself after a grace, rather than
+    leave the submitter waiting as long as the host likes."""
+    keys = setup(live_fleet)
+    mid = worker(live_fleet, "w-fin", keys["fin"], MAIN)
+    creds = _creds(live_fleet, "w-fin")
+    agent = next(p for p in live_fleet.procs.procs if p.log.name == "agent-w-fin.out")
+    with client(live_fleet) as c:
+        timed = c.submit("solo-app", ["sleep", "20"], timeout=1.0)
+        cancelled = c.submit("solo-app", ["sleep", "20"])
+        fences = {s.id: until(c, s.id, "running").fence for s in (timed, cancelled)}
+        agent.popen.send_signal(signal.SIGSTOP)
+        stop = asyncio.Event()
+
+        async def heartbeat() -> None:
+            async with await connect(live_fleet.url, creds=creds) as bus:
+                started = time.time()
+                while not stop.is_set():
+                    beat = {"v": 1, "seq": 1, "sent_at": time.time(), "started_at": started, "status": "active",
+                            "running": 2, "version": "0.1.0",
+                            "sessions": [{"id": sid, "phase": "running", "fence": f} for sid, f in fences.items()]}
+                    await bus.publish(subjects.heartbeat(mid), json.dumps(beat).encode())
+                    await asyncio.sleep(0.1)
+
+        async def scenario() -> dict[str, str]:
+            task = asyncio.create_task(heartbeat())
+            try:
+                async with Client(live_fleet.url, creds=live_fleet.creds("admin")) as ac:
+                    await ac.cancel(cancelled.id)
+                    deadline = time.monotonic() + 8
+                    while time.monotonic() < deadline:
+                        phases = {s: (await ac.get(s)).phase for s in fences}
+                        if all(p in FINAL_PHASES for p in phases.values()):
+                            break
+                        await asyncio.sleep(0.2)
+                    return phases
+            finally:
+                stop.set()
+                await task
+
+        try:
+            phases = asyncio.run(scenario())
+        finally:
+            agent.popen.send_signal(signal.SIGKILL)
+            agent.popen.send_signal(signal.SIGCONT)
+        assert phases == {timed.id: "timed_out", cancelled.id: "cancelled"}, phases
+
+
+@pytest.mark.xfail(strict=True, reason="a cancel is only an order to the host: if the host is lost before it confirms, "
+                   "the session is re-queued and runs again (attempt 2) although it was cancelled")
+def test_a_cancelled_session_whose_host_dies_before_confirming_stays_cancelled(live_fleet: LiveFleet) -> None:
+    """A session is cancelled while its host is unresponsive (frozen: it never confirms); the host then goes
+    offline. Its sessions are lost and re-queued, but this one was cancelled: it must end cancelled, not run again."""
+    keys = setup(live_fleet)
+    worker(live_fleet, "w-fin", keys["fin"], MAIN)
+    agent = next(p for p in live_fleet.procs.procs if p.log.name == "agent-w-fin.out")
+    with client(live_fleet) as c:
+        s = c.submit("solo-app", ["sleep", "20"])
+        until(c, s.id, "running")
+        agent.popen.send_signal(signal.SIGSTOP)
+        try:
+            c.cancel(s.id)
+            live_fleet.wait_status("w-fin", "offline", 10)
+            after = until(c, s.id, FINAL_PHASES | {"queued"}, 10)
+        finally:
+            agent.popen.send_signal(signal.SIGKILL)
+            agent.popen.send_signal(signal.SIGCONT)
+        assert (after.phase, after.attempt) == ("cancelled", 1), (after.phase, after.attempt, after.reason)
