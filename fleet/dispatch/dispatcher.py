@@ -20,6 +20,9 @@ accounting is in the leader's memory, rebuilt from the bucket when a replica tak
 - every RECONCILE_S the leader compares what each live host reports running (its heartbeats) with what it was
   given: a session a host runs without a current assignment is cancelled there; an assignment a host never took up
   is sent again, then re-queued; a running session the host no longer lists (its agent restarted) is lost.
+- cancels and timeouts are orders to the host, but the leader does not rely on them: a cancel not confirmed within
+  HOST_GRACE_S, or a session live HOST_GRACE_S past its timeout, is ended by the leader itself (and its host told to
+  stop it); a session with a cancel pending whose host is lost ends cancelled instead of being re-queued.
 
 Delivery guarantee (docs/protocol.md): a session's command may start more than once when its host dies or is cut
 off mid-run (the session is re-queued and runs elsewhere, and a host that lost its lease stops the command); at most
@@ -72,6 +75,7 @@ RECONCILE_S = 0.5
 ASSIGN_RESEND_S = 3.0  # an assignment a live host does not report running after this long is sent again
 ASSIGN_TRIES = 3  # ... this many times, then the session is re-queued
 MISSING_S = 3.0  # a running session its live host has not listed in its heartbeats for this long is lost
+HOST_GRACE_S = 10.0  # a host confirms a cancel, or ends a session past its timeout, within this; else the server does
 KEEP_FINISHED = 2_000  # finished sessions kept in memory for the API (the bucket keeps more: `get` reads it)
 SESSION_RETENTION_S = 7 * 86_400  # how long the bucket keeps a finished session (a TTL on its last value)
 MAX_OPEN_PER_TENANT = 10_000  # sessions of one tenant not final yet; more are refused (QueueFull) until some end
@@ -102,6 +106,8 @@ class SessionState:
     assigned_at: float = 0.0  # monotonic
     sends: int = 0
     missing_since: float | None = None  # monotonic: since when its host's heartbeats no longer list it
+    cancel_at: float | None = None  # monotonic: when a cancel was ordered that its host has not confirmed yet
+    deadline: float | None = None  # monotonic: its timeout (from its assignment) and HOST_GRACE_S; then it ends
 
     @property
     def output_end(self) -> int:
@@ -172,6 +178,7 @@ class Dispatcher:
             if record.phase in LIVE_PHASES and record.host:
                 st.fence = record.fence if record.fence is not None else st.revision
                 st.assigned_at = time.monotonic()
+                self._arm(st)
                 host = self.hosts.get(record.host)
                 if host is None or host.status in ("offline", "revoked"):
                     lost.append(st)
@@ -401,6 +408,7 @@ class Dispatcher:
         self.metrics["submitted"] += 1
         if placement is not None:
             st.fence, st.assigned_at = revision, time.monotonic()
+            self._arm(st)
             await self._send_assignment(st)
         else:
             self._enqueue(st)
@@ -419,6 +427,12 @@ class Dispatcher:
         except (FleetError, ValueError):
             return None
         return SessionState(record, entry.revision) if record.final else None
+
+    @staticmethod
+    def _arm(st: SessionState) -> None:
+        """A session was just assigned: its timeout runs from now (the host's own clock starts a little later)."""
+        timeout = st.record.timeout_s
+        st.deadline = time.monotonic() + timeout + HOST_GRACE_S if timeout else None
 
     @staticmethod
     def _assign_in_memory(record: SessionRecord, placement: Placement, now: float) -> None:
@@ -511,6 +525,7 @@ class Dispatcher:
             self._enqueue(st)
             return
         st.fence, st.assigned_at, st.sends = st.revision, time.monotonic(), 0
+        self._arm(st)
         await self._send_assignment(st)
 
     # ------------------------------------------------------------------------------------------ writes
@@ -593,7 +608,12 @@ class Dispatcher:
         was_host = record.host
         _history(record, _event(phase="lost", at=now, host=was_host, attempt=record.attempt, note=why))
         self._release(was_host, record.id)
-        st.fence = None
+        st.fence, st.deadline = None, None
+        if st.cancel_at is not None:  # cancelled, and its host never confirmed: it ends here, it does not run again
+            self.metrics["lost"] += 1
+            await self._finish(st, "cancelled", at=now, reason=f"cancelled; its host was lost before it confirmed "
+                                                               f"({why})")
+            return
         self.metrics["lost"] += 1
         log.info("session %s lost (%s), attempt %d of %d", record.id, why, record.attempt, record.max_attempts)
         if record.attempt >= record.max_attempts:
@@ -662,6 +682,7 @@ class Dispatcher:
     async def _reconcile(self) -> None:
         """Compare what live hosts report running with what they were given (see the module docstring)."""
         now = time.monotonic()
+        await self._enforce(now)
         for mid, host in list(self.hosts.items()):
             entry = self.registry.entries.get(mid)
             if entry is None or not entry.live or entry.beat is None:
@@ -693,6 +714,28 @@ class Dispatcher:
                     else:
                         st.assigned_at = now
                         await self._send_assignment(st)
+
+    async def _enforce(self, now: float) -> None:
+        """End, by the server's own clock, the sessions whose host did not: a cancel not confirmed within
+        HOST_GRACE_S, a session past its timeout and HOST_GRACE_S. A host that keeps its lease (heartbeats) but
+        ignores its orders must not hold a session as long as it likes; its process is told to stop."""
+        for host in list(self.hosts.values()):
+            for sid in list(host.sessions):
+                st = self.sessions.get(sid)
+                if st is None or st.record.phase not in LIVE_PHASES:
+                    continue
+                if st.cancel_at is not None and now - st.cancel_at > HOST_GRACE_S:
+                    phase, why = "cancelled", f"cancelled; its host did not confirm within {HOST_GRACE_S:g}s"
+                elif st.deadline is not None and now > st.deadline:
+                    phase, why = "timed_out", (f"its host did not end it within its timeout of "
+                                               f"{st.record.timeout_s:g}s and {HOST_GRACE_S:g}s more")
+                else:
+                    continue
+                fence = st.fence
+                self.metrics[f"enforced_{phase}"] += 1
+                log.warning("session %s on host %s: %s; ended by the server", sid, host.machine_id, why)
+                await self._finish(st, phase, at=time.time(), reason=why)
+                await self._tell_stop(host.machine_id, sid, fence, "no longer assigned to this host")
 
     async def _tell_stop(self, machine_id: str, session_id: str, fence: int | None, reason: str) -> None:
         with contextlib.suppress(FleetError):
@@ -746,6 +789,8 @@ class Dispatcher:
         if host is None or host.status in ("offline", "revoked"):
             await self._finish(st, "cancelled", at=time.time(), reason="cancelled; its host was gone")
             return
+        if st.cancel_at is None:
+            st.cancel_at = time.monotonic()
         await self._tell_stop(record.host or "", record.id, st.fence, "cancelled")
 
     async def wait(self, st: SessionState, timeout: float) -> None:

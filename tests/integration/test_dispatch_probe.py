@@ -269,13 +269,11 @@ def test_submitting_the_id_of_an_old_session_is_answered_from_the_bucket_without
     assert server_log(live_fleet).count("dispatcher took over") == took_over
 
 
-@pytest.mark.xfail(strict=True, reason="a session's cancel and timeout are enforced only by its host: a host that "
-                   "keeps heartbeating but ignores them holds the session running for as long as it likes")
 def test_a_host_that_ignores_cancel_and_timeout_cannot_hold_a_session_forever(live_fleet: LiveFleet) -> None:
     """A compromised host keeps its lease (heartbeats listing the session as running) but ignores the cancel order
     and the session's timeout (here: its agent is frozen and the attacker heartbeats in its place, with its creds).
-    The session must still end: the server enforces a cancel and a timeout itself after a grace, rather than
-    leave the submitter waiting as long as the host likes."""
+    The sessions must still end: the server enforces a cancel and a timeout itself after a grace (HOST_GRACE_S),
+    rather than leave the submitter waiting as long as the host likes."""
     keys = setup(live_fleet)
     mid = worker(live_fleet, "w-fin", keys["fin"], MAIN)
     creds = _creds(live_fleet, "w-fin")
@@ -302,7 +300,7 @@ def test_a_host_that_ignores_cancel_and_timeout_cannot_hold_a_session_forever(li
             try:
                 async with Client(live_fleet.url, creds=live_fleet.creds("admin")) as ac:
                     await ac.cancel(cancelled.id)
-                    deadline = time.monotonic() + 8
+                    deadline = time.monotonic() + 20  # the host's grace is 10 s (HOST_GRACE_S)
                     while time.monotonic() < deadline:
                         phases = {s: (await ac.get(s)).phase for s in fences}
                         if all(p in FINAL_PHASES for p in phases.values()):
@@ -321,8 +319,6 @@ def test_a_host_that_ignores_cancel_and_timeout_cannot_hold_a_session_forever(li
         assert phases == {timed.id: "timed_out", cancelled.id: "cancelled"}, phases
 
 
-@pytest.mark.xfail(strict=True, reason="a cancel is only an order to the host: if the host is lost before it confirms, "
-                   "the session is re-queued and runs again (attempt 2) although it was cancelled")
 def test_a_cancelled_session_whose_host_dies_before_confirming_stays_cancelled(live_fleet: LiveFleet) -> None:
     """A session is cancelled while its host is unresponsive (frozen: it never confirms); the host then goes
     offline. Its sessions are lost and re-queued, but this one was cancelled: it must end cancelled, not run again."""
