@@ -774,7 +774,9 @@ class Dispatcher:
         out = [st for pool in (self.sessions, self.finished) for st in pool.values()
                if (tenant == ALL_TENANTS or st.record.tenant == tenant) and (project is None or st.record.project == project)
                and (phase is None or st.record.phase == phase)]
-        out.sort(key=lambda st: st.record.id)
+        # by when the leader stored them: an ID's time prefix is the client's choice (one from the future would
+        # otherwise stay "the newest" in every list)
+        out.sort(key=lambda st: (st.record.submitted_at, st.record.id))
         return out[-limit:]
 
     async def cancel(self, st: SessionState) -> None:

@@ -337,3 +337,19 @@ def test_a_cancelled_session_whose_host_dies_before_confirming_stays_cancelled(l
             agent.popen.send_signal(signal.SIGKILL)
             agent.popen.send_signal(signal.SIGCONT)
         assert (after.phase, after.attempt) == ("cancelled", 1), (after.phase, after.attempt, after.reason)
+
+
+def test_a_submitters_chosen_ids_do_not_decide_what_is_listed_as_newest(live_fleet: LiveFleet) -> None:
+    """Session IDs are the client's choice, and start with a timestamp by convention only: a fin submitter picks IDs
+    from the year 10889 (`ffffffffffff…`). A list (newest first, as many as the limit) must still show what was
+    submitted last, here a health session, instead of the fin sessions forever."""
+    setup(live_fleet)
+    fin = live_fleet.issue("fin-ci", "submitter", tenant="fin-prod")
+    health = live_fleet.issue("health-ci", "submitter", tenant="health-prod")
+    with client(live_fleet, creds=fin) as c:
+        future = [c.submit("solo-app", ["true"], session_id=f"ffffffffffff{i:08x}") for i in range(3)]
+    with client(live_fleet, creds=health) as c:
+        last = c.submit("health-app", ["true"])
+    with client(live_fleet) as admin:
+        newest = admin.list(limit=2)
+    assert [s.id for s in newest] == [future[-1].id, last.id], [s.id for s in newest]
