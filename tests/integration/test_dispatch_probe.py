@@ -353,3 +353,34 @@ def test_a_submitters_chosen_ids_do_not_decide_what_is_listed_as_newest(live_fle
     with client(live_fleet) as admin:
         newest = admin.list(limit=2)
     assert [s.id for s in newest] == [future[-1].id, last.id], [s.id for s in newest]
+
+
+def test_a_submitter_cannot_override_what_the_host_tells_a_session_nor_smuggle_env_names(
+        live_fleet: LiveFleet) -> None:
+    """The session's own variables come before the host's: FLEET_SESSION_ID, FLEET_ATTEMPT, FLEET_PROJECT and
+    FLEET_CREDENTIALS_SOCKET set by the submitter are overwritten (a command that checks its ID or attempt, or talks
+    to the host's credential socket, must get the real ones); the agent's own environment (its enrollment key) is not
+    passed on; a name with `=` or a NUL, or an empty one, is refused before anything is stored."""
+    keys = setup(live_fleet)
+    worker(live_fleet, "w-fin", keys["fin"], MAIN)
+    forged = {"FLEET_SESSION_ID": "f" * 20, "FLEET_ATTEMPT": "9", "FLEET_PROJECT": "health-app",
+              "FLEET_CREDENTIALS_SOCKET": "/tmp/evil.sock"}
+    script = 'echo "$FLEET_SESSION_ID $FLEET_ATTEMPT $FLEET_PROJECT $FLEET_CREDENTIALS_SOCKET ${FLEET_ENROLL_KEY:-none}"'
+    with client(live_fleet) as c:
+        s = c.submit("solo-app", ["sh", "-c", script], env=forged, wait=20)
+    sid, attempt, project, socket, key = s.output_tail.split()
+    assert (s.phase, sid, attempt, project, key) == ("succeeded", s.id, "1", "solo-app", "none"), s.output_tail
+    assert socket != "/tmp/evil.sock" and socket.startswith(str(live_fleet.agent_dir("w-fin")))
+
+    async def smuggle() -> list[tuple[bool, str | None]]:
+        async with await connect(live_fleet.url, creds=live_fleet.creds("admin")) as bus:
+            out = []
+            for name in ("LD_PRELOAD=/tmp/x.so", "A\u0000B", "", "1X", "A" * 200):
+                body = json.dumps({"v": 1, "project": "solo-app", "command": ["true"], "env": {name: "x"}}).encode()
+                reply = json.loads(await bus.request(subjects.api_sessions("_all", "submit"), body, timeout=10))
+                out.append((reply["ok"], reply.get("error")))
+            return out
+
+    assert asyncio.run(smuggle()) == [(False, "malformed")] * 5
+    with client(live_fleet) as c:
+        assert [x.id for x in c.list()] == [s.id]
