@@ -4,9 +4,12 @@ of those agents (a compromised host of tenant fin-prod: it may publish on its ow
 submitter identity of a tenant.
 
 Each weakness found was a test that failed while the attack succeeded, marked `xfail(strict=True)` with the finding
-in its reason; the ones fixed lost their marker (docs/security.md, the threat model, names each). Attacks that were
-already refused have a plain test here only where tests/integration/test_dispatch.py and test_security_probe.py do
-not cover them.
+in its reason; every one is fixed now and its marker removed (docs/security.md, the threat model, names each):
+a `security:` log line per forged claim; terminal escapes stored from a host's final note; other tenants' project
+names told apart from unknown ones; a full re-read of the sessions bucket per submit of an old session's ID; a
+cancelled session re-queued when its host was lost before confirming; cancel and timeout enforced by the host only;
+lists ordered by client-chosen IDs. Attacks that were already refused have a plain test here only where
+tests/integration/test_dispatch.py and test_security_probe.py do not cover them.
 """
 
 from __future__ import annotations
