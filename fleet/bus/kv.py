@@ -379,14 +379,21 @@ async def allow_message_ttls(store: Store) -> None:
     created allow them from the start; one created by an older client is updated (a setting nats-server lets one
     turn on, never off). Idempotent."""
     stream = f"KV_{store.bucket}"
-    try:
-        info = await store.js.stream_info(stream)
-        if not info.config.allow_msg_ttl:
-            await store.js.update_stream(dataclasses.replace(info.config, allow_msg_ttl=True))
-            log.info("KV bucket %s now allows values with a TTL of their own", store.bucket)
-    except (TimeoutError, nats.errors.Error) as exc:
-        raise TransientError(f"cannot allow TTLs in KV bucket {store.bucket}: {exc}",
-                             hint="nats-server 2.11 or newer is needed") from exc
+    for delay in (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, None):
+        try:
+            info = await store.js.stream_info(stream)
+            if not info.config.allow_msg_ttl:
+                await store.js.update_stream(dataclasses.replace(info.config, allow_msg_ttl=True))
+                log.info("KV bucket %s now allows values with a TTL of their own", store.bucket)
+            return
+        except nats.js.errors.ServiceUnavailableError as exc:  # a 503 for a moment after nats-server starts
+            if delay is None:
+                raise TransientError(f"cannot allow TTLs in KV bucket {store.bucket}: {exc}",
+                                     hint="is JetStream enabled on this nats-server?") from exc
+            await asyncio.sleep(delay)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise TransientError(f"cannot allow TTLs in KV bucket {store.bucket}: {exc}",
+                                 hint="nats-server 2.11 or newer is needed") from exc
 
 
 class JetStreamUnavailable(TransientError):

@@ -66,6 +66,17 @@ def _printable(value: str) -> str:
 
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 Printable = AfterValidator(_printable)
+
+
+def _made_printable(value: str) -> str:
+    """Free text a host reports about its own work (why a session ended), kept but made harmless: each control or
+    bidirectional-override character becomes `?`. Not refused, so that an honest agent's report never bounces."""
+    if not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in _BIDI for c in value):
+        return value
+    return "".join("?" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in _BIDI else c for c in value)
+
+
+MadePrintable = AfterValidator(_made_printable)
 MachineId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=63), Printable]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=200), Printable]
@@ -519,7 +530,7 @@ class WorkEvent(Message):
     started_at: Epoch | None = None
     at: Epoch
     output_tail: Annotated[str, StringConstraints(max_length=MAX_OUTPUT_TAIL)] = ""
-    note: Annotated[str, StringConstraints(max_length=200)] | None = None
+    note: Annotated[str, StringConstraints(max_length=200), MadePrintable] | None = None  # stored as the reason
 
 
 class WorkReply(Message):

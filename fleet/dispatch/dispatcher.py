@@ -20,6 +20,9 @@ accounting is in the leader's memory, rebuilt from the bucket when a replica tak
 - every RECONCILE_S the leader compares what each live host reports running (its heartbeats) with what it was
   given: a session a host runs without a current assignment is cancelled there; an assignment a host never took up
   is sent again, then re-queued; a running session the host no longer lists (its agent restarted) is lost.
+- cancels and timeouts are orders to the host, but the leader does not rely on them: a cancel not confirmed within
+  HOST_GRACE_S, or a session live HOST_GRACE_S past its timeout, is ended by the leader itself (and its host told to
+  stop it); a session with a cancel pending whose host is lost ends cancelled instead of being re-queued.
 
 Delivery guarantee (docs/protocol.md): a session's command may start more than once when its host dies or is cut
 off mid-run (the session is re-queued and runs elsewhere, and a host that lost its lease stops the command); at most
@@ -72,10 +75,13 @@ RECONCILE_S = 0.5
 ASSIGN_RESEND_S = 3.0  # an assignment a live host does not report running after this long is sent again
 ASSIGN_TRIES = 3  # ... this many times, then the session is re-queued
 MISSING_S = 3.0  # a running session its live host has not listed in its heartbeats for this long is lost
+HOST_GRACE_S = 10.0  # a host confirms a cancel, or ends a session past its timeout, within this; else the server does
 KEEP_FINISHED = 2_000  # finished sessions kept in memory for the API (the bucket keeps more: `get` reads it)
 SESSION_RETENTION_S = 7 * 86_400  # how long the bucket keeps a finished session (a TTL on its last value)
 MAX_OPEN_PER_TENANT = 10_000  # sessions of one tenant not final yet; more are refused (QueueFull) until some end
 ALL_TENANTS = "_all"  # the tenant token of the session API for identities that see every tenant (admin, viewer)
+SECURITY_LOG_EVERY_S = 10.0  # one `security:` line per kind of event and identity this often at most (the rest: counted)
+SECURITY_LOG_KEYS = 4096  # identities remembered for that (then forgotten all at once: memory stays bounded)
 
 
 def public(record: SessionRecord) -> dict[str, Any]:
@@ -100,6 +106,8 @@ class SessionState:
     assigned_at: float = 0.0  # monotonic
     sends: int = 0
     missing_since: float | None = None  # monotonic: since when its host's heartbeats no longer list it
+    cancel_at: float | None = None  # monotonic: when a cancel was ordered that its host has not confirmed yet
+    deadline: float | None = None  # monotonic: its timeout (from its assignment) and HOST_GRACE_S; then it ends
 
     @property
     def output_end(self) -> int:
@@ -128,6 +136,7 @@ class Dispatcher:
         self._resync_wanted = False
         self._submitting: dict[str, asyncio.Future[SessionState]] = {}
         self.open_by_tenant: Counter[str] = Counter()  # sessions not final yet, per tenant
+        self._security_logged: dict[tuple[str, str], float] = {}  # (kind, who) -> when last logged (monotonic)
         registry.watchers.append(self._host_changed)
         config.listeners.append(self._config_changed)
 
@@ -169,6 +178,7 @@ class Dispatcher:
             if record.phase in LIVE_PHASES and record.host:
                 st.fence = record.fence if record.fence is not None else st.revision
                 st.assigned_at = time.monotonic()
+                self._arm(st)
                 host = self.hosts.get(record.host)
                 if host is None or host.status in ("offline", "revoked"):
                     lost.append(st)
@@ -296,26 +306,42 @@ class Dispatcher:
         self._resync_wanted = True
         self._want_pass()
 
+    def _security(self, kind: str, who: str, msg: str, *args: Any) -> None:
+        """Count a security event (metrics[kind]) and log it as `security: …`, but at most one line per kind and
+        identity every SECURITY_LOG_EVERY_S: a host or submitter that repeats one as fast as it can must not write
+        a log line per message (the disk, and the operator's attention, are not theirs to fill)."""
+        self.metrics[kind] += 1
+        now, key = time.monotonic(), (kind, who)
+        last = self._security_logged.get(key)
+        if last is not None and now - last < SECURITY_LOG_EVERY_S:
+            return
+        if len(self._security_logged) >= SECURITY_LOG_KEYS:
+            self._security_logged.clear()
+        self._security_logged[key] = now
+        log.warning("security: " + msg + " (%d %s so far; at most one line every %gs)", *args, self.metrics[kind],
+                    kind, SECURITY_LOG_EVERY_S)
+
     # ------------------------------------------------------------------------------------------ submit
     async def submit(self, tenant: str, req: SubmitRequest) -> SessionState:
         """Store a new session (placed at once when a host has room); the same ID submitted again (a client that
         lost the reply) returns the session stored the first time."""
         spec = self.config.routes.get(req.project)
-        if spec is None:
+        if spec is None and tenant == ALL_TENANTS:
             raise NotFound(f"no project {req.project} in the applied config", hint="`fleet route show` lists them")
-        if tenant != ALL_TENANTS and spec.get("tenant") != tenant:
-            log.warning("security: a submitter of tenant %s asked for project %s of tenant %s: refused", tenant,
-                        req.project, spec.get("tenant"))
+        if tenant != ALL_TENANTS and (spec is None or spec.get("tenant") != tenant):
+            # the same answer whether the project is another tenant's or nobody's: no oracle of other tenants'
+            # project names
+            if spec is not None:
+                self._security("foreign_submits", tenant, "a submitter of tenant %s asked for project %s of tenant "
+                               "%s: refused", tenant, req.project, spec.get("tenant"))
             raise Refused(f"project {req.project} does not belong to tenant {tenant}")
+        assert spec is not None
         sid = req.id or new_session_id()
         known = self.sessions.get(sid) or self.finished.get(sid)
         if known is None and sid in self._submitting:
             known = await asyncio.shield(self._submitting[sid])
         if known is not None:
-            if known.record.tenant != spec["tenant"] or known.record.project != req.project:
-                raise Refused(f"session ID {sid} is taken", hint="let the client choose the ID")
-            self.metrics["submit_repeated"] += 1
-            return known
+            return self._repeated(known, spec, req)
         fut: asyncio.Future[SessionState] = asyncio.get_running_loop().create_future()
         self._submitting[sid] = fut
         try:
@@ -327,7 +353,15 @@ class Dispatcher:
         finally:
             del self._submitting[sid]
         fut.set_result(st)
-        return st
+        in_memory = self.sessions.get(sid) is st or self.finished.get(sid) is st
+        return st if in_memory else self._repeated(st, spec, req)  # else one that ended long ago
+
+    def _repeated(self, known: SessionState, spec: dict[str, Any], req: SubmitRequest) -> SessionState:
+        """A submit of an ID already stored: the same session sent again (its reply was lost), or someone else's."""
+        if known.record.tenant != spec["tenant"] or known.record.project != req.project:
+            raise Refused(f"session ID {known.record.id} is taken", hint="let the client choose the ID")
+        self.metrics["submit_repeated"] += 1
+        return known
 
     async def _submit_new(self, sid: str, spec: dict[str, Any], req: SubmitRequest) -> SessionState:
         tenant = spec["tenant"]
@@ -358,7 +392,11 @@ class Dispatcher:
         except BaseException as exc:
             if placement is not None:
                 self._release(placement.host.machine_id, record.id)
-            if isinstance(exc, Conflict):  # stored already, and not in memory: we are behind; read again
+            if isinstance(exc, Conflict):  # stored already, and not in memory
+                old = await self._ended_long_ago(sid)
+                if old is not None:
+                    return old
+                # not a session that ended: we are behind (another replica wrote it); read everything again
                 self._resync_wanted = True
                 self._want_pass()
                 raise TransientError(f"session {sid} is being stored; send it again",
@@ -370,11 +408,31 @@ class Dispatcher:
         self.metrics["submitted"] += 1
         if placement is not None:
             st.fence, st.assigned_at = revision, time.monotonic()
+            self._arm(st)
             await self._send_assignment(st)
         else:
             self._enqueue(st)
             self._want_pass()
         return st
+
+    async def _ended_long_ago(self, sid: str) -> SessionState | None:
+        """Session `sid` as stored, if it is final: one that ended before the sessions kept in memory (a client's
+        chosen ID sent again, by its own tenant or another). Read from its own key: a submitter who knows many old
+        IDs must not make the leader read the whole bucket again per request."""
+        try:
+            entry = await self.store.get(sid)
+            if entry is None:
+                return None
+            record = SessionRecord.model_validate_json(entry.value)
+        except (FleetError, ValueError):
+            return None
+        return SessionState(record, entry.revision) if record.final else None
+
+    @staticmethod
+    def _arm(st: SessionState) -> None:
+        """A session was just assigned: its timeout runs from now (the host's own clock starts a little later)."""
+        timeout = st.record.timeout_s
+        st.deadline = time.monotonic() + timeout + HOST_GRACE_S if timeout else None
 
     @staticmethod
     def _assign_in_memory(record: SessionRecord, placement: Placement, now: float) -> None:
@@ -467,6 +525,7 @@ class Dispatcher:
             self._enqueue(st)
             return
         st.fence, st.assigned_at, st.sends = st.revision, time.monotonic(), 0
+        self._arm(st)
         await self._send_assignment(st)
 
     # ------------------------------------------------------------------------------------------ writes
@@ -549,7 +608,12 @@ class Dispatcher:
         was_host = record.host
         _history(record, _event(phase="lost", at=now, host=was_host, attempt=record.attempt, note=why))
         self._release(was_host, record.id)
-        st.fence = None
+        st.fence, st.deadline = None, None
+        if st.cancel_at is not None:  # cancelled, and its host never confirmed: it ends here, it does not run again
+            self.metrics["lost"] += 1
+            await self._finish(st, "cancelled", at=now, reason=f"cancelled; its host was lost before it confirmed "
+                                                               f"({why})")
+            return
         self.metrics["lost"] += 1
         log.info("session %s lost (%s), attempt %d of %d", record.id, why, record.attempt, record.max_attempts)
         if record.attempt >= record.max_attempts:
@@ -569,15 +633,15 @@ class Dispatcher:
         if st is None or st.record.host != machine_id or st.fence != ev.fence or st.record.phase not in LIVE_PHASES:
             owner = st.record.host if st is not None else None
             if owner is not None and owner != machine_id:
-                log.warning("security: host %s reported %s on session %s, which is assigned to host %s: refused",
-                            machine_id, ev.phase, ev.session, owner)
-                self.metrics["foreign_claims"] += 1
+                self._security("foreign_claims", machine_id, "host %s reported %s on session %s, which is assigned "
+                               "to host %s: refused", machine_id, ev.phase, ev.session, owner)
             else:
                 self.metrics["stale_events"] += 1
             return WorkReply(ok=False, stale=True, message="this session is not yours under that fencing token")
         host = self.hosts.get(machine_id)
         if host is not None and host.status == "revoked":
-            log.warning("security: revoked host %s reported on session %s: refused", machine_id, ev.session)
+            self._security("revoked_reports", machine_id, "revoked host %s reported on session %s: refused",
+                           machine_id, ev.session)
             return WorkReply(ok=False, stale=True, message="this host is revoked")
         record = st.record
         if ev.phase == "running":
@@ -618,6 +682,7 @@ class Dispatcher:
     async def _reconcile(self) -> None:
         """Compare what live hosts report running with what they were given (see the module docstring)."""
         now = time.monotonic()
+        await self._enforce(now)
         for mid, host in list(self.hosts.items()):
             entry = self.registry.entries.get(mid)
             if entry is None or not entry.live or entry.beat is None:
@@ -649,6 +714,28 @@ class Dispatcher:
                     else:
                         st.assigned_at = now
                         await self._send_assignment(st)
+
+    async def _enforce(self, now: float) -> None:
+        """End, by the server's own clock, the sessions whose host did not: a cancel not confirmed within
+        HOST_GRACE_S, a session past its timeout and HOST_GRACE_S. A host that keeps its lease (heartbeats) but
+        ignores its orders must not hold a session as long as it likes; its process is told to stop."""
+        for host in list(self.hosts.values()):
+            for sid in list(host.sessions):
+                st = self.sessions.get(sid)
+                if st is None or st.record.phase not in LIVE_PHASES:
+                    continue
+                if st.cancel_at is not None and now - st.cancel_at > HOST_GRACE_S:
+                    phase, why = "cancelled", f"cancelled; its host did not confirm within {HOST_GRACE_S:g}s"
+                elif st.deadline is not None and now > st.deadline:
+                    phase, why = "timed_out", (f"its host did not end it within its timeout of "
+                                               f"{st.record.timeout_s:g}s and {HOST_GRACE_S:g}s more")
+                else:
+                    continue
+                fence = st.fence
+                self.metrics[f"enforced_{phase}"] += 1
+                log.warning("session %s on host %s: %s; ended by the server", sid, host.machine_id, why)
+                await self._finish(st, phase, at=time.time(), reason=why)
+                await self._tell_stop(host.machine_id, sid, fence, "no longer assigned to this host")
 
     async def _tell_stop(self, machine_id: str, session_id: str, fence: int | None, reason: str) -> None:
         with contextlib.suppress(FleetError):
@@ -687,7 +774,9 @@ class Dispatcher:
         out = [st for pool in (self.sessions, self.finished) for st in pool.values()
                if (tenant == ALL_TENANTS or st.record.tenant == tenant) and (project is None or st.record.project == project)
                and (phase is None or st.record.phase == phase)]
-        out.sort(key=lambda st: st.record.id)
+        # by when the leader stored them: an ID's time prefix is the client's choice (one from the future would
+        # otherwise stay "the newest" in every list)
+        out.sort(key=lambda st: (st.record.submitted_at, st.record.id))
         return out[-limit:]
 
     async def cancel(self, st: SessionState) -> None:
@@ -702,6 +791,8 @@ class Dispatcher:
         if host is None or host.status in ("offline", "revoked"):
             await self._finish(st, "cancelled", at=time.time(), reason="cancelled; its host was gone")
             return
+        if st.cancel_at is None:
+            st.cancel_at = time.monotonic()
         await self._tell_stop(record.host or "", record.id, st.fence, "cancelled")
 
     async def wait(self, st: SessionState, timeout: float) -> None:
