@@ -71,9 +71,9 @@ from fleet.bus import subjects  # noqa: E402
 from fleet.bus.api import call  # noqa: E402
 from fleet.bus.connection import connect  # noqa: E402
 from fleet.bus.embedded import EmbeddedNats, free_port, terminate_child  # noqa: E402
+from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, request_enrollment  # noqa: E402
 from fleet.bus.messages import (  # noqa: E402
     Assignment,
-    EnrollRequest,
     Heartbeat,
     JoinReply,
     PhaseEvent,
@@ -319,10 +319,11 @@ def note(text: str) -> None:
 async def enroll(url: str, enroll_creds: str, secret: str, hostname: str, pool: str, out: Path) -> dict[str, str]:
     """Enroll one host as an agent does (its own nkey, over the enrollment identity); its machine ID and creds."""
     user = Key.generate("user")
-    req = EnrollRequest(key=secret, hostname=hostname, version=__version__, pools=[pool], nkey=user.public)
-    async with await connect(url, creds=enroll_creds, connect_timeout=5) as bus:
+    box = ReplyKey.generate()  # as fleet.agents.agent: proof of the nkey, the reply sealed to a one-time key
+    req = enrollment_request(user, box, key=secret, hostname=hostname, version=__version__, pools=[pool])
+    async with await connect(url, creds=enroll_creds, connect_timeout=5, inbox_prefix=enroll_inbox(user.public)) as bus:
         for _ in range(40):
-            reply = decode(JoinReply, await bus.request(subjects.ENROLL, req.encode(), timeout=10))
+            reply = await request_enrollment(bus, req, box, timeout=10)
             if reply.ok or reply.reason not in (None, "rate_limited", "unavailable"):
                 break
             await asyncio.sleep(0.25)
