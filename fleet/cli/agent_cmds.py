@@ -9,7 +9,6 @@ join with (no identity and no key).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -42,7 +41,7 @@ from fleet.cli.options import (
     agent_state_dir_option,
     json_option,
 )
-from fleet.cli.shared import read_bounded
+from fleet.cli.shared import read_bounded, run_service
 from fleet.errors import UsageError
 
 MAX_SECRET_FILE = 4096
@@ -148,7 +147,7 @@ def run_cmd(nats: NatsSettings, agent_state_dir: Path, enroll_key: str | None, e
     if hostname:
         settings.hostname = hostname
     try:
-        asyncio.run(Agent(settings).run())
+        run_service(Agent(settings).run)
     finally:
         with contextlib.suppress(OSError, ValueError):
             if int(paths.pid.read_text().strip()) == os.getpid():

@@ -54,6 +54,7 @@ from fleet.cli.options import (
     server_nats_options,
     state_dir_option,
 )
+from fleet.cli.shared import run_service
 from fleet.errors import FleetError, UsageError
 from fleet.hosts.client import ControlPlaneClient
 from fleet.service.server import (
@@ -367,7 +368,7 @@ def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float
         await FleetServer(settings).serve_forever(stop)
 
     try:
-        asyncio.run(main())
+        run_service(main)
     finally:
         if pid_file is not None:
             with contextlib.suppress(OSError, ValueError):
