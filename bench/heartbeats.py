@@ -37,7 +37,6 @@ from fleet.bus import subjects  # noqa: E402
 from fleet.bus.connection import connect  # noqa: E402
 from fleet.bus.embedded import EmbeddedNats, free_port  # noqa: E402
 from fleet.bus.messages import ApiReply, Heartbeat, HostRecord, SessionInfo, decode  # noqa: E402
-from fleet.bus.records import secret_hash  # noqa: E402
 from fleet.hosts.client import ControlPlaneClient  # noqa: E402
 
 STARTED_AT = time.time()
@@ -126,7 +125,7 @@ async def seed(url: str, ids: list[str]) -> dict:
     read back until every record landed)."""
     records = {mid: HostRecord(machine_id=mid, tenant="fin-prod", key_id="bench", hostname=f"bench-{mid[:8]}",
                                pools=["pool-local-main"], labels=["region=eu-west", "tier=dev"],
-                               models=["claude-3-5-sonnet"], max_sessions=4, credential_sha256=secret_hash(mid),
+                               models=["claude-3-5-sonnet"], max_sessions=4,
                                enrolled_at="2026-11-29T00:00:00Z").encode()
                for mid in ids}
     return await seed_bucket(url, subjects.BUCKET_HOSTS, records)

@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,8 @@ from fleet.schema.loading import load_text  # noqa: E402
 HOSTS_PER_POOL = 100
 TENANTS = 2
 NOT_OBSERVED = "hosts were not observed"
+# one random secret per synthetic key (synthetic_fleet's key_env prefix): fleet refuses weak or shared key secrets
+KEY_SECRETS = {f"FLEET_KEY_BENCH_{i:06d}": secrets.token_hex(32) for i in range(1000)}
 
 
 def sizes(hosts: int) -> dict[str, int]:
@@ -66,7 +69,7 @@ def sizes(hosts: int) -> dict[str, int]:
 
 
 def fleet_cmd(args: list[str], url: str, cwd: Path, timeout: float = 900) -> tuple[float, subprocess.CompletedProcess]:
-    env = {**os.environ, "FLEET_NATS_URL": url, "NO_COLOR": "1", "CI": "true", "FLEET_KEY_BENCH": "bench-secret"}
+    env = {**os.environ, "FLEET_NATS_URL": url, "NO_COLOR": "1", "CI": "true", **KEY_SECRETS}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "fleet.cli.main", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

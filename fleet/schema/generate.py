@@ -1,8 +1,9 @@
 """Synthetic fleets of any size, as fleet.yaml text: for benchmarks (bench/plan.py) and large-plan tests.
 
 `synthetic_fleet(pools=…, projects=…, keys=…)` writes a valid fleet.yaml with two tenants and the given
-numbers of local pools, projects (preferred-with-fallback between neighbouring pools) and enrollment keys.
-Pure; deterministic for the same arguments.
+numbers of local pools, projects (preferred-with-fallback between neighbouring pools) and enrollment keys (each
+key's secret generated at apply, or, with `key_env=PREFIX`, read from its own variable `PREFIX_<i:06d>`: two keys
+may not share a secret). Pure; deterministic for the same arguments.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def synthetic_fleet(*, pools: int, projects: int, keys: int, slots: int = 4, ten
     out.append("keys:" if keys else "keys: []")
     for i in range(keys):
         a = i % max(pools, 1)
-        secret = f"{{from_env: {key_env}}}" if key_env else "{generate: true}"
+        secret = f"{{from_env: {key_env}_{i:06d}}}" if key_env else "{generate: true}"
         out.append(f"  - id: key-{i:06d}\n    tenant: {tenant_ids[a % tenants]}\n    pools: [pool-{a:06d}]\n"
                    f"    max_uses: 1000\n    secret: {secret}")
     return "\n".join(out) + "\n"
