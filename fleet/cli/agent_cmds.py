@@ -9,6 +9,7 @@ join with (no identity and no key).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -41,7 +42,7 @@ from fleet.cli.options import (
     agent_state_dir_option,
     json_option,
 )
-from fleet.cli.shared import read_bounded, run_service
+from fleet.cli.shared import read_bounded
 from fleet.errors import UsageError
 
 MAX_SECRET_FILE = 4096
@@ -147,7 +148,9 @@ def run_cmd(nats: NatsSettings, agent_state_dir: Path, enroll_key: str | None, e
     if hostname:
         settings.hostname = hostname
     try:
-        run_service(Agent(settings).run)
+        # asyncio's own loop, not uvloop (fleet.cli.shared.run_service): an agent spawns a process per session, and
+        # uvloop's spawn (fork) cost 2.5x the CPU of asyncio's (vfork) per `true` session in bench/dispatch.py
+        asyncio.run(Agent(settings).run())
     finally:
         with contextlib.suppress(OSError, ValueError):
             if int(paths.pid.read_text().strip()) == os.getpid():

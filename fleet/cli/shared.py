@@ -29,10 +29,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run_service(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a long-lived process's loop (`fleet server`, `fleet agent run`) on uvloop when it is installed (a
-    dependency on Linux and macOS: ~17 % off a session's round trip, docs/benchmarks.md), else on asyncio's own
-    loop; FLEET_EVENT_LOOP=asyncio chooses asyncio's. Short commands keep asyncio (uvloop's import costs more than
-    it saves there)."""
+    """Run `fleet server`'s loop on uvloop when it is installed (a dependency on Linux and macOS: ~15 % off a
+    session's round trip, docs/benchmarks.md), else on asyncio's own loop; FLEET_EVENT_LOOP=asyncio chooses
+    asyncio's. Short commands keep asyncio (uvloop's import costs more than it saves there), and so do agents (they
+    spawn a process per session, which costs 2.5x the CPU on uvloop)."""
     import asyncio
     import importlib.util
     import os
