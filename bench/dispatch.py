@@ -604,8 +604,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tmp)
         trust = TrustDir.create(work / "trust")
         port = free_port()
-        conf = work / "nats.conf"
-        write_secret(conf, trust.nats_conf("127.0.0.1", port, work / "nats", work / "nats" / "jwt"))
+        conf = trust.write_nats_conf(work, "127.0.0.1", port)
         nats = EmbeddedNats(store_dir=work / "nats", port=port, extra_args=["-c", str(conf)])
         nats.start()
         nats_pid = nats.running_pid()

@@ -70,8 +70,7 @@ def trusted_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsHandl
     root = Path(tmp_path_factory.mktemp("fleet"))
     trust = TrustDir.create(root / "trust")
     port = free_port()
-    conf = root / "nats.conf"
-    write_secret(conf, trust.nats_conf("127.0.0.1", port, root / "nats", root / "nats" / "jwt"))
+    conf = trust.write_nats_conf(root, "127.0.0.1", port)
     server = EmbeddedNats(store_dir=root / "nats", port=port, extra_args=["-c", str(conf)])
     server.start()
     try:

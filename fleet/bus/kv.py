@@ -3,7 +3,9 @@
 Used by fleet.hosts (the host registry and enrollment), fleet.bus.applied (the applied config and the apply
 lock) and the CLI. Writes to contested keys go through `create` (only if absent), `update(last=revision)` or
 `modify` (read-modify-write by compare-and-set, the one retry loop); a lost race raises fleet.errors.Conflict, a
-missing key reads as None. nats' own exceptions never leave this module.
+missing key reads as None. `update(ttl=…)` writes a value nats-server removes after `ttl` seconds (the sessions
+bucket's finished sessions; `allow_message_ttls` turns per-message TTLs on in a bucket made without them). nats' own
+exceptions never leave this module.
 
 Reading a whole bucket: nats-py's KV watch signals "every current value delivered" with a `None` marker that it
 computes from a consumer-info request; the server can answer that request before it has flushed the messages its

@@ -151,6 +151,14 @@ class TrustDir:
                 f"resolver_preload: {{\n  {self.sys_account.public}: {sys_jwt}\n  {self.account.public}: {acc_jwt}\n}}\n")
 
 
+    def write_nats_conf(self, state_dir: Path, host: str, port: int) -> Path:
+        """Write `state_dir`/nats.conf (mode 0600) for a nats-server that stores under `state_dir`/nats, as
+        fleet.bus.embedded.EmbeddedNats(store_dir=state_dir / "nats", extra_args=["-c", conf]) runs it; the path."""
+        conf = state_dir / "nats.conf"
+        write_secret(conf, self.nats_conf(host, port, state_dir / "nats", state_dir / "nats" / "jwt"))
+        return conf
+
+
 def _quote(path: Path) -> str:
     text = str(path)
     if '"' in text or "\\" in text or "\n" in text:

@@ -2,7 +2,7 @@
 
 They ask the control plane (`fleet server`) over NATS through fleet.hosts.client and get fleet.hosts.model.Host
 objects; `host_json` is the one public JSON form of a host (`--json` / `--format json` of every command here).
-`fleet list` is sorted by hostname, then machine ID. `fleet machine …` is the hidden, deprecated alias of all of
+`fleet list` is sorted by hostname, then machine ID; `aligned` draws its table and `fleet sessions list`'s. `fleet machine …` is the hidden, deprecated alias of all of
 them: it works, and prints a deprecation notice on stderr.
 """
 
@@ -101,19 +101,27 @@ def host_row(host: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def render_table(rows: list[tuple[str, ...]], colour: bool = False) -> str:
-    """Plain aligned columns like the seed's example output (two spaces at least between columns)."""
-    widths = [max([MIN_WIDTHS[i], len(HEADERS[i])] + [len(r[i]) for r in rows]) for i in range(len(HEADERS))]
+def aligned(headers: tuple[str, ...], rows: list[tuple[str, ...]], *, min_widths: tuple[int, ...] = (),
+            colours: dict[str, str] | None = None, colour: bool = False) -> str:
+    """Plain aligned columns like the seed's example output (two spaces at least between columns); with `colour`,
+    the third column (the status) in its colour from `colours`. `fleet list` and `fleet sessions list` use it."""
+    widths = [max([min_widths[i] if i < len(min_widths) else 0, len(headers[i])] + [len(r[i]) for r in rows])
+              for i in range(len(headers))]
     lines = []
-    for row in [HEADERS, *rows]:
+    for row in [headers, *rows]:
         cells = []
         for i, cell in enumerate(row):
             text = cell.ljust(widths[i] + 2) if i < len(row) - 1 else cell
-            if colour and i == 2 and row is not HEADERS:
-                text = click.style(text, fg=STATUS_COLOURS.get(cell))
+            if colour and colours and i == 2 and row is not headers:
+                text = click.style(text, fg=colours.get(cell))
             cells.append(text)
         lines.append("".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def render_table(rows: list[tuple[str, ...]], colour: bool = False) -> str:
+    """`fleet list`'s table."""
+    return aligned(HEADERS, rows, min_widths=MIN_WIDTHS, colours=STATUS_COLOURS, colour=colour)
 
 
 def render_show(host: dict[str, Any]) -> str:

@@ -214,6 +214,20 @@ def _expand(text: str) -> Path:
     return Path(expanded)
 
 
+def _path(ptype: click.ParamType, text: str, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+    """`text` as a path for the path types below: not empty, ~ expanded, short enough (ptype.fail otherwise)."""
+    if not text.strip():
+        ptype.fail("empty path", param, ctx)
+    try:
+        path = _expand(text)
+    except ValueError as exc:
+        ptype.fail(str(exc), param, ctx)
+    problem = _too_long(os.path.abspath(path))
+    if problem:
+        ptype.fail(f"{shown(text)}: {problem}", param, ctx)
+    return path
+
+
 #: what OutputFile(stdout=True) returns for `-` and /dev/stdout
 STDOUT = Path("-")
 
@@ -232,16 +246,8 @@ class OutputFile(click.ParamType):
         text = _text(value)
         if self.stdout and text in ("-", "/dev/stdout"):
             return STDOUT
-        if not text.strip():
-            self.fail("empty path", param, ctx)
-        try:
-            path = _expand(text)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+        path = _path(self, text, param, ctx)
         full = os.path.abspath(path)
-        problem = _too_long(full)
-        if problem:
-            self.fail(f"{shown(text)}: {problem}", param, ctx)
         real = os.path.realpath(full)
         top = _system_dir(full) or _system_dir(real)
         if top:
@@ -280,15 +286,7 @@ class InputFile(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         text = _text(value)
-        if not text.strip():
-            self.fail("empty path", param, ctx)
-        try:
-            path = _expand(text)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        problem = _too_long(os.path.abspath(path))
-        if problem:
-            self.fail(f"{shown(text)}: {problem}", param, ctx)
+        path = _path(self, text, param, ctx)
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -332,18 +330,11 @@ class StateDir(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         text = _text(value)
-        if not text.strip():
-            self.fail("empty path", param, ctx)
-        try:
-            path = _expand(text)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+        path = _path(self, text, param, ctx)
         full = Path(os.path.abspath(path))
-        problem = _too_long(str(full))
-        if problem is None and len(os.fsencode(str(full))) > PATH_MAX - STATE_ROOM:
-            problem = f"path longer than {PATH_MAX - STATE_ROOM} bytes (fleet makes paths inside it)"
-        if problem:
-            self.fail(f"{shown(text)}: {problem}", param, ctx)
+        if len(os.fsencode(str(full))) > PATH_MAX - STATE_ROOM:
+            self.fail(f"{shown(text)}: path longer than {PATH_MAX - STATE_ROOM} bytes (fleet makes paths inside it)",
+                      param, ctx)
         real = os.path.realpath(full)
         top = _system_dir(str(full)) or _system_dir(real)
         if top:

@@ -43,7 +43,6 @@ from fleet.bus.embedded import (
     terminate_child,
     write_pid,
 )
-from fleet.bus.trust import write_secret
 from fleet.bus.trustdir import TrustDir
 from fleet.cli.options import (
     DEFAULT_STATE_DIR,
@@ -97,8 +96,7 @@ def _trust(state_dir: Path, host: str, port: int) -> TrustDir:
     every connection authenticates, anonymous is refused), both under the state dir, mode 0600."""
     try:
         trust = TrustDir.create(state_dir / "trust")
-        conf = trust.nats_conf(host, port, state_dir / "nats", state_dir / "nats" / "jwt")
-        write_secret(state_dir / "nats.conf", conf)
+        trust.write_nats_conf(state_dir, host, port)
     except OSError as exc:
         raise UsageError(f"cannot write the fleet's identities under {state_dir}: {exc.strerror or exc}",
                          hint="choose another --state-dir (or FLEET_STATE_DIR)") from exc

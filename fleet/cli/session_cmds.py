@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from fleet.bus.messages import FINAL_PHASES, SessionView
-from fleet.cli.inventory_cmds import ago, duration
+from fleet.cli.inventory_cmds import ago, aligned, duration
 from fleet.cli.options import (
     ID,
     LABEL,
@@ -114,17 +114,8 @@ def row(s: SessionView, now: float) -> tuple[str, ...]:
 
 
 def render_table(rows: list[tuple[str, ...]], colour: bool = False) -> str:
-    widths = [max([len(HEADERS[i])] + [len(r[i]) for r in rows]) for i in range(len(HEADERS))]
-    lines = []
-    for r in [HEADERS, *rows]:
-        cells = []
-        for i, cell in enumerate(r):
-            text = cell.ljust(widths[i] + 2) if i < len(r) - 1 else cell
-            if colour and i == 2 and r is not HEADERS:
-                text = click.style(text, fg=STATUS_COLOURS.get(cell))
-            cells.append(text)
-        lines.append("".join(cells).rstrip())
-    return "\n".join(lines)
+    """`fleet sessions list`'s table."""
+    return aligned(HEADERS, rows, colours=STATUS_COLOURS, colour=colour)
 
 
 def render_show(s: SessionView) -> str:

@@ -1,5 +1,6 @@
-"""Helpers shared by the CLI commands: running a command's async body (signals become a clean cancellation),
-loading the config with diagnostics printed, the plugin registry, atomic file writes and bounded file reads.
+"""Helpers shared by the CLI commands: running a command's async body (signals become a clean cancellation) and
+`fleet server`'s loop (`run_service`: uvloop), loading the config with diagnostics printed, the plugin registry,
+atomic file writes and bounded file reads.
 
 Called by fleet.cli.*_cmds modules only.
 """

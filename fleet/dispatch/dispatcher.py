@@ -32,6 +32,9 @@ Two replicas never dispatch at once: every write first checks that this replica 
 clock (`lease_ok`), and every write is a compare-and-set on the session's revision. A write that loses such a race
 (someone else wrote the session: a replica that led before us and lingered) makes this replica read the whole
 bucket again (`take_over`) instead of guessing.
+
+A session's final write carries a TTL (`retention`, `fleet server --session-retention`): nats-server removes finished
+sessions from the bucket after it; the leader keeps the last KEEP_FINISHED of them in memory.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ELASTIC = ("on_demand", "hybrid")
+from fleet.routing.rules import ELASTIC_MODES, route_pools
 
 
 @dataclass(slots=True, eq=False)
@@ -64,12 +64,8 @@ class Route:
 
     @property
     def pools(self) -> tuple[str, ...]:
-        """The pools this route may use, in the order it tries them."""
-        if self.mode == "adaptive":
-            return (self.preferred, *[c for c in self.candidates if c != self.preferred])
-        if self.mode == "preferred-with-fallback" and self.fallback:
-            return (self.preferred, self.fallback)
-        return (self.preferred,)
+        """The pools this route may use, in the order it tries them (fleet.routing.rules.route_pools)."""
+        return route_pools(self.mode, self.preferred, self.fallback, self.candidates)
 
     def suits(self, host: DispatchHost, pool_models: frozenset[str] = frozenset()) -> bool:
         """The hard filters, but status and free slots (the index holds only active hosts; pick checks slots). The
@@ -190,7 +186,7 @@ def _pool_state(route: Route, pool_id: str, members: list[DispatchHost], pool_mo
                 pool_models_of: Mapping[str, Iterable[str]]) -> str:
     if pool_id not in pool_modes:
         return f"pool {pool_id} is not applied"
-    elastic = pool_modes[pool_id] in ELASTIC
+    elastic = pool_modes[pool_id] in ELASTIC_MODES
     if not members:
         return f"pool {pool_id} has no host" + (" (on demand: waiting for the backend to add one)" if elastic else "")
     ours = [h for h in members if h.tenant == route.tenant]

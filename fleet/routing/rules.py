@@ -5,9 +5,11 @@
 - `pool_capacity(pool, hosts, route)`: slots used / total of a pool for a route. Persistent pools count the slots
   of their eligible live hosts; on_demand and hybrid pools can grow to hosts.max (∞ without a max).
 - `decide(route, capacities)`: preferred pool if it has a free slot, else fallback (preferred-with-fallback),
-  else the pending queue; adaptive picks among preferred + candidates with free slots (least loaded here; the
-  dispatcher samples).
-Called by fleet.reconciler.consequences, fleet.cli (route test) and the dispatcher.
+  else the pending queue; adaptive picks among preferred + candidates with free slots, the least loaded (Thompson
+  sampling is not built yet).
+- `route_pools(...)`, `ELASTIC_MODES`: the pools a route tries in order, and the pool modes that grow; shared with
+  the dispatcher's placement (fleet.dispatch.placement, whose `place()` a property test holds to `decide()`).
+Called by fleet.reconciler.consequences, fleet.cli (route test) and fleet.dispatch.placement.
 """
 
 from __future__ import annotations
@@ -17,6 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 UNBOUNDED = None
+ELASTIC_MODES = ("on_demand", "hybrid")  # pool modes whose backend creates hosts when sessions wait
+
+
+def route_pools(mode: str, preferred: str, fallback: str | None, candidates: Iterable[str]) -> tuple[str, ...]:
+    """The pools a route tries, in order: the preferred pool, then the fallback (preferred-with-fallback) or the
+    candidates (adaptive)."""
+    out = [preferred]
+    if mode == "preferred-with-fallback" and fallback:
+        out.append(fallback)
+    if mode == "adaptive":
+        out += [c for c in candidates if c not in out]
+    return tuple(out)
 
 
 class HostView(Protocol):
@@ -55,7 +69,7 @@ class PoolView:
     @property
     def elastic(self) -> bool:
         """on_demand and hybrid pools create hosts when sessions wait."""
-        return self.mode in ("on_demand", "hybrid")
+        return self.mode in ELASTIC_MODES
 
     @classmethod
     def from_spec(cls, pool_id: str, spec: Mapping[str, Any]) -> PoolView:
@@ -84,12 +98,7 @@ class RouteView:
 
     @property
     def pools(self) -> tuple[str, ...]:
-        out = [self.preferred_pool]
-        if self.mode == "preferred-with-fallback" and self.fallback_pool:
-            out.append(self.fallback_pool)
-        if self.mode == "adaptive":
-            out += [c for c in self.candidates if c not in out]
-        return tuple(out)
+        return route_pools(self.mode, self.preferred_pool, self.fallback_pool, self.candidates)
 
     @classmethod
     def from_spec(cls, project: str, spec: Mapping[str, Any]) -> RouteView:

@@ -670,8 +670,7 @@ def test_a_revocation_pushed_in_the_second_of_the_preloaded_account_jwt_survives
     trust = TrustDir.create(tmp_path / "trust")
     write_secret(trust.path("account.jwt"), trust.account_jwt({}, iat=int(time.time()) + 3))
     port = free_port()
-    conf = tmp_path / "nats.conf"
-    write_secret(conf, trust.nats_conf("127.0.0.1", port, tmp_path / "nats", tmp_path / "nats" / "jwt"))
+    conf = trust.write_nats_conf(tmp_path, "127.0.0.1", port)
     nats = EmbeddedNats(store_dir=tmp_path / "nats", port=port, extra_args=["-c", str(conf)])
     nats.start()
     try:
