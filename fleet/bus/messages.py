@@ -472,7 +472,7 @@ class SessionView(SessionRecord):
     env: list[EnvName] = Field(default_factory=list)  # type: ignore[assignment]
     hostname: str | None = None  # of `host`, as the dispatcher knows it
     # what the project's routing adds today (its required labels, its model when the session names none)
-    route_labels: list[Label] = Field(default_factory=list, max_length=64)
+    route_labels: list[Label] = Field(default_factory=list)  # as many as fleet.yaml gives (like `labels`)
     route_model: Label | None = None
 
 
