@@ -15,6 +15,7 @@ from fleet.bus.messages import (
     HostRecord,
     HostsPageRequest,
     ProtocolError,
+    SessionView,
     TooLarge,
     UnsupportedVersion,
     decode,
@@ -154,3 +155,10 @@ def test_free_text_from_hosts_is_printable(hostname: str) -> None:
     with pytest.raises(ProtocolError, match="hostname"):
         decode(EnrollRequest, raw)
     assert decode(EnrollRequest, raw.replace(json.dumps(hostname)[1:-1], "build-01.corp")).hostname == "build-01.corp"
+
+
+def test_a_session_view_carries_every_label_its_route_requires() -> None:
+    # fleet.yaml does not bound a route's required_labels: the view of its sessions must read back with all of them
+    labels = [f"zone-{i}=x" for i in range(100)]
+    view = SessionView(id="0" * 20, tenant="t", project="p", command=["true"], route_labels=labels)
+    assert decode(SessionView, view.encode()).route_labels == labels
