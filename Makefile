@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo example test lint unit bench clean venv down
+.PHONY: demo example test lint unit bench clean venv down sandbox-tools
 
 venv: $(STAMP)
 
@@ -22,9 +22,14 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test: lint unit
+test: sandbox-tools lint unit
 
-demo: $(STAMP)
+sandbox-tools:  # the session sandbox needs bubblewrap (fleet.agents.sandbox); as root, install it
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap; }); } || \
+	  echo "note: no bubblewrap (apt-get install bubblewrap): agents cannot sandbox their sessions"
+
+demo: $(STAMP) sandbox-tools
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/demo.sh
 
 example: $(STAMP)

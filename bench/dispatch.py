@@ -92,8 +92,8 @@ from fleet.dispatch.placement import DispatchHost, PoolIndex, Route, place  # no
 from fleet.sessions.client import Client  # noqa: E402
 
 TENANT = "bench"
-NOOP_POOL, AGENT_POOL = "pool-noop", "pool-agents"
-NOOP_PROJECT, AGENT_PROJECT = "bench-noop", "bench-true"
+NOOP_POOL, AGENT_POOL, BARE_POOL = "pool-noop", "pool-agents", "pool-agents-bare"
+NOOP_PROJECT, AGENT_PROJECT, BARE_PROJECT = "bench-noop", "bench-true", "bench-true-bare"
 HOSTS = 4  # no-op hosts, and real agents
 SLOTS = 32  # per host: 4 x 32 = 128 slots, the 128 in flight
 INFLIGHT = 128
@@ -268,9 +268,10 @@ def fleet_yaml(secret_env: str) -> str:
         "projects": [
             {"id": NOOP_PROJECT, "tenant": TENANT, "routing": {"mode": "preferred-only", "preferred_pool": NOOP_POOL}},
             {"id": AGENT_PROJECT, "tenant": TENANT, "routing": {"mode": "preferred-only", "preferred_pool": AGENT_POOL}},
+            {"id": BARE_PROJECT, "tenant": TENANT, "routing": {"mode": "preferred-only", "preferred_pool": BARE_POOL}},
         ],
-        "pools": [pool(NOOP_POOL), pool(AGENT_POOL)],
-        "keys": [{"id": "bench-hosts", "tenant": TENANT, "pools": [NOOP_POOL, AGENT_POOL], "max_uses": 64,
+        "pools": [pool(NOOP_POOL), pool(AGENT_POOL), {**pool(BARE_POOL), "isolation": "none"}],
+        "keys": [{"id": "bench-hosts", "tenant": TENANT, "pools": [NOOP_POOL, AGENT_POOL, BARE_POOL], "max_uses": 64,
                   "secret": {"from_env": secret_env}}],
     }
     return json.dumps(doc, indent=2) + "\n"  # JSON is YAML
@@ -682,25 +683,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "host_counts": counts, "not_succeeded": noop["not_succeeded"],
                                "per_session": noop["per_session"]}
 
-            note(f"fleet: `true` on {HOSTS} real agents x {SLOTS} slots …")
-            for i in range(HOSTS):
-                name = f"bench-agent-{i}"
-                agents.append(subprocess.Popen(
-                    [sys.executable, "-m", "fleet.cli.main", "agent", "run", "--nats", url, "--creds", enroll_creds,
-                     "--state-dir", str(work / "agents" / name), "--hostname", name, "--pool", AGENT_POOL,
-                     "--max-sessions", str(SLOTS), "--heartbeat-interval", str(HEARTBEAT_S), "--join-timeout", "30"],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=(work / f"{name}.log").open("wb"), cwd=ROOT,
-                    env={**os.environ, "PYTHONPATH": str(ROOT), "FLEET_ENROLL_KEY": secret}))
-            asyncio.run(wait_active(url, admin, [f"bench-agent-{i}" for i in range(HOSTS)]))
-            meter = CpuMeter({"client (bench)": [os.getpid()], "fleet server": [server.pid],
-                              "agents (+ true)": [a.pid for a in agents], "nats-server": [nats_pid or 0]})
-            real = asyncio.run(bench_sessions(url, str(submitter), AGENT_PROJECT, sizes["agent_1"], sizes["agent_n"],
-                                              min(sizes["warm"], 128), meter, trust))
-            results["agents"] = {"seq": summary(real["seq"]), "par": summary(real["par"]),
-                                 "cpu_us_per_op": cpu_per_op(real["cpu"], real["par"].ops),
-                                 "cpu_sys_us_per_op": cpu_per_op(real["cpu_sys"], real["par"].ops),
-                                 "not_succeeded": real["not_succeeded"], "per_session": real["per_session"]}
+            # the same real agents twice: sessions sandboxed (fleet.agents.sandbox: a uid of their own, PID/mount/IPC
+            # namespaces, bubblewrap), then unsandboxed (--no-sandbox, in a pool that says isolation: none)
+            for key, pool_id, project, extra in (("agents", AGENT_POOL, AGENT_PROJECT, []),
+                                                 ("agents_bare", BARE_POOL, BARE_PROJECT, ["--no-sandbox"])):
+                note(f"fleet: `true` on {HOSTS} real agents x {SLOTS} slots ({'un' if extra else ''}sandboxed) …")
+                names = [f"bench-{key.replace('_', '-')}-{i}" for i in range(HOSTS)]
+                for name in names:
+                    agents.append(subprocess.Popen(
+                        [sys.executable, "-m", "fleet.cli.main", "agent", "run", "--nats", url, "--creds",
+                         enroll_creds, "--state-dir", str(work / "agents" / name), "--hostname", name, "--pool",
+                         pool_id, "--max-sessions", str(SLOTS), "--heartbeat-interval", str(HEARTBEAT_S),
+                         "--join-timeout", "30", *extra],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                        stderr=(work / f"{name}.log").open("wb"), cwd=ROOT,
+                        env={**os.environ, "PYTHONPATH": str(ROOT), "FLEET_ENROLL_KEY": secret}))
+                group = agents[-HOSTS:]
+                asyncio.run(wait_active(url, admin, names))
+                meter = CpuMeter({"client (bench)": [os.getpid()], "fleet server": [server.pid],
+                                  "agents (+ true)": [a.pid for a in group], "nats-server": [nats_pid or 0]})
+                real = asyncio.run(bench_sessions(url, str(submitter), project, sizes["agent_1"], sizes["agent_n"],
+                                                  min(sizes["warm"], 128), meter, trust))
+                results[key] = {"seq": summary(real["seq"]), "par": summary(real["par"]),
+                                "cpu_us_per_op": cpu_per_op(real["cpu"], real["par"].ops),
+                                "cpu_sys_us_per_op": cpu_per_op(real["cpu_sys"], real["par"].ops),
+                                "not_succeeded": real["not_succeeded"], "per_session": real["per_session"]}
+                for a in group:  # the next group gets the machine to itself
+                    stop(a)
+            sand, bare = results["agents"], results["agents_bare"]
+            results["sandbox"] = {
+                "rate_ratio": round(sand["par"]["per_s"] / bare["par"]["per_s"], 3) if bare["par"]["per_s"] else None,
+                "start_overhead_ms_p50": round(sand["seq"]["p50_ms"] - bare["seq"]["p50_ms"], 3),
+                "agent_cpu_us_per_session": {"sandboxed": sand["cpu_us_per_op"].get("agents (+ true)"),
+                                             "unsandboxed": bare["cpu_us_per_op"].get("agents (+ true)")},
+            }
             metrics = asyncio.run(server_metrics(url, admin))
             results["server_metrics"] = {k: v for k, v in metrics.items()
                                          if k in ("submitted", "finished_succeeded", "finished_failed", "lost",
@@ -858,6 +874,12 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     out.append({"kind": "goal", "what": f"fleet p50 <= {GOAL_P50_RAW_FACTOR:g}x raw p50",
                 "value": f"{fleet_p50:.2f} / {raw_p50:.2f} ms = {fleet_p50 / raw_p50:.1f}x",
                 "met": fleet_p50 <= GOAL_P50_RAW_FACTOR * raw_p50})
+    sb = r.get("sandbox")
+    if sb:
+        out.append({"kind": "Must", "what": f"sandboxed `true` sessions at {INFLIGHT} in flight >= 80% of unsandboxed",
+                    "value": f"{r['agents']['par']['per_s']:,.0f} vs {r['agents_bare']['par']['per_s']:,.0f} sessions/s"
+                             f" = {sb['rate_ratio']:.0%}; start overhead {sb['start_overhead_ms_p50']:+.2f} ms p50",
+                    "met": sb["rate_ratio"] is not None and sb["rate_ratio"] >= 0.8})
     route = r["route"]
     out.append({"kind": "goal", "what": f"routing decision over {route['hosts']:,} hosts <= {GOAL_ROUTE_US:g} µs",
                 "value": f"{route['place_us']:.1f} µs (median of {route['decisions']:,})",
@@ -885,8 +907,10 @@ def render(r: dict[str, Any]) -> str:
     row("fleet no-op session, 1 in flight", r["noop"]["seq"], "sess/s")
     row("fleet no-op session, 1 in flight, submit + wait(id)", r["noop"]["seq_two_step"], "sess/s")
     row(f"fleet no-op session, {INFLIGHT} in flight", r["noop"]["par"], "sess/s")
-    row("fleet `true` on real agents, 1 in flight", r["agents"]["seq"], "sess/s")
-    row(f"fleet `true` on real agents, {INFLIGHT} in flight", r["agents"]["par"], "sess/s")
+    row("fleet `true` on real agents, sandboxed, 1 in flight", r["agents"]["seq"], "sess/s")
+    row(f"fleet `true` on real agents, sandboxed, {INFLIGHT} in flight", r["agents"]["par"], "sess/s")
+    row("fleet `true` on real agents, unsandboxed, 1 in flight", r["agents_bare"]["seq"], "sess/s")
+    row(f"fleet `true` on real agents, unsandboxed, {INFLIGHT} in flight", r["agents_bare"]["par"], "sess/s")
     cel = r.get("celery", {})
     if "par" in cel:
         row("Celery + Redis no-op task, 1 in flight", cel["seq"], "tasks/s")
@@ -907,6 +931,11 @@ def render(r: dict[str, Any]) -> str:
                      f"{INFLIGHT} in flight: one thread keeps {INFLIGHT} tasks submitted, results taken in order.")
     else:
         lines.append(f"Celery baseline skipped: {cel.get('skipped')}")
+    sb = r["sandbox"]
+    lines.append(f"session sandbox (bubblewrap, a uid per session, pid+mount+ipc namespaces): {INFLIGHT}-in-flight "
+                 f"rate {sb['rate_ratio']:.0%} of unsandboxed (target >= 80%); start overhead at 1 in flight "
+                 f"{sb['start_overhead_ms_p50']:+.2f} ms (p50); agent CPU per session (with its children) "
+                 f"{sb['agent_cpu_us_per_session']['sandboxed']} vs {sb['agent_cpu_us_per_session']['unsandboxed']} µs")
     counts = r["noop"].get("host_counts") or {}
     lines.append(f"no-op hosts: {counts.get('assigned', '?')} assignments, {counts.get('acked', '?')} completions "
                  f"acknowledged, {counts.get('refused', '?')} refused, {counts.get('errors', '?')} errors; "

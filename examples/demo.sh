@@ -97,6 +97,26 @@ echo
 echo "== fleet route test my-fintech-app"
 fleet route test my-fintech-app -f fleet.yaml.example
 
+echo
+echo "== the sessions' sandbox: each runs as a uid of its own, in namespaces of its own (fleet show)"
+agent1=$(fleet list --json | python3 -c 'import json, sys
+print(next(h["id"] for h in json.load(sys.stdin) if h["hostname"] == "demo-agent-1"))')
+fleet show "$agent1" | grep -E '^(Sandbox|Credential socket):'
+# A session is an AI agent's code: it tries to read its host's credential, and leaves a process behind.
+PROBE="echo \"session uid \$(id -u)\"; cat '$(cd "$STATE_DIR" && pwd)/agents/agent-1/host.creds' 2>&1 | head -c 120; echo; setsid nohup sleep 600.5 >/dev/null 2>&1 &"
+echo "== fleet submit --wait -- sh -c 'id -u; cat .../agents/agent-1/host.creds; setsid nohup sleep 600.5 &'"
+probe_out=$(fleet submit --project my-fintech-app --timeout 30 --wait -- sh -c "$PROBE")
+echo "$probe_out"
+if echo "$probe_out" | grep -q -- "-----BEGIN"; then
+  echo "error: a session read its host's credential: the sandbox is not working" >&2
+  exit 1
+fi
+if pgrep -f "sleep 600.5" >/dev/null; then
+  echo "error: a process the session left behind outlived it" >&2
+  exit 1
+fi
+echo "the session could not read the credential, and nothing it started outlived it"
+
 # Sessions. my-fintech-app routes to pool-local-main while one of its hosts has a free slot (2 agents x 4 slots),
 # else to its fallback pool-cloud-e2b, which has no hosts here: a session would then wait in the queue until a
 # local slot opens. These five take at most five of the eight slots at once: they all run on the local agents.

@@ -153,7 +153,11 @@ class EmbeddedFleet:
     def start_agent(self, name: str, tenant: str) -> None:
         state = Path("agents") / name  # under the state dir (the agent runs from there): `fleet down` stops it
         (self.state_dir / state).mkdir(parents=True, exist_ok=True)
-        args = ["agent", "run", "--state-dir", str(state), "--hostname", name, "--pool", POOL[tenant]]
+        signals = self.state_dir / "signals"  # where the example tells a session to finish: the only thing of the
+        signals.mkdir(exist_ok=True)  # example's own dir its sandboxed sessions see (--sandbox-expose, read-only)
+        os.chmod(signals, 0o755)
+        args = ["agent", "run", "--state-dir", str(state), "--hostname", name, "--pool", POOL[tenant],
+                "--sandbox-expose", str(signals)]
         say(f"$ FLEET_ENROLL_KEY=${KEY_ENV[tenant]} fleet {' '.join(args)} &")
         with open(self.state_dir / state / "stdout.log", "ab") as log:
             # the key's secret through the environment, never the command line (`ps` shows that to everyone)
@@ -420,7 +424,7 @@ def run(fl: EmbeddedFleet, check: Checks, count: int) -> None:
     hosts = start(fl)
     with fleet.SyncClient(fl.url, creds=fl.admin_creds) as client:  # the operator's identity, all tenants
         mixed_sessions(client, hosts, count, check)
-        attack_claim(fl, client, hosts, check, fl.state_dir / "release-victim")
+        attack_claim(fl, client, hosts, check, fl.state_dir / "signals" / "release-victim")
         attack_subscribe(fl, client, hosts, check)
         attack_submit(fl, client, check)
 

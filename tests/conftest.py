@@ -271,14 +271,36 @@ class LiveFleet:
         assert result.exit_code == 0, result.output
         return result
 
+    @property
+    def shared(self) -> Path:
+        """A directory every test agent's sessions may write (fleet agent run --sandbox-bind)."""
+        path = self.root / "shared"
+        path.mkdir(exist_ok=True)
+        os.chmod(path, 0o777)
+        return path
+
+    def shared_file(self, name: str) -> Path:
+        """An empty file in `shared` that sessions of any uid may append to."""
+        path = self.shared / name
+        path.touch()
+        os.chmod(path, 0o666)
+        return path
+
     def agent_dir(self, name: str) -> Path:
         return self.root / "agents" / name
 
-    def agent(self, name: str, *args: str, key: str | None = None) -> Proc:
-        """A real agent process; the key goes through FLEET_ENROLL_KEY, as it should (never the command line)."""
+    def agent(self, name: str, *args: str, key: str | None = None, expose_tmp: bool = True) -> Proc:
+        """A real agent process; the key goes through FLEET_ENROLL_KEY, as it should (never the command line).
+        Its sessions are sandboxed (fleet.agents.sandbox); with `expose_tmp` they see the test's temporary
+        directory read-only (the markers tests write for them; the agents' state dirs in it are hidden from them,
+        and the trust dir stays 0700)."""
+        expose: tuple[str, ...] = ()
+        if expose_tmp:
+            os.chmod(self.root, 0o755)  # pytest makes it 0700: the sessions' uids could not look in
+            expose = ("--sandbox-expose", str(self.root), "--sandbox-bind", str(self.shared))
         argv = fleet_argv("agent", "run", "--nats", self.url, "--state-dir", str(self.agent_dir(name)),
                           "--hostname", name, "--heartbeat-interval", str(FAST_HEARTBEAT), "--join-timeout", "20",
-                          "--creds", self.creds("enroll"), *args)
+                          "--creds", self.creds("enroll"), *expose, *args)
         return self.procs.spawn(f"agent-{name}", argv, env={"FLEET_ENROLL_KEY": key} if key is not None else None)
 
     def hosts(self) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ tells the agent its envelope and the status fleet.yaml declares for it, and the 
 commands on the host's own subject when that changes. The agent never reads the control-plane store.
 After a NATS reconnect it registers again. SIGTERM/SIGINT: report draining, say goodbye (so the server marks it
 offline at once), exit 0. A revoke from the control plane stops it with exit code 3.
-Sessions do not run yet (the dispatcher is a later issue): heartbeats carry the empty session list.
+Sessions run in the host's sandbox (fleet.agents.sandbox), probed once at start and reported at registration; an
+agent that cannot isolate its sessions exits with the reason unless every pool it serves says `isolation: none`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import time
@@ -26,6 +28,7 @@ from typing import Any
 
 from fleet import __version__
 from fleet.agents.control import serve_json_socket
+from fleet.agents.sandbox import DEFAULT_UID_RANGE, SESSION_SOCKET, CannotIsolate, Probe, Sandbox, probe
 from fleet.agents.sessions import Runner
 from fleet.agents.state import AgentPaths, load_identity, load_status, save_identity, save_status
 from fleet.bus import subjects
@@ -37,6 +40,7 @@ from fleet.bus.messages import (
     ControlCommand,
     ControlReply,
     Heartbeat,
+    Isolation,
     JoinReply,
     PoolMembership,
     ProtocolError,
@@ -74,6 +78,11 @@ class AgentSettings:
     heartbeat_interval: float = 2.0
     hostname: str = field(default_factory=socket.gethostname)
     join_timeout: float = 30.0
+    session_user: str | None = None  # run sessions as this user instead of a uid of session_uids (root only)
+    session_uids: tuple[int, int] = DEFAULT_UID_RANGE
+    sandbox_expose: tuple[str, ...] = ()  # more read-only paths in the sessions' view
+    sandbox_writable: tuple[str, ...] = ()  # paths all sessions of this agent may write
+    sandbox: bool = True  # False: run sessions unisolated (accepted only when every pool says isolation: none)
 
 
 class Agent:
@@ -98,6 +107,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._servers: list[asyncio.AbstractServer] = []
         self._reregister: asyncio.Task | None = None
+        self.sandbox: Sandbox | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -122,16 +132,18 @@ class Agent:
                           hint=f"to enroll it again: remove {self.paths.identity} and {self.paths.host_creds}, and "
                                "run with a valid enrollment key") from exc
         try:
+            self._probe_sandbox()  # once connected: the registration reports it
             await self._join()
-            self.runner = Runner(self.bus, self.machine_id or "", self.paths.root, self.paths.credential_socket,
-                                 self._wake.set)
+            self._check_isolation()
+            assert self.sandbox is not None
+            self.runner = Runner(self.bus, self.machine_id or "", self.paths.root, self.sandbox, self._wake.set,
+                                 tenant=self.tenant)
             mid = self.machine_id or ""
             for subject, handler in ((subjects.host_control(mid), self._on_control),
                                      (subjects.host_assign(mid), self.runner.on_assign),
                                      (subjects.host_cancel(mid), self.runner.on_cancel)):
                 await self.bus.subscribe(subject, self._from_server(subject, handler))
             self._servers.append(await serve_json_socket(self.paths.control_socket, self._on_local))
-            self._servers.append(await serve_json_socket(self.paths.credential_socket, self._on_credential))
             log.info("agent %s (%s) running: tenant %s, pools %s, status %s", self.machine_id, s.hostname,
                      self.tenant, ", ".join(p.id for p in self.pools), self.status)
             await self._heartbeat_loop()
@@ -143,9 +155,8 @@ class Agent:
                 await self.runner.close()
             for server in self._servers:
                 server.close()
-            for sock in (self.paths.control_socket, self.paths.credential_socket):
-                with contextlib.suppress(FileNotFoundError):
-                    sock.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.control_socket.unlink()
             await self.bus.close()
 
     async def _enroll(self) -> dict[str, Any]:
@@ -160,7 +171,7 @@ class Agent:
         req = enrollment_request(nkey, box, key=s.enroll_key, hostname=s.hostname, version=__version__, pools=s.pools,
                                  labels=s.labels, models=s.models, max_sessions=s.max_sessions,
                                  pool_max_disk_gb=s.pool_max_disk_gb,
-                                 credential_socket=str(self.paths.credential_socket))
+                                 credential_socket=self._socket_shown(), isolation=self._isolation())
         deadline = time.monotonic() + s.join_timeout
         async with await connect(s.nats_url, creds=s.creds, tls=s.tls, connect_timeout=s.connect_timeout,
                                  name=f"fleet-agent {s.hostname} (enrolling)",
@@ -206,8 +217,8 @@ class Agent:
     async def _register_once(self) -> JoinReply:
         assert self.bus is not None and self.machine_id is not None
         s = self.settings
-        req = RegisterRequest(hostname=s.hostname, version=__version__,
-                              credential_socket=str(self.paths.credential_socket))
+        req = RegisterRequest(hostname=s.hostname, version=__version__, credential_socket=self._socket_shown(),
+                              isolation=self._isolation())
         reply = decode(JoinReply, await self.bus.request(subjects.register(self.machine_id), req.encode(),
                                                          timeout=5.0, what="fleet server"))
         if not reply.ok:
@@ -216,6 +227,37 @@ class Agent:
             cls = Revoked if reply.reason == "revoked" else Refused
             raise cls(f"registration refused ({reply.reason}): {reply.message}")
         return reply
+
+    def _probe_sandbox(self) -> None:
+        s = self.settings
+        os.umask(0o077)  # what the agent writes is its own; its sessions' files are theirs alone too
+        found = probe() if s.sandbox else Probe("none", reason="fleet agent run --no-sandbox")
+        self.sandbox = Sandbox.create(found, self.paths.root, uid_range=s.session_uids, user=s.session_user,
+                                      expose=s.sandbox_expose, writable=s.sandbox_writable)
+        if not self.sandbox.isolated:
+            log.warning("this host cannot isolate sessions: %s", self.sandbox.probe.reason)
+
+    def _isolation(self) -> Isolation | None:
+        return Isolation.model_validate(self.sandbox.describe()) if self.sandbox is not None else None
+
+    def _socket_shown(self) -> str:
+        """Where a session finds its own credential socket (each session has its own)."""
+        sandboxed = self.sandbox is not None and self.sandbox.isolated
+        return SESSION_SOCKET if sandboxed else f"{self.paths.root}/s/<n>.sock (per session)"
+
+    def _check_isolation(self) -> None:
+        """A host that cannot isolate its sessions takes none, unless every pool it serves allows it."""
+        if self.sandbox is None or self.sandbox.isolated:
+            return
+        strict = [p.id for p in self.pools if p.isolation != "none"]
+        if strict or not self.pools:
+            raise CannotIsolate(
+                f"this host cannot run sessions isolated from the agent ({self.sandbox.probe.reason}), and pool(s) "
+                f"{', '.join(strict) or '-'} require it",
+                hint="install bubblewrap (apt-get install bubblewrap) and run the agent as root or where user "
+                     "namespaces are allowed; or set `isolation: none` on the pool in fleet.yaml (not recommended: "
+                     "a session can then read this host's credential)")
+        log.warning("sessions run WITHOUT isolation: every pool of this host says isolation: none")
 
     async def _on_closed(self) -> None:
         """NATS closed the connection for good: when it was the server revoking this identity, exit as revoked."""
@@ -388,14 +430,6 @@ class Agent:
             "uptime_s": round(time.time() - self.started_at, 1),
             "heartbeats_sent": self.seq,
             "state_dir": str(self.paths.root),
-            "credential_socket": str(self.paths.credential_socket),
+            "credential_socket": self._socket_shown(),
+            "sandbox": self.sandbox.describe() if self.sandbox is not None else None,
         }
-
-    async def _on_credential(self, request: dict[str, Any]) -> dict[str, Any]:
-        """A session asks for its identity; only sessions that run on this host get one."""
-        session_id = request.get("session_id")
-        run = self.runner.runs_session(session_id) if isinstance(session_id, str) and self.runner else None
-        if run is None:
-            return {"ok": False, "error": f"no session {str(session_id)[:40]!r} runs on this host"}
-        return {"ok": True, "session_id": run.session, "phase": run.phase, "machine_id": self.machine_id,
-                "tenant": self.tenant, "project": run.assignment.project, "attempt": run.assignment.attempt}

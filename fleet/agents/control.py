@@ -34,14 +34,14 @@ async def serve_json_socket(path: Path, handler: Handler) -> asyncio.AbstractSer
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 5.0)
-            try:
+            try:  # a line of at most the reader's limit (64 KiB), one JSON object, nested at most as json allows
+                line = await asyncio.wait_for(reader.readline(), 5.0)
                 request = json.loads(line or b"{}")
                 if not isinstance(request, dict):
                     raise ValueError("expected a JSON object")
                 reply = await handler(request)
-            except ValueError as exc:
-                reply = {"ok": False, "error": f"bad request: {exc}"}
+            except (ValueError, RecursionError) as exc:
+                reply = {"ok": False, "error": f"bad request: {str(exc)[:200]}"}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError):

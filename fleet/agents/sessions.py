@@ -1,13 +1,18 @@
-"""Running sessions on a host: the agent's executor (the local backend: a subprocess per session).
+"""Running sessions on a host: the agent's executor (a sandboxed process per session, fleet.agents.sandbox).
 
 `Runner` is started by fleet.agents.agent. For each Assignment (on the host's own subject) it starts the command in
-a process group of its own, in a working directory of its own (`<state dir>/sessions/<id>`), with an environment
-that holds only PATH, LANG, HOME/TMPDIR (the working directory), the session's own variables, `FLEET_SESSION_ID`,
-`FLEET_ATTEMPT` and `FLEET_CREDENTIALS_SOCKET` (the agent's own environment, with its enrollment key, is never
-passed on). It streams the output to the server (bounded chunks) and keeps a bounded tail, reports `running` (when
-the command lives longer than RUNNING_AFTER_S) and the final phase: succeeded (exit 0), failed, timed_out (its
-timeout killed it) or cancelled. A final phase is reported until the server acknowledges it or says it is stale,
-and is listed in the heartbeats meanwhile, so that a dispatcher fail-over never makes the host run it again.
+the host's sandbox (fleet.agents.sandbox: another uid than the agent's, PID/mount/IPC namespaces, a view without
+the agent's state), in a scratch directory of its own (`<state dir>/sessions/<id>`, 0700, owned by the session's
+uid, removed afterwards), with an environment that holds only PATH, LANG, HOME/TMPDIR (the scratch directory), the
+session's own variables, `FLEET_SESSION_ID`, `FLEET_ATTEMPT`, `FLEET_PROJECT` and `FLEET_CREDENTIALS_SOCKET` (the
+agent's own environment, with its enrollment key, is never passed on). The credential socket is the session's own
+(`SessionSocket`): it answers for that session alone (who asks is known from which socket was reached, never from
+the request) and is gone when the session ends. The runner streams the output to the server (bounded chunks) and
+keeps a bounded tail, reports `running` (when the command lives longer than RUNNING_AFTER_S) and the final phase:
+succeeded (exit 0), failed, timed_out (its timeout killed it) or cancelled. A final phase is reported until the
+server acknowledges it or says it is stale, and is listed in the heartbeats meanwhile, so that a dispatcher
+fail-over never makes the host run it again. When the command ends, every process it started ends with it (the
+kernel empties its PID namespace); a stop sends SIGTERM to all of them, then SIGKILL after KILL_GRACE_S.
 
 A host that lost its lease stops its sessions (self-fencing): when its NATS connection has been down, or the agent
 itself was stopped (SIGSTOP), for longer than the lease the server gave it, the server has re-queued them and they
@@ -29,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleet.agents.control import serve_json_socket
+from fleet.agents.sandbox import SESSION_SOCKET, Sandbox, UidLease, signal_session
 from fleet.bus import subjects
 from fleet.bus.connection import Bus
 from fleet.bus.messages import (
@@ -64,6 +71,8 @@ class Run:
     stop_reason: str | None = None  # cancelled / timed_out / lease lost
     phase: str = "assigned"
     silenced: bool = False  # lease lost: report nothing
+    lease: UidLease | None = None  # the session's own uid, while it runs
+    socket: asyncio.AbstractServer | None = None  # its credential socket, while it runs
 
     @property
     def session(self) -> str:
@@ -71,12 +80,14 @@ class Run:
 
 
 class Runner:
-    def __init__(self, bus: Bus, machine_id: str, state_dir: Path, credential_socket: Path,
-                 on_change: Callable[[], None]) -> None:
+    def __init__(self, bus: Bus, machine_id: str, state_dir: Path, sandbox: Sandbox,
+                 on_change: Callable[[], None], *, tenant: str | None = None) -> None:
         self.bus = bus
         self.machine_id = machine_id
+        self.tenant = tenant
         self.state_dir = state_dir
-        self.credential_socket = credential_socket
+        self.sandbox = sandbox
+        self._socket_seq = 0
         self.on_change = on_change  # a heartbeat should go out now (a session started or ended)
         self.runs: dict[str, Run] = {}
         self.unreported: dict[str, tuple[Run, WorkEvent]] = {}
@@ -132,29 +143,73 @@ class Runner:
         await self._stop(run, "cancelled" if not stale else order.reason, silence=stale)
 
     # ------------------------------------------------------------------------------------------ running
-    def _environment(self, run: Run, workdir: Path) -> dict[str, str]:
+    def _environment(self, run: Run, workdir: Path, socket_path: Path) -> dict[str, str]:
         a = run.assignment
         env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(workdir),
                "TMPDIR": str(workdir), "LANG": os.environ.get("LANG", "C.UTF-8")}
         env.update(a.env)
         env.update({"FLEET_SESSION_ID": a.session, "FLEET_ATTEMPT": str(a.attempt), "FLEET_PROJECT": a.project,
-                    "FLEET_CREDENTIALS_SOCKET": str(self.credential_socket)})
+                    "FLEET_CREDENTIALS_SOCKET": SESSION_SOCKET if self.sandbox.isolated else str(socket_path)})
         return env
+
+    async def _open_socket(self, run: Run, path: Path) -> None:
+        """The session's own credential socket: it knows which session it serves; it dies with the session."""
+        async def answer(request: dict[str, Any]) -> dict[str, Any]:
+            if self.runs.get(run.session) is not run or run.silenced or run.phase not in ("assigned", "running"):
+                return {"ok": False, "error": "this session has ended"}
+            return {"ok": True, "session_id": run.session, "phase": run.phase, "machine_id": self.machine_id,
+                    "tenant": self.tenant, "project": run.assignment.project, "attempt": run.assignment.attempt}
+
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        run.socket = await serve_json_socket(path, answer)
+        if run.lease is not None:
+            os.chown(path, run.lease.uid, run.lease.uid)
+
+    def _cleanup(self, run: Run, workdir: Path, socket_path: Path) -> None:
+        if run.socket is not None:
+            run.socket.close()
+            run.socket = None
+        with contextlib.suppress(OSError):
+            socket_path.unlink()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(workdir)
+        if run.lease is not None:
+            run.lease.release()
+            run.lease = None
 
     async def _run(self, run: Run) -> None:
         a = run.assignment
         workdir = self.state_dir / "sessions" / a.session
+        self._socket_seq += 1
+        socket_path = self.state_dir / "s" / f"{self._socket_seq}.sock"
         run.started_at = time.time()
         try:
-            workdir.mkdir(parents=True, exist_ok=True)
-            run.proc = await asyncio.create_subprocess_exec(
-                *a.command, cwd=workdir, env=self._environment(run, workdir), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        except (OSError, ValueError) as exc:  # not found, not executable, …; ValueError: a NUL byte somewhere
-            why = getattr(exc, "strerror", None) or str(exc)
-            run.tail += f"fleet: cannot start {a.command[0][:200]!r}: {why}\n".encode()
-            await self._final(run, "failed", 127, note=f"cannot start the command: {why}"[:200])
-            return
+            try:
+                if self.sandbox.isolated:  # as the command would fail without the sandbox (127)
+                    _check_executable(a.command[0], workdir)
+                run.lease = self.sandbox.take_uid()
+                self.sandbox.prepare(workdir, run.lease)
+                await self._open_socket(run, socket_path)
+                argv = (self.sandbox.wrap(list(a.command), workdir, socket_path, run.lease)
+                        if self.sandbox.isolated else list(a.command))
+                run.proc = await asyncio.create_subprocess_exec(
+                    *argv, cwd=workdir, env=self._environment(run, workdir, socket_path),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True)
+            except (OSError, ValueError, FleetError) as exc:  # not found, not executable, no uid free, a NUL byte
+                why = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
+                run.tail += f"fleet: cannot start {a.command[0][:200]!r}: {why}\n".encode()
+                self._cleanup(run, workdir, socket_path)
+                await self._final(run, "failed", 127, note=f"cannot start the command: {why}"[:200])
+                return
+            await self._supervise(run, workdir, socket_path)
+        except BaseException:
+            self._cleanup(run, workdir, socket_path)
+            raise
+
+    async def _supervise(self, run: Run, workdir: Path, socket_path: Path) -> None:
+        a = run.assignment
+        assert run.proc is not None
         if run.stop_reason:  # cancelled (or its lease lost) while it was starting
             await self._kill(run)
         self.on_change()
@@ -172,7 +227,13 @@ class Runner:
                 await reader
         finally:
             announced.cancel()
+        if not self.sandbox.isolated:  # no PID namespace: at least what stayed in its process group goes
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(run.proc.pid, signal.SIGKILL)
+        elif run.stop_reason and code > 128:  # bubblewrap says 128+N for a command ended by signal N
+            code = 128 - code
         await self._flush_output(run)
+        self._cleanup(run, workdir, socket_path)
         if run.silenced:
             self.runs.pop(a.session, None)
             return
@@ -183,8 +244,6 @@ class Runner:
         else:
             phase, note = ("succeeded" if code == 0 else "failed"), None
         await self._final(run, phase, code, note=note)
-        with contextlib.suppress(OSError):
-            shutil.rmtree(workdir)
 
     async def _announce(self, run: Run) -> None:
         await asyncio.sleep(RUNNING_AFTER_S)
@@ -263,13 +322,18 @@ class Runner:
         proc = run.proc
         if proc is None or proc.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        self._signal(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
         except TimeoutError:
+            self._signal(proc.pid, signal.SIGKILL)
+
+    def _signal(self, pid: int, sig: signal.Signals) -> None:
+        if self.sandbox.isolated:
+            signal_session(pid, sig)
+        else:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(pid, sig)
 
     async def kill_all(self, reason: str) -> None:
         """The lease is lost: stop every session, report none of them."""
@@ -286,3 +350,14 @@ class Runner:
         await self.kill_all("the agent stops")
         for task in list(self._tasks):
             task.cancel()
+
+
+def _check_executable(command: str, workdir: Path) -> None:
+    """Refuse as exec would (the sandbox's own error would say less): not found, or not executable."""
+    if command.startswith("/"):
+        if not os.path.exists(command):
+            raise FileNotFoundError(2, "No such file or directory")
+        if not os.access(command, os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    elif "/" not in command and shutil.which(command, path=os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")) is None:
+        raise FileNotFoundError(2, "No such file or directory")

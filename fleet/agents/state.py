@@ -9,7 +9,10 @@ Layout of STATE_DIR:
     agent.pid       PID of the running agent
     agent.log       the agent's log (`fleet agent logs`)
     control.sock    local control socket (`fleet agent pause|resume|drain|status`)
-    cred.sock       credential socket: a session running here reads its identity from it
+    s/<n>.sock      the credential socket of one running session (a sandboxed session sees it at
+                    /run/fleet/session.sock; it answers for that session only and is gone when it ends)
+    sessions/<id>/  the scratch directory of one running session (owned by the session's uid, removed after)
+Everything is the agent's alone: the directory is 0700 and the files 0600, owned by the agent's uid.
 """
 
 from __future__ import annotations
@@ -63,14 +66,13 @@ class AgentPaths:
     def control_socket(self) -> Path:
         return self.root / "control.sock"
 
-    @property
-    def credential_socket(self) -> Path:
-        return self.root / "cred.sock"
-
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
-        for sock in (self.control_socket, self.credential_socket):
+        for path in self.root.iterdir():  # older fleets left their files 0644 (in a 0755 dir)
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o600)
+        for sock in (self.control_socket, self.root / "s" / "99999999.sock"):
             if len(str(sock)) > 100:
                 raise StateError(f"state dir path too long for a unix socket: {sock}",
                                  hint="use a shorter --state-dir")
@@ -103,9 +105,7 @@ def save_identity(paths: AgentPaths, identity: dict[str, Any], host_creds: str) 
     """host.creds first (mode 0600 from its creation), then identity.json: an identity is complete once it exists."""
     paths.ensure()
     write_secret(paths.host_creds, host_creds)
-    tmp = paths.identity.with_suffix(".tmp")
-    tmp.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
-    tmp.replace(paths.identity)
+    write_secret(paths.identity, json.dumps(identity, indent=2, sort_keys=True) + "\n")
 
 
 def load_status(paths: AgentPaths) -> str:
@@ -117,6 +117,4 @@ def load_status(paths: AgentPaths) -> str:
 
 
 def save_status(paths: AgentPaths, status: str) -> None:
-    tmp = paths.status.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"status": status}) + "\n")
-    tmp.replace(paths.status)
+    write_secret(paths.status, json.dumps({"status": status}) + "\n")

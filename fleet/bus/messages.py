@@ -161,6 +161,28 @@ class Capacity(BaseModel):
 class PoolMembership(BaseModel):
     id: Ident
     mode: PoolMode = "persistent"
+    isolation: Literal["sandbox", "none"] = "sandbox"  # none: the pool lets its hosts run sessions unisolated
+
+
+class Isolation(BaseModel):
+    """How a host isolates its sessions from itself (fleet.agents.sandbox), as the agent reports it. Shown by
+    `fleet show` and `fleet list --json` (rendered by `describe`, never as text the host chose)."""
+
+    mechanism: Literal["uid", "userns", "none"]
+    namespaces: list[Literal["pid", "mount", "ipc", "user"]] = Field(default_factory=list, max_length=4)
+    tool: Literal["bubblewrap"] | None = None
+    uid_range: tuple[Annotated[int, Field(ge=0, lt=2**31)], Annotated[int, Field(ge=0, lt=2**31)]] | None = None
+    user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] | None = None
+    reason: Text | None = None  # why a host cannot isolate (mechanism none)
+
+    def describe(self) -> str:
+        if self.mechanism == "none":
+            return "none: sessions run as the agent" + (f" ({self.reason})" if self.reason else "")
+        who = (f"user {self.user}" if self.user else
+               f"uid {self.uid_range[0]}-{self.uid_range[1]} per session" if self.uid_range else
+               "the agent's uid in a user namespace")
+        spaces = "+".join(n for n in ("pid", "mount", "ipc", "user") if n in self.namespaces)
+        return f"{who}, {spaces} namespaces" + (f" ({self.tool})" if self.tool else "")
 
 
 class SessionInfo(BaseModel):
@@ -184,6 +206,7 @@ class EnrollRequest(Message):
     max_sessions: Slots | None = None
     pool_max_disk_gb: DiskGb | None = None
     credential_socket: SocketPath | None = None
+    isolation: Isolation | None = None
     nkey: NkeyUser | None = None  # the public key of the host's own identity; the server signs a JWT for it
     tenant: Ident | None = None  # what the host *claims*; the server ignores it (the key decides)
     box: B64Key | None = None  # a one-time X25519 public key: the reply is sealed to it (fleet.bus.enrolling)
@@ -203,6 +226,7 @@ class RegisterRequest(Message):
     hostname: Hostname
     version: Version
     credential_socket: SocketPath | None = None
+    isolation: Isolation | None = None
 
 
 class JoinReply(Message):
@@ -347,6 +371,7 @@ class HostRecord(Message):
     admin_status: AdminStatus = "active"  # what the agent last reported (persisted on change)
     version: Version | None = None
     credential_socket: SocketPath | None = None
+    isolation: Isolation | None = None  # what the agent last reported at (re)registration
     last_seen: Epoch | None = None  # epoch seconds of the last heartbeat, as of the last write
 
     @field_validator("pools", mode="before")

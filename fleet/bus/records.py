@@ -73,6 +73,7 @@ class PoolSpec(BaseModel):
     labels: list[str] = Field(default_factory=list)
     models: list[str] = Field(default_factory=list)
     disconnect_grace_s: float | None = None
+    isolation: str = "sandbox"  # none: hosts of this pool may run sessions without a sandbox
 
 
 def record_key(kind: str, ident: str) -> str:

@@ -24,6 +24,7 @@ import click
 
 from fleet.agents.agent import Agent, AgentSettings
 from fleet.agents.control import request
+from fleet.agents.sandbox import parse_uid_range
 from fleet.agents.state import AGENT_PROCESS_MARK, AgentPaths, load_identity
 from fleet.bus.embedded import read_pid, write_pid
 from fleet.cli.options import (
@@ -43,7 +44,7 @@ from fleet.cli.options import (
     json_option,
 )
 from fleet.cli.shared import read_bounded
-from fleet.errors import UsageError
+from fleet.errors import FleetError, UsageError
 
 MAX_SECRET_FILE = 4096
 #: most pools, labels and models one host may ask for (fleet.bus.messages.EnrollRequest)
@@ -103,13 +104,39 @@ def agent_group() -> None:
 @click.option("--hostname", type=HOSTNAME, default=None, help="Hostname to report (default: this machine's).")
 @click.option("--join-timeout", type=Seconds(0, 86400), default=30.0, show_default=True,
               help="Seconds to wait for a fleet server to answer the enrollment.")
+@click.option("--session-uids", default="300000-300999", show_default=True, metavar="FIRST-LAST",
+              help="An agent running as root runs each session as a uid of this range of its own (agents on one "
+                   "machine share the range and never the same uid).")
+@click.option("--session-user", default=None, metavar="USER",
+              help="Run every session as this existing unprivileged user instead (root only).")
+@click.option("--sandbox-expose", "expose", multiple=True, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False, resolve_path=True),
+              help="Show this directory to sessions, read-only (repeatable). They see the system directories, "
+                   "the directories of the tools on PATH and of Python, and their own scratch directory.")
+@click.option("--sandbox-bind", "writable", multiple=True, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False, resolve_path=True),
+              help="Let sessions write this directory (repeatable; shared by every session of this agent, so "
+                   "never one for sessions of different tenants to share). Never this agent's state dir.")
+@click.option("--no-sandbox", is_flag=True,
+              help="Run sessions as the agent, unisolated: accepted only when every pool of this host says "
+                   "`isolation: none` in fleet.yaml (a session can then read this host's credential).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def run_cmd(nats: NatsSettings, agent_state_dir: Path, enroll_key: str | None, enroll_key_file: Path | None,
             pools: tuple[tuple[str, ...], ...], labels: tuple[tuple[str, ...], ...],
             models: tuple[tuple[str, ...], ...], max_sessions: int | None, pool_max_disk_gb: float | None,
-            heartbeat_interval: float, hostname: str | None, join_timeout: float, verbose: bool) -> None:
-    """Enroll this machine (first start) or re-register it, then heartbeat until stopped (SIGTERM: clean exit)."""
+            heartbeat_interval: float, hostname: str | None, join_timeout: float, session_uids: str,
+            session_user: str | None, expose: tuple[str, ...], writable: tuple[str, ...], no_sandbox: bool,
+            verbose: bool) -> None:
+    """Enroll this machine (first start) or re-register it, then heartbeat until stopped (SIGTERM: clean exit).
+
+    Sessions run sandboxed (bubblewrap): as another uid than the agent's, in PID, mount and IPC namespaces of their
+    own, seeing none of the agent's state; when a session ends, every process it started ends. A host that cannot
+    sandbox exits with the reason, unless every pool it serves says `isolation: none`."""
     ctx = click.get_current_context()
+    try:
+        uid_range = parse_uid_range(session_uids)
+    except FleetError as exc:
+        raise UsageError(f"--session-uids: {exc.message}", hint=exc.hint) from exc
     if enroll_key and ctx.get_parameter_source("enroll_key") == click.core.ParameterSource.COMMANDLINE:
         click.secho("warning: --enroll-key puts the secret on the command line, where every user of this machine "
                     "can read it (`ps`); use FLEET_ENROLL_KEY or --enroll-key-file", fg="yellow", err=True)
@@ -130,6 +157,7 @@ def run_cmd(nats: NatsSettings, agent_state_dir: Path, enroll_key: str | None, e
                              hint="stop it first (SIGTERM, or `fleet down` for agents under .fleet/agents), "
                                   "or use another --state-dir")
         handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(paths.log)]
+        os.chmod(paths.log, 0o600)
         write_pid(paths.pid)
     except OSError as exc:
         raise UsageError(f"cannot use state dir {paths.root}: {exc.strerror or exc}",
@@ -143,7 +171,8 @@ def run_cmd(nats: NatsSettings, agent_state_dir: Path, enroll_key: str | None, e
         connect_timeout=nats.connect_timeout if explicit else max(nats.connect_timeout, 5.0),
         enroll_key=enroll_key, pools=pool_ids, labels=label_list, models=model_list,
         max_sessions=max_sessions, pool_max_disk_gb=pool_max_disk_gb, heartbeat_interval=heartbeat_interval,
-        join_timeout=join_timeout,
+        join_timeout=join_timeout, session_uids=uid_range, session_user=session_user, sandbox_expose=expose,
+        sandbox_writable=writable, sandbox=not no_sandbox,
     )
     if hostname:
         settings.hostname = hostname

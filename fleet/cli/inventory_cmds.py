@@ -82,6 +82,7 @@ def host_json(h: Host, now: float | None = None) -> dict[str, Any]:
         "labels": list(h.labels),
         "models": list(h.models),
         "credential_socket": h.credential_socket,
+        "sandbox": h.isolation,
         "key_id": h.key_id,
         "enrolled_at": h.enrolled_at,
         "revoked_at": h.revoked_at,
@@ -151,6 +152,7 @@ def render_show(host: dict[str, Any]) -> str:
     tail = [
         ("Labels", ", ".join(host.get("labels") or []) or "-"),
         ("Models", ", ".join(host.get("models") or []) or "-"),
+        ("Sandbox", host.get("sandbox") or "- (not reported: an agent older than the session sandbox)"),
         ("Credential socket", host.get("credential_socket") or "-"),
         ("Enrolled", f"{host.get('enrolled_at')} with key {host.get('key_id')}"),
     ]

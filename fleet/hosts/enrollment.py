@@ -242,6 +242,7 @@ class Enroller:
                 pools=decision.pools, labels=decision.labels, models=decision.models,
                 max_sessions=decision.max_sessions, max_disk_gb=decision.max_disk_gb, nkey=req.nkey,
                 enrolled_at=format_time(now_utc()), version=req.version, credential_socket=req.credential_socket,
+                isolation=req.isolation,
             )
             jwt = self.trust.host_jwt(req.nkey, mid, req.hostname, record.tenant)
             revision = await self.hosts.create(mid, record.encode())
@@ -309,17 +310,23 @@ class Enroller:
         record = entry.record
         if record.revoked:
             return JoinReply(ok=False, reason="revoked", message=f"host {machine_id} was revoked")
-        wanted = {"hostname": req.hostname, "version": req.version, "credential_socket": req.credential_socket}
+        wanted = {"hostname": req.hostname, "version": req.version, "credential_socket": req.credential_socket,
+                  "isolation": req.isolation}
         if any(getattr(record, k) != v for k, v in wanted.items()):  # the informer brings the new record back
             record = await modify_record(self.hosts, machine_id, lambda r: r.model_copy(update=wanted)
                                          if any(getattr(r, k) != v for k, v in wanted.items()) else None) or record
         log.info("registered %s (%s)", record.machine_id, record.hostname)
         return self.join_reply(self.registry.build(record, None, False))
 
+    def _isolation(self, pool_id: str) -> str:
+        spec = self.registry.config.pool_specs.get(pool_id)
+        return "none" if spec is not None and spec.isolation == "none" else "sandbox"
+
     def join_reply(self, host: Host, jwt: str | None = None) -> JoinReply:
         return JoinReply(
             ok=True, machine_id=host.machine_id, jwt=jwt, tenant=host.tenant, key_id=host.key_id,
-            pools=[PoolMembership(id=p, mode=m) for p, m in zip(host.pools, host.pool_modes, strict=True)],  # type: ignore[arg-type]
+            pools=[PoolMembership(id=p, mode=m, isolation=self._isolation(p))  # type: ignore[arg-type]
+                   for p, m in zip(host.pools, host.pool_modes, strict=True)],
             labels=list(host.labels), models=list(host.models),
             capacity={"max_concurrent_sessions": host.max_sessions, "pool_max_disk_gb": host.max_disk_gb},  # type: ignore[arg-type]
             heartbeat_interval_s=self.heartbeat_interval, status=host.declared,  # type: ignore[arg-type]

@@ -55,6 +55,7 @@ class Host:
     revoked_at: str | None = None
     credential_socket: str | None = None
     declared: str | None = None  # the status fleet.yaml declares for this host (hosts:), if any
+    isolation: str | None = None  # how it isolates its sessions (fleet.bus.messages.Isolation.describe)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # unknown columns of a newer server
 
     @property
@@ -171,7 +172,7 @@ def _host_row(row: Sequence[Any]) -> Host:
     if type(row) is not list or len(row) != len(HOST_COLUMNS):
         return from_row(HOST_COLUMNS, row)
     (machine_id, tenant, hostname, key_id, pools, labels, models, status, running, max_sessions, sessions, pool_modes,
-     max_disk_gb, last_seen, started_at, version, enrolled_at, revoked_at, credential_socket, declared) = row
+     max_disk_gb, last_seen, started_at, version, enrolled_at, revoked_at, credential_socket, declared, isolation) = row
     if not (type(machine_id) is str and type(tenant) is str and type(hostname) is str and type(status) is str
             and status in STATUSES and type(running) is int and type(max_sessions) is int
             and _strs(pools) and _strs(labels) and _strs(models) and _strs(pool_modes)
@@ -181,12 +182,12 @@ def _host_row(row: Sequence[Any]) -> Host:
             and (key_id is None or type(key_id) is str) and (version is None or type(version) is str)
             and (enrolled_at is None or type(enrolled_at) is str) and (revoked_at is None or type(revoked_at) is str)
             and (credential_socket is None or type(credential_socket) is str)
-            and (declared is None or type(declared) is str)):
+            and (declared is None or type(declared) is str) and (isolation is None or type(isolation) is str)):
         return from_row(HOST_COLUMNS, row)
     return Host(machine_id, tenant, hostname, key_id, tuple(pools), tuple(labels), tuple(models), status, running,
                 max_sessions, tuple(Session(str(s[0]), str(s[1])) for s in sessions) if sessions else (),
                 tuple(pool_modes), max_disk_gb, last_seen, started_at, version, enrolled_at, revoked_at,
-                credential_socket, declared)
+                credential_socket, declared, isolation)
 
 
 _FIELD_TYPES = {
@@ -194,8 +195,9 @@ _FIELD_TYPES = {
     "models": "strs", "status": "str", "running": "int", "max_sessions": "int", "sessions": "sessions",
     "pool_modes": "strs", "max_disk_gb": "float?", "last_seen": "float?", "started_at": "float?", "version": "str?",
     "enrolled_at": "str?", "revoked_at": "str?", "credential_socket": "str?", "declared": "str?",
+    "isolation": "str?",
 }
 assert set(_FIELD_TYPES) == set(HOST_COLUMNS), "every Host field needs a row type"
 assert HOST_COLUMNS == ("machine_id", "tenant", "hostname", "key_id", "pools", "labels", "models", "status", "running",
                         "max_sessions", "sessions", "pool_modes", "max_disk_gb", "last_seen", "started_at", "version",
-                        "enrolled_at", "revoked_at", "credential_socket", "declared"), "update _host_row too"
+                        "enrolled_at", "revoked_at", "credential_socket", "declared", "isolation"), "update _host_row too"

@@ -319,6 +319,7 @@ class Registry:
             enrolled_at=record.enrolled_at,
             revoked_at=record.revoked_at,
             credential_socket=record.credential_socket,
+            isolation=record.isolation.describe() if record.isolation is not None else None,
             declared=self.config.declared.get(record.machine_id),
         )
 

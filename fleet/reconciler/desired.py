@@ -63,6 +63,7 @@ def pool_spec(pool: Pool) -> dict[str, Any]:
         "disconnect_grace_s": pool.disconnect_grace_s,
         "idle_timeout_s": pool.idle_timeout_s,
         "settings": pool.settings,
+        **({"isolation": "none"} if pool.isolation == "none" else {}),  # the default (sandbox) is not stored
     }
 
 
@@ -136,7 +137,7 @@ _FIELD_ORDER = {
     "tenant": ["name", "description"],
     "project": ["tenant", "description"],
     "pool": ["tenant", "backend", "mode", "description", "hosts", "capacity", "labels", "models", "cost",
-             "disconnect_grace_s", "idle_timeout_s", "settings"],
+             "disconnect_grace_s", "idle_timeout_s", "settings", "isolation"],
     "route": ["tenant", "mode", "preferred_pool", "fallback_pool", "candidates", "required_labels", "model"],
     "key": ["tenant", "description", "pools", "models", "labels", "max_uses", "expires", "secret_source",
             "secret_digest"],

@@ -94,6 +94,7 @@ class Pool(_Model):
     disconnect_grace_s: float | None = None
     idle_timeout_s: float | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
+    isolation: Literal["sandbox", "none"] = "sandbox"
 
     @property
     def unbounded(self) -> bool:

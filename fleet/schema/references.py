@@ -174,6 +174,13 @@ class _Checker:
                 if d.get("mode") == "on_demand" and isinstance(lo, int) and lo > 0:
                     self.error(f"an on_demand pool keeps no hosts running: hosts.min {lo} is ignored", (*rp.path, "hosts", "min"),
                                code="invariant.on-demand-min", severity="warning", hint="use mode: hybrid to keep hosts.min running")
+            if d.get("isolation") == "none" and d.get("abstract") is not True:
+                where = rp.origin.get("isolation", rp.path)
+                self.error(f"pool {pool_id} runs sessions without isolation: a session runs as its agent, can read "
+                           "the host's credential and act as the host", (*where, "isolation"),
+                           code="security.isolation-none", severity="warning",
+                           hint="remove `isolation: none` and install bubblewrap on its hosts (fleet agent run "
+                                "sandboxes every session)")
             backend = d.get("backend")
             if self.backends is not None and isinstance(backend, str):
                 where = rp.origin.get("backend", rp.path)

@@ -377,7 +377,7 @@ def test_five_hundred_sessions_two_workers_killed_every_session_final_exactly_on
     names = [f"w{i}" for i in range(5)]
     for name in names:
         worker(live_fleet, name, keys["fin"], MAIN)
-    out = tmp_path / "ran.txt"
+    out = live_fleet.shared_file("ran.txt")  # the sessions (each its own uid) append to it
 
     async def run() -> list[SessionView]:
         async with Client(live_fleet.url, creds=live_fleet.creds("admin")) as c:
@@ -419,7 +419,7 @@ def test_a_stopped_worker_that_lost_its_lease_cannot_complete_its_old_session(li
                                                                              tmp_path: Path) -> None:
     keys = setup(live_fleet)
     first = worker(live_fleet, "w-first", keys["fin"], MAIN)
-    marker = tmp_path / "started"
+    marker = live_fleet.shared_file("started")  # the sessions (each its own uid) append to it
     with client(live_fleet) as c:
         s = c.submit("solo-app", ["sh", "-c", f"echo $FLEET_ATTEMPT >> {marker}; sleep 1.5; echo done $FLEET_ATTEMPT"])
         held = until(c, s.id, "running")
@@ -465,7 +465,7 @@ def test_the_dispatcher_killed_midway_loses_nothing(live_fleet: LiveFleet, tmp_p
         str(live_fleet.trust.root)))
     for name in ("w0", "w1"):
         worker(live_fleet, name, keys["fin"], MAIN)
-    out = tmp_path / "ran.txt"
+    out = live_fleet.shared_file("ran.txt")  # the sessions (each its own uid) append to it
 
     async def run() -> list[SessionView]:
         async with Client(live_fleet.url, creds=live_fleet.creds("admin")) as c:

@@ -7,11 +7,9 @@ from __future__ import annotations
 import re
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from fleet.agents.control import request
 from tests.conftest import FAST_GRACE, FAST_HEARTBEAT, run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -54,9 +52,9 @@ def test_sigterm_says_goodbye_and_restart_keeps_id(live_fleet) -> None:
 
     status = run_cli("agent", "status", "--json", "--state-dir", str(live_fleet.agent_dir("solo")))
     assert status.exit_code == 0 and '"status": "active"' in status.output
-    # the credential socket answers only for sessions that run on this host (none yet)
-    reply = request(Path(host["credential_socket"]), {"session_id": "s-unknown"})
-    assert reply == {"ok": False, "error": "no session 's-unknown' runs on this host"}
+    # no agent-wide credential socket any more: each session gets its own (tests/integration/test_sandbox.py)
+    assert host["credential_socket"] == "/run/fleet/session.sock"
+    assert not (live_fleet.agent_dir("solo") / "cred.sock").exists()
 
     assert agent.stop(signal.SIGTERM) == 0
     live_fleet.wait_status("solo", "offline", FAST_GRACE)  # the goodbye, not the grace, marks it offline

@@ -1,0 +1,324 @@
+"""The session sandbox: every session runs as a stranger to its agent, in PID, mount and IPC namespaces of its own.
+
+Used by fleet.agents.sessions (the runner) for every session, and by fleet.agents.agent, which probes the host once
+at start (`probe`) and reports the result in its registration (`fleet show`: `Sandbox: uid 300000-300999 per
+session, pid+mount+ipc namespaces (bubblewrap)`).
+
+Mechanisms, chosen per host:
+- **uid** (the agent runs as root): bubblewrap (Debian's `bubblewrap`) builds the session's view and namespaces as
+  root, then `setpriv` drops the session to an unprivileged uid/gid of its own, taken from a machine-wide range
+  (a lock file per uid under /run/fleet-sandbox, so that agents on one machine never share one) or to a named user
+  (`fleet agent run --session-user`), with no supplementary groups, no capabilities and no_new_privs.
+- **userns** (the agent is not root): bubblewrap in a user namespace; the session keeps the agent's uid outside,
+  so what protects the agent's files is the view alone.
+- **none**: no isolation, only when every pool of the host says `isolation: none` (the agent refuses otherwise).
+
+The view is deny-by-default: the system directories (/usr, /etc, /opt and the merged-/usr links) read-only, the
+directories of the tools on the agent's PATH and of its Python read-only, a fresh /proc, /dev and /tmp, and the
+session's own scratch directory read-write; nothing of any agent's state dir or the server's trust dir (if an
+exposed directory holds them, an empty tmpfs covers them). The session's credential socket is bound at
+SESSION_SOCKET. Nothing outlives the session: bubblewrap's init is PID 1 of the session's PID namespace, and when
+the command ends the kernel kills every process left in it (detached or not); `terminate` sends SIGTERM to every
+process of the session, then SIGKILL to the namespace's init.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from fleet.errors import FleetError
+
+log = logging.getLogger(__name__)
+
+SESSION_SOCKET = "/run/fleet/session.sock"  # where a sandboxed session finds its credential socket
+DEFAULT_UID_RANGE = (300000, 300999)
+LOCK_DIR = Path("/run/fleet-sandbox")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+
+
+class CannotIsolate(FleetError):
+    """This host cannot run sessions isolated from the agent, and its pools do not allow running them without."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What this host can do: the mechanism (uid, userns, none) and, for none, why."""
+
+    mechanism: str
+    bwrap: str | None = None
+    setpriv: str | None = None
+    reason: str | None = None
+
+
+def probe() -> Probe:
+    """Find out once, at agent start, whether sessions can be isolated here (a real bubblewrap run of `true`)."""
+    bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
+    if bwrap is None:
+        return Probe("none", reason="bubblewrap is not installed (apt-get install bubblewrap)")
+    root = os.geteuid() == 0
+    if root and setpriv is None:
+        return Probe("none", reason="setpriv (util-linux) is not installed")
+    argv = [bwrap, "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc",
+            "--dev", "/dev", "true"]
+    if not root:
+        argv[1:1] = ["--unshare-user"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Probe("none", reason=f"bubblewrap does not run: {exc}")
+    if done.returncode != 0:
+        why = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no reason given"]
+        return Probe("none", reason=f"bubblewrap cannot create namespaces here: {why[0][:200]}")
+    return Probe("uid" if root else "userns", bwrap=bwrap, setpriv=setpriv)
+
+
+def parse_uid_range(text: str) -> tuple[int, int]:
+    """`300000-300999` -> (300000, 300999); refused unless 1000 <= first <= last < 2**31."""
+    first, sep, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last if sep else first)
+    except ValueError as exc:
+        raise FleetError(f"invalid uid range {text!r}", hint="write it as FIRST-LAST, e.g. 300000-300999") from exc
+    if not 1000 <= lo <= hi < 2**31:
+        raise FleetError(f"invalid uid range {text!r}: needs 1000 <= first <= last < 2^31")
+    return lo, hi
+
+
+class UidLease:
+    """One uid of the range, held (by an flock on its lock file) for as long as one session runs."""
+
+    def __init__(self, uid: int, fd: int | None) -> None:
+        self.uid = uid
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+class UidPool:
+    """Machine-wide allocation of session uids: every agent on the machine takes them from the same lock dir, so two
+    sessions (of one agent or of two, of one tenant or of two) never share a uid. A lock dies with its agent."""
+
+    def __init__(self, first: int, last: int, lock_dir: Path = LOCK_DIR) -> None:
+        self.first, self.last = first, last
+        self.lock_dir = lock_dir
+        self._next = first
+        lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(lock_dir, 0o700)
+
+    def take(self) -> UidLease:
+        size = self.last - self.first + 1
+        for i in range(size):
+            uid = self.first + (self._next - self.first + i) % size
+            fd = os.open(self.lock_dir / f"uid-{uid}", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self._next = uid + 1 if uid < self.last else self.first
+            return UidLease(uid, fd)
+        raise FleetError(f"every session uid of {self.first}-{self.last} is in use on this machine",
+                         hint="give the agents a larger --session-uids range")
+
+
+@dataclass
+class Sandbox:
+    """How this agent starts its sessions. `wrap` turns a session's command into the argv that runs it isolated."""
+
+    probe: Probe
+    state_dir: Path
+    uids: UidPool | None = None
+    user: str | None = None  # a named user instead of the uid range (root only)
+    expose: tuple[str, ...] = ()  # more read-only paths
+    writable: tuple[str, ...] = ()  # paths every session of this agent may write (shared between them)
+    _view: list[str] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def create(cls, found: Probe, state_dir: Path, *, uid_range: tuple[int, int] = DEFAULT_UID_RANGE,
+               user: str | None = None, expose: tuple[str, ...] = (), writable: tuple[str, ...] = ()) -> Sandbox:
+        uids = None
+        if found.mechanism == "uid" and user is None:
+            uids = UidPool(*uid_range)
+        if user is not None and found.mechanism != "uid":
+            raise FleetError("--session-user needs an agent running as root (it switches the session to that user)")
+        if user is not None:
+            try:
+                entry = pwd.getpwnam(user)
+            except KeyError as exc:
+                raise FleetError(f"no user {user!r} on this machine", hint="create it, or drop --session-user") from exc
+            if entry.pw_uid == 0:
+                raise FleetError("--session-user may not be root")
+        box = cls(found, state_dir, uids, user, expose, writable)
+        box._view = box._build_view() if found.mechanism != "none" else []
+        return box
+
+    @property
+    def isolated(self) -> bool:
+        return self.probe.mechanism != "none"
+
+    def describe(self) -> dict[str, object]:
+        """What the agent reports (fleet.bus.messages.Isolation)."""
+        if not self.isolated:
+            return {"mechanism": "none", "reason": self.probe.reason}
+        out: dict[str, object] = {"mechanism": self.probe.mechanism, "namespaces": ["pid", "mount", "ipc"]
+                                  + (["user"] if self.probe.mechanism == "userns" else []), "tool": "bubblewrap"}
+        if self.uids is not None:
+            out["uid_range"] = [self.uids.first, self.uids.last]
+        if self.user is not None:
+            out["user"] = self.user
+        return out
+
+    # ------------------------------------------------------------------------------------------ the view
+    def _build_view(self) -> list[str]:
+        view: list[str] = []
+        made: set[str] = {"/"}
+        for d in SYSTEM_DIRS:
+            p = Path(d)
+            if p.is_symlink():
+                view += ["--symlink", os.readlink(p), d]
+            elif p.is_dir():
+                view += ["--ro-bind", d, d]
+            made.add(d)
+        view += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/var",
+                 "--tmpfs", "/var/tmp", "--tmpfs", "/run"]
+        made.update(("/proc", "/dev", "/tmp", "/var", "/var/tmp", "/run"))
+        candidates = {p for p in (os.path.realpath(d) for d in self._tool_dirs()) if p.count("/") >= 2}
+        candidates |= {os.path.realpath(d) for d in self.expose if os.path.realpath(d) != "/"}
+        exposed: list[str] = []
+        for real in sorted(candidates, key=lambda p: (p.count("/"), p)):
+            if os.path.isdir(real) and not any(_within(real, e) for e in (*SYSTEM_DIRS, *exposed)):
+                exposed.append(real)
+        for real in sorted(exposed):
+            view += _parents(real, made) + ["--ro-bind", real, real]
+        for hidden in self._hidden():
+            if any(_within(hidden, e) for e in exposed):
+                view += ["--tmpfs", hidden]
+        for path in sorted({os.path.realpath(d) for d in self.writable}):
+            if path != "/" and not any(_within(h, path) for h in self._hidden()):
+                view += _parents(path, made) + ["--bind", path, path]
+        return view
+
+    def _tool_dirs(self) -> list[str]:
+        """The directories a session needs for the tools on PATH and for Python: each PATH entry (its prefix when it
+        is a bin dir), and the prefixes of this Python and of a virtualenv's base Python."""
+        out: list[str] = []
+        for entry in os.environ.get("PATH", "").split(os.pathsep):
+            if entry.startswith("/"):
+                p = Path(os.path.realpath(entry))
+                out.append(str(p.parent if p.name in ("bin", "sbin") else p))
+        for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+            out.append(prefix)
+            cfg = Path(prefix) / "pyvenv.cfg"
+            with contextlib.suppress(OSError):
+                for line in cfg.read_text().splitlines():
+                    key, _, value = line.partition("=")
+                    if key.strip() == "home":
+                        out.append(str(Path(value.strip()).parent))
+        return out
+
+    def _hidden(self) -> list[str]:
+        """What an exposed directory may hold and a session must never see: this agent's state dir, its neighbours
+        (the dir of the agents' state dirs) and a fleet state root (`.fleet`, with the server's trust dir)."""
+        state = Path(os.path.realpath(self.state_dir))
+        out = [str(state), str(state.parent)]
+        out += [str(p) for p in state.parents if p.name == ".fleet"]
+        return sorted(set(out), key=len)
+
+    # ------------------------------------------------------------------------------------------ one session
+    def take_uid(self) -> UidLease | None:
+        if self.uids is not None:
+            return self.uids.take()
+        if self.user is not None:
+            return UidLease(pwd.getpwnam(self.user).pw_uid, None)
+        return None
+
+    def wrap(self, command: list[str], workdir: Path, socket_path: Path, lease: UidLease | None) -> list[str]:
+        """The argv that runs `command` in the sandbox, in `workdir` (bound read-write at the same path), with the
+        session's credential socket at SESSION_SOCKET."""
+        assert self.probe.bwrap is not None
+        argv = [self.probe.bwrap]
+        if self.probe.mechanism == "userns":
+            argv.append("--unshare-user")
+        argv += ["--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session"]
+        if lease is not None:
+            argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        argv += self._view
+        made = {"/", "/tmp", "/run", "/proc", "/dev", "/var/tmp"}
+        argv += _parents(str(workdir), made) + ["--bind", str(workdir), str(workdir)]
+        argv += ["--perms", "0755", "--dir", "/run/fleet", "--bind", str(socket_path), SESSION_SOCKET]
+        argv += ["--chdir", str(workdir), "--"]
+        if lease is not None:
+            assert self.probe.setpriv is not None
+            argv += [self.probe.setpriv, f"--reuid={lease.uid}", f"--regid={lease.uid}", "--clear-groups",
+                     "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
+        return argv + command
+
+    def prepare(self, workdir: Path, lease: UidLease | None) -> None:
+        """The scratch dir belongs to the session's uid alone (0700)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        if lease is not None:
+            os.chown(workdir, lease.uid, lease.uid)
+        os.chmod(workdir, 0o700)
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _parents(path: str, made: set[str]) -> list[str]:
+    """bubblewrap creates missing parents 0700 (root's, unreadable to the session): create them 0755 first."""
+    out: list[str] = []
+    parts = Path(path).parts
+    for i in range(2, len(parts)):
+        parent = str(Path(*parts[:i]))
+        if parent not in made:
+            made.add(parent)
+            out += ["--perms", "0755", "--dir", parent]
+    return out
+
+
+def session_processes(pid: int) -> tuple[list[psutil.Process], psutil.Process | None]:
+    """Every process of the session started as `pid` (bubblewrap's outer process): its descendants other than
+    bubblewrap's own, and the namespace's init (bubblewrap, PID 1 inside)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return [], None
+    init = next((p for p in children if _is_bwrap(p)), None)
+    return [p for p in children if not _is_bwrap(p)], init
+
+
+def _is_bwrap(proc: psutil.Process) -> bool:
+    try:
+        return proc.name() == "bwrap" and proc.uids().real == os.getuid()
+    except psutil.Error:
+        return False
+
+
+def signal_session(pid: int, sig: signal.Signals) -> None:
+    """SIGTERM: to every process of the session (not to bubblewrap, whose init would drop it); SIGKILL: to the
+    namespace's init, which takes every process of the session with it."""
+    procs, init = session_processes(pid)
+    targets = procs if sig != signal.SIGKILL else ([init] if init is not None else procs)
+    for proc in targets:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+    if sig == signal.SIGKILL:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
