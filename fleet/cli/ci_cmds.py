@@ -44,13 +44,13 @@ def comment_body(key: str, markdown: str, tail: str) -> str:
     return f"{marker(key)}\n{markdown.rstrip()}\n{tail}"
 
 
-def plan_markdown(plan_file: Path, room: int) -> str:
+def plan_markdown(plan_file: Path, reserved: int) -> str:
     from fleet.reconciler.rendering import render_markdown
 
     plan = read_saved_plan(plan_file)
     if plan is None:
         raise UsageError(f"{plan_file} is not a saved plan", hint="save one with `fleet plan --out plan.json`")
-    return render_markdown(plan, limit=room)
+    return render_markdown(plan, limit=COMMENT_LIMIT, reserved=reserved)
 
 
 @click.group("ci")
@@ -96,9 +96,10 @@ def comment_cmd(plan_file: Path | None, provider: str, body_file: Path | None, k
     if not KEY_PATTERN.match(artifact):
         raise UsageError(f"--artifact {artifact[:40]!r}: use letters, digits and . _ / - (at most 100)")
     tail = trailer(target.run_url, artifact, target.commit)
-    room = COMMENT_LIMIT - len(marker(key)) - len(tail) - 2
+    reserved = len(marker(key)) + len(tail) + 2
+    room = COMMENT_LIMIT - reserved
     if plan_file is not None:
-        markdown = plan_markdown(plan_file, room)
+        markdown = plan_markdown(plan_file, reserved)
     else:
         assert body_file is not None
         try:
