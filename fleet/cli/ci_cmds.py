@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from fleet.cli.ci_providers import close, open_provider, target_from_env
-from fleet.cli.options import InputFile, Seconds
+from fleet.cli.options import Count, InputFile, Seconds
 from fleet.cli.plan_cmds import MAX_PLAN_BYTES, read_saved_plan
 from fleet.cli.shared import read_bounded
 from fleet.errors import FleetError, UsageError
@@ -27,6 +27,8 @@ from fleet.errors import FleetError, UsageError
 COMMENT_LIMIT = 65_536  # GitHub's; GitLab allows 1,000,000, but a reviewer reads the same comment on both
 MAX_BODY_BYTES = 1024 * 1024
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
+REPO_PATTERN = {"github": re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$"),
+                "gitlab": re.compile(r"^[A-Za-z0-9_.-]{1,255}(/[A-Za-z0-9_.-]{1,255}){0,20}$")}
 
 
 def marker(key: str) -> str:
@@ -66,15 +68,15 @@ def ci_group() -> None:
                    "a merge request (token: GITLAB_TOKEN, else CI_JOB_TOKEN).")
 @click.option("--body-file", type=InputFile(max_bytes=MAX_BODY_BYTES, what="Markdown file"),
               help="Post this Markdown instead of a plan (e.g. why the apply was refused).")
-@click.option("--key", default=None,
+@click.option("--key", metavar="NAME", default=None,
               help="Which fleet comment of the PR this is (one per key): default the plan's fleet.yaml path.")
-@click.option("--pr", "number", type=click.IntRange(1, 2**31 - 1), default=None,
+@click.option("--pr", "number", type=Count(1, 2**31 - 1), metavar="NUMBER", default=None,
               help="The PR number (GitHub) or MR IID (GitLab); default: from the CI's environment.")
-@click.option("--repo", default=None,
+@click.option("--repo", metavar="REPO", default=None,
               help="OWNER/NAME (GitHub) or the project ID or path (GitLab); default: GITHUB_REPOSITORY, CI_PROJECT_ID.")
-@click.option("--api-url", default=None,
+@click.option("--api-url", metavar="URL", default=None,
               help="The REST API's base URL; default: GITHUB_API_URL or https://api.github.com, CI_API_V4_URL.")
-@click.option("--artifact", default="fleet-plan", show_default=True,
+@click.option("--artifact", metavar="NAME", default="fleet-plan", show_default=True,
               help="The name of the CI artifact that holds the saved plan (named in the comment).")
 @click.option("--timeout", type=Seconds(0.1, 600), default=30.0, show_default=True, help="Seconds per API request.")
 def comment_cmd(plan_file: Path | None, provider: str, body_file: Path | None, key: str | None, number: int | None,
@@ -87,6 +89,9 @@ def comment_cmd(plan_file: Path | None, provider: str, body_file: Path | None, k
     if (plan_file is None) == (body_file is None):
         raise UsageError("give either PLAN_FILE (a saved plan) or --body-file FILE")
     target = target_from_env(provider, os.environ, number=number, repo=repo, api_url=api_url)
+    if not REPO_PATTERN[provider].match(target.repo) or ".." in target.repo:
+        raise UsageError(f"the repository {target.repo[:60]!r} is not " + (
+            "OWNER/NAME" if provider == "github" else "a GitLab project ID or path"))
     if key is None:
         saved = read_saved_plan(plan_file) if plan_file is not None else None
         key = (saved.basis.config_file if saved is not None else None) or "fleet.yaml"
