@@ -149,7 +149,7 @@ class Api:
             raise FleetError(f"{self.provider} forbids this token to write comments (403 {message}) for {what}",
                              hint=f"give it {need}")
         if status == 404:
-            raise FleetError(f"{self.provider} found no {what} (404 {message})",
+            raise FleetError(f"{self.provider} answered 404 ({message}) for {what}",
                              hint="check the PR/MR number and the repository, and that the token can see them")
         raise FleetError(f"{self.provider} refused {what} (HTTP {status} {message})")
 

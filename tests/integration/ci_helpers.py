@@ -5,7 +5,8 @@ what `fleet ci comment` uses: GitHub's issue comments (`GET/POST /repos/{owner}/
 paginated by Link headers; `PATCH /repos/{owner}/{repo}/issues/comments/{id}`) and GitLab's merge request notes
 (`GET/POST /projects/{id}/merge_requests/{iid}/notes`, paginated by X-Next-Page; `PUT …/notes/{id}`). It checks
 the token header (401 otherwise), keeps the comments in memory, records every request, and can be told to answer
-the next requests with given statuses (`fail_next`) to test retries and refusals. Used by
+the next requests with given statuses (`fail_next`) to test retries and refusals; `static` answers further GETs
+(GitLab's merge request, pipeline, job and artifact lookups of the apply job). Used by
 tests/integration/test_ci_*.py; `with FakeForge(...) as forge:` stops it.
 """
 
@@ -35,6 +36,7 @@ class FakeForge:
     comments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # thread -> comments, oldest first
     requests: list[Recorded] = field(default_factory=list)
     failures: list[tuple[int, dict[str, str], str]] = field(default_factory=list)
+    static: dict[str, Any] = field(default_factory=dict)  # path -> what GET answers (JSON data, or bytes as is)
     next_id: int = 1000
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -113,6 +115,16 @@ class FakeForge:
             self._route(h, h.command, parts.path, query, body)
 
     def _route(self, h: BaseHTTPRequestHandler, method: str, path: str, query: dict[str, str], body: Any) -> None:
+        if method == "GET" and path in self.static:
+            answer = self.static[path]
+            if isinstance(answer, bytes):
+                h.send_response(200)
+                h.send_header("Content-Length", str(len(answer)))
+                h.end_headers()
+                h.wfile.write(answer)
+            else:
+                self._send(h, 200, answer)
+            return
         gh_list = re.fullmatch(r"/repos/([^/]+/[^/]+)/issues/(\d+)/comments", path)
         gh_one = re.fullmatch(r"/repos/([^/]+/[^/]+)/issues/comments/(\d+)", path)
         gl_list = re.fullmatch(r"/api/v4/projects/([^/]+)/merge_requests/(\d+)/notes", path)

@@ -148,7 +148,7 @@ def test_a_server_that_keeps_failing_is_unavailable(tmp_path: Path) -> None:
 @pytest.mark.parametrize("status, expected", [
     (401, "refused the token (401"),
     (403, "forbids this token to write comments (403"),
-    (404, "found no the comments of pull request #7 of acme/infra (404"),
+    (404, "answered 404 (fake 404) for the comments of pull request #7 of acme/infra"),
 ])
 def test_refusals_are_one_clear_line(tmp_path: Path, status: int, expected: str) -> None:
     with FakeForge(TOKEN) as forge:
