@@ -8,6 +8,8 @@ On merge: the apply step as the admin applies exactly the saved plan; after a co
 refused as stale with what changed (and the next step says so on the pull request); the viewer's apply is refused.
 The steps' scripts are read from the workflow file, so the test runs what a team copies; only `${{ … }}`
 expressions are replaced, by the values GitHub would give (`Runner.expr`; an unknown expression fails the test).
+Not run: "Find the reviewed plan" (it asks GitHub itself through `gh`) and the actions (checkout, upload and download
+of the artifact): the test hands the apply step the plan.json the plan step saved.
 """
 
 from __future__ import annotations
