@@ -22,7 +22,8 @@ from fleet.cli.ci_providers import close, open_provider, target_from_env
 from fleet.cli.options import Count, InputFile, Seconds
 from fleet.cli.plan_cmds import MAX_PLAN_BYTES, read_saved_plan
 from fleet.cli.shared import read_bounded
-from fleet.errors import FleetError, UsageError
+from fleet.errors import UsageError
+from fleet.reconciler.plan import Plan
 
 COMMENT_LIMIT = 65_536  # GitHub's; GitLab allows 1,000,000, but a reviewer reads the same comment on both
 MAX_BODY_BYTES = 1024 * 1024
@@ -46,12 +47,16 @@ def comment_body(key: str, markdown: str, tail: str) -> str:
     return f"{marker(key)}\n{markdown.rstrip()}\n{tail}"
 
 
-def plan_markdown(plan_file: Path, reserved: int) -> str:
-    from fleet.reconciler.rendering import render_markdown
-
+def saved_plan(plan_file: Path) -> Plan:
     plan = read_saved_plan(plan_file)
     if plan is None:
         raise UsageError(f"{plan_file} is not a saved plan", hint="save one with `fleet plan --out plan.json`")
+    return plan
+
+
+def plan_markdown(plan: Plan, reserved: int) -> str:
+    from fleet.reconciler.rendering import render_markdown
+
     return render_markdown(plan, limit=COMMENT_LIMIT, reserved=reserved)
 
 
@@ -92,9 +97,9 @@ def comment_cmd(plan_file: Path | None, provider: str, body_file: Path | None, k
     if not REPO_PATTERN[provider].match(target.repo) or ".." in target.repo:
         raise UsageError(f"the repository {target.repo[:60]!r} is not " + (
             "OWNER/NAME" if provider == "github" else "a GitLab project ID or path"))
+    plan = saved_plan(plan_file) if plan_file is not None else None
     if key is None:
-        saved = read_saved_plan(plan_file) if plan_file is not None else None
-        key = (saved.basis.config_file if saved is not None else None) or "fleet.yaml"
+        key = (plan.basis.config_file if plan is not None else None) or "fleet.yaml"
     key = key.removeprefix("./")
     if not KEY_PATTERN.match(key):
         raise UsageError(f"--key {key[:40]!r}: use letters, digits and . _ / - (at most 100)")
@@ -103,8 +108,8 @@ def comment_cmd(plan_file: Path | None, provider: str, body_file: Path | None, k
     tail = trailer(target.run_url, artifact, target.commit)
     reserved = len(marker(key)) + len(tail) + 2
     room = COMMENT_LIMIT - reserved
-    if plan_file is not None:
-        markdown = plan_markdown(plan_file, reserved)
+    if plan is not None:
+        markdown = plan_markdown(plan, reserved)
     else:
         assert body_file is not None
         try:
@@ -127,8 +132,6 @@ def comment_cmd(plan_file: Path | None, provider: str, body_file: Path | None, k
             verb = "Created"
     finally:
         close(api)
-    if done.id <= 0:
-        raise FleetError(f"{target.provider} answered without a comment ID")
     click.echo(f"{verb} the fleet comment {done.id} on {api.where} ({len(body):,} characters)"
                + (f": {done.url}" if done.url else ""))
     if len(ours) > 1:
