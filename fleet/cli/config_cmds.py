@@ -1,13 +1,15 @@
 """`fleet validate` and `fleet schema`: the desired-state commands that need no running fleet.
 
 validate: load + schema + references + backend settings, every problem at once as `FILE:LINE:COL: error: …`
-(or `--format json`); exit 0 valid, 1 invalid, 2 usage. schema: print the JSON Schema composed with the
+(or `--format json`, or CI annotations: `--format github` workflow commands, `--format gitlab` a Code Quality
+report, fleet.cli.annotations); exit 0 valid, 1 invalid, 64 usage. schema: print the JSON Schema composed with the
 installed backends' settings fragments. Listed in fleet.cli.main.COMMANDS (loaded when called).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,18 +22,29 @@ from fleet.schema.validation import base_schema, compose_schema
 
 @click.command("validate")
 @file_option
-@format_option("human", "json")
+@format_option("human", "json", "github", "gitlab")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing when the file is valid.")
 def validate_cmd(file: Path, fmt: str, strict: bool, quiet: bool) -> None:
     """Check a fleet.yaml: schema, references, tenant boundaries, backend settings.
 
     Every problem is reported at once as FILE:LINE:COL: error: MESSAGE (at JSON.PATH). Exit status: 0 valid,
-    1 invalid, 2 usage error. Use --format json in CI.
+    1 invalid, 64 usage error. In CI, --format github prints GitHub workflow commands (each problem an annotation
+    on its line of the pull request) and --format gitlab a Code Quality report (JSON, for
+    artifacts:reports:codequality; the problems also go to stderr); --format json is for other tools.
     """
-    result = load_config_or_report(file, report=fmt != "json", exit_on_error=False, strict=strict)
+    result = load_config_or_report(file, report=fmt in ("human", "gitlab"), exit_on_error=False, strict=strict)
     failed = not result.ok or (strict and result.warnings)
-    if fmt == "json":
+    if fmt in ("github", "gitlab"):
+        from fleet.cli.annotations import github_commands, gitlab_report, repo_root
+
+        root = repo_root(os.environ, fmt)
+        if fmt == "github":
+            for line in github_commands(result.diagnostics, root):
+                click.echo(line)
+        else:
+            click.echo(json.dumps(gitlab_report(result.diagnostics, root), indent=2))
+    elif fmt == "json":
         payload = {
             "file": str(file),
             "valid": not failed,

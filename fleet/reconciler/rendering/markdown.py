@@ -3,7 +3,8 @@
 Summary first, then consequences called out (a GitHub alert), a capacity table, then the changes in collapsible
 <details> sections grouped by tenant and, inside a tenant, by pool (a pool's own change with the routes and keys
 that use it), then drift. Never longer than GitHub's 65,536-character comment limit: when it would be, later
-sections are cut and a note points at the full JSON plan. Pure; called by `fleet plan --format markdown`.
+sections are cut and a note points at the full JSON plan. Pure; called by `fleet plan --format markdown` and
+`fleet ci comment`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def _change_block(c: Change) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(plan: Plan, *, limit: int = GITHUB_COMMENT_LIMIT) -> str:
+def render_markdown(plan: Plan, *, limit: int = GITHUB_COMMENT_LIMIT, reserved: int = 0) -> str:
+    """The Markdown view, at most `limit - reserved` characters long: `reserved` is what the caller puts around it
+    in the same comment (`fleet ci comment`: a hidden marker and a trailer); a truncation note names `limit`."""
     head: list[str] = ["## fleet plan", ""]
     if plan.refresh_only:
         head.append(f"**Refresh only: {len(plan.drift)} drift item(s).**" if plan.drift else "**No drift.**")
@@ -112,7 +115,7 @@ def render_markdown(plan: Plan, *, limit: int = GITHUB_COMMENT_LIMIT) -> str:
     footer = (f"<sub>fleet {b.tool_version or __version__} · plan format {plan.format_version} · "
               f"config {(b.config_hash or 'n/a')[:19]} · applied revision {b.applied_revision}</sub>\n")
     text = "\n".join(head)
-    budget = limit - _RESERVE - len(footer)
+    budget = limit - reserved - _RESERVE - len(footer)
     if len(text) > budget:  # even the head is too long: cut it line by line
         text = text[:budget].rsplit("\n", 1)[0] + "\n"
         sections = []
