@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +31,34 @@ from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, requ
 from fleet.bus.messages import JoinReply
 from fleet.bus.trust import Key, creds_text, write_secret
 from fleet.bus.trustdir import TrustDir
+
+# ------------------------------------------------------------------------------------------------ temp dirs
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own tmp_path plugin reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    """A short base for every test's temp dir, /tmp/ftXXXXXXXX (pytest's is /tmp/pytest-of-USER/pytest-N, and
+    pytest-xdist adds popen-gwN/ below it): an agent's state dir holds its unix sockets, whose paths may not exceed
+    ~100 bytes (fleet.agents.state), and tests put agents at tmp_path/agents/NAME. Made by the controlling process
+    only (xdist's workers get a popen-gwN/ below it), unique per run, so that parallel runs by several people never
+    share one; removed after a run that passed, kept (like pytest's) after one that failed."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="ft")
+        config.stash[_SHORT_BASETEMP] = config.option.basetemp
+
+
+_SHORT_BASETEMP = pytest.StashKey[str]()
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = config.stash.get(_SHORT_BASETEMP, None)
+    if made is not None and config.stash.get(_EXIT_STATUS, 1) == 0:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 @dataclass
