@@ -8,6 +8,7 @@ process a test started, by PID. `port_holder` starts another program (not NATS) 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -17,10 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -31,6 +32,8 @@ from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, requ
 from fleet.bus.messages import JoinReply
 from fleet.bus.trust import Key, creds_text, write_secret
 from fleet.bus.trustdir import TrustDir
+
+T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------------------ temp dirs
 
@@ -163,6 +166,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def wait_for_async(fetch: Callable[[], Awaitable[T]], ok: Callable[[T], Any] = bool, timeout: float = 10.0,
+                interval: float = 0.05, what: str = "condition") -> T:
+    """The asyncio form of wait_for: await `fetch()` until `ok(value)` holds and return that value, or fail after
+    `timeout` seconds with the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await fetch()
+        if ok(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+        await asyncio.sleep(interval)
 
 
 @dataclass

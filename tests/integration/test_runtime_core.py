@@ -28,7 +28,15 @@ from fleet.bus.kv import open_store
 from fleet.bus.messages import ControlCommand, Heartbeat, HostsPageRequest, JoinReply, decode
 from fleet.hosts.client import ControlPlaneClient, call, hosts_of
 from fleet.hosts.model import Host
-from tests.conftest import FAST_GRACE, FAST_HEARTBEAT, LiveFleet, fleet_argv, run_cli, wait_for
+from tests.conftest import (
+    FAST_GRACE,
+    FAST_HEARTBEAT,
+    LiveFleet,
+    fleet_argv,
+    run_cli,
+    wait_for,
+    wait_for_async,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -319,7 +327,8 @@ def test_a_command_to_an_agent_that_never_answers_does_not_stall_the_api(live_fl
         await silent.start()
         await answering.start()
         async with ControlPlaneClient(live_fleet.url, live_fleet.creds("admin")) as client:
-            await asyncio.sleep(3 * FAST_HEARTBEAT)  # live
+            await wait_for_async(client.hosts, lambda hs: sorted(h.status for h in hs) == ["active", "active"], 10,
+                                 what="both hosts live")
             started = time.monotonic()
             pause = asyncio.ensure_future(client.command(silent.mid, "pause"))
             await asyncio.sleep(0.2)  # the server is now waiting on the silent agent

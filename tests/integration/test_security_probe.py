@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from fleet.bus import subjects
-from fleet.bus.connection import RequestTimeout, connect
+from fleet.bus.connection import Bus, RequestTimeout, connect
 from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, request_enrollment, sign_proof
 from fleet.bus.kv import open_store
 from fleet.bus.messages import EnrollRequest, HostCommand, JoinReply, RegisterRequest, decode
@@ -41,7 +41,7 @@ from fleet.bus.trust import Key, creds_text, read_creds, write_secret
 from fleet.bus.trust import decode as jwt_claims
 from fleet.errors import AuthRefused, FleetError, PermissionDenied
 from fleet.hosts.client import call
-from tests.conftest import fleet_yaml
+from tests.conftest import fleet_yaml, wait_for, wait_for_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -194,8 +194,8 @@ def test_a_host_cannot_void_its_own_revocation_in_advance(live_fleet) -> None:
         await _bounce(live_fleet, creds, f"$KV.{subjects.BUCKET_TRUST}.revoked.{nkey}", subject=subjects.register(mid),
                       payload=RegisterRequest(hostname="attacker", version="0.1.0").encode())
         data = await _admin(live_fleet, mid, "revoke")
-        await asyncio.sleep(1.0)
-        return data, await _connects(live_fleet, creds)
+        # the revocation reaches nats-server asynchronously: until it refuses the host (forever, had the attack worked)
+        return data, await wait_for_async(lambda: _connects(live_fleet, creds), lambda ok: not ok, 10, 0.1, "the refusal")
 
     data, connects = asyncio.run(scenario())
     assert "revoked" in json.dumps(data)  # the operator is told it worked
@@ -207,14 +207,15 @@ def test_the_enroll_identity_cannot_un_revoke_a_host(live_fleet) -> None:
 
     async def scenario() -> bool:
         mid, creds = await _host(live_fleet, fin, "revoked")
-        other, _ = await _host(live_fleet, fin, "bystander")
+        other, other_creds = await _host(live_fleet, fin, "bystander")
         await _admin(live_fleet, mid, "revoke")
         assert not await _connects(live_fleet, creds)
         nkey = read_creds(creds).public
         await _bounce(live_fleet, live_fleet.creds("enroll"), f"$KV.{subjects.BUCKET_TRUST}.revoked.{nkey}",
                       subject=subjects.ENROLL, payload=b"{}")
         await _admin(live_fleet, other, "revoke")  # any later push (this one, or the one every minute)
-        await asyncio.sleep(0.5)
+        # until nats-server has that push (it refuses the bystander): the push that would un-revoke the first host
+        await wait_for_async(lambda: _connects(live_fleet, other_creds), lambda ok: not ok, 10, 0.1, "the later push")
         return await _connects(live_fleet, creds)
 
     assert asyncio.run(scenario()) is False
@@ -326,11 +327,10 @@ def test_no_consumer_delivers_onto_a_hosts_control_subject(live_fleet) -> None:
                         "config": {"deliver_subject": target, "ack_policy": ack, "deliver_policy": "last_per_subject",
                                    "filter_subject": f"$KV.{subjects.BUCKET_CONFIG}.zz.order", **extra}}
                 await admin.request(f"$JS.API.CONSUMER.CREATE.KV_{subjects.BUCKET_CONFIG}", json.dumps(body).encode())
-        await asyncio.sleep(2)
 
     asyncio.run(scenario())
-    assert agent.popen.poll() is None, agent.output()[-500:]
-    assert "security: ignored" in agent.output()  # delivered by NATS, refused by the agent
+    wait_for(lambda: "security: ignored" in agent.output(), 10, what="the agent ignoring the delivered order")
+    assert agent.popen.poll() is None, agent.output()[-500:]  # delivered by NATS, refused by the agent
     assert live_fleet.by_name()["victim"]["status"] == "active"
 
 
@@ -338,18 +338,22 @@ def test_a_viewer_cannot_leave_durable_consumers_behind(live_fleet) -> None:
     live_fleet.key("fin")
 
     async def scenario() -> int:
+        async def create(viewer: Bus, name: str) -> None:
+            body = {"stream_name": f"KV_{subjects.BUCKET_CONFIG}",
+                    "config": {"durable_name": name, "ack_policy": "none", "deliver_policy": "all"}}
+            with contextlib.suppress(FleetError):  # refused: the request times out (3 s), so all 20 at once
+                await viewer.request(f"$JS.API.CONSUMER.CREATE.KV_{subjects.BUCKET_CONFIG}.{name}",
+                                     json.dumps(body).encode())
+
         async with await live_fleet.bus("viewer") as viewer:
-            for i in range(20):
-                name = f"evil{i}"
-                body = {"stream_name": f"KV_{subjects.BUCKET_CONFIG}",
-                        "config": {"durable_name": name, "ack_policy": "none", "deliver_policy": "all"}}
-                with contextlib.suppress(FleetError):
-                    await viewer.request(f"$JS.API.CONSUMER.CREATE.KV_{subjects.BUCKET_CONFIG}.{name}",
-                                         json.dumps(body).encode())
-        await asyncio.sleep(6)  # longer than an ephemeral consumer's inactivity threshold
+            await asyncio.gather(*(create(viewer, f"evil{i}") for i in range(20)))
         async with await live_fleet.bus("server") as server:
-            info = await server.js.stream_info(f"KV_{subjects.BUCKET_CONFIG}")
-            return info.state.consumer_count
+            async def consumers() -> int:
+                return (await server.js.stream_info(f"KV_{subjects.BUCKET_CONFIG}")).state.consumer_count
+
+            # fewer than 20 left: none was made, or they were ephemeral and went after their inactivity threshold
+            # (5 s); 20 durables would stay forever, and the wait would fail
+            return await wait_for_async(consumers, lambda n: n < 20, 15, what="fewer than 20 consumers")
 
     assert asyncio.run(scenario()) < 20
 
@@ -636,8 +640,8 @@ def test_a_revoked_identity_stays_out_through_every_restart_and_a_new_one_works(
         mid, creds = await _host(live_fleet, fin, "revokee")
         conns = [await connect(live_fleet.url, creds=creds, persistent=True) for _ in range(3)]
         await _admin(live_fleet, mid, "revoke")
-        await asyncio.sleep(0.5)
-        assert all(not c.is_connected for c in conns)
+        await wait_for_async(lambda: asyncio.sleep(0, [c.is_connected for c in conns]), lambda up: not any(up), 10,
+                    what="every connection of the revoked host closed")
         for c in conns:
             await c.close()
         assert not await _connects(live_fleet, creds)
