@@ -3,7 +3,9 @@
 Used by every integration test. `nats_server` yields a NatsHandle (url, stop(), start() on the same port and
 store dir, for restart tests) and stops the server by PID in teardown. `live_fleet` adds a real `fleet server`
 process (short heartbeat/grace for tests) and helpers to start real agent processes; `processes` stops every
-process a test started, by PID. `port_holder` starts another program (not NATS) that holds a port.
+process a test started, by PID. `port_holder` starts another program (not NATS) that holds a port. `wait_for` and
+`wait_for_async` wait for a condition with a deadline (never a fixed sleep in its place). Every test's temp dir is
+under a short per-run /tmp/ftXXXXXXXX (pytest_configure), so that the suite runs in parallel (pytest-xdist).
 """
 
 from __future__ import annotations
