@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner
 
 from fleet.bus.connection import Bus, connect
-from fleet.bus.embedded import EmbeddedNats, free_port, stop_pid
+from fleet.bus.embedded import EmbeddedNats, PortInUse, free_port, stop_pid
 from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, request_enrollment
 from fleet.bus.messages import JoinReply
 from fleet.bus.trust import Key, creds_text, write_secret
@@ -86,12 +86,26 @@ class NatsHandle:
         self.server.start()
 
 
+def _started(make: Callable[[int], EmbeddedNats], attempts: int = 3) -> EmbeddedNats:
+    """A started nats-server on a free port. free_port's port is free only when it answers: another test's process
+    (tests run in parallel) may bind it, or use it as the source port of a connection, before nats-server does; then
+    nats-server fails with PortInUse, and another port is tried."""
+    for attempt in range(attempts):
+        server = make(free_port())
+        try:
+            server.start()
+            return server
+        except PortInUse:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsHandle]:
     """A nats-server without auth (for tests of the bus itself and of commands that run without a fleet)."""
     store = Path(tmp_path_factory.mktemp("nats"))
-    server = EmbeddedNats(store_dir=store, port=free_port())
-    server.start()
+    server = _started(lambda port: EmbeddedNats(store_dir=store, port=port))
     try:
         yield NatsHandle(server)
     finally:
@@ -104,10 +118,8 @@ def trusted_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsHandl
     connections are refused and every identity has its own permissions (fleet.bus.identities)."""
     root = Path(tmp_path_factory.mktemp("fleet"))
     trust = TrustDir.create(root / "trust")
-    port = free_port()
-    conf = trust.write_nats_conf(root, "127.0.0.1", port)
-    server = EmbeddedNats(store_dir=root / "nats", port=port, extra_args=["-c", str(conf)])
-    server.start()
+    server = _started(lambda port: EmbeddedNats(store_dir=root / "nats", port=port, extra_args=[
+        "-c", str(trust.write_nats_conf(root, "127.0.0.1", port))]))
     try:
         yield NatsHandle(server, trust)
     finally:
