@@ -3,32 +3,67 @@
 Used by every integration test. `nats_server` yields a NatsHandle (url, stop(), start() on the same port and
 store dir, for restart tests) and stops the server by PID in teardown. `live_fleet` adds a real `fleet server`
 process (short heartbeat/grace for tests) and helpers to start real agent processes; `processes` stops every
-process a test started, by PID. `port_holder` starts another program (not NATS) that holds a port.
+process a test started, by PID. `port_holder` starts another program (not NATS) that holds a port. `wait_for` and
+`wait_for_async` wait for a condition with a deadline (never a fixed sleep in its place). Every test's temp dir is
+under a short per-run /tmp/ftXXXXXXXX (pytest_configure), so that the suite runs in parallel (pytest-xdist).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner
 
 from fleet.bus.connection import Bus, connect
-from fleet.bus.embedded import EmbeddedNats, free_port, stop_pid
+from fleet.bus.embedded import EmbeddedNats, PortInUse, free_port, stop_pid
 from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, request_enrollment
 from fleet.bus.messages import JoinReply
 from fleet.bus.trust import Key, creds_text, write_secret
 from fleet.bus.trustdir import TrustDir
+
+T = TypeVar("T")
+
+# ------------------------------------------------------------------------------------------------ temp dirs
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own tmp_path plugin reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    """A short base for every test's temp dir, /tmp/ftXXXXXXXX (pytest's is /tmp/pytest-of-USER/pytest-N, and
+    pytest-xdist adds popen-gwN/ below it): an agent's state dir holds its unix sockets, whose paths may not exceed
+    ~100 bytes (fleet.agents.state), and tests put agents at tmp_path/agents/NAME. Made by the controlling process
+    only (xdist's workers get a popen-gwN/ below it), unique per run, so that parallel runs by several people never
+    share one; removed after a run that passed, kept (like pytest's) after one that failed."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="ft")
+        config.stash[_SHORT_BASETEMP] = config.option.basetemp
+
+
+_SHORT_BASETEMP = pytest.StashKey[str]()
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = config.stash.get(_SHORT_BASETEMP, None)
+    if made is not None and config.stash.get(_EXIT_STATUS, 1) == 0:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 @dataclass
@@ -51,12 +86,26 @@ class NatsHandle:
         self.server.start()
 
 
+def _started(make: Callable[[int], EmbeddedNats], attempts: int = 3) -> EmbeddedNats:
+    """A started nats-server on a free port. free_port's port is free only when it answers: another test's process
+    (tests run in parallel) may bind it, or use it as the source port of a connection, before nats-server does; then
+    nats-server fails with PortInUse, and another port is tried."""
+    for attempt in range(attempts):
+        server = make(free_port())
+        try:
+            server.start()
+            return server
+        except PortInUse:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsHandle]:
     """A nats-server without auth (for tests of the bus itself and of commands that run without a fleet)."""
     store = Path(tmp_path_factory.mktemp("nats"))
-    server = EmbeddedNats(store_dir=store, port=free_port())
-    server.start()
+    server = _started(lambda port: EmbeddedNats(store_dir=store, port=port))
     try:
         yield NatsHandle(server)
     finally:
@@ -69,10 +118,8 @@ def trusted_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsHandl
     connections are refused and every identity has its own permissions (fleet.bus.identities)."""
     root = Path(tmp_path_factory.mktemp("fleet"))
     trust = TrustDir.create(root / "trust")
-    port = free_port()
-    conf = trust.write_nats_conf(root, "127.0.0.1", port)
-    server = EmbeddedNats(store_dir=root / "nats", port=port, extra_args=["-c", str(conf)])
-    server.start()
+    server = _started(lambda port: EmbeddedNats(store_dir=root / "nats", port=port, extra_args=[
+        "-c", str(trust.write_nats_conf(root, "127.0.0.1", port))]))
     try:
         yield NatsHandle(server, trust)
     finally:
@@ -133,6 +180,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def wait_for_async(fetch: Callable[[], Awaitable[T]], ok: Callable[[T], Any] = bool, timeout: float = 10.0,
+                interval: float = 0.05, what: str = "condition") -> T:
+    """The asyncio form of wait_for: await `fetch()` until `ok(value)` holds and return that value, or fail after
+    `timeout` seconds with the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await fetch()
+        if ok(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+        await asyncio.sleep(interval)
 
 
 @dataclass

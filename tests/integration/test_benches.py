@@ -46,3 +46,9 @@ def test_bench_plan_observes_every_host() -> None:
 def test_bench_startup_measures_each_command() -> None:
     out = run_bench("startup")
     assert out["help_ratio"] > 0 and out["list_ratio"] > 0
+
+
+def test_bench_loader_loads_every_document() -> None:
+    out = run_bench("loader")
+    assert out["documents"] == len(out["loads_ms"]) > 40, out
+    assert out["worst_document"] in out["loads_ms"] and out["baseline_parse_ms"] > 0

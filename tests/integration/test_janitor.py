@@ -12,6 +12,7 @@ from fleet.bus import subjects
 from fleet.bus.connection import connect
 from fleet.bus.kv import Informer, open_store
 from fleet.service.janitor import ConsumerJanitor
+from tests.conftest import wait_for_async
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def test_left_behind_consumers_are_removed_and_live_readers_are_not(nats_server)
             second = await janitor.sweep_once()
             left = [i.name for i in await bus.js.consumers_info(stream)]
             await store.put("key.b", b"2")
-            await asyncio.sleep(0.3)
+            await wait_for_async(lambda: asyncio.sleep(0, seen), lambda keys: "key.b" in keys, 10, what="key.b read")
             await informer.stop()
             return first, second, left, seen
 

@@ -28,7 +28,15 @@ from fleet.bus.kv import open_store
 from fleet.bus.messages import ControlCommand, Heartbeat, HostsPageRequest, JoinReply, decode
 from fleet.hosts.client import ControlPlaneClient, call, hosts_of
 from fleet.hosts.model import Host
-from tests.conftest import FAST_GRACE, FAST_HEARTBEAT, LiveFleet, fleet_argv, run_cli, wait_for
+from tests.conftest import (
+    FAST_GRACE,
+    FAST_HEARTBEAT,
+    LiveFleet,
+    fleet_argv,
+    run_cli,
+    wait_for,
+    wait_for_async,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -117,6 +125,7 @@ def _second_server(fleet: LiveFleet):
 # ------------------------------------------------------------------------------------------------ 1. replicas
 
 
+@pytest.mark.serial
 def test_two_replicas_agree_within_a_second_whoever_handled_the_change(live_fleet) -> None:
     secret = live_fleet.key("rep", max_uses=40)
     _second_server(live_fleet)
@@ -156,6 +165,7 @@ def test_two_replicas_agree_within_a_second_whoever_handled_the_change(live_flee
     assert max(max(v) for v in got["lags"].values()) <= 1.0  # `agreed` already fails past 1 s
 
 
+@pytest.mark.serial
 def test_replicas_still_agree_after_a_nats_restart(live_fleet) -> None:
     """The informers resync after a reconnect: a change made after the restart reaches both replicas."""
     secret = live_fleet.key("rs", max_uses=5)
@@ -257,6 +267,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.serial
 def test_a_flood_of_unknown_and_huge_heartbeats_changes_nothing(live_fleet) -> None:
     secret = live_fleet.key("flood", max_uses=3)
     for name in ("f1", "f2", "f3"):
@@ -305,6 +316,7 @@ def test_a_flood_of_unknown_and_huge_heartbeats_changes_nothing(live_fleet) -> N
 # ------------------------------------------------------------------------------------------------ 5. no HOL
 
 
+@pytest.mark.serial
 def test_a_command_to_an_agent_that_never_answers_does_not_stall_the_api(live_fleet) -> None:
     """While the server waits (3 s) on an agent that never answers, other requests to the same replica answer at
     once: ping, the host list, and a command to another, answering host (on the old code that command waited behind
@@ -319,7 +331,8 @@ def test_a_command_to_an_agent_that_never_answers_does_not_stall_the_api(live_fl
         await silent.start()
         await answering.start()
         async with ControlPlaneClient(live_fleet.url, live_fleet.creds("admin")) as client:
-            await asyncio.sleep(3 * FAST_HEARTBEAT)  # live
+            await wait_for_async(client.hosts, lambda hs: sorted(h.status for h in hs) == ["active", "active"], 10,
+                                 what="both hosts live")
             started = time.monotonic()
             pause = asyncio.ensure_future(client.command(silent.mid, "pause"))
             await asyncio.sleep(0.2)  # the server is now waiting on the silent agent

@@ -32,7 +32,7 @@ from fleet.bus.messages import Bye, ControlCommand, HostCommand
 from fleet.bus.records import encode_record
 from fleet.bus.trust import Key
 from fleet.errors import AuthRefused, FleetError, PermissionDenied
-from tests.conftest import FAST_HEARTBEAT, run_cli, wait_for
+from tests.conftest import FAST_HEARTBEAT, run_cli, wait_for, wait_for_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -217,7 +217,9 @@ def test_ten_thousand_subscriptions_of_a_tenant_a_host_get_nothing_of_tenant_b(l
             await kv.put(f"{b_ids[0]}-shadow", b"tenant-b")
             await server.publish(f"{subjects.host_prefix(a_id)}.control", b"for-a")  # A's own: must arrive
             await server.flush()
-            await asyncio.sleep(1.0)
+            # until A's own message, published last, arrives: the ones before it would have arrived by then
+            await wait_for_async(lambda: asyncio.sleep(0, list(a.received)),
+                                 lambda got: f"{subjects.host_prefix(a_id)}.control" in got, 10, what="A's own message")
             await server.close()
             await a.bus.flush()
             return list(a.received), a.refusals()

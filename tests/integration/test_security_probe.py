@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from fleet.bus import subjects
-from fleet.bus.connection import RequestTimeout, connect
+from fleet.bus.connection import Bus, RequestTimeout, connect
 from fleet.bus.enrolling import ReplyKey, enroll_inbox, enrollment_request, request_enrollment, sign_proof
 from fleet.bus.kv import open_store
 from fleet.bus.messages import EnrollRequest, HostCommand, JoinReply, RegisterRequest, decode
@@ -41,7 +41,7 @@ from fleet.bus.trust import Key, creds_text, read_creds, write_secret
 from fleet.bus.trust import decode as jwt_claims
 from fleet.errors import AuthRefused, FleetError, PermissionDenied
 from fleet.hosts.client import call
-from tests.conftest import fleet_yaml
+from tests.conftest import fleet_yaml, wait_for, wait_for_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -85,6 +85,14 @@ async def _connects(fleet: Any, creds: str) -> bool:
         return False
     await bus.close()
     return True
+
+
+async def _closed(bus: Any) -> bool:
+    """Whether `bus` is still connected, once nats-server has closed it (or 10 s passed: then True, and the caller's
+    assertion fails)."""
+    with contextlib.suppress(AssertionError):
+        await wait_for_async(lambda: asyncio.sleep(0, bus.is_connected), lambda up: not up, 10)
+    return bus.is_connected
 
 
 async def _admin(fleet: Any, mid: str, action: str) -> Any:
@@ -194,8 +202,8 @@ def test_a_host_cannot_void_its_own_revocation_in_advance(live_fleet) -> None:
         await _bounce(live_fleet, creds, f"$KV.{subjects.BUCKET_TRUST}.revoked.{nkey}", subject=subjects.register(mid),
                       payload=RegisterRequest(hostname="attacker", version="0.1.0").encode())
         data = await _admin(live_fleet, mid, "revoke")
-        await asyncio.sleep(1.0)
-        return data, await _connects(live_fleet, creds)
+        # the revocation reaches nats-server asynchronously: until it refuses the host (forever, had the attack worked)
+        return data, await wait_for_async(lambda: _connects(live_fleet, creds), lambda ok: not ok, 10, 0.1, "the refusal")
 
     data, connects = asyncio.run(scenario())
     assert "revoked" in json.dumps(data)  # the operator is told it worked
@@ -207,14 +215,15 @@ def test_the_enroll_identity_cannot_un_revoke_a_host(live_fleet) -> None:
 
     async def scenario() -> bool:
         mid, creds = await _host(live_fleet, fin, "revoked")
-        other, _ = await _host(live_fleet, fin, "bystander")
+        other, other_creds = await _host(live_fleet, fin, "bystander")
         await _admin(live_fleet, mid, "revoke")
         assert not await _connects(live_fleet, creds)
         nkey = read_creds(creds).public
         await _bounce(live_fleet, live_fleet.creds("enroll"), f"$KV.{subjects.BUCKET_TRUST}.revoked.{nkey}",
                       subject=subjects.ENROLL, payload=b"{}")
         await _admin(live_fleet, other, "revoke")  # any later push (this one, or the one every minute)
-        await asyncio.sleep(0.5)
+        # until nats-server has that push (it refuses the bystander): the push that would un-revoke the first host
+        await wait_for_async(lambda: _connects(live_fleet, other_creds), lambda ok: not ok, 10, 0.1, "the later push")
         return await _connects(live_fleet, creds)
 
     assert asyncio.run(scenario()) is False
@@ -326,11 +335,10 @@ def test_no_consumer_delivers_onto_a_hosts_control_subject(live_fleet) -> None:
                         "config": {"deliver_subject": target, "ack_policy": ack, "deliver_policy": "last_per_subject",
                                    "filter_subject": f"$KV.{subjects.BUCKET_CONFIG}.zz.order", **extra}}
                 await admin.request(f"$JS.API.CONSUMER.CREATE.KV_{subjects.BUCKET_CONFIG}", json.dumps(body).encode())
-        await asyncio.sleep(2)
 
     asyncio.run(scenario())
-    assert agent.popen.poll() is None, agent.output()[-500:]
-    assert "security: ignored" in agent.output()  # delivered by NATS, refused by the agent
+    wait_for(lambda: "security: ignored" in agent.output(), 10, what="the agent ignoring the delivered order")
+    assert agent.popen.poll() is None, agent.output()[-500:]  # delivered by NATS, refused by the agent
     assert live_fleet.by_name()["victim"]["status"] == "active"
 
 
@@ -338,18 +346,22 @@ def test_a_viewer_cannot_leave_durable_consumers_behind(live_fleet) -> None:
     live_fleet.key("fin")
 
     async def scenario() -> int:
+        async def create(viewer: Bus, name: str) -> None:
+            body = {"stream_name": f"KV_{subjects.BUCKET_CONFIG}",
+                    "config": {"durable_name": name, "ack_policy": "none", "deliver_policy": "all"}}
+            with contextlib.suppress(FleetError):  # refused: the request times out (3 s), so all 20 at once
+                await viewer.request(f"$JS.API.CONSUMER.CREATE.KV_{subjects.BUCKET_CONFIG}.{name}",
+                                     json.dumps(body).encode())
+
         async with await live_fleet.bus("viewer") as viewer:
-            for i in range(20):
-                name = f"evil{i}"
-                body = {"stream_name": f"KV_{subjects.BUCKET_CONFIG}",
-                        "config": {"durable_name": name, "ack_policy": "none", "deliver_policy": "all"}}
-                with contextlib.suppress(FleetError):
-                    await viewer.request(f"$JS.API.CONSUMER.CREATE.KV_{subjects.BUCKET_CONFIG}.{name}",
-                                         json.dumps(body).encode())
-        await asyncio.sleep(6)  # longer than an ephemeral consumer's inactivity threshold
+            await asyncio.gather(*(create(viewer, f"evil{i}") for i in range(20)))
         async with await live_fleet.bus("server") as server:
-            info = await server.js.stream_info(f"KV_{subjects.BUCKET_CONFIG}")
-            return info.state.consumer_count
+            async def consumers() -> int:
+                return (await server.js.stream_info(f"KV_{subjects.BUCKET_CONFIG}")).state.consumer_count
+
+            # fewer than 20 left: none was made, or they were ephemeral and went after their inactivity threshold
+            # (5 s); 20 durables would stay forever, and the wait would fail
+            return await wait_for_async(consumers, lambda n: n < 20, 15, what="fewer than 20 consumers")
 
     assert asyncio.run(scenario()) < 20
 
@@ -369,7 +381,7 @@ def test_the_enroll_identity_cannot_read_other_agents_enrollment_replies(live_fl
             await spy.subscribe("_INBOX.enroll.>", on_msg)
             await spy.flush()
             victim, _ = await _host(live_fleet, health, "victim-of-tenant-b")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # kept: the spy's copy may or may not come (nothing to wait for when it does not)
         return victim, got
 
     victim, got = asyncio.run(scenario())
@@ -415,7 +427,7 @@ def test_a_captured_nkey_cannot_be_enrolled_again_to_revoke_its_owner(live_fleet
             await spy.subscribe("_INBOX.enroll.>", on_msg)
             await spy.flush()
             _, victim_creds = await _host(live_fleet, health, "victim")
-            await asyncio.sleep(0.3)
+            await wait_for_async(lambda: asyncio.sleep(0, captured), bool, 10, what="the victim's reply captured")
         # the reply is sealed, but its subject is the inbox of the victim's nkey: the attacker learns the key
         victim_nkey = captured[0].split(".")[2]
         assert victim_nkey == read_creds(victim_creds).public
@@ -494,6 +506,7 @@ def test_enrollment_refuses_an_nkey_with_a_bad_checksum(live_fleet) -> None:
     assert asyncio.run(scenario()).ok is False
 
 
+@pytest.mark.serial
 def test_a_flood_of_wrong_keys_does_not_lock_out_a_legitimate_enrollment(live_fleet) -> None:
     fin, _ = _two_tenants(live_fleet)
 
@@ -547,6 +560,7 @@ def _flood(fleet: Any, creds: str, subject: str, payloads: list[bytes], stop: as
     return asyncio.create_task(run())
 
 
+@pytest.mark.serial
 def test_a_hosts_heartbeat_flood_does_not_take_other_hosts_offline(live_fleet) -> None:
     """A host floods its own heartbeat subject with large valid heartbeats (128 sessions) and status flips; another
     tenant's host, heartbeating every 0.2 s with the fixture's 1 s grace, must never go offline."""
@@ -572,6 +586,7 @@ def test_a_hosts_heartbeat_flood_does_not_take_other_hosts_offline(live_fleet) -
     assert f"host {victim} (bystander) offline" not in live_fleet.server.output()
 
 
+@pytest.mark.serial
 def test_a_hosts_register_flood_does_not_keep_other_hosts_from_registering(live_fleet) -> None:
     """A host floods its own register subject (each request a new hostname: a store write each); another host's
     registration must still get through within its 5 s request timeout."""
@@ -636,8 +651,8 @@ def test_a_revoked_identity_stays_out_through_every_restart_and_a_new_one_works(
         mid, creds = await _host(live_fleet, fin, "revokee")
         conns = [await connect(live_fleet.url, creds=creds, persistent=True) for _ in range(3)]
         await _admin(live_fleet, mid, "revoke")
-        await asyncio.sleep(0.5)
-        assert all(not c.is_connected for c in conns)
+        await wait_for_async(lambda: asyncio.sleep(0, [c.is_connected for c in conns]), lambda up: not any(up), 10,
+                    what="every connection of the revoked host closed")
         for c in conns:
             await c.close()
         assert not await _connects(live_fleet, creds)
@@ -829,14 +844,12 @@ def test_identities_carry_nats_limits(live_fleet) -> None:
                 for i in range(nats["subs"] + 8):
                     await server.publish(f"{subjects.host_prefix(mid)}.x{i}", b"x")
                 await server.flush()
-            await asyncio.sleep(0.5)
-            connected.append(bus.is_connected)
+            connected.append(await _closed(bus))
         async with await connect(live_fleet.url, creds=creds) as bus:
             with contextlib.suppress(Exception):
                 await bus.nc.publish(subjects.heartbeat(mid), b"x" * (nats["payload"] + 1))
                 await bus.flush(timeout=2)
-            await asyncio.sleep(0.5)
-            connected.append(bus.is_connected)
+            connected.append(await _closed(bus))
         return len(got), connected
 
     received, connected = asyncio.run(enforced())

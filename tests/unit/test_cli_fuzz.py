@@ -1,5 +1,5 @@
 """Property test of the whole CLI: every command, fed odd arguments, ends with a documented exit code, without a
-traceback or an `internal error` line, in bounded time, and writes nothing outside its temporary directory.
+traceback or an `internal error` line, without a hang (a watchdog), and writes nothing outside its temporary directory.
 
 The click tree is walked (fleet.cli.main.cli, subgroups and hidden aliases included); each command gets arguments
 drawn from strategies chosen by each parameter's type (paths under /proc, /sys and /dev, FIFOs, binary, huge and
@@ -61,7 +61,6 @@ from fleet.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE
 EXAMPLE = Path(__file__).resolve().parents[2] / "fleet.yaml.example"
 HANG_S = 20.0  # the watchdog: a command still running after this is a hang
 FOLLOW_S = 1.0  # how long `fleet agent logs --follow` may follow before Ctrl-C
-DEADLINE_S = 10.0  # the time bound of one example (hypothesis deadline)
 
 
 # ------------------------------------------------------------------------------------------- the command tree
@@ -537,7 +536,6 @@ def check(path: tuple[str, ...], argv: list[str], result: Any, elapsed: float, f
         lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning: ")]
         assert lines and lines[0].startswith("error: "), f"[one-line] {what}:\n{err}"
         assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), f"[one-line] {what}:\n{err}"
-    assert elapsed < DEADLINE_S, f"[slow] {what}: took {elapsed:.1f} s"
 
 
 def _ids(path: tuple[str, ...]) -> str:
@@ -595,12 +593,10 @@ def test_the_watchdog_ends_a_hang() -> None:
     global WATCHDOG
     if WATCHDOG is None:
         WATCHDOG = Watchdog()
-    began = time.monotonic()
     WATCHDOG.arm(0.2, Hung)
-    with pytest.raises(Hung):
+    with pytest.raises(Hung):  # raised only by the watchdog: the wait below would otherwise end without it
         try:
-            time.sleep(5)
+            threading.Event().wait(60)
         finally:
             WATCHDOG.disarm()
-    assert time.monotonic() - began < 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import nkeys
 import pytest
 
 from fleet.bus.enrolling import (
@@ -16,10 +17,11 @@ from fleet.bus.enrolling import (
 from fleet.bus.messages import EnrollRequest, JoinReply, decode
 from fleet.bus.replies import any_inbox, identity_inbox, inbox_of
 from fleet.bus.replies import enroll_inbox as enroll_rule
-from fleet.bus.trust import Key
+from fleet.bus.trust import PREFIXES, Key
 from fleet.errors import ProtocolError
 
-USER = Key.generate("user")
+# a fixed key: the parametrized test IDs below name it, and pytest-xdist's workers must collect the same IDs
+USER = Key.from_seed(nkeys.encode_seed(bytes(range(32)), PREFIXES["user"]).decode())
 
 
 @pytest.mark.parametrize("reply, anyone, identity, enrolling", [

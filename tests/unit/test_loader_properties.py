@@ -1,10 +1,11 @@
-"""Property tests of the loader: whatever text it is given, `load_fleet_text` returns, quickly, a valid config
-or positioned diagnostics, and never raises.
+"""Property tests of the loader: whatever text it is given, `load_fleet_text` returns a valid config or positioned
+diagnostics, and never raises.
 
 Three sources of documents: random YAML-ish text; random JSON-like values dumped as YAML; and mutations of
 fleet.yaml.example (of its data: delete a key, change a scalar's type, duplicate a list item, swap two values;
-of its text: insert garbage, truncate). The 1 s bound is a property of the loader (hostile input must not make
-it slow), measured per document; hypothesis' own deadline is off so that a slow first call does not flake.
+of its text: insert garbage, truncate). How fast it returns (hostile input must not make it slow: 1 s per
+document) is measured by bench/loader.py, not here: a timed unit test fails when the machine is busy. hypothesis'
+own deadline is off for the same reason.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import datetime as dt
 import io
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +29,15 @@ from fleet.schema.loading import load_text, make_yaml
 EXAMPLE_TEXT = (Path(__file__).resolve().parents[2] / "fleet.yaml.example").read_text(encoding="utf-8")
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 BACKENDS = load_registry().settings_validators()
-LIMIT_S = 1.0
 
 # FLEET_PROPERTY_EXAMPLES=5000 for a longer soak; the default keeps the whole file under ~30 s
 PROPERTY = settings(max_examples=int(os.environ.get("FLEET_PROPERTY_EXAMPLES", "250")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-def timed_load(text: str) -> tuple[LoadResult, float]:
-    start = time.perf_counter()
-    result = load_fleet_text(text, "fleet.yaml", backends=BACKENDS, now=NOW)
-    return result, time.perf_counter() - start
-
-
 def check(text: str) -> LoadResult:
     """The property every document must have; returns the result for further checks."""
-    result, elapsed = timed_load(text)
-    if elapsed >= LIMIT_S:  # a slow document is slow every time; a stall of a busy machine is not
-        result, again = timed_load(text)
-        elapsed = min(elapsed, again)
-    assert elapsed < LIMIT_S, f"loading took {elapsed:.2f} s: {text[:200]!r}"
+    result = load_fleet_text(text, "fleet.yaml", backends=BACKENDS, now=NOW)
     if result.ok:
         assert result.config is not None
         assert not result.errors
