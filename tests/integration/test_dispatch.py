@@ -390,8 +390,9 @@ def test_five_hundred_sessions_two_workers_killed_every_session_final_exactly_on
                                           for _ in range(500)))
             await wait_for_async(lambda: asyncio.sleep(0, _lines(out)), lambda n: n >= 20, 60,
                                  what="20 sessions run")  # mid-run: some ran, most wait
-            for name in names[:2]:  # SIGKILL two workers and their children, mid-run
-                proc = agent_proc(live_fleet, name)
+            for name in names[:2]:  # SIGKILL two workers and their children, mid-run, as a machine dies: frozen
+                proc = agent_proc(live_fleet, name)  # first, so that it cannot report its children's deaths
+                proc.popen.send_signal(signal.SIGSTOP)  # (a sandboxed session dies at once: no pipe kept open)
                 subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
                 proc.popen.send_signal(signal.SIGKILL)
             return list(await asyncio.gather(*(c.wait(s.id, timeout=240) for s in subs)))
@@ -519,6 +520,7 @@ def test_an_agent_restarted_within_its_grace_loses_its_running_session_to_a_new_
         s = c.submit("solo-app", ["sh", "-c", 'if [ "$FLEET_ATTEMPT" = 1 ]; then sleep 60; fi; echo attempt $FLEET_ATTEMPT'])
         until(c, s.id, "running")
         agent = agent_proc(live_fleet, "w-main")
+        agent.popen.send_signal(signal.SIGSTOP)  # frozen first, so that it cannot report its session's death
         subprocess.run(["pkill", "-KILL", "-P", str(agent.pid)], check=False)  # the agent and its session's process
         agent.popen.send_signal(signal.SIGKILL)
         agent.popen.wait(10)
