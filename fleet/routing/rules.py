@@ -65,6 +65,7 @@ class PoolView:
     hosts_max: int | None = None
     labels: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
+    hosts_min: int = 0
 
     @property
     def elastic(self) -> bool:
@@ -80,6 +81,7 @@ class PoolView:
             mode=spec.get("mode", "persistent"),
             max_concurrent_sessions=int((spec.get("capacity") or {}).get("max_concurrent_sessions") or 0),
             hosts_max=(spec.get("hosts") or {}).get("max"),
+            hosts_min=int((spec.get("hosts") or {}).get("min") or 0),
             labels=tuple(spec.get("labels") or ()),
             models=tuple(spec.get("models") or ()),
         )
