@@ -75,7 +75,7 @@ from fleet.errors import Conflict, FleetError, InvalidRequest, NotFound, QueueFu
 from fleet.hosts.config import AppliedConfig
 from fleet.hosts.registry import Registry
 from fleet.routing import PoolView
-from fleet.scheduler import DispatchPlan, PendingGroup, PoolDemand, Route, Snapshot, schedule
+from fleet.scheduler import DispatchPlan, PendingGroup, PoolDemand, Reason, Route, Snapshot, schedule
 from fleet.scheduler.phases import allowed
 
 log = logging.getLogger(__name__)
@@ -290,6 +290,17 @@ class Dispatcher:
         group = self.pending.groups.get(key)
         return group.reason if group is not None and group.reason else None
 
+    def waiting_for(self, record: SessionRecord) -> tuple[str | None, str | None]:
+        """The kind of the scheduler's reason a queued session waits, and the pool it waits for."""
+        key = self.pending.where.get(record.id)
+        group = self.pending.groups.get(key) if key is not None else None
+        return (group.wait_kind, group.wait_pool) if group is not None else (None, None)
+
+    def _note_reason(self, key: GroupKey, reason: Reason) -> None:
+        group = self.pending.groups.get(key)
+        if group is not None:
+            group.reason, group.wait_kind, group.wait_pool = reason.message, reason.kind, reason.pool
+
     def _check_lease(self) -> None:
         if not self.leading or not self.lease_ok():
             raise TransientError("this fleet server replica no longer dispatches (another one takes over)",
@@ -413,6 +424,8 @@ class Dispatcher:
             await self._send_assignment(st)
         else:
             self._enqueue(st)
+            if plan.unplaced:
+                self._note_reason(self.group_key(record), plan.unplaced[0].reason)
             self._want_pass()
         return st
 
@@ -517,9 +530,7 @@ class Dispatcher:
         for sid in stale:
             self.pending.remove(sid)
         for u in plan.unplaced:
-            group = self.pending.groups.get((u.project, u.labels, u.model))
-            if group is not None:
-                group.reason = u.reason.message
+            self._note_reason((u.project, u.labels, u.model), u.reason)
         for a in plan.assignments:
             st = self.sessions[a.session]
             host = self.hosts[a.host]

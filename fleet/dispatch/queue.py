@@ -24,6 +24,8 @@ class Group:
     heap: list[tuple[int, int, str]] = field(default_factory=list)  # (-priority, seq, session id)
     reason: str = ""  # why its head waits (set by the dispatcher when a pass could not place it)
     count: int = 0  # sessions in it (the heap may also hold removed ones until they reach its top)
+    wait_kind: str | None = None  # the kind of that reason (fleet.scheduler REASON_KINDS) and its pool
+    wait_pool: str | None = None
 
     def head(self) -> tuple[int, int, str] | None:
         return self.heap[0] if self.heap else None

@@ -230,6 +230,7 @@ class PoolStatus:
     mode: str = ""
     hosts_max: int | None = None
     hosts: int = 0  # live hosts of the route's tenant in the pool
+    grows: bool = False  # its backend can add a host that suits the route (elastic, below hosts.max)
 
     @property
     def available(self) -> bool:
@@ -426,18 +427,20 @@ def pool_status(route: Route, snapshot: Snapshot, pool_id: str, p: Pass | None =
     total = sum(h.slots for h in active)
     free = any(h.used + taken.get(h.machine_id, 0) < h.slots for h in active)
 
+    missing_in_pool = sorted(route.labels - set(pool.labels))
+    model_in_pool = not route.model or not pool.models or route.model in pool.models
+    new_fit = not missing_in_pool and model_in_pool  # a host the backend creates has the pool's labels and models
+    can_grow = pool.elastic and (pool.hosts_max is None or len(live) < pool.hosts_max) and pool.tenant == route.tenant
+
     def status(reason: Reason | None) -> PoolStatus:
-        return PoolStatus(pool_id, role, used, total, reason, pool.elastic, pool.mode, pool.hosts_max, len(live))
+        return PoolStatus(pool_id, role, used, total, reason, pool.elastic, pool.mode, pool.hosts_max, len(live),
+                          can_grow and new_fit)
 
     if free:
         return status(None)
     if pool.tenant != route.tenant:
         return status(Reason(TENANT_HAS_NONE, pool_id, f"pool {pool_id} belongs to tenant {pool.tenant}",
                              route.tenant))
-    missing_in_pool = sorted(route.labels - set(pool.labels))
-    model_in_pool = not route.model or not pool.models or route.model in pool.models
-    new_fit = not missing_in_pool and model_in_pool  # a host the backend creates has the pool's labels and models
-    can_grow = pool.elastic and (pool.hosts_max is None or len(live) < pool.hosts_max)
     limit = f"up to {pool.hosts_max} hosts" if pool.hosts_max is not None else "no host limit"
     mode = pool.mode.replace("_", " ")
     if can_grow and new_fit:
