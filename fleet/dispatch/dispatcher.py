@@ -388,10 +388,11 @@ class Dispatcher:
         plan = schedule(self.snapshot, [PendingGroup(req.project, labels, record.model, (sid,), 1)], now)
         if plan.unplaced:
             record.reason = plan.unplaced[0].reason.message
-        elif self._passing or self._pass_wanted.is_set() or self._changed or (req.project, labels, record.model) in self.pending.groups:
-            # a pass is under way or due (a slot may have opened for a session that waited longer), or sessions
-            # of its own kind wait: it queues behind them, and that pass places it
-            record.reason = "waits for the next dispatch pass (sessions queued before it go first)"
+        elif len(self.pending) and (self._passing or self._pass_wanted.is_set() or self._changed
+                                    or (req.project, labels, record.model) in self.pending.groups):
+            # sessions wait, and a pass is under way or due (a slot may have opened for one that waited longer), or
+            # sessions of its own kind wait: it queues behind them, and that pass places it
+            record.reason = "a host has room: the next dispatch pass places it (sessions that waited longer first)"
         else:
             a = plan.assignments[0]
             placement = (a.pool, self.hosts[a.host])
