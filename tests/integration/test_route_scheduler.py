@@ -57,6 +57,14 @@ def test_route_test_says_where_a_session_goes_and_why_one_waits(live_fleet, tmp_
     assert decided["decision"] == {"pool": "pool-local-main", "role": "preferred", "host": w1, "reason": None,
                                    "would_change": None}
     assert decided["pools"][0]["used"] == 0 and decided["pools"][0]["total"] == 4
+    # a model no host serves: the scheduler's reason, at once (not a count of sessions queued before it)
+    r = fleet(["submit", "--project", "my-fintech-app", "--model", "gpt-4", "--", "true"], url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ("queued: preferred pool pool-local-main: no host serves model gpt-4, fallback pool "
+                        "pool-cloud-e2b: no host serves model gpt-4 (nor would one its backend adds)\n")
+    unserved = json.loads(fleet(["sessions", "show", r.stdout.strip(), "--json"], url, cwd=tmp_path).stdout)
+    assert (unserved["wait_kind"], unserved["wait_pool"]) == ("model_unserved", "pool-local-main")
+    assert fleet(["sessions", "cancel", unserved["id"]], url, cwd=tmp_path).returncode == 0
     running = []
     for _ in range(4):
         s, err = submit("my-fintech-app", url, tmp_path, "sleep", "60")
