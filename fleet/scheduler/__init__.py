@@ -2,9 +2,15 @@
 session phase table. Called by the dispatcher (fleet.dispatch), `fleet route test` (fleet.cli.route_cmds) and the
 plan's consequences (fleet.reconciler.consequences); it sits on the floor beside fleet.routing so that the
 reconciler, which may not import its sibling fleet.dispatch, calls the same code. Imports only fleet.routing.
+
+Modules: `model` (the plain data in and out, the hard filters), `core` (`schedule`, `place`, the one reason a
+session waits), `index` (the per-pool heap: the fast path), `probe` (route test's question and one-off snapshots),
+`phases` (the phase transition table).
 """
 
-from fleet.scheduler.core import (
+from fleet.scheduler.core import group, place, pool_status, schedule, statuses, why
+from fleet.scheduler.index import PoolIndex, SlotHost
+from fleet.scheduler.model import (
     REASON_KINDS,
     WAITS_FOR_CAPACITY,
     Assignment,
@@ -15,22 +21,13 @@ from fleet.scheduler.core import (
     Placement,
     PoolDemand,
     PoolStatus,
-    Probe,
     Reason,
     Route,
     Snapshot,
     Unplaced,
-    group,
-    place,
-    pool_status,
-    probe,
-    schedule,
-    snapshot_of,
-    statuses,
-    why,
 )
-from fleet.scheduler.index import PoolIndex, SlotHost
+from fleet.scheduler.probe import Probe, probe, snapshot_of
 
 __all__ = ["REASON_KINDS", "WAITS_FOR_CAPACITY", "Assignment", "DispatchPlan", "HostState", "Pass", "PendingGroup",
-           "Placement", "PoolDemand", "PoolIndex", "Probe", "PoolStatus", "Reason", "Route", "SlotHost", "Snapshot", "Unplaced",
-           "group", "place", "pool_status", "probe", "schedule", "snapshot_of", "statuses", "why"]
+           "Placement", "PoolDemand", "PoolIndex", "PoolStatus", "Probe", "Reason", "Route", "SlotHost", "Snapshot",
+           "Unplaced", "group", "place", "pool_status", "probe", "schedule", "snapshot_of", "statuses", "why"]

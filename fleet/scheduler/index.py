@@ -2,8 +2,8 @@
 
 `PoolIndex` holds the dispatchable hosts of one pool ordered by load (sessions / slots, ties broken at random) with
 lazy deletion, so that picking the least loaded host that suits a session costs O(log n), not a scan: a decision
-over 1,000 candidate hosts is a few microseconds. It is an index of a fleet.scheduler.core.Snapshot, not a second
-set of rules: `pick` takes the rule as a predicate (fleet.scheduler.core's `suits` and free slots) and the slots a
+over 1,000 candidate hosts is a few microseconds. It is an index of a fleet.scheduler.model.Snapshot, not a second
+set of rules: `pick` takes the rule as a predicate (fleet.scheduler.model.suits and free slots) and the slots a
 scheduling pass has already taken (`taken`, `local`), so one pass spreads its sessions by load without changing the
 index (every entry it looks at is put back). Kept current by whoever owns the snapshot (the dispatcher, on every host
 change; `Snapshot.build` for a one-off snapshot).
@@ -18,7 +18,7 @@ from typing import Protocol
 
 
 class SlotHost(Protocol):
-    """What the scheduler reads of a host. fleet.scheduler.core.HostState and the dispatcher's DispatchHost are
+    """What the scheduler reads of a host. fleet.scheduler.model.HostState and the dispatcher's DispatchHost are
     both this shape."""
 
     @property

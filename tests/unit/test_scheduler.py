@@ -29,7 +29,7 @@ from fleet.scheduler import (
     snapshot_of,
     statuses,
 )
-from fleet.scheduler import core as sched
+from fleet.scheduler import model as sched
 from fleet.scheduler.phases import FINAL, LIVE, PHASES, TRANSITIONS, allowed, successors
 
 T = "fin"
