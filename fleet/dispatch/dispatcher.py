@@ -223,7 +223,13 @@ class Dispatcher:
     def _config_changed(self, key: str) -> None:
         if self.leading and key.startswith(("pool.", "route.", "host.")):
             self._changed.update(self.registry.entries)  # capacity and labels follow the pools
-            self._load_config()
+            kind, _, ident = key.partition(".")
+            if kind == "pool":
+                spec = self.config.pools.get(ident)
+                self.snapshot.set_pool(ident, PoolView.from_spec(ident, spec) if spec is not None else None)
+            elif kind == "route":
+                spec = self.config.routes.get(ident)
+                self.snapshot.set_route(ident, Route.of(ident, spec) if spec is not None else None)
             self._want_pass()
 
     def _load_config(self) -> None:

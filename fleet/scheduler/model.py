@@ -143,6 +143,20 @@ class Snapshot:
         self.pools, self.routes = dict(pools), dict(routes)
         self.pool_models = {pid: frozenset(p.models) for pid, p in self.pools.items()}
 
+    def set_pool(self, pool_id: str, pool: PoolView | None) -> None:
+        """One pool applied, changed (or, None, deleted): a config change costs one pool, not all of them."""
+        if pool is None:
+            self.pools.pop(pool_id, None)
+            self.pool_models.pop(pool_id, None)
+        else:
+            self.pools[pool_id], self.pool_models[pool_id] = pool, frozenset(pool.models)
+
+    def set_route(self, project: str, route: Route | None) -> None:
+        if route is None:
+            self.routes.pop(project, None)
+        else:
+            self.routes[project] = route
+
     def put_host(self, host: SlotHost) -> None:
         """Add or replace a host (its version must differ from the one it replaces, if it is re-ranked)."""
         old = self.hosts.get(host.machine_id)

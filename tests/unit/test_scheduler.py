@@ -355,3 +355,18 @@ def test_route_test_decides_what_the_dispatcher_does(fleet):
     else:
         [u] = plan.unplaced
         assert tested.pool is None and tested.reason == u.reason
+
+
+def test_a_config_change_updates_one_pool_or_route_of_a_kept_snapshot():
+    snap = Snapshot.build([H("a"), H("c", "cloud")], {"main": P("main"), "cloud": P("cloud")}, {"app": R()})
+    assert [a.pool for a in schedule(snap, group([("s1", "app", (), None)])).assignments] == ["main"]
+    snap.set_pool("main", None)  # deleted from the applied config
+    [u] = schedule(snap, group([("s1", "app", (), None)])).unplaced
+    assert (u.reason.kind, u.reason.pool) == (sched.UNKNOWN_POOL, "main")
+    snap.set_route("app", R("cloud"))
+    assert [a.pool for a in schedule(snap, group([("s1", "app", (), None)])).assignments] == ["cloud"]
+    snap.set_pool("main", P("main", models=("opus",)))
+    snap.set_route("app", None)
+    [u] = schedule(snap, group([("s1", "app", (), None)])).unplaced
+    assert u.reason.kind == sched.UNKNOWN_PROJECT
+    assert snap.pool_models["main"] == frozenset({"opus"})
