@@ -499,6 +499,9 @@ class SessionView(SessionRecord):
     # what the project's routing adds today (its required labels, its model when the session names none)
     route_labels: list[Label] = Field(default_factory=list)  # as many as fleet.yaml gives (like `labels`)
     route_model: Label | None = None
+    # while queued: the scheduler's one reason (fleet.scheduler REASON_KINDS) and the pool it waits for
+    wait_kind: Ident | None = None
+    wait_pool: Ident | None = None
 
 
 class SessionQuery(Message):

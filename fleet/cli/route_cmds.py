@@ -3,8 +3,10 @@
 show: a project's routing policy from fleet.yaml. set: edit fleet.yaml in place so that the change is a
 one-line diff (comments, order and formatting of everything else untouched), refusing unknown pools, pools
 of another tenant, and (adaptive) a preferred pool that is one of the candidates; `--apply` applies it. test:
-simulate the next dispatch against live capacity, with `--explain` listing every reason each host is not
-eligible. Listed in fleet.cli.main.COMMANDS (loaded when called).
+the next dispatch as the dispatcher would do it now (fleet.scheduler.probe on a snapshot of the live hosts and
+fleet.yaml's pools and route: the same `schedule`), what would change the decision, and the unplaced demand of the
+project's queued sessions per pool; `--explain` lists every reason each host is not eligible. `--json` and
+`--format json` for both show and test. Listed in fleet.cli.main.COMMANDS (loaded when called).
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from pathlib import Path
 import click
 
 from fleet.bus.connection import connect
-from fleet.cli.options import ID, NatsSettings, file_option, json_option, nats_options
+from fleet.cli.options import ID, NatsSettings, file_option, format_option, nats_options
 from fleet.cli.shared import atomic_write, load_config_or_report, plugin_registry, print_diagnostics
 from fleet.errors import FleetError, UsageError
 from fleet.hosts.model import Host
 from fleet.reconciler.desired import pool_spec, route_spec
 from fleet.reconciler.live import QueuedSession
 from fleet.reconciler.operation import observe_hosts, observe_queued
-from fleet.routing import Capacity, PoolView, RouteView, decide, ineligibility, pool_capacity
+from fleet.routing import PoolView, RouteView, ineligibility
+from fleet.scheduler import PoolStatus, Probe, Reason, Route, group, probe, schedule, snapshot_of
 from fleet.schema.api import load_fleet_text
 from fleet.schema.diagnostics import did_you_mean
 from fleet.schema.editing import RouteEdit, edit_route
@@ -62,14 +65,14 @@ def route_group() -> None:
 @route_group.command("show")
 @click.argument("project", type=ID, required=False)
 @file_option
-@json_option
-def route_show(project: str | None, file: Path, as_json: bool) -> None:
+@format_option("table", "json", default="table")
+def route_show(project: str | None, file: Path, fmt: str) -> None:
     """Show the routing policy of PROJECT as fleet.yaml declares it."""
     cfg = load_config_or_report(file).config
     assert cfg is not None
     p = pick_project(cfg, project)
     r = p.routing
-    if as_json:
+    if fmt == "json":
         data = {"project": p.id, "tenant": p.tenant, **route_spec(p)}
         data["preferred_pool"] = {"id": r.preferred_pool, **_pool_json(cfg, r.preferred_pool)}
         data["fallback_pool"] = {"id": r.fallback_pool, **_pool_json(cfg, r.fallback_pool)} if r.fallback_pool else None
@@ -153,21 +156,19 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
                    reveal_keys_to=None, summary=False, wait=True, wait_timeout=60.0)
 
 
-def _state_word(cap: Capacity) -> str:
-    return "AVAILABLE" if cap.available else "FULL"
-
-
 @route_group.command("test")
 @click.argument("project", type=ID, required=False)
 @click.option("--explain", is_flag=True, help="List, per host, every reason it is not eligible.")
 @file_option
 @nats_options
-@json_option
-def route_test(project: str | None, explain: bool, file: Path, nats: NatsSettings, as_json: bool) -> None:
+@format_option("table", "json", default="table")
+def route_test(project: str | None, explain: bool, file: Path, nats: NatsSettings, fmt: str) -> None:
     """Dry-run the routing of PROJECT's next session against live capacity.
 
     Uses the routing and pools of fleet.yaml (what you are about to promote) and the hosts the control plane
-    sees now. Reports which pool would get the next session and whether the fallback would activate.
+    sees now, through the dispatcher's own scheduler: only live hosts' free slots count, so an on_demand or hybrid
+    pool without a host WAITS FOR BACKEND. Reports where the next session would go now, whether the fallback
+    would activate, what would change that, and why the project's queued sessions wait (per pool).
     """
     cfg = load_config_or_report(file).config
     assert cfg is not None
@@ -180,18 +181,24 @@ def route_test(project: str | None, explain: bool, file: Path, nats: NatsSetting
             return hosts, queued, warning
 
     hosts, queued, queue_warning = asyncio.run(run())
-    route = RouteView.from_spec(p.id, route_spec(p))
-    pools = {pid: PoolView.from_spec(pid, pool_spec(pool)) for pid in route.pools if (pool := cfg.pool(pid))}
-    caps = {pid: pool_capacity(view, hosts, route) for pid, view in pools.items()}
-    decision = decide(route, caps)
-    if as_json:
+    snapshot = snapshot_of(hosts, {pool.id: pool_spec(pool) for pool in cfg.pools if not pool.abstract},
+                           {p.id: route_spec(p)})
+    decision = probe(snapshot, p.id)
+    route = decision.route
+    assert route is not None
+    demand = schedule(snapshot, group((q.session_id, q.project, q.required_labels, q.model) for q in queued)).demand()
+    shown = _shown(decision)
+    if fmt == "json":
         click.echo(json.dumps({
             "project": p.id, "routing_mode": route.mode,
-            "pools": [{"id": c.pool, "role": _role(route, c.pool), "used": c.used, "total": c.total,
-                       "available": c.available, "eligible_hosts": list(c.eligible_hosts)} for c in decision.considered],
-            "decision": {"pool": decision.pool, "role": decision.role},
-            "fallback": route.fallback_pool if route.mode == "preferred-with-fallback" else None,
-            "explain": _explain_json(route, pools, hosts) if explain else None,
+            "pools": [{"id": s.pool, "role": s.role, "mode": s.mode, "used": s.used, "total": s.total,
+                       "available": s.available, "state": s.state, "elastic": s.elastic, "hosts_max": s.hosts_max,
+                       "hosts": s.hosts, "reason": _reason_json(s.reason)} for s in shown],
+            "decision": {"pool": decision.pool, "role": decision.role, "host": decision.host,
+                         "reason": _reason_json(decision.reason), "would_change": decision.would_change},
+            "fallback": route.fallback if route.mode == "preferred-with-fallback" else None,
+            "unplaced": {pool: {"sessions": d.sessions, "by_reason": d.by_reason} for pool, d in demand.items()},
+            "explain": _explain_json(route, cfg, hosts) if explain else None,
             "queued": None if queue_warning else {
                 "count": len(queued), "sessions": [q.session_id for q in queued[:100]],
                 "oldest_s": round(time.time() - queued[0].submitted_at, 3) if queued else None,
@@ -199,18 +206,21 @@ def route_test(project: str | None, explain: bool, file: Path, nats: NatsSetting
         }, indent=2))
         return
     click.echo(f"Simulating dispatch for project: {p.id}")
-    width = max([len(c.pool) for c in decision.considered] + [len(route.fallback_pool or "")])
-    for cap in decision.considered:
-        label = {"preferred": "Preferred pool:", "fallback": "Fallback pool:", "candidate": "Candidate pool:"}[_role(route, cap.pool)]
-        click.echo(f"  {label:<17}{cap.pool:<{width}}  {cap.label}  → {_state_word(cap)}")
-    if decision.pending:
-        click.echo(f"  {'Decision:':<17}queue (pending until a slot opens)")
+    width = max([len(s.pool) for s in shown] + [len(route.fallback or "")])
+    labels = max(len(s.label) for s in shown)
+    for status in shown:
+        label = {"preferred": "Preferred pool:", "fallback": "Fallback pool:", "candidate": "Candidate pool:"}[status.role]
+        click.echo(f"  {label:<17}{status.pool:<{width}}  {status.label:<{labels}}  → {status.state}")
+    if decision.reason is not None:
+        click.echo(f"  {'Decision:':<17}queue (pending): {decision.reason.message}")
     else:
         suffix = " (fallback)" if decision.role == "fallback" else ""
         click.echo(f"  {'Decision:':<17}route to {decision.pool}{suffix}")
-    if route.mode == "preferred-with-fallback" and decision.role == "preferred" and route.fallback_pool:
-        click.echo(f"  {'Fallback:':<17}{route.fallback_pool} (not needed)")
-    elif route.mode != "adaptive" and not route.fallback_pool:
+    if decision.would_change:
+        click.echo(f"  {'Would change:':<17}{decision.would_change}")
+    if route.mode == "preferred-with-fallback" and decision.role == "preferred" and route.fallback:
+        click.echo(f"  {'Fallback:':<17}{route.fallback} (not needed)")
+    elif route.mode != "adaptive" and not route.fallback:
         click.echo(f"  {'Fallback:':<17}(none configured)")
     if queue_warning:
         click.echo(f"  {'Queue:':<17}unknown ({queue_warning})")
@@ -218,37 +228,64 @@ def route_test(project: str | None, explain: bool, file: Path, nats: NatsSetting
         oldest = time.time() - queued[0].submitted_at
         click.echo(f"  {'Queue:':<17}{len(queued)} session(s) waiting, the oldest for {oldest:.0f}s"
                    + (f": {queued[0].reason}" if queued[0].reason else ""))
+        for pool, d in demand.items():
+            why = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(d.by_reason.items()))
+            click.echo(f"  {'Unplaced:':<17}{pool:<{width}}  {d.sessions} session(s) ({why})")
     else:
         click.echo(f"  {'Queue:':<17}empty")
     if explain:
         click.echo("")
         click.echo("Hosts:")
-        rows = _explain_json(route, pools, hosts)
+        rows = _explain_json(route, cfg, hosts)
         if not rows:
             click.echo("  (no hosts registered)")
+        pools_width = max([len(", ".join(r["pools"]) or "-") for r in rows] + [5])
         for row in rows:
-            verdict = "eligible" if not row["reasons"] else "; ".join(row["reasons"])
-            click.echo(f"  {row['id'][:8]}  {row['hostname'] or '-':<16} {row['pool'] or '-':<{width}}  {verdict}")
+            if not row["reasons"]:
+                verdict = f"eligible in {row['route_pool']}"
+            elif row["route_pool"] is None:
+                verdict = "; ".join(row["reasons"])
+            else:
+                verdict = f"{row['route_pool']}: " + "; ".join(row["reasons"])
+            click.echo(f"  {row['id'][:8]}  {row['hostname'] or '-':<16} {', '.join(row['pools']) or '-':<{pools_width}}"
+                       f"  {verdict}")
 
 
-def _role(route: RouteView, pool_id: str) -> str:
-    if pool_id == route.preferred_pool:
-        return "preferred"
-    if pool_id == route.fallback_pool and route.mode == "preferred-with-fallback":
-        return "fallback"
-    return "candidate"
+def _shown(decision: Probe) -> list[PoolStatus]:
+    """The pools route test shows: up to the one the session goes to (the seed shows the fallback only when it is
+    needed), every pool when it would wait, every candidate in adaptive mode."""
+    if decision.pool is None or decision.route is None or decision.route.mode == "adaptive":
+        return list(decision.statuses)
+    out = []
+    for status in decision.statuses:
+        out.append(status)
+        if status.pool == decision.pool:
+            break
+    return out
 
 
-def _explain_json(route: RouteView, pools: dict[str, PoolView], hosts: list[Host]) -> list[dict]:
+def _reason_json(reason: Reason | None) -> dict | None:
+    return None if reason is None else {"kind": reason.kind, "pool": reason.pool, "message": reason.message,
+                                        "would_change": reason.remedy}
+
+
+def _explain_json(route: Route, cfg: FleetConfig, hosts: list[Host]) -> list[dict]:
+    """Per host: its own pools, and every reason it cannot take the route's next session in the route's pool where
+    it has the fewest (fleet.routing.ineligibility)."""
+    view = RouteView(project=route.project, tenant=route.tenant, mode=route.mode, preferred_pool=route.preferred,
+                     fallback_pool=route.fallback, candidates=route.candidates,
+                     required_labels=tuple(sorted(route.labels)), model=route.model)
+    pools = {pid: PoolView.from_spec(pid, pool_spec(pool)) for pid in route.pools if (pool := cfg.pool(pid))}
     rows = []
     for h in sorted(hosts, key=lambda h: (h.hostname, h.machine_id)):
         best: tuple[str | None, list[str]] | None = None
-        for pid, view in pools.items():
-            reasons = ineligibility(h, view, route)
+        for pid, pv in pools.items():
+            reasons = ineligibility(h, pv, view)
             if best is None or len(reasons) < len(best[1]):
                 best = (pid, reasons)
         best_pool, reasons = best if best else (None, ["no pool of this route exists"])
-        rows.append({"id": h.machine_id, "hostname": h.hostname, "pool": best_pool, "reasons": reasons})
+        rows.append({"id": h.machine_id, "hostname": h.hostname, "pools": list(h.pools), "route_pool": best_pool,
+                     "reasons": reasons})
     return rows
 
 

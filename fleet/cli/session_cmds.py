@@ -139,6 +139,8 @@ def render_show(s: SessionView) -> str:
     ]
     if s.reason:
         rows.insert(3, ("Waiting because" if s.phase == "queued" else "Reason", s.reason))
+    if s.phase == "queued" and s.wait_pool:
+        rows.insert(4, ("Waiting for", f"pool {s.wait_pool} ({(s.wait_kind or '').replace('_', ' ')})"))
     lines = [f"{k + ':':<17}{v}" for k, v in rows]
     lines.append("History:")
     t0 = s.submitted_at

@@ -142,6 +142,7 @@ class SessionApi:
             data["hostname"] = host.hostname
         if st.record.phase == "queued":
             data["reason"] = self.dispatcher.waiting_reason(st.record) or data.get("reason")
+            data["wait_kind"], data["wait_pool"] = self.dispatcher.waiting_for(st.record)
         route = self.dispatcher.route_of(st.record)
         if route is not None:
             data["route_labels"] = sorted(route.labels - set(st.record.labels))

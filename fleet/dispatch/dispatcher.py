@@ -6,7 +6,7 @@ accounting is in the leader's memory, rebuilt from the bucket when a replica tak
 
 - submit (fleet.v1.api.sessions.<tenant>.submit): the project must belong to the tenant of the subject (which NATS
   permissions tie to the submitter's identity); the session is placed at once when a host has a free slot
-  (fleet.dispatch.placement) and stored already assigned, else stored queued; the submitter gets its ID only once
+  (fleet.scheduler.schedule) and stored already assigned, else stored queued with the scheduler's reason; the submitter gets its ID only once
   JetStream acknowledged the write. The assignment is sent to the host on its own subject, with a fencing token:
   the KV revision of the write that assigned it.
 - the host reports phases (fleet.v1.work.<machine_id>.event, request/reply): accepted only from the host the session
@@ -16,7 +16,10 @@ accounting is in the leader's memory, rebuilt from the bucket when a replica tak
 - a host's lease is its liveness: when the registry says it is offline (its heartbeats stopped for its pool's grace),
   revoked or gone, its sessions are lost and re-queued (attempt + 1, up to max attempts: then failed); their fencing
   tokens die with the assignment, so a late completion from the old holder is refused.
-- pending sessions (fleet.dispatch.queue) are placed as soon as a slot opens in one of their pools.
+- pending sessions (fleet.dispatch.queue) are placed as soon as a slot opens in one of their pools: every dispatch
+  pass hands them, group by group, to the pure scheduler (fleet.scheduler.schedule) with the leader's snapshot of
+  hosts, pools and routes, then applies its plan; the plan's unplaced demand per pool is kept (`demand()`) for the
+  capacity controller and the views. Every phase change is checked against fleet.scheduler.phases.
 - every RECONCILE_S the leader compares what each live host reports running (its heartbeats) with what it was
   given: a session a host runs without a current assignment is cancelled there; an assignment a host never took up
   is sent again, then re-queued; a running session the host no longer lists (its agent restarted) is lost.
@@ -66,11 +69,14 @@ from fleet.bus.messages import (
     WorkReply,
     new_session_id,
 )
-from fleet.dispatch.placement import DispatchHost, Placement, PoolIndex, Route, place, why_waiting
+from fleet.dispatch.placement import DispatchHost, dispatch_host
 from fleet.dispatch.queue import GroupKey, PendingQueue
 from fleet.errors import Conflict, FleetError, InvalidRequest, NotFound, QueueFull, Refused, TransientError
 from fleet.hosts.config import AppliedConfig
 from fleet.hosts.registry import Registry
+from fleet.routing import PoolView
+from fleet.scheduler import DispatchPlan, PendingGroup, PoolDemand, Reason, Route, Snapshot, schedule
+from fleet.scheduler.phases import allowed
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +133,9 @@ class Dispatcher:
         self.config = config
         self.store = store
         self.hosts: dict[str, DispatchHost] = {}
-        self.pools: dict[str, PoolIndex] = {}
+        self.snapshot = Snapshot()  # what the scheduler reads: these hosts, the applied pools and routes
+        self.plan = DispatchPlan()  # the last dispatch pass's plan (its unplaced demand: `demand()`)
+        self._passing = False  # a dispatch pass is under way (a submit then queues behind it)
         self.sessions: dict[str, SessionState] = {}  # not final
         self.finished: OrderedDict[str, SessionState] = OrderedDict()
         self.pending = PendingQueue()
@@ -149,7 +157,8 @@ class Dispatcher:
         Called when this replica is elected, and again when a write found that someone else wrote a session."""
         entries = await self.store.snapshot()  # first: nothing below awaits until the new state is in place
         before = {**self.finished, **self.sessions}
-        self.hosts, self.pools, self.sessions, self.finished = {}, {}, {}, OrderedDict()
+        self.hosts, self.snapshot, self.sessions, self.finished = {}, Snapshot(), {}, OrderedDict()
+        self._load_config()
         self.pending = PendingQueue()
         for mid in list(self.registry.entries):
             self._sync_host(mid, requeue=False)
@@ -214,9 +223,19 @@ class Dispatcher:
     def _config_changed(self, key: str) -> None:
         if self.leading and key.startswith(("pool.", "route.", "host.")):
             self._changed.update(self.registry.entries)  # capacity and labels follow the pools
-            for pool_id, index in self.pools.items():
-                index.models = self._pool_models(pool_id)
+            kind, _, ident = key.partition(".")
+            if kind == "pool":
+                spec = self.config.pools.get(ident)
+                self.snapshot.set_pool(ident, PoolView.from_spec(ident, spec) if spec is not None else None)
+            elif kind == "route":
+                spec = self.config.routes.get(ident)
+                self.snapshot.set_route(ident, Route.of(ident, spec) if spec is not None else None)
             self._want_pass()
+
+    def _load_config(self) -> None:
+        """The applied pools and routes into the scheduler's snapshot."""
+        self.snapshot.set_config({pid: PoolView.from_spec(pid, spec) for pid, spec in self.config.pools.items()},
+                                 {p: Route.of(p, spec) for p, spec in self.config.routes.items()})
 
     def _sync_host(self, machine_id: str, *, requeue: bool = True) -> list[SessionState]:
         """Bring our view of one host up to date; the sessions it lost (gone, revoked, offline) when `requeue`."""
@@ -226,19 +245,11 @@ class Dispatcher:
             if current is None:
                 return []
             del self.hosts[machine_id]
-            for pool_id in current.pools:
-                self._index(pool_id).drop(machine_id)
+            self.snapshot.drop_host(machine_id)
             return self._orphans(current) if requeue else []
-        host = self.registry.host(entry)
-        view = DispatchHost(machine_id, host.tenant, host.pools, frozenset(host.labels), frozenset(host.models),
-                            host.status, host.max_sessions, host.hostname)
-        if current is not None:
-            view.sessions, view.version = current.sessions, current.version + 1
-            for pool_id in set(current.pools) - set(view.pools):
-                self._index(pool_id).drop(machine_id)
+        view = dispatch_host(self.registry.host(entry), current)
         self.hosts[machine_id] = view
-        for pool_id in view.pools:
-            self._index(pool_id).put(view)
+        self.snapshot.put_host(view)
         if requeue and view.status in ("offline", "revoked"):
             return self._orphans(view)
         return []
@@ -257,24 +268,14 @@ class Dispatcher:
             self._rank(host)
             self._want_pass()
 
-    def _index(self, pool_id: str) -> PoolIndex:
-        index = self.pools.get(pool_id)
-        if index is None:
-            index = self.pools[pool_id] = PoolIndex(self._pool_models(pool_id))
-        return index
-
-    def _pool_models(self, pool_id: str) -> frozenset[str]:
-        return frozenset((self.config.pools.get(pool_id) or {}).get("models") or ())
-
     def _rank(self, host: DispatchHost) -> None:
         host.version += 1
-        for pool_id in host.pools:
-            self._index(pool_id).put(host)
+        self.snapshot.rank(host)
 
     # ------------------------------------------------------------------------------------------ routes
     def route_of(self, record: SessionRecord) -> Route | None:
-        spec = self.config.routes.get(record.project)
-        return Route.of(record.project, spec, record.labels, record.model) if spec is not None else None
+        route = self.snapshot.routes.get(record.project)
+        return route.for_session(record.labels, record.model) if route is not None else None
 
     @staticmethod
     def group_key(record: SessionRecord) -> GroupKey:
@@ -284,10 +285,9 @@ class Dispatcher:
         self.pending.add(st.record.id, self.group_key(st.record), st.record.priority,
                          seq=int(st.record.submitted_at * 1_000_000))
 
-    def _why(self, route: Route) -> str:
-        modes = {p: (self.config.pools.get(p) or {}).get("mode", "persistent") for p in route.pools
-                 if p in self.config.pools}
-        return why_waiting(route, self.hosts.values(), modes, {p: self._pool_models(p) for p in route.pools})
+    def demand(self) -> dict[str, PoolDemand]:
+        """The unplaced demand per pool as of the last dispatch pass (plain data: fleet.scheduler.PoolDemand)."""
+        return self.plan.demand()
 
     def waiting_reason(self, record: SessionRecord) -> str | None:
         key = self.pending.where.get(record.id)
@@ -295,6 +295,17 @@ class Dispatcher:
             return None
         group = self.pending.groups.get(key)
         return group.reason if group is not None and group.reason else None
+
+    def waiting_for(self, record: SessionRecord) -> tuple[str | None, str | None]:
+        """The kind of the scheduler's reason a queued session waits, and the pool it waits for."""
+        key = self.pending.where.get(record.id)
+        group = self.pending.groups.get(key) if key is not None else None
+        return (group.wait_kind, group.wait_pool) if group is not None else (None, None)
+
+    def _note_reason(self, key: GroupKey, reason: Reason) -> None:
+        group = self.pending.groups.get(key)
+        if group is not None:
+            group.reason, group.wait_kind, group.wait_pool = reason.message, reason.kind, reason.pool
 
     def _check_lease(self) -> None:
         if not self.leading or not self.lease_ok():
@@ -378,23 +389,28 @@ class Dispatcher:
             labels=sorted(set(req.labels)), model=req.model, priority=req.priority, timeout_s=req.timeout_s,
             max_attempts=req.max_attempts, submitted_at=now, history=[_event(phase="queued", at=now)],
         )
-        placement = None
-        if not len(self.pending):  # sessions already waiting go first
-            route = Route.of(req.project, spec, record.labels, record.model)
-            placement = place(route, self.pools)
-            if placement is None:
-                record.reason = self._why(route)
+        placement: tuple[str, DispatchHost] | None = None
+        labels = frozenset(record.labels)
+        plan = schedule(self.snapshot, [PendingGroup(req.project, labels, record.model, (sid,), 1)], now)
+        if plan.unplaced:
+            record.reason = plan.unplaced[0].reason.message
+        elif len(self.pending) and (self._passing or self._pass_wanted.is_set() or self._changed
+                                    or (req.project, labels, record.model) in self.pending.groups):
+            # sessions wait, and a pass is under way or due (a slot may have opened for one that waited longer), or
+            # sessions of its own kind wait: it queues behind them, and that pass places it
+            record.reason = "a host has room: the next dispatch pass places it (sessions that waited longer first)"
         else:
-            record.reason = f"{len(self.pending)} session(s) queued before it"
+            a = plan.assignments[0]
+            placement = (a.pool, self.hosts[a.host])
         if placement is not None:
             self._assign_in_memory(record, placement, now)
-            self._reserve(placement.host, record.id)
+            self._reserve(placement[1], record.id)
         try:
             self._check_lease()
             revision = await self.store.create(record.id, record.encode())
         except BaseException as exc:
             if placement is not None:
-                self._release(placement.host.machine_id, record.id)
+                self._release(placement[1].machine_id, record.id)
             if isinstance(exc, Conflict):  # stored already, and not in memory
                 old = await self._ended_long_ago(sid)
                 if old is not None:
@@ -415,6 +431,8 @@ class Dispatcher:
             await self._send_assignment(st)
         else:
             self._enqueue(st)
+            if plan.unplaced:
+                self._note_reason(self.group_key(record), plan.unplaced[0].reason)
             self._want_pass()
         return st
 
@@ -438,10 +456,11 @@ class Dispatcher:
         st.deadline = time.monotonic() + timeout + HOST_GRACE_S if timeout else None
 
     @staticmethod
-    def _assign_in_memory(record: SessionRecord, placement: Placement, now: float) -> None:
+    def _assign_in_memory(record: SessionRecord, placement: tuple[str, DispatchHost], now: float) -> None:
+        pool, host = placement
         record.phase, record.host, record.pool, record.fence, record.reason = (
-            "assigned", placement.host.machine_id, placement.pool, None, None)
-        _history(record, _event(phase="assigned", at=now, host=placement.host.machine_id, attempt=record.attempt))
+            "assigned", host.machine_id, pool, None, None)
+        _history(record, _event(phase="assigned", at=now, host=host.machine_id, attempt=record.attempt))
 
     async def _send_assignment(self, st: SessionState) -> None:
         record = st.record
@@ -494,37 +513,49 @@ class Dispatcher:
             await self._requeue(st, why)
 
     async def _dispatch_pass(self) -> None:
-        placed: list[tuple[SessionState, Placement]] = []
+        """Hand the pending groups to the scheduler (in the order of their heads) and apply its plan: reserve the
+        slots it gave, then write and send the assignments; each waiting group keeps the reason of its head."""
+        placed: list[tuple[SessionState, tuple[str, DispatchHost]]] = []
         now = time.time()
-        for group in self.pending.ordered_groups():
-            while group.heap:
-                st = self.sessions.get(group.heap[0][2])
-                if st is None:
-                    self.pending.pop_head(group)
-                    continue
-                route = self.route_of(st.record)
-                if route is None:
-                    group.reason = f"project {st.record.project} is not in the applied config"
-                    break
-                placement = place(route, self.pools)
-                if placement is None:
-                    group.reason = self._why(route)
-                    break
-                self.pending.pop_head(group)
-                self._reserve(placement.host, st.record.id)
-                placed.append((st, placement))
+        stale: list[str] = []
+
+        def live(ids: Iterable[str]) -> Iterable[str]:
+            for sid in ids:
+                if sid in self.sessions:
+                    yield sid
+                else:
+                    stale.append(sid)
+
+        groups = self.pending.ordered_groups()
+        pending = [PendingGroup(g.key[0], g.key[1], g.key[2], live(self.pending.in_order(g)), g.count) for g in groups]
+        self._passing = True
+        try:
+            plan = schedule(self.snapshot, pending, now)
+        finally:
+            self._passing = False
+        self.plan = plan
+        for sid in stale:
+            self.pending.remove(sid)
+        for u in plan.unplaced:
+            self._note_reason((u.project, u.labels, u.model), u.reason)
+        for a in plan.assignments:
+            st = self.sessions[a.session]
+            host = self.hosts[a.host]
+            self.pending.remove(a.session)
+            self._reserve(host, a.session)
+            placed.append((st, (a.pool, host)))
         if placed:
             await asyncio.gather(*(self._assign(st, p, now) for st, p in placed))
 
-    async def _assign(self, st: SessionState, placement: Placement, now: float) -> None:
-        before = st.record.model_copy()
+    async def _assign(self, st: SessionState, placement: tuple[str, DispatchHost], now: float) -> None:
+        before = st.record.model_copy(update={"history": list(st.record.history)})  # not the list it appends to
         self._assign_in_memory(st.record, placement, now)
         try:
             await self._persist(st)
         except FleetError as exc:
             log.warning("could not assign session %s: %s", st.record.id, exc)
             st.record = before
-            self._release(placement.host.machine_id, st.record.id)
+            self._release(placement[1].machine_id, st.record.id)
             self._enqueue(st)
             return
         st.fence, st.assigned_at, st.sends = st.revision, time.monotonic(), 0
@@ -647,6 +678,10 @@ class Dispatcher:
                            machine_id, ev.session)
             return WorkReply(ok=False, stale=True, message="this host is revoked")
         record = st.record
+        if ev.phase != record.phase and not allowed("running" if record.phase == "assigned" and ev.phase != "running"
+                                                    else record.phase, ev.phase):
+            self.metrics["stale_events"] += 1
+            return WorkReply(ok=False, stale=True, message=f"a session {record.phase} cannot become {ev.phase}")
         if ev.phase == "running":
             if record.phase == "assigned":
                 record.phase, record.started_at = "running", ev.started_at or ev.at
@@ -831,6 +866,11 @@ def _event(**kw: Any) -> PhaseEvent:
 
 
 def _history(record: SessionRecord, event: PhaseEvent) -> None:
+    """Append a phase event; a step that is not in the phase table (fleet.scheduler.phases) is a bug, logged."""
+    before = record.history[-1].phase if record.history else None
+    if before is not None and not allowed(before, event.phase):
+        log.error("session %s: %s -> %s is not a phase transition (fleet.scheduler.phases); recorded anyway",
+                  record.id, before, event.phase)
     record.history.append(event)
     if len(record.history) > MAX_HISTORY:
         del record.history[1:len(record.history) - MAX_HISTORY + 1]

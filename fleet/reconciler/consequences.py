@@ -1,56 +1,51 @@
 """Consequences: what a plan does to dispatch, the section no other infrastructure tool shows.
 
 For every project: session slots before (applied routing and pools, live hosts) and after (desired routing and
-pools, the hosts that stay eligible). Routes whose preferred or fallback pool loses all capacity. Hosts that a
-key change locks out (key deleted, tenant changed, pool dropped from its scope) or that a pool removal orphans.
-Hosts that fleet.yaml pauses, drains or resumes (`hosts:`), and declared hosts that are not registered.
-Queued sessions that become unroutable. Pure: uses fleet.routing rules on desired/applied specs and live hosts;
-called by fleet.reconciler.diff.make_plan.
+pools, the hosts that stay eligible), counting only live hosts' slots: capacity that an on_demand or hybrid pool's
+backend might create is not slots (it only keeps a route from being "without capacity"). Routes whose preferred or
+fallback pool loses all capacity. Hosts that a key change locks out (key deleted, tenant changed, pool dropped
+from its scope) or that a pool removal orphans. Hosts that fleet.yaml pauses, drains or resumes (`hosts:`), and
+declared hosts that are not registered. Queued sessions that become unroutable: those the scheduler would leave
+waiting after the change for a reason other than capacity (a full pool, a backend yet to add a host). Pure: reads
+every pool and route through the dispatcher's own scheduler (fleet.scheduler: `snapshot_of`, `statuses`,
+`schedule`) on a snapshot before and one after; called by fleet.reconciler.diff.make_plan.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from fleet.hosts.model import LIVE_STATUSES
+from fleet.hosts.model import LIVE_STATUSES, host_slots
 from fleet.reconciler.desired import Resource
 from fleet.reconciler.live import LiveState, ObservedHost
 from fleet.reconciler.plan import Change, Consequence, Consequences, ProjectCapacity
-from fleet.routing import HostView, PoolView, RouteView, decide, pool_capacity
+from fleet.scheduler import (
+    WAITS_FOR_CAPACITY,
+    PendingGroup,
+    PoolStatus,
+    Snapshot,
+    schedule,
+    snapshot_of,
+    statuses,
+)
 
 
 def _specs(resources: Mapping[str, Any], kind: str) -> dict[str, dict[str, Any]]:
     return {r.id: r.spec for r in resources.values() if r.kind == kind}
 
 
-def _by_pool(hosts: Iterable[HostView]) -> dict[str, list[HostView]]:
-    """Hosts indexed by the pools they serve (in their original order): a host outside a pool is never eligible
-    in it, so pool_capacity over this list equals pool_capacity over all hosts, without O(routes × hosts)."""
-    index: dict[str, list[HostView]] = {}
-    for h in hosts:
-        for p in dict.fromkeys(h.pools):
-            index.setdefault(p, []).append(h)
-    return index
-
-
-def _slots(route: RouteView | None, pools: Mapping[str, dict], hosts: Mapping[str, list[HostView]], *,
-           after: bool) -> tuple[int | None, dict]:
-    """Total slots a route can use over its pools (None = ∞), and the per-pool Capacity (`hosts` by pool)."""
+def _slots(project: str, snapshot: Snapshot) -> tuple[int, dict[str, PoolStatus]]:
+    """Live slots a project's route can use over its pools (hosts that suit it), and each pool's status."""
+    route = snapshot.routes.get(project)
     if route is None:
         return 0, {}
-    caps = {}
-    total: int | None = 0
-    for pool_id in route.pools:
-        spec = pools.get(pool_id)
-        if spec is None:
-            continue
-        view = PoolView.from_spec(pool_id, spec)
-        cap = pool_capacity(view, hosts.get(pool_id, ()), route, slots_per_host=view.max_concurrent_sessions if after else None)
-        caps[pool_id] = cap
-        total = None if (total is None or cap.total is None) else total + cap.total
-    return total, caps
+    found = {s.pool: s for s in statuses(route, snapshot) if s.pool in snapshot.pools}
+    return sum(s.total for s in found.values()), found
+
+
+def _grows(caps: Mapping[str, PoolStatus]) -> bool:
+    return any(s.grows for s in caps.values())
 
 
 def _host_label(h: ObservedHost) -> str:
@@ -78,7 +73,7 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
                                              f"(resume it with `fleet hosts resume {h.machine_id[:8]}`)"))
 
     # hosts after the change: locked out by key changes, orphaned by pool removals, paused/drained by the file
-    after_hosts: list[HostView] = []
+    after_hosts: list[ObservedHost] = []
     # The hosts serve as their own `before` views, and as `after` views when the change leaves them alone (no copy
     # per host); a host the change affects is copied with its new pools and status.
     for h in live.hosts:
@@ -116,49 +111,47 @@ def consequences(desired: Mapping[str, Resource], live: LiveState, changes: list
                                          message=f"host {_host_label(h)} serves pool {p}, which is deleted: it is orphaned"))
         pools = tuple(p for p in pools if p in desired_pools or p not in applied_pools)
         after_hosts.append(h if pools == h.pools and status == h.status else h.replace(pools=pools, status=status))
-    before_hosts = _by_pool(live.hosts)
-    unchanged = len(after_hosts) == len(live.hosts) and all(map(operator.is_, after_hosts, live.hosts))
-    after_by_pool = before_hosts if unchanged else _by_pool(after_hosts)
+    before_snap = snapshot_of(live.hosts, applied_pools, applied_routes)
+    after_slots = {h.machine_id: host_slots(((desired_pools.get(p) or {}).get("capacity") or {}).get("max_concurrent_sessions")
+                                            for p in h.pools) or h.max_sessions for h in after_hosts}
+    after_snap = snapshot_of(after_hosts, desired_pools, desired_routes, slots=after_slots)
 
     capacity = []
     for project in sorted(applied_routes.keys() | desired_routes.keys()):
-        rb = RouteView.from_spec(project, applied_routes[project]) if project in applied_routes else None
-        ra = RouteView.from_spec(project, desired_routes[project]) if project in desired_routes else None
-        before, caps_b = _slots(rb, applied_pools, before_hosts, after=False)
-        after, caps_a = _slots(ra, desired_pools, after_by_pool, after=True)
+        before, caps_b = _slots(project, before_snap)
+        after, caps_a = _slots(project, after_snap)
         used = sum(c.used for c in caps_b.values())
-        view = ra or rb
-        tenant = view.tenant if view is not None else None
+        spec = desired_routes.get(project) or applied_routes.get(project) or {}
+        tenant = spec.get("tenant")
         capacity.append(ProjectCapacity(project=project, tenant=tenant, before=before, after=after, used=used))
-        if ra is None:
+        route = after_snap.routes.get(project)
+        if route is None:
             continue
-        for role, pool_id in (("preferred", ra.preferred_pool), ("fallback", ra.fallback_pool if ra.mode == "preferred-with-fallback" else None)):
+        for role, pool_id in (("preferred", route.preferred),
+                              ("fallback", route.fallback if route.mode == "preferred-with-fallback" else None)):
             if not pool_id:
                 continue
             cap_a = caps_a.get(pool_id)
-            cap_b = caps_b.get(pool_id) if rb and pool_id in rb.pools else None
-            had = cap_b is not None and cap_b.total != 0
+            cap_b = caps_b.get(pool_id)
+            had = cap_b is not None and (cap_b.total != 0 or cap_b.grows)
             deleted = pool_id not in desired_pools
             # without observed hosts, a persistent pool's capacity is unknown: only a deletion is certain
-            if (cap_a is None or cap_a.total == 0) and (deleted or (had and live.hosts_observed)):
-                items.append(Consequence(kind="route-without-capacity", subject=f"route.{project}", tenant=ra.tenant, pool=pool_id,
-                                         message=f"route {project}: {role} pool {pool_id} "
-                                                 + ("is deleted" if deleted else "loses all capacity")))
-        if after == 0 and before != 0 and live.hosts_observed:
-            items.append(Consequence(kind="project-unroutable", subject=f"project.{project}", tenant=ra.tenant,
+            if (cap_a is None or (cap_a.total == 0 and not cap_a.grows)) and (deleted or (had and live.hosts_observed)):
+                items.append(Consequence(kind="route-without-capacity", subject=f"route.{project}", tenant=route.tenant,
+                                         pool=pool_id, message=f"route {project}: {role} pool {pool_id} "
+                                                               + ("is deleted" if deleted else "loses all capacity")))
+        if after == 0 and not _grows(caps_a) and (before != 0 or _grows(caps_b)) and live.hosts_observed:
+            items.append(Consequence(kind="project-unroutable", subject=f"project.{project}", tenant=route.tenant,
                                      message=f"project {project} has no slots left: its sessions will wait in the pending queue"))
 
     for s in live.queued:
-        route = desired_routes.get(s.project)
-        if route is None:
+        if s.project not in desired_routes:
             items.append(Consequence(kind="session-unroutable", subject=s.session_id, tenant=s.tenant,
                                      message=f"queued session {s.session_id} of project {s.project}: the project is deleted"))
             continue
-        rv = RouteView.from_spec(s.project, route)
-        rv = RouteView(**{**rv.__dict__, "required_labels": tuple(sorted({*rv.required_labels, *s.required_labels})),
-                          "model": s.model or rv.model})
-        _, caps = _slots(rv, desired_pools, after_by_pool, after=True)
-        if decide(rv, caps).pending and all((c.total == 0) for c in caps.values()):
+        plan = schedule(after_snap, [PendingGroup(s.project, frozenset(s.required_labels), s.model, (s.session_id,), 1)])
+        if plan.unplaced and plan.unplaced[0].reason.kind not in WAITS_FOR_CAPACITY:
             items.append(Consequence(kind="session-unroutable", subject=s.session_id, tenant=s.tenant,
-                                     message=f"queued session {s.session_id} of project {s.project}: no pool of its route can ever take it"))
+                                     message=f"queued session {s.session_id} of project {s.project}: no pool of its "
+                                             f"route can take it ({plan.unplaced[0].reason.message})"))
     return Consequences(capacity=tuple(capacity), items=tuple(items))

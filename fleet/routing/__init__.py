@@ -1,18 +1,8 @@
-"""fleet.routing: the pure routing rules shared by the dispatcher, `fleet route test` and plan consequences.
-
-Hard filters (tenant, pool membership, status, revocation, labels, model), pool capacity in slots, and the
-preferred/fallback/pending decision. Plain data in, plain data out; imports only fleet.schema.
+"""fleet.routing: the routing vocabulary (pool and route views, route order, elastic modes) and the per-host
+explanation of `fleet route test --explain`. The placement decision itself is fleet.scheduler's, which sits beside
+this package's callers and reads it. Plain data in, plain data out; imports nothing else of fleet.
 """
 
-from fleet.routing.rules import (
-    Capacity,
-    Decision,
-    HostView,
-    PoolView,
-    RouteView,
-    decide,
-    ineligibility,
-    pool_capacity,
-)
+from fleet.routing.rules import ELASTIC_MODES, HostView, PoolView, RouteView, ineligibility, route_pools
 
-__all__ = ["Capacity", "Decision", "HostView", "PoolView", "RouteView", "decide", "ineligibility", "pool_capacity"]
+__all__ = ["ELASTIC_MODES", "HostView", "PoolView", "RouteView", "ineligibility", "route_pools"]

@@ -120,7 +120,11 @@ def test_preferred_then_fallback_then_pending_then_dispatched_when_a_slot_opens(
                          "-f", str(live_fleet.fleet_file))
         assert routed.exit_code == 0, routed.output
         decision = json.loads(routed.output)
-        assert decision["decision"] == {"pool": None, "role": "pending"}, decision
+        assert (decision["decision"]["pool"], decision["decision"]["role"]) == (None, "pending"), decision
+        # the same reason the dispatcher gave the waiting session: one scheduler
+        assert decision["decision"]["reason"]["message"] == waiting.reason
+        assert decision["decision"]["reason"]["kind"] == "pool_full"
+        assert decision["unplaced"] == {MAIN: {"sessions": 1, "by_reason": {"pool_full": 1}}}
         assert [(p["id"], p["used"], p["total"]) for p in decision["pools"]] == [(MAIN, 2, 2), (CLOUD, 2, 2)]
         assert decision["queued"]["sessions"] == [waiting.id] and decision["queued"]["reason"] == waiting.reason
 

@@ -1,19 +1,17 @@
-"""The dispatcher's routing decision (fleet.dispatch.placement) and pending queue (fleet.dispatch.queue), table-driven,
-plus a property: on any fleet of persistent pools, `place()` chooses the pool that fleet.routing.decide (what `fleet
-route test` and the plan's consequences use) chooses, and never a host the hard filters exclude."""
+"""Where one session goes (fleet.scheduler.place over the dispatcher's own hosts, fleet.dispatch.placement.DispatchHost),
+why it waits (fleet.scheduler.why), and the pending queue (fleet.dispatch.queue), table-driven. The properties over
+generated fleets are in test_scheduler.py."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from fleet.dispatch.placement import DispatchHost, PoolIndex, Route, place, why_waiting
+from fleet.dispatch.placement import DispatchHost
 from fleet.dispatch.queue import PendingQueue
-from fleet.routing import PoolView, RouteView, decide, ineligibility, pool_capacity
+from fleet.routing import PoolView
+from fleet.scheduler import Route, Snapshot, place, why
 
 
 def host(mid: str, *, tenant: str = "fin", pools: tuple[str, ...] = ("main",), labels: tuple[str, ...] = (),
@@ -23,12 +21,11 @@ def host(mid: str, *, tenant: str = "fin", pools: tuple[str, ...] = ("main",), l
     return h
 
 
-def index(hosts: list[DispatchHost], models: dict[str, tuple[str, ...]] | None = None) -> dict[str, PoolIndex]:
-    out: dict[str, PoolIndex] = {}
-    for h in hosts:
-        for p in h.pools:
-            out.setdefault(p, PoolIndex(frozenset((models or {}).get(p, ())))).put(h)
-    return out
+def index(hosts: list[DispatchHost], models: dict[str, tuple[str, ...]] | None = None) -> Snapshot:
+    """A snapshot of `hosts` with persistent pools main, cloud and gpu of tenant fin."""
+    pools = {p: PoolView(p, "fin", "local", "persistent", 2, models=(models or {}).get(p, ()))
+             for p in ("main", "cloud", "gpu")}
+    return Snapshot.build(hosts, pools, {})
 
 
 ROUTE = {"tenant": "fin", "mode": "preferred-with-fallback", "preferred_pool": "main", "fallback_pool": "cloud"}
@@ -89,9 +86,10 @@ def test_index_follows_load_changes():
     for _ in range(4):  # 2 hosts x 2 slots, always to the least loaded
         p = place(Route.of("app", ONLY), pools)
         assert p is not None
-        p.host.sessions.add(f"s{random.random()}")
-        p.host.version += 1
-        pools["main"].put(p.host)
+        chosen = a if p.host is a else b
+        chosen.sessions.add(f"s{random.random()}")
+        chosen.version += 1
+        pools.rank(chosen)
     assert len(a.sessions) == len(b.sessions) == 2
     assert place(Route.of("app", ONLY), pools) is None
 
@@ -105,7 +103,9 @@ WHY = [
     ("tenant", ONLY, (), [host("x", tenant="health")], "preferred pool main: tenant fin has no host there, no fallback"),
     ("no host", ONLY, (), [], "preferred pool main has no host, no fallback"),
     ("none active", ONLY, (), [host("a", status="paused"), host("b", status="offline")],
-     "preferred pool main: no active host (1 offline, 1 paused), no fallback"),
+     "preferred pool main: no active host (1 paused), no fallback"),
+    ("none live", ONLY, (), [host("a", status="revoked"), host("b", status="offline")],
+     "preferred pool main has no live host (1 offline, 1 revoked), no fallback"),
 ]
 
 
@@ -113,7 +113,7 @@ WHY = [
 def test_why_waiting(name, spec, labels, hosts, expected):
     route = Route.of("app", spec, labels)
     assert place(route, index(hosts)) is None
-    assert why_waiting(route, hosts, {"main": "persistent", "cloud": "persistent"}) == expected
+    assert why(route, index(hosts)).message == expected
 
 
 # ------------------------------------------------------------------------------------------- the pending queue
@@ -147,58 +147,16 @@ def test_queue_remove_is_lazy_but_exact():
     assert len(q) == 0 and not q.groups
 
 
-# ------------------------------------------------------------------------------------------- place() == decide()
-
-@dataclass
-class HostRow:
-    """fleet.routing's HostView of a DispatchHost."""
-
-    machine_id: str
-    tenant: str
-    pools: tuple[str, ...]
-    labels: tuple[str, ...]
-    models: tuple[str, ...]
-    status: str
-    running: int
-    max_sessions: int
-
-
-hosts_strategy = st.lists(st.builds(
-    lambda i, tenant, pools, labels, models, status, slots, used: host(
-        f"h{i}", tenant=tenant, pools=pools, labels=labels, models=models, status=status, slots=slots,
-        running=min(used, slots)),
-    st.integers(0, 10_000), st.sampled_from(["fin", "health"]),
-    st.sampled_from([("main",), ("cloud",), ("main", "cloud"), ("gpu",)]),
-    st.lists(st.sampled_from(["gpu", "tier=prod"]), max_size=2, unique=True).map(tuple),
-    st.lists(st.sampled_from(["sonnet", "opus"]), max_size=2, unique=True).map(tuple),
-    st.sampled_from(["active", "active", "active", "paused", "draining", "offline", "revoked"]),
-    st.integers(0, 3), st.integers(0, 3)), max_size=12, unique_by=lambda h: h.machine_id)
-
-
-@settings(max_examples=400, deadline=None)
-@given(hosts=hosts_strategy,
-       mode=st.sampled_from(["preferred-only", "preferred-with-fallback"]),
-       fallback=st.sampled_from([None, "cloud", "gpu"]),
-       labels=st.lists(st.sampled_from(["gpu", "tier=prod"]), max_size=2, unique=True),
-       model=st.sampled_from([None, "sonnet"]),
-       pool_models=st.sampled_from([(), ("sonnet",), ("opus",)]))
-def test_place_agrees_with_route_test(hosts, mode, fallback, labels, model, pool_models):
-    spec = {"tenant": "fin", "mode": mode, "preferred_pool": "main", "fallback_pool": fallback}
-    route = Route.of("app", spec, labels, model)
-    placement = place(route, index(hosts, {"main": pool_models, "cloud": pool_models, "gpu": pool_models}))
-
-    rv = RouteView.from_spec("app", spec)
-    rv = RouteView(**{**rv.__dict__, "required_labels": tuple(labels), "model": model})
-    rows = [HostRow(h.machine_id, h.tenant, h.pools, tuple(h.labels), tuple(h.models), h.status, len(h.sessions),
-                    h.slots) for h in hosts]
-    caps = {}
-    for pool_id in rv.pools:
-        pv = PoolView(pool_id, "fin", "local", "persistent", 2, models=pool_models)
-        # only hosts that can take a session count (a 0-slot host has no slot to offer)
-        caps[pool_id] = pool_capacity(pv, [r for r in rows if r.max_sessions > 0], rv)
-    decision = decide(rv, caps)
-    assert (placement.pool if placement else None) == decision.pool
-    if placement is not None:
-        row = next(r for r in rows if r.machine_id == placement.host.machine_id)
-        pv = PoolView(placement.pool, "fin", "local", "persistent", 2, models=pool_models)
-        assert ineligibility(row, pv, rv) == []
+def test_queue_reads_a_group_in_order_without_changing_it():
+    q = PendingQueue()
+    key = ("app", frozenset(), None)
+    order = [(f"s{i}", random.randrange(3)) for i in range(50)]
+    for sid, prio in order:
+        q.add(sid, key, prio)
+    q.remove("s7")
+    group = q.groups[key]
+    heap = list(group.heap)
+    expected = [sid for sid, _ in sorted(order, key=lambda x: (-x[1], int(x[0][1:]))) if sid != "s7"]
+    assert list(q.in_order(group)) == expected and group.heap == heap and group.count == 49
+    first = q.in_order(group)
+    assert [next(first) for _ in range(3)] == expected[:3]  # lazily: only as far as it is read

@@ -135,13 +135,16 @@ def test_consequences_of_the_scenario():
     kinds = {(i.kind, i.subject) for i in plan.consequences.items}
     assert ("host-locked-out", "aa11bb22-cc33-dd44-ee55-ff6677889900") in kinds  # its key health-gpu is deleted
     cap = {c.project: (c.before, c.after) for c in plan.consequences.capacity}
-    assert cap["my-fintech-app"] == (None, 12)  # ∞ (e2b fallback) -> 2 hosts x 6 slots, fallback removed
-    # gpu-01 (2 slots in the persistent docker pool) is locked out; the on_demand k8s pool still offers 10 x 4
-    assert cap["clinical-notes"] == (42, 40)
+    # live hosts' slots only: 2 hosts x 4 -> 2 hosts x 6, the e2b fallback (no host) was never slots
+    assert cap["my-fintech-app"] == (8, 12)
+    # gpu-01 (2 slots in the persistent docker pool) is locked out; the on_demand k8s fallback has no host (no slots),
+    # but its backend can add some: the route loses its preferred pool's capacity, the project is not unroutable
+    assert cap["clinical-notes"] == (2, 0)
     assert ("route-without-capacity", "route.clinical-notes") in kinds
+    assert ("project-unroutable", "project.clinical-notes") not in kinds
     assert not any(i.subject.startswith("cc00dd11") for i in plan.consequences.items), "the key change did not touch it"
     human = render_human(plan)
-    assert "slots ∞ → 12" in human
+    assert "slots 8 → 12" in human
 
 
 def test_markdown_never_exceeds_github_limit():

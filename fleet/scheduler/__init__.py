@@ -1,0 +1,33 @@
+"""fleet.scheduler: the one pure placement engine (`schedule(snapshot, pending, now) -> DispatchPlan`) and the
+session phase table. Called by the dispatcher (fleet.dispatch), `fleet route test` (fleet.cli.route_cmds) and the
+plan's consequences (fleet.reconciler.consequences); it sits on the floor beside fleet.routing so that the
+reconciler, which may not import its sibling fleet.dispatch, calls the same code. Imports only fleet.routing.
+
+Modules: `model` (the plain data in and out, the hard filters), `core` (`schedule`, `place`, the one reason a
+session waits), `index` (the per-pool heap: the fast path), `probe` (route test's question and one-off snapshots),
+`phases` (the phase transition table).
+"""
+
+from fleet.scheduler.core import group, place, pool_status, schedule, statuses, why
+from fleet.scheduler.index import PoolIndex, SlotHost
+from fleet.scheduler.model import (
+    REASON_KINDS,
+    WAITS_FOR_CAPACITY,
+    Assignment,
+    DispatchPlan,
+    HostState,
+    Pass,
+    PendingGroup,
+    Placement,
+    PoolDemand,
+    PoolStatus,
+    Reason,
+    Route,
+    Snapshot,
+    Unplaced,
+)
+from fleet.scheduler.probe import Probe, probe, snapshot_of
+
+__all__ = ["REASON_KINDS", "WAITS_FOR_CAPACITY", "Assignment", "DispatchPlan", "HostState", "Pass", "PendingGroup",
+           "Placement", "PoolDemand", "PoolIndex", "PoolStatus", "Probe", "Reason", "Route", "SlotHost", "Snapshot",
+           "Unplaced", "group", "place", "pool_status", "probe", "schedule", "snapshot_of", "statuses", "why"]
