@@ -23,6 +23,7 @@ def _walk(cmd: click.Command, path: list[str], ctx: click.Context, out: list[str
     else:
         out.append(f"## `{name}`\n")
         out.append("```text")
+        cmd._help_option = None  # click caches it from the first context it saw (a test's may lack the -h alias)
         out.append(cmd.get_help(sub_ctx))
         out.append("```\n")
     if isinstance(cmd, click.Group):

@@ -88,7 +88,7 @@ def test_apply_converges_and_route_test(live_fleet, tmp_path: Path):
     rows = explain_rows(r.stdout)
     assert sorted(rows) == ["a1", "a2"], r.stdout
     assert rows["a1"][0] == a1[:8] and "status paused" in rows["a1"][2], rows["a1"]
-    assert rows["a2"][0] == live_fleet.machine_id("a2")[:8] and rows["a2"][2] == "eligible", rows["a2"]
+    assert rows["a2"][0] == live_fleet.machine_id("a2")[:8] and rows["a2"][2] == "eligible in pool-local-main", rows["a2"]
 
     # both paused: the preferred pool has no active host, the e2b fallback has no host at all: the session would
     # wait for e2b's backend (capacity a backend might create is not a slot)
