@@ -105,6 +105,8 @@ KEY_ENV = "FLEET_BENCH_KEY"
 WAIT_S = 60.0  # a session's submit waits this long at most for its end
 CELERY_CONCURRENCY = 2  # prefork processes: the machine's 2 cores
 
+AGENT_TURNS = 2  # the sandboxed and unsandboxed agents are measured in turns, A B A B
+
 SIZES = {  # operations per phase: x_1 at 1 in flight, x_n at 128 in flight, warm: the warm-ups; route: decisions
     "full": {"raw_1": 3000, "raw_n": 40000, "noop_1": 1500, "noop_n": 20000, "agent_1": 300, "agent_n": 4000,
              "celery_1": 1000, "celery_n": 6000, "route": 100_000, "warm": 300},
@@ -277,6 +279,17 @@ def fleet_yaml(secret_env: str) -> str:
                   "secret": {"from_env": secret_env}}],
     }
     return json.dumps(doc, indent=2) + "\n"  # JSON is YAML
+
+
+def merged(parts: list[LoopResult]) -> LoopResult:
+    """Loops measured in turns, as one: their operations over their summed wall time."""
+    out = LoopResult(ops=0, elapsed=0.0)
+    for r in parts:
+        out.done_at += [out.elapsed + t for t in r.done_at]
+        out.ops, out.elapsed, out.failures = out.ops + r.ops, out.elapsed + r.elapsed, out.failures + r.failures
+        out.latencies += r.latencies
+        out.first_failure = out.first_failure or r.first_failure
+    return out
 
 
 def summary(r: LoopResult) -> dict[str, Any]:
@@ -685,10 +698,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "host_counts": counts, "not_succeeded": noop["not_succeeded"],
                                "per_session": noop["per_session"]}
 
-            # the same real agents twice: sessions sandboxed (fleet.agents.sandbox: a uid of their own, PID/mount/IPC
-            # namespaces, bubblewrap), then unsandboxed (--no-sandbox, in a pool that says isolation: none)
-            for key, pool_id, project, extra in (("agents", AGENT_POOL, AGENT_PROJECT, []),
-                                                 ("agents_bare", BARE_POOL, BARE_PROJECT, ["--no-sandbox"])):
+            # the same real agents twice: sessions sandboxed (fleet.agents.sandbox: a slot of their own uid, PID/mount/IPC
+            # namespaces, bubblewrap), and unsandboxed (--no-sandbox, in a pool that says isolation: none); both groups
+            # run side by side and are measured in turns (A B A B), so that a load that drifts (another job on this
+            # machine) weighs on both alike
+            groups = (("agents", AGENT_POOL, AGENT_PROJECT, []), ("agents_bare", BARE_POOL, BARE_PROJECT, ["--no-sandbox"]))
+            members: dict[str, list[subprocess.Popen]] = {}
+            for key, pool_id, _, extra in groups:
                 note(f"fleet: `true` on {HOSTS} real agents x {SLOTS} slots ({'un' if extra else ''}sandboxed) …")
                 names = [f"bench-{key.replace('_', '-')}-{i}" for i in range(HOSTS)]
                 for name in names:
@@ -700,18 +716,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                         stderr=(work / f"{name}.log").open("wb"), cwd=ROOT,
                         env={**os.environ, "PYTHONPATH": str(ROOT), "FLEET_ENROLL_KEY": secret}))
-                group = agents[-HOSTS:]
+                members[key] = agents[-HOSTS:]
                 asyncio.run(wait_active(url, admin, names))
-                meter = CpuMeter({"client (bench)": [os.getpid()], "fleet server": [server.pid],
-                                  "agents (+ true)": [a.pid for a in group], "nats-server": [nats_pid or 0]})
-                real = asyncio.run(bench_sessions(url, str(submitter), project, sizes["agent_1"], sizes["agent_n"],
-                                                  min(sizes["warm"], 128), meter, trust))
-                results[key] = {"seq": summary(real["seq"]), "par": summary(real["par"]),
-                                "cpu_us_per_op": cpu_per_op(real["cpu"], real["par"].ops),
-                                "cpu_sys_us_per_op": cpu_per_op(real["cpu_sys"], real["par"].ops),
-                                "not_succeeded": real["not_succeeded"], "per_session": real["per_session"]}
-                for a in group:  # the next group gets the machine to itself
-                    stop(a)
+            turns: dict[str, list[dict[str, Any]]] = {key: [] for key, *_ in groups}
+            for turn in range(AGENT_TURNS):
+                for key, _, project, _ in groups:
+                    meter = CpuMeter({"client (bench)": [os.getpid()], "fleet server": [server.pid],
+                                      "agents (+ true)": [a.pid for a in members[key]], "nats-server": [nats_pid or 0]})
+                    turns[key].append(asyncio.run(bench_sessions(
+                        url, str(submitter), project, sizes["agent_1"] // AGENT_TURNS, sizes["agent_n"] // AGENT_TURNS,
+                        min(sizes["warm"], 128) if turn == 0 else 16, meter, trust)))
+            for key, *_ in groups:
+                seq, par = merged([t["seq"] for t in turns[key]]), merged([t["par"] for t in turns[key]])
+                cpu = {n: sum(t["cpu"][n] for t in turns[key]) for n in turns[key][0]["cpu"]}
+                cpu_sys = {n: sum(t["cpu_sys"][n] for t in turns[key]) for n in turns[key][0]["cpu_sys"]}
+                results[key] = {"seq": summary(seq), "par": summary(par), "cpu_us_per_op": cpu_per_op(cpu, par.ops),
+                                "cpu_sys_us_per_op": cpu_per_op(cpu_sys, par.ops),
+                                "turns_per_s": [round(t["par"].per_s, 1) for t in turns[key]],
+                                "not_succeeded": [b for t in turns[key] for b in t["not_succeeded"]][:5],
+                                "per_session": turns[key][-1]["per_session"]}
+            for a in [a for group in members.values() for a in group]:
+                stop(a)
             sand, bare = results["agents"], results["agents_bare"]
             results["sandbox"] = {
                 "rate_ratio": round(sand["par"]["per_s"] / bare["par"]["per_s"], 3) if bare["par"]["per_s"] else None,
@@ -934,10 +959,12 @@ def render(r: dict[str, Any]) -> str:
     else:
         lines.append(f"Celery baseline skipped: {cel.get('skipped')}")
     sb = r["sandbox"]
-    lines.append(f"session sandbox (bubblewrap, a uid per session, pid+mount+ipc namespaces): {INFLIGHT}-in-flight "
-                 f"rate {sb['rate_ratio']:.0%} of unsandboxed (target >= 80%); start overhead at 1 in flight "
-                 f"{sb['start_overhead_ms_p50']:+.2f} ms (p50); agent CPU per session (with its children) "
-                 f"{sb['agent_cpu_us_per_session']['sandboxed']} vs {sb['agent_cpu_us_per_session']['unsandboxed']} µs")
+    lines.append(f"session sandbox (bubblewrap slots: a uid per slot, pid+mount+ipc namespaces): {INFLIGHT}-in-flight "
+                 f"rate {sb['rate_ratio']:.0%} of unsandboxed (target >= 80%; turns A B A B: "
+                 f"{r['agents'].get('turns_per_s')} vs {r['agents_bare'].get('turns_per_s')}/s); start overhead at 1 "
+                 f"in flight {sb['start_overhead_ms_p50']:+.2f} ms (p50); agent CPU per session (with its slots and "
+                 f"children) {sb['agent_cpu_us_per_session']['sandboxed']} vs "
+                 f"{sb['agent_cpu_us_per_session']['unsandboxed']} µs")
     counts = r["noop"].get("host_counts") or {}
     lines.append(f"no-op hosts: {counts.get('assigned', '?')} assignments, {counts.get('acked', '?')} completions "
                  f"acknowledged, {counts.get('refused', '?')} refused, {counts.get('errors', '?')} errors; "

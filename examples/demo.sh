@@ -98,7 +98,7 @@ echo "== fleet route test my-fintech-app"
 fleet route test my-fintech-app -f fleet.yaml.example
 
 echo
-echo "== the sessions' sandbox: each runs as a uid of its own, in namespaces of its own (fleet show)"
+echo "== the sessions' sandbox: each runs in a slot with a uid and namespaces of its own (fleet show)"
 agent1=$(fleet list --json | python3 -c 'import json, sys
 print(next(h["id"] for h in json.load(sys.stdin) if h["hostname"] == "demo-agent-1"))')
 fleet show "$agent1" | grep -E '^(Sandbox|Credential socket):'

@@ -69,15 +69,25 @@ class Failed(Exception):
     """A step of the example could not be done (not a check that failed: those are counted)."""
 
 
+WHERE_AM_I = """
+import json, os, socket
+s = socket.socket(socket.AF_UNIX)
+s.connect(os.environ["FLEET_CREDENTIALS_SOCKET"])
+s.sendall(b"{}\\n")
+me = json.loads(s.makefile().readline())
+print(f"session {me['session_id']} of {me['project']} ran on {me['machine_id']}")
+"""
+
+
 def job(before: str = "") -> list[str]:
-    """A short real command. An agent runs each session in <its state dir>/sessions/<session ID>, so the command
-    names the worker it runs on from where it runs, independently of the dispatcher's record."""
-    return ["sh", "-c", before + 'w="${PWD%/sessions/*}"; echo "session $FLEET_SESSION_ID of $FLEET_PROJECT ran on '
-            '${w##*/}"']
+    """A short real command. It names the machine it runs on as its own agent tells it (the session's credential
+    socket, FLEET_CREDENTIALS_SOCKET), independently of the dispatcher's record: a session sees nothing of its
+    agent's files, so it cannot tell from where it runs."""
+    return ["sh", "-c", before + 'exec python3 -c "$1"', "job", WHERE_AM_I]
 
 
-def said(view: SessionView, worker: str) -> str:
-    return f"session {view.id} of {view.project} ran on {worker}\n"
+def said(view: SessionView, machine: str) -> str:
+    return f"session {view.id} of {view.project} ran on {machine}\n"
 
 
 def section(title: str) -> None:
@@ -263,19 +273,21 @@ def mixed_sessions(client: SyncClient, hosts: dict[str, dict[str, Any]], count: 
     submitted = [client.submit(PROJECT[t], job()) for t in order]
     done: list[SessionView] = [client.wait(s.id, timeout=60) for s in submitted]
     tenant_of = {h["id"]: h["tenant"] for h in hosts.values()}
+    name_of = {h["id"]: name for name, h in hosts.items()}
     say(f"{'SESSION':<20}  {'PROJECT':<10}  {'TENANT':<11}  {'STATUS':<9}  {'WORKER':<9}  {'ITS TENANT':<11}  "
         "RAN ON (SAYS THE COMMAND)")
     wrong = []
     for s in done:
         out = (s.output_tail or "").strip()
-        ran_on = out.rsplit(" ran on ", 1)[-1] if " ran on " in out else "?"
+        machine = out.rsplit(" ran on ", 1)[-1] if " ran on " in out else "?"
+        ran_on = name_of.get(machine, machine)
         host_tenant = tenant_of.get(s.host or "", "?")
         say(f"{s.id:<20}  {s.project:<10}  {s.tenant:<11}  {s.phase:<9}  {s.hostname or '-':<9}  {host_tenant:<11}  "
             f"{ran_on}")
         if not (s.phase == "succeeded" and s.tenant == host_tenant == WORKERS.get(ran_on)
-                and s.hostname == ran_on and s.output_tail == said(s, ran_on)):
+                and s.hostname == ran_on and s.host == machine and s.output_tail == said(s, machine)):
             wrong.append(s.id)
-    say(f'(each command printed "session $FLEET_SESSION_ID of $FLEET_PROJECT ran on <worker>", e.g. '
+    say(f'(each command printed "session <its ID> of <its project> ran on <the machine its agent names>", e.g. '
         f'"{(done[0].output_tail or "").strip()}")')
     per_tenant = {t: sum(1 for s in done if s.tenant == t) for t in (FIN, HEALTH)}
     check(not wrong and len(done) == count,
@@ -337,7 +349,7 @@ def attack_claim(fl: EmbeddedFleet, client: SyncClient, hosts: dict[str, dict[st
           f"the session is untouched: still running on {owner} under token {victim.fence}, no completion recorded")
     marker.touch()  # now let it finish where it runs
     final = client.wait(victim.id, timeout=30)
-    check(final.phase == "succeeded" and final.hostname == owner and final.output_tail == said(final, owner),
+    check(final.phase == "succeeded" and final.hostname == owner and final.output_tail == said(final, victim.host or "?"),
           f"released, it finished on {owner}: {(final.output_tail or '').strip()!r}")
 
 

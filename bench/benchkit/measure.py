@@ -155,6 +155,16 @@ def cpu_seconds(pid: int | None = None, *, children: bool = True) -> float:
     return sum(cpu_times(pid, children=children))
 
 
+def descendant_pids(pid: int) -> list[int]:
+    """The live descendants of `pid`, children first."""
+    out, todo = [], [pid]
+    while todo:
+        kids = child_pids(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
 def child_pids(pid: int) -> list[int]:
     """The live child processes of `pid` (from /proc/<pid>/task/*/children)."""
     out: list[int] = []
@@ -188,8 +198,8 @@ class CpuMeter:
             for pid in pids:
                 own = pid == os.getpid()
                 times = [cpu_times(pid, children=not own)]  # the bench's own: not its other children
-                if not own:
-                    times += [cpu_times(child) for child in child_pids(pid)]
+                if not own:  # every live descendant: a sandbox slot's init is an agent's grandchild
+                    times += [cpu_times(child) for child in descendant_pids(pid)]
                 user += sum(t[0] for t in times)
                 system += sum(t[1] for t in times)
             out[name] = (user, system)

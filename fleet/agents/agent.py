@@ -132,7 +132,7 @@ class Agent:
                           hint=f"to enroll it again: remove {self.paths.identity} and {self.paths.host_creds}, and "
                                "run with a valid enrollment key") from exc
         try:
-            self._probe_sandbox()  # once connected: the registration reports it
+            await self._probe_sandbox()  # once connected: the registration reports it
             await self._join()
             self._check_isolation()
             assert self.sandbox is not None
@@ -153,6 +153,8 @@ class Agent:
         finally:
             if self.runner is not None:
                 await self.runner.close()
+            if self.sandbox is not None:
+                self.sandbox.stop()
             for server in self._servers:
                 server.close()
             with contextlib.suppress(FileNotFoundError):
@@ -228,12 +230,18 @@ class Agent:
             raise cls(f"registration refused ({reply.reason}): {reply.message}")
         return reply
 
-    def _probe_sandbox(self) -> None:
+    async def _probe_sandbox(self) -> None:
         s = self.settings
         os.umask(0o077)  # what the agent writes is its own; its sessions' files are theirs alone too
         found = probe() if s.sandbox else Probe("none", reason="fleet agent run --no-sandbox")
         self.sandbox = Sandbox.create(found, self.paths.root, uid_range=s.session_uids, user=s.session_user,
                                       expose=s.sandbox_expose, writable=s.sandbox_writable)
+        if self.sandbox.isolated:
+            try:
+                await self.sandbox.check()  # a real session (`true`) in a real slot, once
+            except FleetError as exc:
+                self.sandbox.stop()
+                self.sandbox = Sandbox.create(Probe("none", reason=exc.message), self.paths.root)
         if not self.sandbox.isolated:
             log.warning("this host cannot isolate sessions: %s", self.sandbox.probe.reason)
 

@@ -1,25 +1,28 @@
-"""The session sandbox: every session runs as a stranger to its agent, in PID, mount and IPC namespaces of its own.
+"""The session sandbox: every session runs as a stranger to its agent, in PID, mount and IPC namespaces that it has to
+itself, and nothing it starts outlives it.
 
 Used by fleet.agents.sessions (the runner) for every session, and by fleet.agents.agent, which probes the host once
-at start (`probe`) and reports the result in its registration (`fleet show`: `Sandbox: uid 300000-300999 per
-session, pid+mount+ipc namespaces (bubblewrap)`).
+at start (`probe`, then `check`: a real `true` in a real slot) and reports the result in its registration (`fleet
+show`: `Sandbox: uid 300000-300999 per slot, pid+mount+ipc namespaces (bubblewrap)`).
 
-Mechanisms, chosen per host:
-- **uid** (the agent runs as root): bubblewrap (Debian's `bubblewrap`) builds the session's view and namespaces as
-  root, then `setpriv` drops the session to an unprivileged uid/gid of its own, taken from a machine-wide range
-  (a lock file per uid under /run/fleet-sandbox, so that agents on one machine never share one) or to a named user
-  (`fleet agent run --session-user`), with no supplementary groups, no capabilities and no_new_privs.
-- **userns** (the agent is not root): bubblewrap in a user namespace; the session keeps the agent's uid outside,
-  so what protects the agent's files is the view alone.
+Sessions run in sandbox slots (fleet.agents.slots): a slot is one bubblewrap sandbox with its own uid, namespaces
+and scratch dir, whose init (fleet.agents.slot_init, PID 1) runs one session at a time and, when it ends, kills
+every process left in the slot and removes every file the session left, or has the slot discarded when it cannot.
+A slot costs two execs once; a session in it one posix_spawn (an exec costs ~0.7 ms of CPU on a small VM: a sandbox
+per session halved the rate of short sessions). Mechanisms, chosen per host:
+- **uid** (the agent runs as root): bubblewrap builds the view as root, then `setpriv` drops the slot's init to an
+  unprivileged uid/gid of the slot's own, taken from a machine-wide range (a lock file per uid under
+  /run/fleet-sandbox, so that agents on one machine never share one) or to a named user (`fleet agent run
+  --session-user`), with no supplementary groups, no capabilities (bounding set empty) and no_new_privs.
+- **userns** (the agent is not root): bubblewrap in a user namespace; the sessions keep the agent's uid outside, so
+  what protects the agent's files is the view alone.
 - **none**: no isolation, only when every pool of the host says `isolation: none` (the agent refuses otherwise).
 
 The view is deny-by-default: the system directories (/usr, /etc, /opt and the merged-/usr links) read-only, the
-directories of the tools on the agent's PATH and of its Python read-only, a fresh /proc, /dev and /tmp, and the
-session's own scratch directory read-write; nothing of any agent's state dir or the server's trust dir (if an
-exposed directory holds them, an empty tmpfs covers them). The session's credential socket is bound at
-SESSION_SOCKET. Nothing outlives the session: bubblewrap's init is PID 1 of the session's PID namespace, and when
-the command ends the kernel kills every process left in it (detached or not); `terminate` sends SIGTERM to every
-process of the session, then SIGKILL to the namespace's init.
+directories of the tools on the agent's PATH and of its Python read-only, a fresh /proc and /dev, tmpfs on /tmp,
+/var/tmp, /dev/shm and /run, and the slot's scratch dir read-write at SESSION_DIR (the sessions' HOME and TMPDIR);
+nothing of any agent's state dir or the server's trust dir (if an exposed directory holds them, an empty tmpfs covers
+them). The running session's credential socket is at SESSION_SOCKET.
 """
 
 from __future__ import annotations
@@ -30,19 +33,18 @@ import logging
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
+from fleet.agents.slots import Slot, SlotPool, init_command, init_view
 from fleet.errors import FleetError
 
 log = logging.getLogger(__name__)
 
 SESSION_SOCKET = "/run/fleet/session.sock"  # where a sandboxed session finds its credential socket
+SESSION_DIR = "/run/fleet/scratch"  # where a sandboxed session finds its scratch dir (its HOME and TMPDIR)
 DEFAULT_UID_RANGE = (300000, 300999)
 LOCK_DIR = Path("/run/fleet-sandbox")
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
@@ -148,6 +150,7 @@ class Sandbox:
     expose: tuple[str, ...] = ()  # more read-only paths
     writable: tuple[str, ...] = ()  # paths every session of this agent may write (shared between them)
     _view: list[str] = field(default_factory=list, repr=False)
+    slots: SlotPool | None = field(default=None, repr=False)  # the sandboxes that run the sessions, once started
 
     @classmethod
     def create(cls, found: Probe, state_dir: Path, *, uid_range: tuple[int, int] = DEFAULT_UID_RANGE,
@@ -195,8 +198,8 @@ class Sandbox:
             elif p.is_dir():
                 view += ["--ro-bind", d, d]
             made.add(d)
-        view += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--perms", "0755", "--dir", "/var",
-                 "--tmpfs", "/var/tmp", "--tmpfs", "/run"]
+        view += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "0755", "--dir",
+                 "/var", "--perms", "1777", "--tmpfs", "/var/tmp", "--tmpfs", "/run"]
         made.update(("/proc", "/dev", "/tmp", "/var", "/var/tmp", "/run"))
         candidates = {p for p in (os.path.realpath(d) for d in self._tool_dirs()) if p.count("/") >= 2}
         candidates |= {os.path.realpath(d) for d in self.expose if os.path.realpath(d) != "/"}
@@ -248,33 +251,56 @@ class Sandbox:
             return UidLease(pwd.getpwnam(self.user).pw_uid, None)
         return None
 
-    def wrap(self, command: list[str], workdir: Path, socket_path: Path, lease: UidLease | None) -> list[str]:
-        """The argv that runs `command` in the sandbox, in `workdir` (bound read-write at the same path), with the
-        session's credential socket at SESSION_SOCKET."""
+    def slot_argv(self, fd: int, uid: int, directory: Path) -> list[str]:
+        """The argv of one sandbox slot (fleet.agents.slots): bubblewrap's view and namespaces, the drop to the
+        slot's uid (setpriv, root agents), and the slot's init with its end of the agent's socketpair as `fd`."""
         assert self.probe.bwrap is not None
         argv = [self.probe.bwrap]
         if self.probe.mechanism == "userns":
             argv.append("--unshare-user")
-        argv += ["--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session"]
-        if lease is not None:
-            argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-        argv += self._view
-        made = {"/", "/tmp", "/run", "/proc", "/dev", "/var/tmp"}
-        argv += _parents(str(workdir), made) + ["--bind", str(workdir), str(workdir)]
-        argv += ["--perms", "0755", "--dir", "/run/fleet", "--bind", str(socket_path), SESSION_SOCKET]
-        argv += ["--chdir", str(workdir), "--"]
-        if lease is not None:
+        argv += ["--unshare-pid", "--unshare-ipc", "--as-pid-1", "--die-with-parent", "--new-session", *self._view,
+                 "--perms", "1777", "--tmpfs", "/dev/shm", "--bind", str(directory), "/run/fleet", *init_view(),
+                 "--chdir", SESSION_DIR, "--"]
+        if self.probe.mechanism == "uid":
             assert self.probe.setpriv is not None
-            argv += [self.probe.setpriv, f"--reuid={lease.uid}", f"--regid={lease.uid}", "--clear-groups",
-                     "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
-        return argv + command
+            argv += [self.probe.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
+                     "--inh-caps=-all", "--bounding-set=-all", "--"]
+        return argv + init_command(fd)
 
-    def prepare(self, workdir: Path, lease: UidLease | None) -> None:
-        """The scratch dir belongs to the session's uid alone (0700)."""
-        workdir.mkdir(parents=True, exist_ok=True)
-        if lease is not None:
-            os.chown(workdir, lease.uid, lease.uid)
-        os.chmod(workdir, 0o700)
+    def _slots(self) -> SlotPool:
+        if self.slots is None:
+            env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": os.environ.get("LANG", "C.UTF-8")}
+            self.slots = SlotPool(self.slot_argv, self.state_dir / "slots", self._take_slot_uid, env)
+        return self.slots
+
+    def _take_slot_uid(self) -> UidLease:
+        lease = self.take_uid()
+        return lease if lease is not None else UidLease(os.getuid(), None)  # userns: the agent's own uid
+
+    async def check(self) -> None:
+        """Start a slot and run `true` in it: raises FleetError (with the reason) when sessions cannot run here."""
+        slot = await self.slot()
+        try:
+            proc = await slot.run(["true"], {"PATH": os.environ.get("PATH", os.defpath)})
+            await proc.stdout.read()
+            code = await proc.wait()
+        except OSError as exc:
+            raise FleetError(f"the sandbox cannot run `true`: {exc.strerror or exc}") from exc
+        finally:
+            self.release(slot)
+        if code != 0:
+            raise FleetError(f"`true` in the sandbox exited {code}")
+
+    async def slot(self) -> Slot:
+        """An idle sandbox slot for one session (a new one when none is idle)."""
+        return await self._slots().acquire()
+
+    def release(self, slot: Slot) -> None:
+        self._slots().release(slot)
+
+    def stop(self) -> None:
+        if self.slots is not None:
+            self.slots.stop()
 
 
 def _within(path: str, root: str) -> bool:
@@ -291,34 +317,3 @@ def _parents(path: str, made: set[str]) -> list[str]:
             made.add(parent)
             out += ["--perms", "0755", "--dir", parent]
     return out
-
-
-def session_processes(pid: int) -> tuple[list[psutil.Process], psutil.Process | None]:
-    """Every process of the session started as `pid` (bubblewrap's outer process): its descendants other than
-    bubblewrap's own, and the namespace's init (bubblewrap, PID 1 inside)."""
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return [], None
-    init = next((p for p in children if _is_bwrap(p)), None)
-    return [p for p in children if not _is_bwrap(p)], init
-
-
-def _is_bwrap(proc: psutil.Process) -> bool:
-    try:
-        return proc.name() == "bwrap" and proc.uids().real == os.getuid()
-    except psutil.Error:
-        return False
-
-
-def signal_session(pid: int, sig: signal.Signals) -> None:
-    """SIGTERM: to every process of the session (not to bubblewrap, whose init would drop it); SIGKILL: to the
-    namespace's init, which takes every process of the session with it."""
-    procs, init = session_processes(pid)
-    targets = procs if sig != signal.SIGKILL else ([init] if init is not None else procs)
-    for proc in targets:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(sig)
-    if sig == signal.SIGKILL:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)

@@ -1,9 +1,9 @@
 """Running sessions on a host: the agent's executor (a sandboxed process per session, fleet.agents.sandbox).
 
 `Runner` is started by fleet.agents.agent. For each Assignment (on the host's own subject) it starts the command in
-the host's sandbox (fleet.agents.sandbox: another uid than the agent's, PID/mount/IPC namespaces, a view without
-the agent's state), in a scratch directory of its own (`<state dir>/sessions/<id>`, 0700, owned by the session's
-uid, removed afterwards), with an environment that holds only PATH, LANG, HOME/TMPDIR (the scratch directory), the
+the host's sandbox (fleet.agents.sandbox: an idle sandbox slot, with another uid than the agent's, PID/mount/IPC
+namespaces and a view without the agent's state), in the slot's scratch directory (SESSION_DIR, 0700, the slot uid's,
+emptied after each session), with an environment that holds only PATH, LANG, HOME/TMPDIR (the scratch directory), the
 session's own variables, `FLEET_SESSION_ID`, `FLEET_ATTEMPT`, `FLEET_PROJECT` and `FLEET_CREDENTIALS_SOCKET` (the
 agent's own environment, with its enrollment key, is never passed on). The credential socket is the session's own
 (`SessionSocket`): it answers for that session alone (who asks is known from which socket was reached, never from
@@ -12,7 +12,8 @@ keeps a bounded tail, reports `running` (when the command lives longer than RUNN
 succeeded (exit 0), failed, timed_out (its timeout killed it) or cancelled. A final phase is reported until the
 server acknowledges it or says it is stale, and is listed in the heartbeats meanwhile, so that a dispatcher
 fail-over never makes the host run it again. When the command ends, every process it started ends with it (the
-kernel empties its PID namespace); a stop sends SIGTERM to all of them, then SIGKILL after KILL_GRACE_S.
+slot's init kills every process of the slot); a stop sends SIGTERM to all of them, then SIGKILL after KILL_GRACE_S,
+then discards the whole slot.
 
 A host that lost its lease stops its sessions (self-fencing): when its NATS connection has been down, or the agent
 itself was stopped (SIGSTOP), for longer than the lease the server gave it, the server has re-queued them and they
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from fleet.agents.control import serve_json_socket
-from fleet.agents.sandbox import SESSION_SOCKET, Sandbox, UidLease, signal_session
+from fleet.agents.sandbox import SESSION_DIR, SESSION_SOCKET, Sandbox
+from fleet.agents.slots import Slot
 from fleet.bus import subjects
 from fleet.bus.connection import Bus
 from fleet.bus.messages import (
@@ -64,14 +66,14 @@ REPORT_RETRY_S = 0.5
 class Run:
     assignment: Assignment
     started_at: float = 0.0
-    proc: asyncio.subprocess.Process | None = None
+    proc: Any = None  # asyncio's Process (unsandboxed), or fleet.agents.slots' SlotProcess (the same interface)
     tail: bytearray = field(default_factory=bytearray)
     sent: int = 0  # bytes of output sent to the server so far
     total: int = 0  # bytes of output read so far
     stop_reason: str | None = None  # cancelled / timed_out / lease lost
     phase: str = "assigned"
     silenced: bool = False  # lease lost: report nothing
-    lease: UidLease | None = None  # the session's own uid, while it runs
+    slot: Slot | None = None  # the sandbox slot it runs in (its uid, namespaces and scratch dir), while it runs
     socket: asyncio.AbstractServer | None = None  # its credential socket, while it runs
 
     @property
@@ -145,8 +147,9 @@ class Runner:
     # ------------------------------------------------------------------------------------------ running
     def _environment(self, run: Run, workdir: Path, socket_path: Path) -> dict[str, str]:
         a = run.assignment
-        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(workdir),
-               "TMPDIR": str(workdir), "LANG": os.environ.get("LANG", "C.UTF-8")}
+        home = SESSION_DIR if self.sandbox.isolated else str(workdir)
+        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": home,
+               "TMPDIR": home, "LANG": os.environ.get("LANG", "C.UTF-8")}
         env.update(a.env)
         env.update({"FLEET_SESSION_ID": a.session, "FLEET_ATTEMPT": str(a.attempt), "FLEET_PROJECT": a.project,
                     "FLEET_CREDENTIALS_SOCKET": SESSION_SOCKET if self.sandbox.isolated else str(socket_path)})
@@ -161,9 +164,11 @@ class Runner:
                     "tenant": self.tenant, "project": run.assignment.project, "attempt": run.assignment.attempt}
 
         path.parent.mkdir(mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
         run.socket = await serve_json_socket(path, answer)
-        if run.lease is not None:
-            os.chown(path, run.lease.uid, run.lease.uid)
+        if run.slot is not None and os.geteuid() == 0:
+            os.chown(path, run.slot.uid, run.slot.uid)
 
     def _cleanup(self, run: Run, workdir: Path, socket_path: Path) -> None:
         if run.socket is not None:
@@ -171,11 +176,14 @@ class Runner:
             run.socket = None
         with contextlib.suppress(OSError):
             socket_path.unlink()
-        with contextlib.suppress(OSError):
-            shutil.rmtree(workdir)
-        if run.lease is not None:
-            run.lease.release()
-            run.lease = None
+        if run.slot is not None:  # the slot's init has removed what the session left in it
+            slot, run.slot = run.slot, None
+            if run.proc is not None and run.proc.returncode is None:
+                slot.destroy("it was left with a session running")  # never reuse a slot that may hold one
+            self.sandbox.release(slot)
+        else:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(workdir)
 
     async def _run(self, run: Run) -> None:
         a = run.assignment
@@ -187,15 +195,19 @@ class Runner:
             try:
                 if self.sandbox.isolated:  # as the command would fail without the sandbox (127)
                     _check_executable(a.command[0], workdir)
-                run.lease = self.sandbox.take_uid()
-                self.sandbox.prepare(workdir, run.lease)
+                    run.slot = await self.sandbox.slot()
+                    socket_path = run.slot.socket_path
+                else:
+                    workdir.mkdir(parents=True, exist_ok=True)
+                    os.chmod(workdir, 0o700)
                 await self._open_socket(run, socket_path)
-                argv = (self.sandbox.wrap(list(a.command), workdir, socket_path, run.lease)
-                        if self.sandbox.isolated else list(a.command))
-                run.proc = await asyncio.create_subprocess_exec(
-                    *argv, cwd=workdir, env=self._environment(run, workdir, socket_path),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True)
+                env = self._environment(run, workdir, socket_path)
+                if run.slot is not None:
+                    run.proc = await run.slot.run(list(a.command), env)
+                else:
+                    run.proc = await asyncio.create_subprocess_exec(
+                        *a.command, cwd=workdir, env=env, stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
             except (OSError, ValueError, FleetError) as exc:  # not found, not executable, no uid free, a NUL byte
                 why = getattr(exc, "strerror", None) or getattr(exc, "message", None) or str(exc)
                 run.tail += f"fleet: cannot start {a.command[0][:200]!r}: {why}\n".encode()
@@ -319,21 +331,28 @@ class Runner:
         await self._kill(run)
 
     async def _kill(self, run: Run) -> None:
+        """SIGTERM to every process of the session, SIGKILL after KILL_GRACE_S; a sandboxed session that does not
+        end then either takes its whole slot with it."""
         proc = run.proc
         if proc is None or proc.returncode is not None:
             return
-        self._signal(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
-        except TimeoutError:
-            self._signal(proc.pid, signal.SIGKILL)
+        for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+            self._signal(proc, sig)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+                return
+            except TimeoutError:
+                continue
+        if run.slot is not None:
+            proc.destroy()
 
-    def _signal(self, pid: int, sig: signal.Signals) -> None:
-        if self.sandbox.isolated:
-            signal_session(pid, sig)
-        else:
+    @staticmethod
+    def _signal(proc: Any, sig: signal.Signals) -> None:
+        if isinstance(proc, asyncio.subprocess.Process):  # unsandboxed: its process group
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, sig)
+                os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)  # the slot's init signals every process of the session
 
     async def kill_all(self, reason: str) -> None:
         """The lease is lost: stop every session, report none of them."""

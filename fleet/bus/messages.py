@@ -179,7 +179,7 @@ class Isolation(BaseModel):
         if self.mechanism == "none":
             return "none: sessions run as the agent" + (f" ({self.reason})" if self.reason else "")
         who = (f"user {self.user}" if self.user else
-               f"uid {self.uid_range[0]}-{self.uid_range[1]} per session" if self.uid_range else
+               f"uid {self.uid_range[0]}-{self.uid_range[1]} per slot" if self.uid_range else
                "the agent's uid in a user namespace")
         spaces = "+".join(n for n in ("pid", "mount", "ipc", "user") if n in self.namespaces)
         return f"{who}, {spaces} namespaces" + (f" ({self.tool})" if self.tool else "")

@@ -22,11 +22,13 @@ from tests.conftest import LiveFleet, run_cli, wait_for
 from tests.integration.test_dispatch import HEALTH, MAIN, client, layout, setup, until, worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+INIT_COMM = Path(sys.executable).name[:15]  # the slot's init, as ps names it
 
 ATTACK = r'''
 import json, os, socket, sys, asyncio
 paths = json.loads(sys.argv[1])
-out = {"uid": os.getuid(), "env": dict(os.environ)}
+out = {"uid": os.getuid(), "env": dict(os.environ),
+       "caps": {k: v.strip() for k, v in (l.split(":", 1) for l in open("/proc/self/status") if l.startswith("Cap"))}}
 for name, path in paths.items():
     try:
         with open(path, "rb") as fh:
@@ -65,15 +67,18 @@ def test_a_session_cannot_read_its_hosts_or_a_neighbours_secrets_nor_act_as_its_
     worker(live_fleet, "w-health", keys["health"], HEALTH)
     fin_dir, health_dir = live_fleet.agent_dir("w-fin"), live_fleet.agent_dir("w-health")
     shown = live_fleet.by_name()["w-fin"]
-    assert shown["sandbox"] == "uid 300000-300999 per session, pid+mount+ipc namespaces (bubblewrap)"
+    assert shown["sandbox"] == "uid 300000-300999 per slot, pid+mount+ipc namespaces (bubblewrap)"
     with client(live_fleet) as c:
         # a tenant-B session that keeps a secret in its scratch dir while tenant A's session looks for it
         victim = c.submit("health-app", ["sh", "-c", "echo victim-secret > secret; sleep 60"])
         until(c, victim.id, "running")
+        victim_secret = wait_for(lambda: next(iter(health_dir.glob("slots/*/scratch/secret")), None), 20, 0.02,
+                                 "the tenant-B session's secret in its slot's scratch dir")
         paths = {"host_creds": str(fin_dir / "host.creds"), "identity": str(fin_dir / "identity.json"),
                  "neighbour_creds": str(health_dir / "host.creds"),
                  "neighbour_identity": str(health_dir / "identity.json"),
-                 "neighbour_scratch": str(health_dir / "sessions" / victim.id / "secret"),
+                 "neighbour_scratch": str(victim_secret),
+                 "init_environ": "/proc/1/environ", "init_mem": "/proc/1/mem",
                  "trust_admin": str(live_fleet.trust.root / "admin.creds"),
                  "trust_account": str(live_fleet.trust.root / "account.nk"),
                  "url": live_fleet.url, "other_session": victim.id}
@@ -83,10 +88,11 @@ def test_a_session_cannot_read_its_hosts_or_a_neighbours_secrets_nor_act_as_its_
         out = json.loads(done.output_tail.strip().splitlines()[-1])
         c.cancel(victim.id)
     for name in ("host_creds", "identity", "neighbour_creds", "neighbour_identity", "neighbour_scratch",
-                 "trust_admin", "trust_account"):
+                 "trust_admin", "trust_account", "init_environ", "init_mem"):
         assert out[name] in ("PermissionError", "FileNotFoundError"), (name, out[name])
     assert out["as_host"].startswith("refused"), out["as_host"]
     assert 300000 <= out["uid"] <= 300999 and out["uid"] != os.getuid()
+    assert set(out["caps"].values()) == {"0000000000000000"}, out["caps"]  # no capability, not even bounded
     # the environment: the submitter's variables and the documented FLEET_* ones; nothing of the agent's
     env = out["env"]
     assert env["API_TOKEN"] == "mine" and env["FLEET_CREDENTIALS_SOCKET"] == "/run/fleet/session.sock"
@@ -129,10 +135,10 @@ def test_nothing_a_session_started_outlives_it(live_fleet: LiveFleet, ending: st
         wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 1.0,
                  0.01, f"detached sleep {pid} gone after the session {ending}")
     assert done.phase == ending
-    # its scratch dir and credential socket are gone too
+    # what it left in its slot's scratch dir is gone, and so is its credential socket
     state = live_fleet.agent_dir("w-fin")
-    assert not (state / "sessions" / s.id).exists()
-    assert not any((state / "s").glob("*.sock"))
+    assert all(not any(d.iterdir()) for d in state.glob("slots/*/scratch"))
+    assert not any(state.glob("slots/*/session.sock")) and not any((state / "s").glob("*.sock"))
 
 
 def _no_bwrap_path(tmp_path: Path) -> str:
@@ -180,3 +186,30 @@ def _agent_argv(lf: LiveFleet, name: str, pool: str) -> list[str]:
     return fleet_argv("agent", "run", "--nats", lf.url, "--state-dir", str(lf.agent_dir(name)), "--hostname", name,
                       "--heartbeat-interval", str(FAST_HEARTBEAT), "--join-timeout", "20", "--creds",
                       lf.creds("enroll"), "--pool", pool)
+
+
+def test_the_next_session_in_a_slot_finds_nothing_of_the_last_one(live_fleet: LiveFleet) -> None:
+    """Sessions reuse a slot (its uid and namespaces) one at a time: whatever one leaves (files in its scratch dir,
+    /tmp, /var/tmp and /dev/shm, unwritable dirs, a detached process, an attack on the slot's init) is gone before
+    the next one starts; what the init cannot remove (a SysV IPC object) gets the slot discarded for a new one."""
+    keys = setup(live_fleet, slots=1)
+    worker(live_fleet, "w-fin", keys["fin"], MAIN)
+    litter = ("for d in $HOME /tmp /var/tmp /dev/shm; do echo left > $d/leak; done; mkdir -p /tmp/d/e; "
+              "chmod 000 /tmp/d/e /tmp/d; setsid nohup sleep 300.4 >/dev/null 2>&1 & "
+              "kill -KILL 1; kill -STOP 1; kill -TERM 1; id -u")
+    look = ("id -u; echo FILES $(find $HOME /tmp /var/tmp /dev/shm -mindepth 1 -maxdepth 1 -user $(id -u)); "
+            "echo PROCS $(ps -e -o comm= | sort); echo IPC $(ipcs -m | grep -c '^0x' || true)")
+    with client(live_fleet) as c:
+        def run(cmd: str) -> list[str]:
+            s = c.submit("my-fintech-app", ["sh", "-c", cmd])
+            done = until(c, s.id, {"succeeded", "failed"})
+            assert done.phase == "succeeded", done.output_tail
+            return done.output_tail.strip().splitlines()
+        first = run(litter)
+        after = run(look)
+        assert after[0] == first[-1]  # the same slot (its uid): one slot, sessions one at a time
+        assert after[1] == "FILES" and after[3] == "IPC 0", after  # no file of its uid left, no IPC object
+        assert set(after[2].split()[1:]) == {INIT_COMM, "ps", "sh", "sort"}, after  # no process but the init
+        assert run("ipcmk -M 4096 >/dev/null; id -u") == [first[-1]]
+        fresh = run(look)
+        assert fresh[0] != first[-1] and fresh[-1] == "IPC 0", fresh  # a new slot: a new uid, no IPC object

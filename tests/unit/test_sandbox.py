@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.agents.sandbox import SESSION_SOCKET, Probe, Sandbox, UidPool, parse_uid_range
+from fleet.agents.sandbox import Probe, Sandbox, UidPool, parse_uid_range
 from fleet.bus.messages import Isolation
 from fleet.errors import FleetError
 
@@ -40,45 +40,47 @@ def _sandbox(tmp_path: Path, mechanism: str, **kw: object) -> Sandbox:
                           uid_range=(400000, 400009), **kw)  # type: ignore[arg-type]
 
 
-def test_a_root_agent_drops_the_session_to_its_own_uid_after_building_the_view(tmp_path: Path,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_root_agent_drops_each_slot_to_its_own_uid_after_building_the_view(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fleet.agents.sandbox.LOCK_DIR", tmp_path / "locks")
     box = _sandbox(tmp_path, "uid", expose=(str(tmp_path),))
     lease = box.take_uid()
     assert lease is not None and 400000 <= lease.uid <= 400009
-    work = box.state_dir / "sessions" / "s1"
-    argv = box.wrap(["sh", "-c", "true"], work, box.state_dir / "s" / "1.sock", lease)
+    slot_dir = box.state_dir / "slots" / "0"
+    argv = box.slot_argv(7, lease.uid, slot_dir)
     assert argv[0] == "/usr/bin/bwrap" and "--unshare-user" not in argv
-    assert {"--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session"} <= set(argv)
-    # the exposed tmp dir holds the agents' state: an empty tmpfs covers it, before the scratch dir is bound
+    assert {"--unshare-pid", "--unshare-ipc", "--as-pid-1", "--die-with-parent", "--new-session"} <= set(argv)
+    # the exposed tmp dir holds the agents' state: an empty tmpfs covers it, before the slot's dir is bound
     tmpfs = [argv[i + 1] for i, a in enumerate(argv) if a == "--tmpfs"]
     assert str(box.state_dir) in tmpfs and str(box.state_dir.parent) in tmpfs
     assert argv.index(str(box.state_dir)) < argv.index("--bind")
-    assert argv[argv.index("--bind") + 1:argv.index("--bind") + 3] == [str(work), str(work)]
-    assert [argv[i + 2] for i, a in enumerate(argv) if a == "--bind"][1:] == [SESSION_SOCKET]
+    binds = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == "--bind"]
+    assert binds == [(str(slot_dir), "/run/fleet")]  # the slot's dir, and nothing else of the state dir
+    assert tuple(argv[argv.index("/tmp") - 3:argv.index("/tmp") + 1]) == ("--perms", "1777", "--tmpfs", "/tmp")
     tail = argv[argv.index("--") + 1:]
     assert tail[:1] == ["/usr/bin/setpriv"] and f"--reuid={lease.uid}" in tail and "--no-new-privs" in tail
-    assert tail[-3:] == ["sh", "-c", "true"]
+    assert "--bounding-set=-all" in tail and "--clear-groups" in tail
+    assert tail[-2:] == ["/run/fleet-init.py", "7"]  # the slot's init, with its end of the agent's socketpair
 
 
 def test_a_non_root_agent_uses_a_user_namespace_and_no_setpriv(tmp_path: Path) -> None:
     box = _sandbox(tmp_path, "userns")
     assert box.take_uid() is None
-    argv = box.wrap(["true"], box.state_dir / "sessions" / "s1", box.state_dir / "s" / "1.sock", None)
+    argv = box.slot_argv(5, 1000, box.state_dir / "slots" / "0")
     assert "--unshare-user" in argv and "/usr/bin/setpriv" not in argv and "--cap-add" not in argv
-    assert argv[-2:] == ["--", "true"]
+    assert argv[argv.index("--") + 1:][-2:] == ["/run/fleet-init.py", "5"]
 
 
 def test_the_view_never_exposes_the_root_directory(tmp_path: Path) -> None:
     box = _sandbox(tmp_path, "userns", expose=("/",))
-    argv = box.wrap(["true"], box.state_dir / "w", box.state_dir / "s.sock", None)
+    argv = box.slot_argv(5, 1000, box.state_dir / "slots" / "0")
     binds = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a in ("--ro-bind", "--bind")]
     assert ("/", "/") not in binds
 
 
 @pytest.mark.parametrize("reported, shown", [
     ({"mechanism": "uid", "namespaces": ["pid", "mount", "ipc"], "tool": "bubblewrap", "uid_range": [300000, 300999]},
-     "uid 300000-300999 per session, pid+mount+ipc namespaces (bubblewrap)"),
+     "uid 300000-300999 per slot, pid+mount+ipc namespaces (bubblewrap)"),
     ({"mechanism": "userns", "namespaces": ["user", "pid", "mount", "ipc"], "tool": "bubblewrap"},
      "the agent's uid in a user namespace, pid+mount+ipc+user namespaces (bubblewrap)"),
     ({"mechanism": "none", "reason": "bubblewrap is not installed"},

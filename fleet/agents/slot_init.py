@@ -1,0 +1,216 @@
+"""A sandbox slot's init: PID 1 of the slot's PID namespace, running as the slot's uid, that runs the slot's sessions
+one at a time and leaves nothing of one behind for the next.
+
+Started by fleet.agents.slots (the agent side) through bubblewrap, once per slot: `python -I -S /run/fleet-init.py
+FD` (this one file is bound read-only into the view; nothing else of fleet is visible there); stdlib only. bubblewrap has built the view
+(read-only system and tool dirs, a fresh /proc and /dev, tmpfs on /tmp, /var/tmp and /dev/shm, the slot's dir at
+/run/fleet with the scratch dir at /run/fleet/scratch), and setpriv has dropped this process to the slot's uid with
+no groups, no capabilities and no_new_privs. FD is this process's end of a socketpair with the agent, its only peer.
+
+Per session (no program runs but the session's own: an exec costs ~0.7 ms of CPU on a small VM, a Python fork about
+as much, and a sandbox per session cost both):
+- the agent sends {"op": "run", "argv", "env"} with the session's output pipe (SCM_RIGHTS); this process starts the
+  command with posix_spawn (vfork: no copy of this process) in a new session, stdout and stderr into the pipe, in
+  /run/fleet/scratch, and answers {"pid"} (the pid inside the slot) or {"error"};
+- {"op": "signal", "sig"} sends the signal to every process of the slot but this one (kill(-1));
+- when the command ends, every process left in the slot is killed (kill(-1, SIGKILL) until none is left: detached
+  or not, they are this uid's, in this namespace), every file the session left in /run/fleet/scratch, /tmp,
+  /var/tmp and /dev/shm is removed; this process answers {"exit": code} (128+N for a signal N) as soon as the last
+  process is gone, then {"clean": true} once the files are; or "clean": false with "why", and exits, so that the
+  agent starts a fresh slot: a SysV IPC object, a file it cannot remove, a process that would not die.
+
+Protected from the sessions it runs although it shares their uid: it is PID 1 of the namespace (the kernel delivers
+it no signal from inside for which it has no handler, and never SIGKILL or SIGSTOP) and not dumpable (no ptrace, no
+/proc/1/mem). It ignores every catchable signal but SIGCHLD.
+
+Protocol: 4-byte big-endian length + JSON both ways; {"ready": true} once at start.
+"""
+
+import contextlib
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import sys
+
+SCRATCH = "/run/fleet/scratch"
+WIPED = (SCRATCH, "/tmp", "/var/tmp", "/dev/shm")
+SYSV = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
+MAX_REQUEST = 4 << 20
+PR_SET_DUMPABLE = 4
+IGNORED = [s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)]
+
+
+def _send(sock, obj):
+    data = json.dumps(obj).encode()
+    sock.sendall(struct.pack(">I", len(data)) + data)
+
+
+def _exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def _status(status):
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def _reap():
+    """Reap every child that has ended; return {pid: status}."""
+    out: dict[int, int] = {}
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return out
+        if pid == 0:
+            return out
+        out[pid] = status
+
+
+def _kill_all():
+    """SIGKILL to every process of the slot but this one, until none is left; False if one would not go."""
+    for _ in range(1000):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            break  # nobody left to signal
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+    else:
+        return False
+    try:
+        os.kill(-1, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _wipe():
+    """Remove what the session left; None when clean, else why not. What is not this uid's or is a mount point is
+    the view's (an exposed dir under /tmp and the parents bubblewrap made for it, root's): a session cannot have
+    made it, and it stays."""
+    me = os.getuid()
+    for top in WIPED:
+        try:
+            dev = os.stat(top).st_dev
+            entries = list(os.scandir(top))
+        except OSError as exc:
+            return f"cannot list {top}: {exc.strerror}"
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_uid != me or st.st_dev != dev:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    _chmod_tree(entry.path)
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except OSError as exc:
+                return f"cannot remove {entry.path}: {exc.strerror}"
+    for path in SYSV:
+        try:
+            with open(path) as f:
+                if len(f.read(4096).splitlines()) > 1:
+                    return f"the session left SysV IPC objects ({path})"
+        except OSError:
+            pass
+    return None
+
+
+def _chmod_tree(top):
+    """A session may leave a dir without write or search permission for its own uid: give them back first
+    (top-down, each dir before it is listed)."""
+    os.chmod(top, 0o700)
+    for entry in os.scandir(top):
+        if entry.is_dir(follow_symlinks=False):
+            _chmod_tree(entry.path)
+
+
+def serve(sock):
+    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    for sig in IGNORED:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    os.chdir(SCRATCH)
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    main = None  # the running session's command
+    _send(sock, {"ready": True})
+    while True:
+        ready, _, _ = select.select([sock, wake_r], [], [])
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+            ended = _reap()
+            if main is not None and main in ended:
+                code = _status(ended[main])
+                main = None
+                gone = _kill_all()
+                _send(sock, {"exit": code})  # the session is over (its last process is gone): report it now
+                why = None if gone else "a process of the session would not die"
+                why = why or _wipe()  # then make the slot ready for the next one
+                _send(sock, {"clean": why is None, "why": why})
+                if why is not None:
+                    return
+        if sock not in ready:
+            continue
+        header, fds, _, _ = socket.recv_fds(sock, 4, 1)
+        if not header:
+            return  # the agent is gone (bubblewrap's --die-with-parent ends us anyway)
+        header += _exact(sock, 4 - len(header))
+        (size,) = struct.unpack(">I", header)
+        if size > MAX_REQUEST:
+            return
+        req = json.loads(_exact(sock, size))
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        if req.get("op") == "signal":
+            for fd in fds:
+                os.close(fd)
+            if main is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(-1, int(req["sig"]))
+            continue
+        if req.get("op") != "run" or len(fds) != 1 or main is not None:
+            for fd in fds:
+                os.close(fd)
+            _send(sock, {"error": "a session is already running in this slot" if main is not None
+                         else "bad request"})
+            continue
+        out = fds[0]
+        argv = [str(a) for a in req["argv"]]
+        env = {str(k): str(v) for k, v in req["env"].items()}
+        try:
+            path = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
+            if path is None:
+                raise FileNotFoundError(2, "No such file or directory")
+            main = os.posix_spawn(path, argv, env, setsid=True, setsigdef=IGNORED,
+                                   setsigmask=(), file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
+                                                                (os.POSIX_SPAWN_DUP2, out, 1),
+                                                                (os.POSIX_SPAWN_DUP2, out, 2)])
+            _send(sock, {"pid": main})
+        except OSError as exc:
+            _send(sock, {"error": exc.strerror or str(exc), "errno": exc.errno or 0})
+        finally:
+            os.close(out)
+
+
+if __name__ == "__main__":
+    serve(socket.socket(fileno=int(sys.argv[1])))
