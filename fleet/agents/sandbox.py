@@ -259,7 +259,8 @@ class Sandbox:
         if self.probe.mechanism == "userns":
             argv.append("--unshare-user")
         argv += ["--unshare-pid", "--unshare-ipc", "--as-pid-1", "--die-with-parent", "--new-session", *self._view,
-                 "--perms", "1777", "--tmpfs", "/dev/shm", "--bind", str(directory), "/run/fleet", *init_view(),
+                 "--perms", "1777", "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue", "--bind", str(directory),
+                 "/run/fleet", *init_view(),
                  "--chdir", SESSION_DIR, "--"]
         if self.probe.mechanism == "uid":
             assert self.probe.setpriv is not None

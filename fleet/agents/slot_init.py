@@ -15,7 +15,7 @@ as much, and a sandbox per session cost both):
 - {"op": "signal", "sig"} sends the signal to every process of the slot but this one (kill(-1));
 - when the command ends, every process left in the slot is killed (kill(-1, SIGKILL) until none is left: detached
   or not, they are this uid's, in this namespace), every file the session left in /run/fleet/scratch, /tmp,
-  /var/tmp and /dev/shm is removed; this process answers {"exit": code} (128+N for a signal N) as soon as the last
+  /var/tmp and /dev/shm, every POSIX message queue (/dev/mqueue) and every key in the uid's keyrings is removed; this process answers {"exit": code} (128+N for a signal N) as soon as the last
   process is gone, then {"clean": true} once the files are; or "clean": false with "why", and exits, so that the
   agent starts a fresh slot: a SysV IPC object, a file it cannot remove, a process that would not die.
 
@@ -38,10 +38,14 @@ import struct
 import sys
 
 SCRATCH = "/run/fleet/scratch"
-WIPED = (SCRATCH, "/tmp", "/var/tmp", "/dev/shm")
+WIPED = (SCRATCH, "/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")  # /dev/mqueue: the slot's POSIX message queues
 SYSV = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
 MAX_REQUEST = 4 << 20
 PR_SET_DUMPABLE = 4
+# keyctl(2): the uid's keyrings outlive its processes (this init keeps the uid alive): cleared after each session
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
+KEYCTL_CLEAR, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = 7, -4, -5
+_libc = ctypes.CDLL(None, use_errno=True)
 IGNORED = [s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)]
 
 
@@ -116,12 +120,14 @@ def _wipe():
                 if st.st_uid != me or st.st_dev != dev:
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    _chmod_tree(entry.path)
-                    shutil.rmtree(entry.path)
+                    _remove_tree(entry.path)
                 else:
                     os.unlink(entry.path)
             except OSError as exc:
                 return f"cannot remove {entry.path}: {exc.strerror}"
+    why = _clear_keyrings()
+    if why is not None:
+        return why
     for path in SYSV:
         try:
             with open(path) as f:
@@ -132,17 +138,36 @@ def _wipe():
     return None
 
 
-def _chmod_tree(top):
-    """A session may leave a dir without write or search permission for its own uid: give them back first
-    (top-down, each dir before it is listed)."""
-    os.chmod(top, 0o700)
-    for entry in os.scandir(top):
-        if entry.is_dir(follow_symlinks=False):
-            _chmod_tree(entry.path)
+def _remove_tree(top):
+    """Remove a dir the session left, however deep (no recursion) and whatever modes it set on its dirs (each dir
+    gets its owner's rwx back before it is listed)."""
+    stack = [(top, False)]
+    while stack:
+        path, listed = stack.pop()
+        if listed:
+            os.rmdir(path)
+            continue
+        os.chmod(path, 0o700)
+        stack.append((path, True))
+        for entry in os.scandir(path):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, False))
+            else:
+                os.unlink(entry.path)
+
+
+def _clear_keyrings():
+    """None, or why the session's keys could not be dropped."""
+    if SYS_KEYCTL is None:
+        return None
+    for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
+        if _libc.syscall(SYS_KEYCTL, KEYCTL_CLEAR, ring) != 0 and ctypes.get_errno() not in (0, 2, 126):
+            return f"cannot clear the uid's keyrings: {os.strerror(ctypes.get_errno())}"
+    return None
 
 
 def serve(sock):
-    ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     for sig in IGNORED:
         with contextlib.suppress(OSError, ValueError):
             signal.signal(sig, signal.SIG_IGN)

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import struct
@@ -97,8 +96,10 @@ class Slot:
         """Start the sandbox and wait for its init's `ready` (FleetError with bubblewrap's reason if it fails)."""
         self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self.scratch)  # what a discarded slot of this index left
+        if self.scratch.exists():  # what a discarded slot of this index left (rm: however deep it is)
+            await (await asyncio.create_subprocess_exec("rm", "-rf", "--one-file-system", str(self.scratch))).wait()
+            if self.scratch.exists():
+                raise FleetError(f"cannot remove {self.scratch}, left by a discarded sandbox slot")
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self.scratch.mkdir(mode=0o700)

@@ -188,17 +188,34 @@ def _agent_argv(lf: LiveFleet, name: str, pool: str) -> list[str]:
                       lf.creds("enroll"), "--pool", pool)
 
 
+KEYS_AND_QUEUES = r'''
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if sys.argv[1] == "leave":  # a key in the uid's keyring (add_key) and a POSIX message queue: both outlive processes
+    assert libc.syscall(248, b"user", b"leak", b"s3cret", 6, -4) > 0, ctypes.get_errno()
+    assert ctypes.CDLL("librt.so.1", use_errno=True).mq_open(b"/leak", os.O_CREAT | os.O_RDWR, 0o600, None) >= 0
+else:
+    buf = ctypes.create_string_buffer(4096)
+    n = libc.syscall(250, 11, -4, buf, 4096)  # keyctl(KEYCTL_READ, @u): the ids of its keys, 4 bytes each
+    print("KEYS", max(n, 0) // 4, "QUEUES", len(os.listdir("/dev/mqueue")))
+'''
+
+
 def test_the_next_session_in_a_slot_finds_nothing_of_the_last_one(live_fleet: LiveFleet) -> None:
     """Sessions reuse a slot (its uid and namespaces) one at a time: whatever one leaves (files in its scratch dir,
-    /tmp, /var/tmp and /dev/shm, unwritable dirs, a detached process, an attack on the slot's init) is gone before
-    the next one starts; what the init cannot remove (a SysV IPC object) gets the slot discarded for a new one."""
+    /tmp, /var/tmp and /dev/shm, unwritable dirs, a detached process, a key in its uid's keyring, a POSIX message
+    queue, an attack on the slot's init) is gone before the next one starts; what the init cannot remove (a SysV IPC object) gets the slot discarded for a new one."""
     keys = setup(live_fleet, slots=1)
     worker(live_fleet, "w-fin", keys["fin"], MAIN)
-    litter = ("for d in $HOME /tmp /var/tmp /dev/shm; do echo left > $d/leak; done; mkdir -p /tmp/d/e; "
+    probe = KEYS_AND_QUEUES.replace("'", "\"")
+    assert "'" not in probe
+    litter = (f"python3 -c '{probe}' leave; "
+              "for d in $HOME /tmp /var/tmp /dev/shm; do echo left > $d/leak; done; mkdir -p /tmp/d/e; "
               "chmod 000 /tmp/d/e /tmp/d; setsid nohup sleep 300.4 >/dev/null 2>&1 & "
               "kill -KILL 1; kill -STOP 1; kill -TERM 1; id -u")
     look = ("id -u; echo FILES $(find $HOME /tmp /var/tmp /dev/shm -mindepth 1 -maxdepth 1 -user $(id -u)); "
-            "echo PROCS $(ps -e -o comm= | sort); echo IPC $(ipcs -m | grep -c '^0x' || true)")
+            "echo PROCS $(ps -e -o comm= | sort); echo IPC $(ipcs -m | grep -c '^0x' || true); "
+            f"python3 -c '{probe}' look")
     with client(live_fleet) as c:
         def run(cmd: str) -> list[str]:
             s = c.submit("my-fintech-app", ["sh", "-c", cmd])
@@ -209,7 +226,8 @@ def test_the_next_session_in_a_slot_finds_nothing_of_the_last_one(live_fleet: Li
         after = run(look)
         assert after[0] == first[-1]  # the same slot (its uid): one slot, sessions one at a time
         assert after[1] == "FILES" and after[3] == "IPC 0", after  # no file of its uid left, no IPC object
+        assert after[4] == "KEYS 0 QUEUES 0", after  # no key in the uid's keyring, no message queue
         assert set(after[2].split()[1:]) == {INIT_COMM, "ps", "sh", "sort"}, after  # no process but the init
         assert run("ipcmk -M 4096 >/dev/null; id -u") == [first[-1]]
         fresh = run(look)
-        assert fresh[0] != first[-1] and fresh[-1] == "IPC 0", fresh  # a new slot: a new uid, no IPC object
+        assert fresh[0] != first[-1] and fresh[3] == "IPC 0", fresh  # a new slot: a new uid, no IPC object
