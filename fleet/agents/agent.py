@@ -108,6 +108,7 @@ class Agent:
         self._servers: list[asyncio.AbstractServer] = []
         self._reregister: asyncio.Task | None = None
         self.sandbox: Sandbox | None = None
+        self._warming: asyncio.Task[None] | None = None  # sandbox slots made ahead
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -138,6 +139,9 @@ class Agent:
             assert self.sandbox is not None
             self.runner = Runner(self.bus, self.machine_id or "", self.paths.root, self.sandbox, self._wake.set,
                                  tenant=self.tenant)
+            if self.sandbox.isolated:  # a slot for each session it may run, made ahead, one after the other
+                self._warming = asyncio.get_running_loop().create_task(
+                    self.sandbox.warm(self.capacity.max_concurrent_sessions))
             mid = self.machine_id or ""
             for subject, handler in ((subjects.host_control(mid), self._on_control),
                                      (subjects.host_assign(mid), self.runner.on_assign),
@@ -151,6 +155,8 @@ class Agent:
                 raise self._exit
             await self._goodbye()
         finally:
+            if self._warming is not None:
+                self._warming.cancel()
             if self.runner is not None:
                 await self.runner.close()
             if self.sandbox is not None:

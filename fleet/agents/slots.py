@@ -264,6 +264,10 @@ class SlotPool:
             self.idle.remove(slot)
             self.busy.add(slot)
             return slot
+        return await self.acquire_new()
+
+    async def acquire_new(self) -> Slot:
+        """A new slot, busy (release it to make it idle)."""
         lease = self._take_uid()
         index = self._free_index.pop() if self._free_index else self._next
         self._next = max(self._next, index + 1)
@@ -278,6 +282,12 @@ class SlotPool:
             self._discarded(slot)
             raise
         return slot
+
+    async def warm(self, count: int) -> None:
+        """Start idle slots until there are `count` in all."""
+        while len([s for s in (*self.idle, *self.busy) if s.alive]) < count:
+            slot = await self.acquire_new()
+            self.release(slot)
 
     def release(self, slot: Slot) -> None:
         self.busy.discard(slot)
