@@ -27,15 +27,24 @@ class AgentNotRunning(FleetError):
     """No agent listens on the control socket of that state dir."""
 
 
-async def serve_json_socket(path: Path, handler: Handler) -> asyncio.AbstractServer:
-    """Listen on unix socket `path` (mode 0600); each connection sends one JSON line, gets one back."""
+async def serve_json_socket(path: Path, handler: Handler, *, max_clients: int | None = None,
+                            timeout: float = 5.0) -> asyncio.AbstractServer:
+    """Listen on unix socket `path` (mode 0600); each connection sends one JSON line, gets one back within
+    `timeout`. With `max_clients` (a session's credential socket: the session is hostile), a connection beyond that
+    many open ones is closed at once, so that the peer cannot hold the agent's file descriptors."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+    open_clients = 0
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_clients
+        if max_clients is not None and open_clients >= max_clients:
+            writer.close()
+            return
+        open_clients += 1
         try:
             try:  # a line of at most the reader's limit (64 KiB), one JSON object, nested at most as json allows
-                line = await asyncio.wait_for(reader.readline(), 5.0)
+                line = await asyncio.wait_for(reader.readline(), timeout)
                 request = json.loads(line or b"{}")
                 if not isinstance(request, dict):
                     raise ValueError("expected a JSON object")
@@ -47,11 +56,12 @@ async def serve_json_socket(path: Path, handler: Handler) -> asyncio.AbstractSer
         except (TimeoutError, ConnectionError):
             pass
         finally:
+            open_clients -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    server = await asyncio.start_unix_server(on_client, path=str(path))
+    server = await asyncio.start_unix_server(on_client, path=str(path), backlog=max_clients or 100)
     os.chmod(path, 0o600)
     return server
 

@@ -60,6 +60,7 @@ OUTPUT_EVERY_S = 0.1
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this long
 MAX_UNREPORTED = 1000
 REPORT_RETRY_S = 0.5
+SOCKET_CLIENTS = 4  # open connections a session may hold on its credential socket (more are closed at once)
 
 
 @dataclass(eq=False)
@@ -166,7 +167,7 @@ class Runner:
         path.parent.mkdir(mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        run.socket = await serve_json_socket(path, answer)
+        run.socket = await serve_json_socket(path, answer, max_clients=SOCKET_CLIENTS, timeout=2.0)
         if run.slot is not None and os.geteuid() == 0:
             os.chown(path, run.slot.uid, run.slot.uid)
 

@@ -15,7 +15,8 @@ as much, and a sandbox per session cost both):
 - {"op": "signal", "sig"} sends the signal to every process of the slot but this one (kill(-1));
 - when the command ends, every process left in the slot is killed (kill(-1, SIGKILL) until none is left: detached
   or not, they are this uid's, in this namespace), every file the session left in /run/fleet/scratch, /tmp,
-  /var/tmp and /dev/shm, every POSIX message queue (/dev/mqueue) and every key in the uid's keyrings is removed; this process answers {"exit": code} (128+N for a signal N) as soon as the last
+  /var/tmp and /dev/shm, every POSIX message queue (/dev/mqueue) and every key in the uid's keyrings (user,
+  user-session, persistent) is removed (each session also starts with a session keyring of its own); this process answers {"exit": code} (128+N for a signal N) as soon as the last
   process is gone, then {"clean": true} once the files are; or "clean": false with "why", and exits, so that the
   agent starts a fresh slot: a SysV IPC object, a file it cannot remove, a process that would not die.
 
@@ -44,7 +45,8 @@ MAX_REQUEST = 4 << 20
 PR_SET_DUMPABLE = 4
 # keyctl(2): the uid's keyrings outlive its processes (this init keeps the uid alive): cleared after each session
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
-KEYCTL_CLEAR, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = 7, -4, -5
+KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_CLEAR, KEYCTL_GET_PERSISTENT = 1, 7, 22
+KEY_SPEC_THREAD_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -1, -4, -5
 _libc = ctypes.CDLL(None, use_errno=True)
 IGNORED = [s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)]
 
@@ -156,18 +158,44 @@ def _remove_tree(top):
                 os.unlink(entry.path)
 
 
+def _keyctl(*args):
+    return _libc.syscall(SYS_KEYCTL, *(ctypes.c_long(a) for a in args))
+
+
 def _clear_keyrings():
-    """None, or why the session's keys could not be dropped."""
+    """Drop every key of this uid: its user and user-session keyrings and its persistent keyring (all outlive the
+    processes that filled them). None, or why they could not be dropped."""
     if SYS_KEYCTL is None:
         return None
-    for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
-        if _libc.syscall(SYS_KEYCTL, KEYCTL_CLEAR, ring) != 0 and ctypes.get_errno() not in (0, 2, 126):
+    rings = [KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING]
+    persistent = _keyctl(KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_THREAD_KEYRING)  # linked where no session sees it
+    if persistent > 0:
+        rings.append(persistent)
+    elif ctypes.get_errno() not in (95, 38):  # EOPNOTSUPP, ENOSYS: no persistent keyrings in this kernel
+        return f"cannot reach the uid's persistent keyring: {os.strerror(ctypes.get_errno())}"
+    for ring in rings:
+        if _keyctl(KEYCTL_CLEAR, ring) != 0 and ctypes.get_errno() not in (2, 126):  # ENOENT, ENOKEY: none yet
             return f"cannot clear the uid's keyrings: {os.strerror(ctypes.get_errno())}"
     return None
 
 
+def _new_session_keyring():
+    """A fresh anonymous session keyring, which the next session inherits: never the agent's (systemd gives a
+    service one of its own), never the last session's."""
+    if SYS_KEYCTL is not None and _keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0) < 0:
+        raise OSError(ctypes.get_errno(), "cannot join a new session keyring")
+
+
 def serve(sock):
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    fd = sock.fileno()
+    os.set_inheritable(fd, False)  # pass_fds made it inheritable: no session may hold the agent's line
+    os.closerange(3, fd)  # whatever else came through bubblewrap
+    os.closerange(fd + 1, 1 << 16)
+    _new_session_keyring()
+    why = _clear_keyrings()  # what a discarded slot with this uid, of this agent or another, may have left
+    if why is not None:
+        raise SystemExit(why)
     for sig in IGNORED:
         with contextlib.suppress(OSError, ValueError):
             signal.signal(sig, signal.SIG_IGN)
@@ -223,6 +251,7 @@ def serve(sock):
         argv = [str(a) for a in req["argv"]]
         env = {str(k): str(v) for k, v in req["env"].items()}
         try:
+            _new_session_keyring()
             path = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
             if path is None:
                 raise FileNotFoundError(2, "No such file or directory")
