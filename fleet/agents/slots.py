@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 INIT = Path(__file__).with_name("slot_init.py")
 START_TIMEOUT_S = 15.0
 REPLY_TIMEOUT_S = 10.0
+MAX_REPLY = 64 << 10  # bytes of one frame from a slot's init
 
 
 class SlotProcess:
@@ -194,9 +195,18 @@ class Slot:
             ended = f"its socket failed: {exc}"
         while len(self._buf) >= 4:  # what it said before it ended counts
             (size,) = struct.unpack(">I", self._buf[:4])
+            if size > MAX_REPLY:  # the init's replies are small: this is not the init speaking
+                self.destroy(f"it sent a frame of {size} bytes")
+                return
             if len(self._buf) < 4 + size:
                 break
-            msg = json.loads(bytes(self._buf[4:4 + size]))
+            try:
+                msg = json.loads(bytes(self._buf[4:4 + size]))
+                if not isinstance(msg, dict):
+                    raise ValueError("not an object")
+            except (ValueError, RecursionError):
+                self.destroy("it sent a frame that is not a JSON object")
+                return
             del self._buf[:4 + size]
             if "exit" in msg:
                 self._end(int(msg["exit"]))
