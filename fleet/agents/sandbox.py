@@ -47,6 +47,7 @@ SESSION_SOCKET = "/run/fleet/session.sock"  # where a sandboxed session finds it
 SESSION_DIR = "/run/fleet/scratch"  # where a sandboxed session finds its scratch dir (its HOME and TMPDIR)
 DEFAULT_UID_RANGE = (300000, 300999)
 LOCK_DIR = Path("/run/fleet-sandbox")
+TMPFS_BYTES = 1 << 30  # each of a slot's /tmp, /var/tmp and /dev/shm (memory, not disk: without a bound, half the RAM)
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
 
 
@@ -198,8 +199,10 @@ class Sandbox:
             elif p.is_dir():
                 view += ["--ro-bind", d, d]
             made.add(d)
-        view += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "0755", "--dir",
-                 "/var", "--perms", "1777", "--tmpfs", "/var/tmp", "--tmpfs", "/run"]
+        size = str(TMPFS_BYTES)
+        view += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+                 "--perms", "0755", "--dir", "/var", "--perms", "1777", "--size", size, "--tmpfs", "/var/tmp",
+                 "--size", str(1 << 20), "--tmpfs", "/run"]
         made.update(("/proc", "/dev", "/tmp", "/var", "/var/tmp", "/run"))
         candidates = {p for p in (os.path.realpath(d) for d in self._tool_dirs()) if p.count("/") >= 2}
         candidates |= {os.path.realpath(d) for d in self.expose if os.path.realpath(d) != "/"}
@@ -218,13 +221,18 @@ class Sandbox:
         return view
 
     def _tool_dirs(self) -> list[str]:
-        """The directories a session needs for the tools on PATH and for Python: each PATH entry (its prefix when it
-        is a bin dir), and the prefixes of this Python and of a virtualenv's base Python."""
+        """The directories a session needs for the tools on PATH and for Python: each PATH entry itself, and its
+        parent only when that is an installation prefix (it has lib/ or libexec/: /opt/x, ~/.pyenv; not ~/.cargo,
+        whose credentials sit next to bin/), and the prefixes of this Python and of a virtualenv's base Python.
+        Never the agent's home nor an ancestor of it (`~/bin` must not expose the home around it; an explicit
+        --sandbox-expose may)."""
         out: list[str] = []
         for entry in os.environ.get("PATH", "").split(os.pathsep):
             if entry.startswith("/"):
                 p = Path(os.path.realpath(entry))
-                out.append(str(p.parent if p.name in ("bin", "sbin") else p))
+                out.append(str(p))
+                if p.name in ("bin", "sbin", "shims") and any((p.parent / d).is_dir() for d in ("lib", "libexec")):
+                    out.append(str(p.parent))  # an installation prefix (its tools need their lib/, libexec/)
         for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
             out.append(prefix)
             cfg = Path(prefix) / "pyvenv.cfg"
@@ -233,7 +241,8 @@ class Sandbox:
                     key, _, value = line.partition("=")
                     if key.strip() == "home":
                         out.append(str(Path(value.strip()).parent))
-        return out
+        home = os.path.realpath(os.path.expanduser("~"))
+        return [d for d in out if not _within(home, os.path.realpath(d))]
 
     def _hidden(self) -> list[str]:
         """What an exposed directory may hold and a session must never see: this agent's state dir, its neighbours
@@ -259,7 +268,7 @@ class Sandbox:
         if self.probe.mechanism == "userns":
             argv.append("--unshare-user")
         argv += ["--unshare-pid", "--unshare-ipc", "--as-pid-1", "--die-with-parent", "--new-session", *self._view,
-                 "--perms", "1777", "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue", "--bind", str(directory),
+                 "--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue", "--bind", str(directory),
                  "/run/fleet", *init_view(),
                  "--chdir", SESSION_DIR, "--"]
         if self.probe.mechanism == "uid":

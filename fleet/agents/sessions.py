@@ -194,8 +194,7 @@ class Runner:
         run.started_at = time.time()
         try:
             try:
-                if self.sandbox.isolated:  # as the command would fail without the sandbox (127)
-                    _check_executable(a.command[0], workdir)
+                if self.sandbox.isolated:  # (the slot's init says what exec says: not found, not executable)
                     run.slot = await self.sandbox.slot()
                     socket_path = run.slot.socket_path
                 else:
@@ -370,14 +369,3 @@ class Runner:
         await self.kill_all("the agent stops")
         for task in list(self._tasks):
             task.cancel()
-
-
-def _check_executable(command: str, workdir: Path) -> None:
-    """Refuse as exec would (the sandbox's own error would say less): not found, or not executable."""
-    if command.startswith("/"):
-        if not os.path.exists(command):
-            raise FileNotFoundError(2, "No such file or directory")
-        if not os.access(command, os.X_OK):
-            raise PermissionError(13, "Permission denied")
-    elif "/" not in command and shutil.which(command, path=os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")) is None:
-        raise FileNotFoundError(2, "No such file or directory")

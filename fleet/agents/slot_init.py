@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -42,6 +43,7 @@ SCRATCH = "/run/fleet/scratch"
 WIPED = (SCRATCH, "/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")  # /dev/mqueue: the slot's POSIX message queues
 SYSV = ("/proc/sysvipc/shm", "/proc/sysvipc/sem", "/proc/sysvipc/msg")
 MAX_REQUEST = 4 << 20
+MAX_PROCS = 2048  # processes of the slot's uid (RLIMIT_NPROC, hard: a session cannot raise it)
 PR_SET_DUMPABLE = 4
 # keyctl(2): the uid's keyrings outlive its processes (this init keeps the uid alive): cleared after each session
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine)
@@ -127,6 +129,13 @@ def _wipe():
                     os.unlink(entry.path)
             except OSError as exc:
                 return f"cannot remove {entry.path}: {exc.strerror}"
+    try:  # the scratch dir itself: the session's extended attributes (ACLs too), mode and times on it
+        for attr in os.listxattr(SCRATCH):
+            os.removexattr(SCRATCH, attr)
+        os.chmod(SCRATCH, 0o700)
+        os.utime(SCRATCH)
+    except OSError as exc:
+        return f"cannot reset {SCRATCH}: {exc.strerror}"
     why = _clear_keyrings()
     if why is not None:
         return why
@@ -192,6 +201,7 @@ def serve(sock):
     os.set_inheritable(fd, False)  # pass_fds made it inheritable: no session may hold the agent's line
     os.closerange(3, fd)  # whatever else came through bubblewrap
     os.closerange(fd + 1, 1 << 16)
+    resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCS, MAX_PROCS))  # per slot: a fork bomb stops there
     _new_session_keyring()
     why = _clear_keyrings()  # what a discarded slot with this uid, of this agent or another, may have left
     if why is not None:

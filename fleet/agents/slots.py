@@ -231,6 +231,7 @@ class Slot:
             return
         self.alive = False
         self.clean.set()  # whoever waits for it finds it dead
+        self._replies.put_nowait({"error": f"the sandbox slot ended: {why}"})  # a run request waiting, too
         log.info("sandbox slot %d discarded: %s", self.index, why)
         if self._sock is not None:
             with contextlib.suppress(Exception):

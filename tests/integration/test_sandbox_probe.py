@@ -8,7 +8,9 @@ worked against the first slots (a helper's probe found them; each test failed th
 - a discarded slot's uid, back in the machine-wide pool with the keys its session left (the next slot with that uid,
   of any agent of the machine, found them);
 - the agent's session keyring (a systemd service has one: KeyringMode=private), inherited by every session;
-- a session exhausting its agent's file descriptors with connections to its credential socket.
+- a session exhausting its agent's file descriptors with connections to its credential socket;
+- a bin dir on the agent's PATH exposing its parent (~/bin exposed the whole home dir, ~/.ssh with it);
+- the scratch dir's own extended attributes, mode and times, left for the next session.
 """
 
 from __future__ import annotations
@@ -255,3 +257,56 @@ def test_a_session_cannot_exhaust_its_agents_file_descriptors(live_fleet: LiveFl
                 assert done.phase == "succeeded" and done.output_tail.strip() == f"ok {i}", done.output_tail
         finally:
             c.cancel(flood.id)
+
+
+# ------------------------------------------------------------------------------------------- the view
+
+def test_a_bin_dir_on_the_agents_path_does_not_expose_the_home_around_it(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from fleet.agents.sandbox import Sandbox, probe
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    (home / ".ssh").mkdir(mode=0o700)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(home, 0o755)
+    os.chmod(home / ".ssh", 0o755)  # world-readable here, as a non-root agent's own files are to its userns sessions
+    os.chmod(home / ".ssh" / "id_ed25519", 0o644)
+    state = tmp_path / "agents" / "a"
+    state.mkdir(mode=0o700, parents=True)
+    monkeypatch.setenv("PATH", f"{home / 'bin'}:{os.environ['PATH']}")
+    box = Sandbox.create(probe(), state, uid_range=(329980, 329989))
+    assert box.probe.bwrap is not None and box.probe.setpriv is not None
+    done = subprocess.run([box.probe.bwrap, "--unshare-pid", *box._view, "--", box.probe.setpriv, "--reuid=329980",
+                           "--regid=329980", "--clear-groups", "sh", "-c", f"cat {home}/.ssh/id_ed25519; true"],
+                          capture_output=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr  # the sandbox ran: the read below was tried
+    assert b"PRIVATE KEY" not in done.stdout, done.stdout
+
+
+# ------------------------------------------------------------------------------------------- the scratch dir itself
+
+SCRATCH_META = r'''
+import json, os, stat, sys
+home = os.environ["HOME"]
+if sys.argv[1] == "leave":  # on the scratch dir itself (its uid's): an extended attribute, a mode, a time
+    os.setxattr(home, "user.left-behind", b"s3cret" * 100)
+    os.chmod(home, 0o751)
+    os.utime(home, (981158400, 981158400))
+    print(os.getuid())
+else:
+    print(json.dumps({"uid": os.getuid(), "xattrs": os.listxattr(home), "mode": oct(stat.S_IMODE(os.stat(home).st_mode)),
+                      "mtime": os.stat(home).st_mtime}))
+'''
+
+
+def test_the_next_session_finds_nothing_on_the_scratch_dir_itself(live_fleet: LiveFleet) -> None:
+    keys = setup(live_fleet, slots=1)
+    worker(live_fleet, "w-fin", keys["fin"], MAIN)
+    with client(live_fleet) as c:
+        uid = _run(c, "solo-app", [sys.executable, "-c", SCRATCH_META, "leave"])
+        after = json.loads(_run(c, "solo-app", [sys.executable, "-c", SCRATCH_META, "look"]))
+    assert str(after["uid"]) == uid  # the same slot
+    assert after["xattrs"] == [] and after["mode"] == "0o700" and after["mtime"] != 981158400, after

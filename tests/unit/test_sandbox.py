@@ -56,7 +56,8 @@ def test_a_root_agent_drops_each_slot_to_its_own_uid_after_building_the_view(tmp
     assert argv.index(str(box.state_dir)) < argv.index("--bind")
     binds = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == "--bind"]
     assert binds == [(str(slot_dir), "/run/fleet")]  # the slot's dir, and nothing else of the state dir
-    assert tuple(argv[argv.index("/tmp") - 3:argv.index("/tmp") + 1]) == ("--perms", "1777", "--tmpfs", "/tmp")
+    at = argv.index("/tmp")  # the sessions' /tmp: theirs to write, bounded
+    assert tuple(argv[at - 5:at + 1]) == ("--perms", "1777", "--size", str(1 << 30), "--tmpfs", "/tmp")
     tail = argv[argv.index("--") + 1:]
     assert tail[:1] == ["/usr/bin/setpriv"] and f"--reuid={lease.uid}" in tail and "--no-new-privs" in tail
     assert "--bounding-set=-all" in tail and "--clear-groups" in tail
