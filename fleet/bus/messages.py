@@ -30,8 +30,10 @@ from pydantic import (
 )
 
 from fleet.errors import ProtocolError, TooLarge, UnsupportedVersion
+from fleet.schema.vocabulary import ID_MAX, LABEL_MAX, MODEL_MAX, AdminStatus, HostStatus, IsolationMode, PoolMode
 
-__all__ = ["ProtocolError", "UnsupportedVersion", "TooLarge"]  # re-exported: they are protocol errors
+# re-exported: the protocol errors, and the enums (defined once, in fleet.schema.vocabulary)
+__all__ = ["AdminStatus", "HostStatus", "PoolMode", "ProtocolError", "TooLarge", "UnsupportedVersion"]
 
 PROTOCOL_VERSION = 1
 
@@ -42,9 +44,6 @@ MAX_HEARTBEAT_BYTES = 16 * 1024
 #: most sessions one host may report in a heartbeat
 MAX_REPORTED_SESSIONS = 128
 
-HostStatus = Literal["active", "paused", "draining", "offline", "revoked"]
-AdminStatus = Literal["active", "paused", "draining"]
-PoolMode = Literal["persistent", "on_demand", "hybrid"]
 ControlAction = Literal["pause", "resume", "drain", "revoke"]
 HostAction = Literal["pause", "resume", "drain", "revoke", "rm"]
 SessionPhase = Literal["queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out", "lost"]
@@ -78,8 +77,11 @@ def _made_printable(value: str) -> str:
 
 MadePrintable = AfterValidator(_made_printable)
 MachineId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
-Ident = Annotated[str, StringConstraints(min_length=1, max_length=63), Printable]
-Label = Annotated[str, StringConstraints(min_length=1, max_length=200), Printable]
+# the length limits of fleet.schema.json's names (fleet.schema.vocabulary); the patterns are checked where a name
+# is matched against fleet.yaml's (enrollment scope, routing), so a name that cannot match is merely refused early
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX), Printable]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_MAX), Printable]
+Model = Annotated[str, StringConstraints(min_length=1, max_length=MODEL_MAX), Printable]
 Hostname = Annotated[str, StringConstraints(min_length=1, max_length=255), Printable]
 Version = Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
@@ -161,7 +163,7 @@ class Capacity(BaseModel):
 class PoolMembership(BaseModel):
     id: Ident
     mode: PoolMode = "persistent"
-    isolation: Literal["sandbox", "none"] = "sandbox"  # none: the pool lets its hosts run sessions unisolated
+    isolation: IsolationMode = "sandbox"  # none: the pool lets its hosts run sessions unisolated
 
 
 class Isolation(BaseModel):
@@ -202,7 +204,7 @@ class EnrollRequest(Message):
     version: Version
     pools: list[Ident] = Field(default_factory=list, max_length=32)
     labels: list[Label] = Field(default_factory=list, max_length=64)
-    models: list[Label] = Field(default_factory=list, max_length=64)
+    models: list[Model] = Field(default_factory=list, max_length=64)
     max_sessions: Slots | None = None
     pool_max_disk_gb: DiskGb | None = None
     credential_socket: SocketPath | None = None
@@ -361,7 +363,7 @@ class HostRecord(Message):
     hostname: Hostname
     pools: list[Ident] = Field(max_length=32)
     labels: list[Label] = Field(default_factory=list, max_length=64)
-    models: list[Label] = Field(default_factory=list, max_length=64)
+    models: list[Model] = Field(default_factory=list, max_length=64)
     max_sessions: Slots | None = None  # what the host asked for at enrollment (None: its pools decide)
     max_disk_gb: DiskGb | None = None  # likewise for its disk envelope
     nkey: NkeyUser | None = None  # the public key of its NATS identity (revoking the host revokes it)
@@ -435,7 +437,7 @@ class SubmitRequest(Message):
     project: Ident
     command: list[Arg] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
     labels: list[Label] = Field(default_factory=list, max_length=32)
-    model: Label | None = None
+    model: Model | None = None
     priority: int = Field(default=0, ge=-1000, le=1000)
     timeout_s: Seconds | None = None
     max_attempts: int = Field(default=3, ge=1, le=20)
@@ -469,7 +471,7 @@ class SessionRecord(Message):
     command: list[Arg]
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     labels: list[Label] = Field(default_factory=list)
-    model: Label | None = None
+    model: Model | None = None
     priority: int = 0
     timeout_s: float | None = None
     max_attempts: int = 3
@@ -498,7 +500,7 @@ class SessionView(SessionRecord):
     hostname: str | None = None  # of `host`, as the dispatcher knows it
     # what the project's routing adds today (its required labels, its model when the session names none)
     route_labels: list[Label] = Field(default_factory=list)  # as many as fleet.yaml gives (like `labels`)
-    route_model: Label | None = None
+    route_model: Model | None = None
     # while queued: the scheduler's one reason (fleet.scheduler REASON_KINDS) and the pool it waits for
     wait_kind: Ident | None = None
     wait_pool: Ident | None = None

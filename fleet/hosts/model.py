@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-LIVE_STATUSES = ("active", "paused", "draining")
-STATUSES = ("active", "paused", "draining", "offline", "revoked")
+from fleet.schema.vocabulary import HOST_STATUSES, LIVE_STATUSES
+
+STATUSES = HOST_STATUSES  # the names readers of this module know them by (fleet.schema.vocabulary defines them)
+__all__ = ["LIVE_STATUSES", "STATUSES"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-ELASTIC_MODES = ("on_demand", "hybrid")  # pool modes whose backend creates hosts when sessions wait
+from fleet.schema.vocabulary import ELASTIC_MODES  # pool modes whose backend creates hosts when sessions wait
 
 
 def route_pools(mode: str, preferred: str, fallback: str | None, candidates: Iterable[str]) -> tuple[str, ...]:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.routing.rules import PoolView, route_pools
+from fleet.schema.vocabulary import LIVE_STATUSES
 from fleet.scheduler.index import Entry, PoolIndex, SlotHost, load_of
 
-LIVE_STATUSES = frozenset({"active", "paused", "draining"})  # = fleet.hosts.model.LIVE_STATUSES (a test holds it)
 
 # the kinds of reason a session waits (one per unplaced session)
 WAITS_FOR_BACKEND = "waits_for_backend"  # an elastic pool can add a host that suits it: no host yet, or all full

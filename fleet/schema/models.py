@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-PoolMode = Literal["persistent", "on_demand", "hybrid"]
-RoutingMode = Literal["preferred-with-fallback", "preferred-only", "adaptive"]
+from fleet.schema.vocabulary import AdminStatus, IsolationMode, PoolMode, RoutingMode
+
+__all__ = ["PoolMode", "RoutingMode"]  # re-exported: defined once, in fleet.schema.vocabulary
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -94,7 +95,7 @@ class Pool(_Model):
     disconnect_grace_s: float | None = None
     idle_timeout_s: float | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
-    isolation: Literal["sandbox", "none"] = "sandbox"
+    isolation: IsolationMode = "sandbox"
 
     @property
     def unbounded(self) -> bool:
@@ -130,7 +131,7 @@ class HostState(_Model):
     """A host's admin state declared in fleet.yaml (`hosts:`)."""
 
     id: str
-    status: Literal["active", "paused", "draining"]
+    status: AdminStatus
     note: str | None = None
 
 
