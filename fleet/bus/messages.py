@@ -30,7 +30,15 @@ from pydantic import (
 )
 
 from fleet.errors import ProtocolError, TooLarge, UnsupportedVersion
-from fleet.schema.vocabulary import ID_MAX, LABEL_MAX, MODEL_MAX, AdminStatus, HostStatus, IsolationMode, PoolMode
+from fleet.schema.vocabulary import (
+    ID_MAX,
+    LABEL_MAX,
+    MODEL_MAX,
+    AdminStatus,
+    HostStatus,
+    IsolationMode,
+    PoolMode,
+)
 
 # re-exported: the protocol errors, and the enums (defined once, in fleet.schema.vocabulary)
 __all__ = ["AdminStatus", "HostStatus", "PoolMode", "ProtocolError", "TooLarge", "UnsupportedVersion"]

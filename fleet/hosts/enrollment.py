@@ -26,20 +26,21 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from fleet.bus.kv import Entry, Store
 from fleet.bus.messages import EnrollRequest, HostRecord, JoinReply, PoolMembership, RegisterRequest
-from fleet.bus.records import KeySpec, PoolSpec, format_time, key_digest, now_utc
+from fleet.bus.records import KeySpec, format_time, key_digest, now_utc
 from fleet.bus.subjects import is_machine_id
 from fleet.bus.trustdir import TrustDir
 from fleet.errors import FleetError, Refused
 from fleet.hosts.model import Host
 from fleet.hosts.registry import Registry
 from fleet.hosts.revocation import Revocations
+from fleet.schema.models import Pool
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,12 @@ def refuse(reason: str, message: str) -> Decision:
     return Decision(ok=False, reason=reason, message=message)
 
 
-def _union(*lists: list[str]) -> list[str]:
+def _union(*lists: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(item for items in lists for item in items))
 
 
 def check_enrollment(
-    key_id: str, key: KeySpec, pools: dict[str, PoolSpec], request: EnrollRequest, now: datetime
+    key_id: str, key: KeySpec, pools: dict[str, Pool], request: EnrollRequest, now: datetime
 ) -> Decision:
     """Apply the rules; the host's tenant is always the key's, whatever the request claims."""
     expires = key.expires_at()
@@ -212,7 +213,7 @@ class Enroller:
                         digest.removeprefix("hmac-sha256:")[:12], req.hostname[:64])
             return JoinReply(ok=False, reason="unknown_key", message="unknown enrollment key")
         key_id, key = found
-        decision = check_enrollment(key_id, key, config.pool_specs, req, now_utc())
+        decision = check_enrollment(key_id, key, config.pools, req, now_utc())
         if not decision.ok:
             log.warning("security: enrollment with key %s refused (%s): %s", key_id, decision.reason, decision.message)
             return JoinReply(ok=False, reason=decision.reason, message=decision.message)
@@ -230,7 +231,7 @@ class Enroller:
                                  message=f"enrollment key {key_id} is used up ({key.max_uses} of {key.max_uses})")
             undo.append(lambda: self.counters.increment(f"uses.{key_id}", by=-1))
             for pool_id in decision.pools:
-                limit = config.pool_specs[pool_id].hosts.max if pool_id in config.pool_specs else None
+                limit = config.pools[pool_id].hosts.max if pool_id in config.pools else None
                 if limit is not None:
                     if not await self._join_pool(pool_id, mid, limit):
                         return JoinReply(ok=False, reason="pool_full",
@@ -319,7 +320,7 @@ class Enroller:
         return self.join_reply(self.registry.build(record, None, False))
 
     def _isolation(self, pool_id: str) -> str:
-        spec = self.registry.config.pool_specs.get(pool_id)
+        spec = self.registry.config.pools.get(pool_id)
         return "none" if spec is not None and spec.isolation == "none" else "sandbox"
 
     def join_reply(self, host: Host, jwt: str | None = None) -> JoinReply:

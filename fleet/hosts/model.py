@@ -60,6 +60,15 @@ class Host:
     isolation: str | None = None  # how it isolates its sessions (fleet.bus.messages.Isolation.describe)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # unknown columns of a newer server
 
+    # the one host shape routing and the scheduler read (fleet.routing.HostView): slots, and slots used
+    @property
+    def slots(self) -> int:
+        return self.max_sessions
+
+    @property
+    def used(self) -> int:
+        return self.running
+
     @property
     def drained(self) -> bool:
         """Draining with nothing running: safe to stop."""

@@ -4,17 +4,23 @@ Built by fleet.schema.api after the JSON Schema and reference checks pass, from 
 `extends` has been resolved (fleet.schema.references.resolve_pools). Frozen and hashable-free plain data: the
 reconciler diffs them, the dispatcher routes by them. Durations are normalised to seconds. Nothing is expanded
 per host: a pool of 10,000 hosts is one Pool.
+
+`Pool` is the one pool model from fleet.yaml to the view: the applied config (fleet.hosts.config) reads each pool
+record back into a Pool (`Pool.from_spec`), and the host registry, enrollment, convergence, the routing rules and
+the scheduler read that same object (docs/architecture.md, "One model per concept"). The enums these models use
+are fleet.schema.vocabulary's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fleet.schema.vocabulary import AdminStatus, IsolationMode, PoolMode, RoutingMode
+from fleet.schema.vocabulary import ELASTIC_MODES, AdminStatus, IsolationMode, PoolMode, RoutingMode
 
 __all__ = ["PoolMode", "RoutingMode"]  # re-exported: defined once, in fleet.schema.vocabulary
 
@@ -101,6 +107,50 @@ class Pool(_Model):
     def unbounded(self) -> bool:
         """True when the pool can always grow (on_demand/hybrid without hosts.max): shown as ∞ slots."""
         return self.mode != "persistent" and self.hosts.max is None
+
+    # what the live fleet reads of a pool (the scheduler, routing, the host registry, enrollment), by short names
+    @property
+    def elastic(self) -> bool:
+        """on_demand and hybrid pools create hosts when sessions wait."""
+        return self.mode in ELASTIC_MODES
+
+    @property
+    def max_concurrent_sessions(self) -> int:
+        """Session slots per host (0: the applied record does not say)."""
+        return self.capacity.max_concurrent_sessions
+
+    @property
+    def hosts_max(self) -> int | None:
+        return self.hosts.max
+
+    @property
+    def hosts_min(self) -> int:
+        return self.hosts.min
+
+    @classmethod
+    def from_spec(cls, pool_id: str, spec: Mapping[str, Any] | Pool) -> Pool:
+        """The pool `pool_id` from its applied spec: the record fleet.reconciler.desired.pool_spec writes into the
+        config bucket (and a plan's `after`). Read the way a reader of the store must: fields a newer writer added
+        are dropped, missing ones take their defaults (0 slots: the record does not say); a spec without a tenant,
+        or of the wrong shape, is a ValueError. A Pool passes through (renamed to `pool_id` if it differs)."""
+        if isinstance(spec, Pool):
+            return spec if spec.id == pool_id else spec.model_copy(update={"id": pool_id})
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("tenant"), str):
+            raise ValueError(f"pool {pool_id}: the spec has no tenant")
+        data = {"backend": "local", "mode": "persistent", **_known(cls, spec, skip=("id", "capacity", "hosts", "cost"))}
+        capacity = _known(Capacity, spec.get("capacity"))
+        capacity.setdefault("max_concurrent_sessions", 0)
+        return cls.model_validate({**data, "id": pool_id, "capacity": capacity, "hosts": _known(Hosts, spec.get("hosts")),
+                                   "cost": _known(Cost, spec.get("cost"))})
+
+
+def _known(model: type[BaseModel], value: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of `value` (a mapping, or None) that `model` has, without None values (None: the default)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected an object, not {type(value).__name__}")
+    return {k: v for k, v in value.items() if k in model.model_fields and k not in skip and v is not None}
 
 
 class SecretSource(_Model):

@@ -20,9 +20,9 @@ from fleet.bus import messages
 from fleet.cli import options
 from fleet.hosts import model as host_model
 from fleet.routing import rules
+from fleet.scheduler import core as sched_core
 from fleet.schema import models as schema_models
 from fleet.schema import vocabulary as v
-from fleet.scheduler import model as sched_model
 
 SCHEMA = Path(fleet.__file__).parent / "schema" / "fleet.schema.json"
 DEFS = json.loads(SCHEMA.read_text(encoding="utf-8"))["$defs"]
@@ -70,7 +70,7 @@ def test_every_module_uses_the_one_definition() -> None:
     assert messages.PoolMode is schema_models.PoolMode is v.PoolMode
     assert messages.HostStatus is v.HostStatus and messages.AdminStatus is v.AdminStatus
     assert host_model.STATUSES is v.HOST_STATUSES and host_model.LIVE_STATUSES is v.LIVE_STATUSES
-    assert sched_model.LIVE_STATUSES is v.LIVE_STATUSES and rules.ELASTIC_MODES is v.ELASTIC_MODES
+    assert sched_core.LIVE_STATUSES is v.LIVE_STATUSES and rules.ELASTIC_MODES is v.ELASTIC_MODES
     assert options.ID_PATTERN is v.ID_PATTERN and options.LABEL_PATTERN is v.LABEL_PATTERN
     assert options.MODEL_PATTERN is v.MODEL_PATTERN
     assert get_args(schema_models.HostState.model_fields["status"].annotation) == v.ADMIN_STATUSES
