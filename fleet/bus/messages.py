@@ -195,6 +195,24 @@ class Isolation(BaseModel):
         return f"{who}, {spaces} namespaces" + (f" ({self.tool})" if self.tool else "")
 
 
+#: most pools, labels and models one host may have (its envelope)
+MAX_HOST_POOLS, MAX_HOST_LABELS, MAX_HOST_MODELS = 32, 64, 64
+
+
+class Envelope(BaseModel):
+    """The one host envelope: the pools a host serves, the labels and models it has, its session slots (None: its
+    pools decide). What an agent asks for (EnrollRequest), what enrollment grants (fleet.hosts.enrollment.Decision)
+    and what is stored (HostRecord) are this model; their disk envelope keeps its v1 wire names (`pool_max_disk_gb`
+    in the request, `max_disk_gb` in the record). The resolved envelope (the record capped by its applied pools) is
+    fleet.hosts.model.Host's, and travels to the agent as the JoinReply (pools with their modes, `capacity`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    pools: list[Ident] = Field(default_factory=list, max_length=MAX_HOST_POOLS)
+    labels: list[Label] = Field(default_factory=list, max_length=MAX_HOST_LABELS)
+    models: list[Model] = Field(default_factory=list, max_length=MAX_HOST_MODELS)
+    max_sessions: Slots | None = None
+
+
 class SessionInfo(BaseModel):
     id: Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
     phase: SessionPhase
@@ -204,16 +222,12 @@ class SessionInfo(BaseModel):
 # ------------------------------------------------------------------------------------------- agent <-> server
 
 
-class EnrollRequest(Message):
-    """First contact of a host: the enrollment key's secret plus what it asks to serve."""
+class EnrollRequest(Message, Envelope):
+    """First contact of a host: the enrollment key's secret plus what it asks to serve (its Envelope)."""
 
     key: Secret = Field(repr=False)
     hostname: Hostname
     version: Version
-    pools: list[Ident] = Field(default_factory=list, max_length=32)
-    labels: list[Label] = Field(default_factory=list, max_length=64)
-    models: list[Model] = Field(default_factory=list, max_length=64)
-    max_sessions: Slots | None = None
     pool_max_disk_gb: DiskGb | None = None
     credential_socket: SocketPath | None = None
     isolation: Isolation | None = None
@@ -357,7 +371,7 @@ class HostsPage(Message):
 # ------------------------------------------------------------------------------------------- stored records
 
 
-class HostRecord(Message):
+class HostRecord(Message, Envelope):
     """The durable identity of a host in KV bucket fleet-v1-hosts (key = machine_id).
 
     Written by the enrollment authority (create), and by compare-and-set on revocation, on a change of the status
@@ -369,10 +383,7 @@ class HostRecord(Message):
     tenant: Ident
     key_id: Ident
     hostname: Hostname
-    pools: list[Ident] = Field(max_length=32)
-    labels: list[Label] = Field(default_factory=list, max_length=64)
-    models: list[Model] = Field(default_factory=list, max_length=64)
-    max_sessions: Slots | None = None  # what the host asked for at enrollment (None: its pools decide)
+    # pools, labels, models, max_sessions: its Envelope as enrollment granted it (max_sessions None: its pools decide)
     max_disk_gb: DiskGb | None = None  # likewise for its disk envelope
     nkey: NkeyUser | None = None  # the public key of its NATS identity (revoking the host revokes it)
     enrolled_at: str

@@ -27,12 +27,11 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from fleet.bus.kv import Entry, Store
-from fleet.bus.messages import EnrollRequest, HostRecord, JoinReply, PoolMembership, RegisterRequest
+from fleet.bus.messages import EnrollRequest, Envelope, HostRecord, JoinReply, PoolMembership, RegisterRequest
 from fleet.bus.records import KeySpec, format_time, key_digest, now_utc
 from fleet.bus.subjects import is_machine_id
 from fleet.bus.trustdir import TrustDir
@@ -47,16 +46,14 @@ log = logging.getLogger(__name__)
 MEMBER_GRACE_S = 120.0  # a pool place whose host record has not appeared after this long no longer counts
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Envelope):
+    """What enrollment decided: refused (ok False, a reason code and words), or the tenant and the Envelope (plus
+    its disk envelope) the host gets, which its HostRecord stores as it is."""
+
     ok: bool
     reason: str | None = None
     message: str | None = None
     tenant: str | None = None
-    pools: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    models: list[str] = field(default_factory=list)
-    max_sessions: int | None = None
     max_disk_gb: float | None = None
 
 
@@ -240,8 +237,8 @@ class Enroller:
                     undo.append(functools.partial(self.leave_pool, pool_id, mid))
             record = HostRecord(
                 machine_id=mid, tenant=decision.tenant or key.tenant, key_id=key_id, hostname=req.hostname,
-                pools=decision.pools, labels=decision.labels, models=decision.models,
-                max_sessions=decision.max_sessions, max_disk_gb=decision.max_disk_gb, nkey=req.nkey,
+                **decision.model_dump(include=set(Envelope.model_fields)), max_disk_gb=decision.max_disk_gb,
+                nkey=req.nkey,
                 enrolled_at=format_time(now_utc()), version=req.version, credential_socket=req.credential_socket,
                 isolation=req.isolation,
             )

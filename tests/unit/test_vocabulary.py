@@ -96,3 +96,16 @@ def test_wire_names_have_the_schemas_limits() -> None:
         messages.SubmitRequest(project="p", command=["true"], labels=["x" * (v.LABEL_MAX + 1)])
     with pytest.raises(ValueError, match="model"):
         messages.SubmitRequest(project="p", command=["true"], model="m" * (v.MODEL_MAX + 1))
+
+
+def test_the_host_envelope_is_one_model() -> None:
+    """What an agent asks for, what enrollment grants and what is stored share one definition of pools, labels,
+    models and slots (and so one set of bounds): a bound changed in one of them cannot drift from the others."""
+    from fleet.hosts.enrollment import Decision
+
+    for cls in (messages.EnrollRequest, messages.HostRecord, Decision):
+        assert issubclass(cls, messages.Envelope)
+        for name in messages.Envelope.model_fields:
+            assert repr(cls.model_fields[name]) == repr(messages.Envelope.model_fields[name]), (cls, name)
+    with pytest.raises(ValueError, match="models"):
+        messages.EnrollRequest(key="k", hostname="h", version="1", models=["m" * (v.MODEL_MAX + 1)])
