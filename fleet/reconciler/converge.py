@@ -39,7 +39,10 @@ def targets(plan: Plan) -> Targets:
         if c.action == "delete" or not c.after:
             continue
         if c.kind == "pool":
-            pools[c.id] = Pool.from_spec(c.id, c.after)
+            try:
+                pools[c.id] = Pool.from_spec(c.id, c.after)
+            except ValueError:  # not a pool spec (a hand-edited saved plan): nothing a host could converge on
+                continue
         elif c.kind == "host" and c.after.get("status"):
             hosts[c.id] = c.after["status"]
     return Targets(pools, hosts)

@@ -24,9 +24,20 @@ def snapshot_of(hosts: Iterable[Any], pools: Mapping[str, Mapping[str, Any] | Po
     specs (the shapes of fleet.reconciler.desired: what the applied store and fleet.yaml hold). `slots`: a host's slots to use instead
     of its own (machine id -> slots; the plan's `after` side). Used by `fleet route test` and the consequences."""
     slots = slots or {}
-    return Snapshot.build((HostState.of(h, slots.get(h.machine_id)) for h in hosts),
-                          {pid: Pool.from_spec(pid, spec) for pid, spec in pools.items()},
+    return Snapshot.build((HostState.of(h, slots.get(h.machine_id)) for h in hosts), _pools(pools),
                           {project: Route.of(project, spec) for project, spec in routes.items()})
+
+
+def _pools(pools: Mapping[str, Mapping[str, Any] | Pool]) -> dict[str, Pool]:
+    """The pools that read as Pools; a record that does not (no tenant, a field of the wrong shape) is left out, as
+    the dispatcher's applied config leaves it out (fleet.hosts.config), so route test and the plan see its fleet."""
+    out = {}
+    for pid, spec in pools.items():
+        try:
+            out[pid] = Pool.from_spec(pid, spec)
+        except ValueError:
+            continue
+    return out
 
 
 @dataclass(frozen=True, slots=True)

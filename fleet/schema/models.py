@@ -137,20 +137,27 @@ class Pool(_Model):
             return spec if spec.id == pool_id else spec.model_copy(update={"id": pool_id})
         if not isinstance(spec, Mapping) or not isinstance(spec.get("tenant"), str):
             raise ValueError(f"pool {pool_id}: the spec has no tenant")
-        data = {"backend": "local", "mode": "persistent", **_known(cls, spec, skip=("id", "capacity", "hosts", "cost"))}
-        capacity = _known(Capacity, spec.get("capacity"))
+        data = {"backend": "local", "mode": "persistent", **_known(_SPEC_FIELDS["pool"], spec)}
+        capacity = _known(_SPEC_FIELDS["capacity"], spec.get("capacity"))
         capacity.setdefault("max_concurrent_sessions", 0)
-        return cls.model_validate({**data, "id": pool_id, "capacity": capacity, "hosts": _known(Hosts, spec.get("hosts")),
-                                   "cost": _known(Cost, spec.get("cost"))})
+        return cls.model_validate({**data, "id": pool_id, "capacity": capacity,
+                                   "hosts": _known(_SPEC_FIELDS["hosts"], spec.get("hosts")),
+                                   "cost": _known(_SPEC_FIELDS["cost"], spec.get("cost"))})
 
 
-def _known(model: type[BaseModel], value: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The fields of `value` (a mapping, or None) that `model` has, without None values (None: the default)."""
+def _known(fields: frozenset[str], value: Any) -> dict[str, Any]:
+    """The items of `value` (a mapping, or None) named in `fields`, without None values (None: the default)."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise ValueError(f"expected an object, not {type(value).__name__}")
-    return {k: v for k, v in value.items() if k in model.model_fields and k not in skip and v is not None}
+    return {k: v for k, v in value.items() if k in fields and v is not None}
+
+
+#: the fields Pool.from_spec reads of a spec, and of its parts (a spec's own `id` and nested objects are not copied)
+_SPEC_FIELDS = {"pool": frozenset(Pool.model_fields) - {"id", "capacity", "hosts", "cost"},
+                "capacity": frozenset(Capacity.model_fields), "hosts": frozenset(Hosts.model_fields),
+                "cost": frozenset(Cost.model_fields)}
 
 
 class SecretSource(_Model):

@@ -98,3 +98,13 @@ def test_route_test_and_convergence_read_the_same_pool() -> None:
     plan = Plan(changes=(Change(address="pool.main", kind="pool", id="main", action="update", before={},
                                 after=pool_spec(pool)),))
     assert pending(targets(plan), [host]) == ["h1: 2 slots, main wants 3", "h1: lacks main labels gpu"]
+
+
+def test_a_record_that_is_no_pool_is_left_out_of_route_test_as_out_of_the_dispatcher() -> None:
+    """The dispatcher's applied config skips a pool record without a tenant; route test and the plan's snapshot must
+    not count it either (nor fail on it)."""
+    snap = snapshot_of([], {"good": {"tenant": "t"}, "bad": {"mode": "persistent"}, "worse": {"tenant": "t",
+                                                                                            "hosts": 3}}, {})
+    assert set(snap.pools) == {"good"}
+    plan = Plan(changes=(Change(address="pool.bad", kind="pool", id="bad", action="create", after={"labels": 1}),))
+    assert not targets(plan)
