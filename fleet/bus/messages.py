@@ -33,6 +33,7 @@ from fleet.errors import ProtocolError, TooLarge, UnsupportedVersion
 from fleet.schema.vocabulary import (
     ID_MAX,
     LABEL_MAX,
+    MACHINE_ID_PATTERN,
     MODEL_MAX,
     AdminStatus,
     HostStatus,
@@ -84,7 +85,7 @@ def _made_printable(value: str) -> str:
 
 
 MadePrintable = AfterValidator(_made_printable)
-MachineId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+MachineId = Annotated[str, StringConstraints(pattern=MACHINE_ID_PATTERN)]
 # the length limits of fleet.schema.json's names (fleet.schema.vocabulary); the patterns are checked where a name
 # is matched against fleet.yaml's (enrollment scope, routing), so a name that cannot match is merely refused early
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX), Printable]

@@ -62,10 +62,15 @@ LABEL_MAX = LABEL_NAME_MAX + 1 + LABEL_VALUE_MAX  # 192: the longest label LABEL
 #: a model a host serves ($defs.model)
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 MODEL_MAX = 128
+#: a host's machine ID as the server assigns it ($defs.host.id: a UUIDv4, lower case)
+MACHINE_ID_V4_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+#: what records, subjects and the wire accept as a machine ID: any lower-case UUID (they always have; every ID the
+#: server assigns is also a MACHINE_ID_V4_PATTERN)
+MACHINE_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 __all__ = [
     "ACTIVE", "ADMIN_STATUSES", "ELASTIC_MODES", "GONE_STATUSES", "HOST_STATUSES", "ID_MAX", "ID_PATTERN",
-    "ISOLATION_MODES", "LABEL_MAX", "LABEL_NAME_MAX", "LABEL_PATTERN", "LABEL_VALUE_MAX", "LIVE_STATUSES",
+    "ISOLATION_MODES", "LABEL_MAX", "MACHINE_ID_PATTERN", "MACHINE_ID_V4_PATTERN", "LABEL_NAME_MAX", "LABEL_PATTERN", "LABEL_VALUE_MAX", "LIVE_STATUSES",
     "MODEL_MAX", "MODEL_PATTERN", "POOL_MODES", "ROUTING_MODES", "SCHEMA_PATTERN_END", "AdminStatus", "HostStatus",
     "IsolationMode", "PoolMode", "RoutingMode",
 ]

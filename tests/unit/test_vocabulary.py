@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import get_args
 
 import pytest
 
 import fleet
-from fleet.bus import messages
+from fleet.bus import messages, subjects
 from fleet.cli import options
 from fleet.hosts import model as host_model
 from fleet.routing import rules
@@ -42,6 +43,15 @@ def test_enums_are_the_schemas(values, where) -> None:
                                               (v.MODEL_PATTERN, "model")])
 def test_patterns_are_the_schemas(pattern, key) -> None:
     assert DEFS[key]["pattern"] == pattern + v.SCHEMA_PATTERN_END
+
+
+def test_machine_ids_the_server_assigns_are_the_schemas_and_the_wire_takes_them() -> None:
+    assert DEFS["host"]["properties"]["id"]["pattern"] == v.MACHINE_ID_V4_PATTERN + v.SCHEMA_PATTERN_END
+    for _ in range(200):
+        mid = str(uuid.uuid4())  # what fleet.hosts.enrollment assigns
+        assert re.match(v.MACHINE_ID_V4_PATTERN, mid) and subjects.is_machine_id(mid)
+    assert not subjects.is_machine_id("AA11BB22-CC33-DD44-EE55-FF6677889900")
+    assert _pattern(messages.MachineId) == v.MACHINE_ID_PATTERN
 
 
 @pytest.mark.parametrize(("pattern", "longest", "limit"), [
@@ -79,6 +89,10 @@ def test_every_module_uses_the_one_definition() -> None:
 @pytest.mark.parametrize(("name", "limit"), [("ID", v.ID_MAX), ("LABEL", v.LABEL_MAX), ("MODEL", v.MODEL_MAX)])
 def test_cli_names_have_the_schemas_limits(name, limit) -> None:
     assert getattr(options, name).max_length == limit
+
+
+def _pattern(annotated) -> str:
+    return next(m.pattern for m in annotated.__metadata__ if getattr(m, "pattern", None) is not None)
 
 
 def _max_length(annotated) -> int:
