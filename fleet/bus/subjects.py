@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from fleet.schema.vocabulary import MACHINE_ID_PATTERN
+from fleet.schema import vocabulary
 
 PREFIX = "fleet.v1"
 
@@ -50,7 +50,7 @@ BUCKET_TRUST = "fleet-v1-trust"  # revoked host identities: server only
 BUCKET_SESSIONS = "fleet-v1-sessions"  # every session: server only (the session API serves them)
 BUCKET_DISPATCH = "fleet-v1-dispatch"  # the dispatcher lease (key `leader`, entries expire): server only
 
-_MACHINE_ID = re.compile(MACHINE_ID_PATTERN)
+_MACHINE_ID = re.compile(vocabulary.MACHINE_ID_PATTERN)
 
 
 def heartbeat(machine_id: str) -> str:
