@@ -3,9 +3,10 @@
 `AppliedConfig.apply(key, entry)` is fed by a fleet.bus.kv.Informer on bucket fleet-v1-config (every replica
 follows every apply within milliseconds; no polling). A record that does not decode is skipped and counted, never
 fatal. Readers get plain data: `keys` (KeySpec by ID, and by secret digest), `pools` (each record read back into
-the one pool model, fleet.schema.models.Pool, which the host model, enrollment and the dispatcher read), `declared` (the status fleet.yaml declares per machine ID), `routes` (each project's routing,
-which the dispatcher follows). `version` moves on every change,
-so derived caches (per-pool-set envelopes, grace periods) know when to rebuild. Used by the registry, the
+the one pool model, fleet.schema.models.Pool, which the host model, enrollment and the dispatcher read), `declared`
+(the status fleet.yaml declares per machine ID), `routes` (each project's routing spec, as stored, which the
+dispatcher reads into fleet.routing.Route). `version` moves on every change, so derived caches (per-pool-set
+envelopes, grace periods) know when to rebuild. Used by the registry, the
 enrollment authority and the declared-status controller.
 """
 
