@@ -89,8 +89,8 @@ from fleet.bus.messages import (  # noqa: E402
 from fleet.bus.trust import Key, Permissions, creds_text, inbox_prefix, write_secret  # noqa: E402
 from fleet.bus.trustdir import TrustDir  # noqa: E402
 from fleet.dispatch.placement import DispatchHost  # noqa: E402
-from fleet.routing import PoolView  # noqa: E402
 from fleet.scheduler import Route, Snapshot, place  # noqa: E402
+from fleet.schema.models import Pool  # noqa: E402
 from fleet.sessions.client import Client  # noqa: E402
 
 TENANT = "bench"
@@ -561,7 +561,7 @@ def bench_route(decisions: int, hosts: int = 1000) -> dict[str, Any]:
     rng = random.Random(7)
     random.seed(7)  # PoolIndex breaks ties with the random module: the same heap every run
     pools = Snapshot()
-    pools.set_config({"p": PoolView("p", TENANT, "local", "persistent", SLOTS)}, {})
+    pools.set_config({"p": Pool.from_spec("p", {"tenant": TENANT, "capacity": {"max_concurrent_sessions": SLOTS}})}, {})
     pool_hosts = []
     for i in range(hosts):
         h = DispatchHost(machine_id=f"{i:08x}-0000-4000-8000-000000000000", tenant=TENANT, pools=("p",),

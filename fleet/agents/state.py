@@ -25,6 +25,7 @@ from typing import Any
 
 from fleet.bus.trust import write_secret
 from fleet.errors import FleetError
+from fleet.schema.vocabulary import ADMIN_STATUSES
 
 DEFAULT_AGENT_STATE_DIR = "~/.local/state/fleet-agent"
 AGENT_PROCESS_MARK = "agent run"  # in the command line of every running agent (PID-file checks)
@@ -113,7 +114,7 @@ def load_status(paths: AgentPaths) -> str:
         status = json.loads(paths.status.read_text()).get("status", "active")
     except (OSError, ValueError, AttributeError):
         return "active"
-    return status if status in ("active", "paused", "draining") else "active"
+    return status if status in ADMIN_STATUSES else "active"
 
 
 def save_status(paths: AgentPaths, status: str) -> None:

@@ -30,8 +30,19 @@ from pydantic import (
 )
 
 from fleet.errors import ProtocolError, TooLarge, UnsupportedVersion
+from fleet.schema.vocabulary import (
+    ID_MAX,
+    LABEL_MAX,
+    MACHINE_ID_PATTERN,
+    MODEL_MAX,
+    AdminStatus,
+    HostStatus,
+    IsolationMode,
+    PoolMode,
+)
 
-__all__ = ["ProtocolError", "UnsupportedVersion", "TooLarge"]  # re-exported: they are protocol errors
+# re-exported: the protocol errors, and the enums (defined once, in fleet.schema.vocabulary)
+__all__ = ["AdminStatus", "HostStatus", "PoolMode", "ProtocolError", "TooLarge", "UnsupportedVersion"]
 
 PROTOCOL_VERSION = 1
 
@@ -42,9 +53,6 @@ MAX_HEARTBEAT_BYTES = 16 * 1024
 #: most sessions one host may report in a heartbeat
 MAX_REPORTED_SESSIONS = 128
 
-HostStatus = Literal["active", "paused", "draining", "offline", "revoked"]
-AdminStatus = Literal["active", "paused", "draining"]
-PoolMode = Literal["persistent", "on_demand", "hybrid"]
 ControlAction = Literal["pause", "resume", "drain", "revoke"]
 HostAction = Literal["pause", "resume", "drain", "revoke", "rm"]
 SessionPhase = Literal["queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out", "lost"]
@@ -77,9 +85,12 @@ def _made_printable(value: str) -> str:
 
 
 MadePrintable = AfterValidator(_made_printable)
-MachineId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
-Ident = Annotated[str, StringConstraints(min_length=1, max_length=63), Printable]
-Label = Annotated[str, StringConstraints(min_length=1, max_length=200), Printable]
+MachineId = Annotated[str, StringConstraints(pattern=MACHINE_ID_PATTERN)]
+# the length limits of fleet.schema.json's names (fleet.schema.vocabulary); the patterns are checked where a name
+# is matched against fleet.yaml's (enrollment scope, routing), so a name that cannot match is merely refused early
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX), Printable]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_MAX), Printable]
+Model = Annotated[str, StringConstraints(min_length=1, max_length=MODEL_MAX), Printable]
 Hostname = Annotated[str, StringConstraints(min_length=1, max_length=255), Printable]
 Version = Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
@@ -161,7 +172,7 @@ class Capacity(BaseModel):
 class PoolMembership(BaseModel):
     id: Ident
     mode: PoolMode = "persistent"
-    isolation: Literal["sandbox", "none"] = "sandbox"  # none: the pool lets its hosts run sessions unisolated
+    isolation: IsolationMode = "sandbox"  # none: the pool lets its hosts run sessions unisolated
 
 
 class Isolation(BaseModel):
@@ -185,6 +196,24 @@ class Isolation(BaseModel):
         return f"{who}, {spaces} namespaces" + (f" ({self.tool})" if self.tool else "")
 
 
+#: most pools, labels and models one host may have (its envelope)
+MAX_HOST_POOLS, MAX_HOST_LABELS, MAX_HOST_MODELS = 32, 64, 64
+
+
+class Envelope(BaseModel):
+    """The one host envelope: the pools a host serves, the labels and models it has, its session slots (None: its
+    pools decide). What an agent asks for (EnrollRequest), what enrollment grants (fleet.hosts.enrollment.Decision)
+    and what is stored (HostRecord) are this model; their disk envelope keeps its v1 wire names (`pool_max_disk_gb`
+    in the request, `max_disk_gb` in the record). The resolved envelope (the record capped by its applied pools) is
+    fleet.hosts.model.Host's, and travels to the agent as the JoinReply (pools with their modes, `capacity`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    pools: list[Ident] = Field(default_factory=list, max_length=MAX_HOST_POOLS)
+    labels: list[Label] = Field(default_factory=list, max_length=MAX_HOST_LABELS)
+    models: list[Model] = Field(default_factory=list, max_length=MAX_HOST_MODELS)
+    max_sessions: Slots | None = None
+
+
 class SessionInfo(BaseModel):
     id: Annotated[str, StringConstraints(min_length=1, max_length=64), Printable]
     phase: SessionPhase
@@ -194,16 +223,12 @@ class SessionInfo(BaseModel):
 # ------------------------------------------------------------------------------------------- agent <-> server
 
 
-class EnrollRequest(Message):
-    """First contact of a host: the enrollment key's secret plus what it asks to serve."""
+class EnrollRequest(Message, Envelope):
+    """First contact of a host: the enrollment key's secret plus what it asks to serve (its Envelope)."""
 
     key: Secret = Field(repr=False)
     hostname: Hostname
     version: Version
-    pools: list[Ident] = Field(default_factory=list, max_length=32)
-    labels: list[Label] = Field(default_factory=list, max_length=64)
-    models: list[Label] = Field(default_factory=list, max_length=64)
-    max_sessions: Slots | None = None
     pool_max_disk_gb: DiskGb | None = None
     credential_socket: SocketPath | None = None
     isolation: Isolation | None = None
@@ -347,7 +372,7 @@ class HostsPage(Message):
 # ------------------------------------------------------------------------------------------- stored records
 
 
-class HostRecord(Message):
+class HostRecord(Message, Envelope):
     """The durable identity of a host in KV bucket fleet-v1-hosts (key = machine_id).
 
     Written by the enrollment authority (create), and by compare-and-set on revocation, on a change of the status
@@ -359,10 +384,7 @@ class HostRecord(Message):
     tenant: Ident
     key_id: Ident
     hostname: Hostname
-    pools: list[Ident] = Field(max_length=32)
-    labels: list[Label] = Field(default_factory=list, max_length=64)
-    models: list[Label] = Field(default_factory=list, max_length=64)
-    max_sessions: Slots | None = None  # what the host asked for at enrollment (None: its pools decide)
+    # pools, labels, models, max_sessions: its Envelope as enrollment granted it (max_sessions None: its pools decide)
     max_disk_gb: DiskGb | None = None  # likewise for its disk envelope
     nkey: NkeyUser | None = None  # the public key of its NATS identity (revoking the host revokes it)
     enrolled_at: str
@@ -435,7 +457,7 @@ class SubmitRequest(Message):
     project: Ident
     command: list[Arg] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
     labels: list[Label] = Field(default_factory=list, max_length=32)
-    model: Label | None = None
+    model: Model | None = None
     priority: int = Field(default=0, ge=-1000, le=1000)
     timeout_s: Seconds | None = None
     max_attempts: int = Field(default=3, ge=1, le=20)
@@ -469,7 +491,7 @@ class SessionRecord(Message):
     command: list[Arg]
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     labels: list[Label] = Field(default_factory=list)
-    model: Label | None = None
+    model: Model | None = None
     priority: int = 0
     timeout_s: float | None = None
     max_attempts: int = 3
@@ -498,7 +520,7 @@ class SessionView(SessionRecord):
     hostname: str | None = None  # of `host`, as the dispatcher knows it
     # what the project's routing adds today (its required labels, its model when the session names none)
     route_labels: list[Label] = Field(default_factory=list)  # as many as fleet.yaml gives (like `labels`)
-    route_model: Label | None = None
+    route_model: Model | None = None
     # while queued: the scheduler's one reason (fleet.scheduler REASON_KINDS) and the pool it waits for
     wait_kind: Ident | None = None
     wait_pool: Ident | None = None

@@ -1,7 +1,8 @@
 """The applied-config record codec of KV bucket fleet-v1-config (key `<kind>.<id>`).
 
 A record is `{"v": 1, "kind": "key", "id": "local-dev", "spec": {...}}`. Written by `fleet apply`; read by the
-enrollment authority (fleet.hosts) and by the reconciler. Of an enrollment key's secret only its keyed digest
+enrollment authority (fleet.hosts) and by the reconciler. A pool record's spec is read back into the one pool model,
+fleet.schema.models.Pool (`Pool.from_spec`); a route's into fleet.routing.Route. Of an enrollment key's secret only its keyed digest
 (`key_digest`) is ever stored.
 """
 
@@ -49,31 +50,6 @@ class KeySpec(BaseModel):
 
     def expires_at(self) -> datetime | None:
         return parse_time(self.expires) if self.expires else None
-
-
-class PoolHosts(BaseModel):
-    min: int = 0
-    max: int | None = None
-
-
-class PoolCapacity(BaseModel):
-    max_concurrent_sessions: int | None = None
-    pool_max_disk_gb: float | None = None
-
-
-class PoolSpec(BaseModel):
-    """The spec of a pool record (the fields the live fleet needs; more may be present)."""
-
-    model_config = ConfigDict(extra="ignore")
-    tenant: str
-    backend: str = "local"
-    mode: str = "persistent"
-    hosts: PoolHosts = Field(default_factory=PoolHosts)
-    capacity: PoolCapacity = Field(default_factory=PoolCapacity)
-    labels: list[str] = Field(default_factory=list)
-    models: list[str] = Field(default_factory=list)
-    disconnect_grace_s: float | None = None
-    isolation: str = "sandbox"  # none: hosts of this pool may run sessions without a sandbox
 
 
 def record_key(kind: str, ident: str) -> str:

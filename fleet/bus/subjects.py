@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from fleet.schema import vocabulary
+
 PREFIX = "fleet.v1"
 
 # Agent -> server (request/reply, served by a queue group of `fleet server` replicas). Enrollment is the only
@@ -48,7 +50,7 @@ BUCKET_TRUST = "fleet-v1-trust"  # revoked host identities: server only
 BUCKET_SESSIONS = "fleet-v1-sessions"  # every session: server only (the session API serves them)
 BUCKET_DISPATCH = "fleet-v1-dispatch"  # the dispatcher lease (key `leader`, entries expire): server only
 
-_MACHINE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_MACHINE_ID = re.compile(vocabulary.MACHINE_ID_PATTERN)
 
 
 def heartbeat(machine_id: str) -> str:

@@ -33,15 +33,14 @@ import click
 from fleet.bus.settings import TlsSettings
 from fleet.errors import FleetError, InvalidRequest
 
+# the patterns and lengths of fleet.schema.json's names: what an ID, a label, a model is (defined once, there)
+from fleet.schema.vocabulary import ID_MAX, ID_PATTERN, LABEL_MAX, LABEL_PATTERN, MODEL_MAX, MODEL_PATTERN
+
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_FILE = "fleet.yaml"
 DEFAULT_STATE_DIR = ".fleet"
 DEFAULT_AGENT_STATE_DIR = "~/.local/state/fleet-agent"
 
-#: the patterns of fleet.schema.json's $defs (a unit test keeps them equal): what an ID, a label, a model is
-ID_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-LABEL_PATTERN = r"^[a-z0-9]([a-z0-9._/-]{0,62})(=[A-Za-z0-9._:/-]{1,128})?$"
-MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 
 PATH_MAX = 4095  # bytes of a path the kernel accepts (Linux PATH_MAX without the NUL)
 NAME_MAX = 255  # bytes of one path component
@@ -421,11 +420,11 @@ class NameList(click.ParamType):
         return items
 
 
-ID = Name("fleet.yaml ID", pattern=ID_PATTERN, max_length=63, metavar="ID",
+ID = Name("fleet.yaml ID", pattern=ID_PATTERN, max_length=ID_MAX, metavar="ID",
           rule="lower-case letters, digits and '-', at most 63 characters")
-LABEL = Name("label", pattern=LABEL_PATTERN, max_length=192, rule="name or name=value, e.g. gpu=a100",
+LABEL = Name("label", pattern=LABEL_PATTERN, max_length=LABEL_MAX, rule="name or name=value, e.g. gpu=a100",
              metavar="LABEL")
-MODEL = Name("model name", pattern=MODEL_PATTERN, max_length=128,
+MODEL = Name("model name", pattern=MODEL_PATTERN, max_length=MODEL_MAX,
              rule="letters, digits and . _ : / -, e.g. claude-3-5-sonnet", metavar="MODEL")
 MACHINE_ID = Name("machine ID", pattern=r"^[0-9a-f-]{1,36}$", max_length=36, strip=True, lower=True,
                   rule="a UUID or a prefix of one", error=InvalidRequest, hint="`fleet list` shows the machine IDs",

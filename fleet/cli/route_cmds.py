@@ -27,7 +27,7 @@ from fleet.hosts.model import Host
 from fleet.reconciler.desired import pool_spec, route_spec
 from fleet.reconciler.live import QueuedSession
 from fleet.reconciler.operation import observe_hosts, observe_queued
-from fleet.routing import PoolView, RouteView, ineligibility
+from fleet.routing import ineligibility
 from fleet.scheduler import PoolStatus, Probe, Reason, Route, group, probe, schedule, snapshot_of
 from fleet.schema.api import load_fleet_text
 from fleet.schema.diagnostics import did_you_mean
@@ -272,15 +272,12 @@ def _reason_json(reason: Reason | None) -> dict | None:
 def _explain_json(route: Route, cfg: FleetConfig, hosts: list[Host]) -> list[dict]:
     """Per host: its own pools, and every reason it cannot take the route's next session in the route's pool where
     it has the fewest (fleet.routing.ineligibility)."""
-    view = RouteView(project=route.project, tenant=route.tenant, mode=route.mode, preferred_pool=route.preferred,
-                     fallback_pool=route.fallback, candidates=route.candidates,
-                     required_labels=tuple(sorted(route.labels)), model=route.model)
-    pools = {pid: PoolView.from_spec(pid, pool_spec(pool)) for pid in route.pools if (pool := cfg.pool(pid))}
+    pools = {pid: pool for pid in route.pools if (pool := cfg.pool(pid))}
     rows = []
     for h in sorted(hosts, key=lambda h: (h.hostname, h.machine_id)):
         best: tuple[str | None, list[str]] | None = None
         for pid, pv in pools.items():
-            reasons = ineligibility(h, pv, view)
+            reasons = ineligibility(h, pv, route)
             if best is None or len(reasons) < len(best[1]):
                 best = (pid, reasons)
         best_pool, reasons = best if best else (None, ["no pool of this route exists"])

@@ -2,10 +2,11 @@
 
 `AppliedConfig.apply(key, entry)` is fed by a fleet.bus.kv.Informer on bucket fleet-v1-config (every replica
 follows every apply within milliseconds; no polling). A record that does not decode is skipped and counted, never
-fatal. Readers get plain data: `keys` (KeySpec by ID, and by secret digest), `pools` (the raw spec dicts, which the
-host model reads), `declared` (the status fleet.yaml declares per machine ID), `routes` (each project's routing,
-which the dispatcher follows). `version` moves on every change,
-so derived caches (per-pool-set envelopes, grace periods) know when to rebuild. Used by the registry, the
+fatal. Readers get plain data: `keys` (KeySpec by ID, and by secret digest), `pools` (each record read back into
+the one pool model, fleet.schema.models.Pool, which the host model, enrollment and the dispatcher read), `declared`
+(the status fleet.yaml declares per machine ID), `routes` (each project's routing spec, as stored, which the
+dispatcher reads into fleet.routing.Route). `version` moves on every change, so derived caches (per-pool-set
+envelopes, grace periods) know when to rebuild. Used by the registry, the
 enrollment authority and the declared-status controller.
 """
 
@@ -17,9 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from fleet.bus.kv import Entry
-from fleet.bus.records import KeySpec, PoolSpec, decode_record
+from fleet.bus.records import KeySpec, decode_record
 from fleet.errors import FleetError
 from fleet.hosts.model import LIVE_STATUSES
+from fleet.schema.models import Pool
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,9 @@ class AppliedConfig:
     def __init__(self) -> None:
         self.keys: dict[str, KeySpec] = {}
         self.keys_by_digest: dict[str, str] = {}
-        self.pools: dict[str, dict[str, Any]] = {}
-        self.pool_specs: dict[str, PoolSpec] = {}
+        self.pools: dict[str, Pool] = {}
         self.declared: dict[str, str] = {}
-        self.routes: dict[str, dict[str, Any]] = {}  # project -> its routing (route.<project> specs)
+        self.routes: dict[str, Any] = {}  # project -> its routing spec (route.<project>: a JSON object, read by Route.of)
         self.version = 0
         self.metrics: Counter[str] = Counter()
         self.listeners: list[Callable[[str], None]] = []
@@ -52,8 +53,7 @@ class AppliedConfig:
                     self.keys[ident] = spec
                     self.keys_by_digest[spec.secret_digest] = ident
                 elif kind == "pool":
-                    self.pool_specs[ident] = PoolSpec.model_validate(rec.spec)
-                    self.pools[ident] = rec.spec
+                    self.pools[ident] = Pool.from_spec(ident, rec.spec)
                 elif kind == "route":
                     if not isinstance(rec.spec.get("tenant"), str) or not isinstance(rec.spec.get("preferred_pool"), str):
                         raise FleetError(f"route {ident} has no tenant or preferred pool")
@@ -76,7 +76,6 @@ class AppliedConfig:
                 del self.keys_by_digest[old.secret_digest]
         elif kind == "pool":
             self.pools.pop(ident, None)
-            self.pool_specs.pop(ident, None)
         elif kind == "route":
             self.routes.pop(ident, None)
         else:

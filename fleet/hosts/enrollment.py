@@ -26,36 +26,34 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from fleet.bus.kv import Entry, Store
-from fleet.bus.messages import EnrollRequest, HostRecord, JoinReply, PoolMembership, RegisterRequest
-from fleet.bus.records import KeySpec, PoolSpec, format_time, key_digest, now_utc
+from fleet.bus.messages import EnrollRequest, Envelope, HostRecord, JoinReply, PoolMembership, RegisterRequest
+from fleet.bus.records import KeySpec, format_time, key_digest, now_utc
 from fleet.bus.subjects import is_machine_id
 from fleet.bus.trustdir import TrustDir
 from fleet.errors import FleetError, Refused
 from fleet.hosts.model import Host
 from fleet.hosts.registry import Registry
 from fleet.hosts.revocation import Revocations
+from fleet.schema.models import Pool
 
 log = logging.getLogger(__name__)
 
 MEMBER_GRACE_S = 120.0  # a pool place whose host record has not appeared after this long no longer counts
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Envelope):
+    """What enrollment decided: refused (ok False, a reason code and words), or the tenant and the Envelope (plus
+    its disk envelope) the host gets, which its HostRecord stores as it is."""
+
     ok: bool
     reason: str | None = None
     message: str | None = None
     tenant: str | None = None
-    pools: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    models: list[str] = field(default_factory=list)
-    max_sessions: int | None = None
     max_disk_gb: float | None = None
 
 
@@ -63,12 +61,12 @@ def refuse(reason: str, message: str) -> Decision:
     return Decision(ok=False, reason=reason, message=message)
 
 
-def _union(*lists: list[str]) -> list[str]:
+def _union(*lists: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(item for items in lists for item in items))
 
 
 def check_enrollment(
-    key_id: str, key: KeySpec, pools: dict[str, PoolSpec], request: EnrollRequest, now: datetime
+    key_id: str, key: KeySpec, pools: dict[str, Pool], request: EnrollRequest, now: datetime
 ) -> Decision:
     """Apply the rules; the host's tenant is always the key's, whatever the request claims."""
     expires = key.expires_at()
@@ -212,7 +210,7 @@ class Enroller:
                         digest.removeprefix("hmac-sha256:")[:12], req.hostname[:64])
             return JoinReply(ok=False, reason="unknown_key", message="unknown enrollment key")
         key_id, key = found
-        decision = check_enrollment(key_id, key, config.pool_specs, req, now_utc())
+        decision = check_enrollment(key_id, key, config.pools, req, now_utc())
         if not decision.ok:
             log.warning("security: enrollment with key %s refused (%s): %s", key_id, decision.reason, decision.message)
             return JoinReply(ok=False, reason=decision.reason, message=decision.message)
@@ -230,7 +228,7 @@ class Enroller:
                                  message=f"enrollment key {key_id} is used up ({key.max_uses} of {key.max_uses})")
             undo.append(lambda: self.counters.increment(f"uses.{key_id}", by=-1))
             for pool_id in decision.pools:
-                limit = config.pool_specs[pool_id].hosts.max if pool_id in config.pool_specs else None
+                limit = config.pools[pool_id].hosts.max if pool_id in config.pools else None
                 if limit is not None:
                     if not await self._join_pool(pool_id, mid, limit):
                         return JoinReply(ok=False, reason="pool_full",
@@ -239,8 +237,8 @@ class Enroller:
                     undo.append(functools.partial(self.leave_pool, pool_id, mid))
             record = HostRecord(
                 machine_id=mid, tenant=decision.tenant or key.tenant, key_id=key_id, hostname=req.hostname,
-                pools=decision.pools, labels=decision.labels, models=decision.models,
-                max_sessions=decision.max_sessions, max_disk_gb=decision.max_disk_gb, nkey=req.nkey,
+                **decision.model_dump(include=set(Envelope.model_fields)), max_disk_gb=decision.max_disk_gb,
+                nkey=req.nkey,
                 enrolled_at=format_time(now_utc()), version=req.version, credential_socket=req.credential_socket,
                 isolation=req.isolation,
             )
@@ -319,7 +317,7 @@ class Enroller:
         return self.join_reply(self.registry.build(record, None, False))
 
     def _isolation(self, pool_id: str) -> str:
-        spec = self.registry.config.pool_specs.get(pool_id)
+        spec = self.registry.config.pools.get(pool_id)
         return "none" if spec is not None and spec.isolation == "none" else "sandbox"
 
     def join_reply(self, host: Host, jwt: str | None = None) -> JoinReply:

@@ -17,8 +17,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-LIVE_STATUSES = ("active", "paused", "draining")
-STATUSES = ("active", "paused", "draining", "offline", "revoked")
+from fleet.schema.vocabulary import HOST_STATUSES, LIVE_STATUSES
+
+STATUSES = HOST_STATUSES  # the names readers of this module know them by (fleet.schema.vocabulary defines them)
+__all__ = ["LIVE_STATUSES", "STATUSES"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,15 @@ class Host:
     declared: str | None = None  # the status fleet.yaml declares for this host (hosts:), if any
     isolation: str | None = None  # how it isolates its sessions (fleet.bus.messages.Isolation.describe)
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # unknown columns of a newer server
+
+    # the one host shape routing and the scheduler read (fleet.routing.HostView): slots, and slots used
+    @property
+    def slots(self) -> int:
+        return self.max_sessions
+
+    @property
+    def used(self) -> int:
+        return self.running
 
     @property
     def drained(self) -> bool:

@@ -269,14 +269,15 @@ class Registry:
             self._poolsets, self._poolsets_version = {}, self.config.version
         found = self._poolsets.get(pools)
         if found is None:
-            specs = [self.config.pools.get(p) or {} for p in pools]
-            disks = [d for sp in specs if (d := (sp.get("capacity") or {}).get("pool_max_disk_gb")) is not None]
-            graces = [g for sp in specs if (g := sp.get("disconnect_grace_s"))]
+            applied = [self.config.pools.get(p) for p in pools]
+            specs = [sp for sp in applied if sp is not None]
+            disks = [d for sp in specs if (d := sp.capacity.pool_max_disk_gb) is not None]
+            graces = [g for sp in specs if (g := sp.disconnect_grace_s)]
             found = _PoolSet(
-                slots=host_slots((sp.get("capacity") or {}).get("max_concurrent_sessions") for sp in specs),
-                labels=frozenset(lbl for sp in specs for lbl in sp.get("labels") or ()),
-                models=sorted_unique(*(sp.get("models") or () for sp in specs)),
-                modes=tuple(sp.get("mode") or "persistent" for sp in specs),
+                slots=host_slots(sp.max_concurrent_sessions for sp in specs),
+                labels=frozenset(lbl for sp in specs for lbl in sp.labels),
+                models=sorted_unique(*(sp.models for sp in specs)),
+                modes=tuple(sp.mode if sp is not None else "persistent" for sp in applied),
                 disk=min(disks) if disks else None,
                 grace=max(graces) if graces else None,
             )

@@ -15,19 +15,17 @@ from dataclasses import dataclass, field
 from fleet.hosts.model import LIVE_STATUSES, host_slots
 from fleet.reconciler.live import ObservedHost
 from fleet.reconciler.plan import Plan
+from fleet.schema.models import Pool
 
 LIVE = LIVE_STATUSES
 
 
 @dataclass(frozen=True)
-class PoolTarget:
-    slots: int | None
-    labels: frozenset[str]
-
-
-@dataclass(frozen=True)
 class Targets:
-    pools: dict[str, PoolTarget] = field(default_factory=dict)
+    """What an apply asks the live hosts to catch up with: the pools it wrote (the one pool model, as applied) and
+    the declared status of each host it wrote."""
+
+    pools: dict[str, Pool] = field(default_factory=dict)
     hosts: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
@@ -35,14 +33,16 @@ class Targets:
 
 
 def targets(plan: Plan) -> Targets:
-    pools: dict[str, PoolTarget] = {}
+    pools: dict[str, Pool] = {}
     hosts: dict[str, str] = {}
     for c in plan.changes:
         if c.action == "delete" or not c.after:
             continue
         if c.kind == "pool":
-            slots = (c.after.get("capacity") or {}).get("max_concurrent_sessions")
-            pools[c.id] = PoolTarget(slots, frozenset(c.after.get("labels") or ()))
+            try:
+                pools[c.id] = Pool.from_spec(c.id, c.after)
+            except ValueError:  # not a pool spec (a hand-edited saved plan): nothing a host could converge on
+                continue
         elif c.kind == "host" and c.after.get("status"):
             hosts[c.id] = c.after["status"]
     return Targets(pools, hosts)
@@ -57,7 +57,7 @@ def pending(t: Targets, hosts: Iterable[ObservedHost], pool_slots: Mapping[str, 
     out: list[str] = []
     slots_of = dict(pool_slots or {})
     for pool_id, target in t.pools.items():
-        slots_of.setdefault(pool_id, target.slots)
+        slots_of.setdefault(pool_id, target.max_concurrent_sessions)
     for h in hosts:
         if h.status not in LIVE:
             continue
@@ -71,7 +71,7 @@ def pending(t: Targets, hosts: Iterable[ObservedHost], pool_slots: Mapping[str, 
             pool_target = t.pools.get(pool_id)
             if pool_target is None:
                 continue
-            missing = sorted(pool_target.labels - set(h.labels))
+            missing = sorted(set(pool_target.labels) - set(h.labels))
             if missing:
                 out.append(f"{name}: lacks {pool_id} labels {', '.join(missing)}")
         declared = t.hosts.get(h.machine_id)

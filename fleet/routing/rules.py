@@ -1,20 +1,32 @@
-"""Routing vocabulary as pure views, and the per-host explanation of `fleet route test --explain`.
+"""The routing vocabulary every layer reads, and the per-host explanation of `fleet route test --explain`. Pure.
 
-- `PoolView`, `RouteView`: a pool and a route from their specs (the shapes of fleet.reconciler.desired).
-- `route_pools(...)`, `ELASTIC_MODES`: the pools a route tries in order, and the pool modes that grow.
+- `Route`: the one route model: a project's routing (its applied route record, fleet.reconciler.desired.route_spec)
+  and what one session adds to it (labels, a model). The scheduler places by it, `route test` explains by it.
+- `HostView`: the one shape of a host that routing and the scheduler read (machine ID, tenant, pools, labels,
+  models, status, slots and slots used). fleet.hosts.model.Host has it (this layer sits below the host registry,
+  so it names the shape, not the class); the scheduler's own hosts (fleet.scheduler.HostState, the dispatcher's)
+  add only the version its index ranks them by (fleet.scheduler.index.SlotHost).
+- Pools are fleet.schema.models.Pool, the one pool model (`PoolView` is its old name, kept for fleet.dispatch).
+- `route_pools(...)`, `serves(...)`: the pools a route tries in order, and the model rule.
 - `ineligibility(host, pool, route)`: every reason a host cannot take a route's next session in a pool (not only
   the first): other tenant, not in the pool, status not active, revoked, missing labels, model not served, full.
-Where a session goes, and why it waits, is decided in one place only: the scheduler (fleet.scheduler), which reads
-pools as PoolView and route order through route_pools. Called by fleet.scheduler and fleet.cli.route_cmds.
+Where a session goes, and why it waits, is decided in one place only: the scheduler (fleet.scheduler). Called by
+fleet.scheduler and fleet.cli.route_cmds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-ELASTIC_MODES = ("on_demand", "hybrid")  # pool modes whose backend creates hosts when sessions wait
+from fleet.schema.models import Pool
+from fleet.schema.vocabulary import ACTIVE, ELASTIC_MODES
+
+__all__ = ["ELASTIC_MODES", "HostView", "Pool", "PoolView", "Route", "ineligibility", "route_pools", "serves"]
+
+#: the one pool model's old name here (fleet.dispatch.dispatcher still says PoolView.from_spec): the same class
+PoolView = Pool
 
 
 def route_pools(mode: str, preferred: str, fallback: str | None, candidates: Iterable[str]) -> tuple[str, ...]:
@@ -29,8 +41,7 @@ def route_pools(mode: str, preferred: str, fallback: str | None, candidates: Ite
 
 
 class HostView(Protocol):
-    """What the rules read of a host: fleet.hosts.model.Host has these attributes (the rules sit a layer below
-    the host registry, so they name the shape, not the class)."""
+    """What routing and the scheduler read of a host."""
 
     @property
     def machine_id(self) -> str: ...
@@ -39,79 +50,68 @@ class HostView(Protocol):
     @property
     def pools(self) -> tuple[str, ...]: ...
     @property
-    def labels(self) -> tuple[str, ...]: ...
+    def labels(self) -> Collection[str]: ...
     @property
-    def models(self) -> tuple[str, ...]: ...
+    def models(self) -> Collection[str]: ...
     @property
     def status(self) -> str: ...
     @property
-    def running(self) -> int: ...
+    def slots(self) -> int: ...
     @property
-    def max_sessions(self) -> int: ...
+    def used(self) -> int: ...
 
 
-@dataclass(frozen=True)
-class PoolView:
-    id: str
-    tenant: str
-    backend: str
-    mode: str
-    max_concurrent_sessions: int
-    hosts_max: int | None = None
-    labels: tuple[str, ...] = ()
-    models: tuple[str, ...] = ()
-    hosts_min: int = 0
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a session asks of its host: its project's routing plus its own labels and model."""
 
-    @property
-    def elastic(self) -> bool:
-        """on_demand and hybrid pools create hosts when sessions wait."""
-        return self.mode in ELASTIC_MODES
-
-    @classmethod
-    def from_spec(cls, pool_id: str, spec: Mapping[str, Any]) -> PoolView:
-        return cls(
-            id=pool_id,
-            tenant=spec.get("tenant", ""),
-            backend=spec.get("backend", ""),
-            mode=spec.get("mode", "persistent"),
-            max_concurrent_sessions=int((spec.get("capacity") or {}).get("max_concurrent_sessions") or 0),
-            hosts_max=(spec.get("hosts") or {}).get("max"),
-            hosts_min=int((spec.get("hosts") or {}).get("min") or 0),
-            labels=tuple(spec.get("labels") or ()),
-            models=tuple(spec.get("models") or ()),
-        )
-
-
-@dataclass(frozen=True)
-class RouteView:
     project: str
     tenant: str
     mode: str
-    preferred_pool: str
-    fallback_pool: str | None = None
+    preferred: str
+    fallback: str | None = None
     candidates: tuple[str, ...] = ()
-    required_labels: tuple[str, ...] = ()
+    labels: frozenset[str] = frozenset()
     model: str | None = None
 
     @property
     def pools(self) -> tuple[str, ...]:
-        return route_pools(self.mode, self.preferred_pool, self.fallback_pool, self.candidates)
+        """The pools this route may use, in the order it tries them (`route_pools`)."""
+        return route_pools(self.mode, self.preferred, self.fallback, self.candidates)
+
+    def role(self, pool_id: str) -> str:
+        if pool_id == self.preferred:
+            return "preferred"
+        return "candidate" if self.mode == "adaptive" else "fallback"
+
+    def for_session(self, labels: Iterable[str] = (), model: str | None = None) -> Route:
+        """This route for a session that also needs `labels` and (instead of the route's) `model`."""
+        extra = frozenset(labels)
+        if not extra - self.labels and (model is None or model == self.model):
+            return self
+        return Route(self.project, self.tenant, self.mode, self.preferred, self.fallback, self.candidates,
+                     self.labels | extra, model or self.model)
 
     @classmethod
-    def from_spec(cls, project: str, spec: Mapping[str, Any]) -> RouteView:
-        return cls(
-            project=project,
-            tenant=spec.get("tenant", ""),
-            mode=spec.get("mode", "preferred-only"),
-            preferred_pool=spec.get("preferred_pool", ""),
-            fallback_pool=spec.get("fallback_pool"),
-            candidates=tuple(spec.get("candidates") or ()),
-            required_labels=tuple(spec.get("required_labels") or ()),
-            model=spec.get("model"),
-        )
+    def of(cls, project: str, spec: Mapping[str, Any], labels: Iterable[str] = (), model: str | None = None) -> Route:
+        """The route of `project` from its routing spec (fleet.reconciler.desired.route_spec), for a session with
+        these labels and model."""
+        return cls(project=project, tenant=spec.get("tenant", ""), mode=spec.get("mode", "preferred-only"),
+                   preferred=spec.get("preferred_pool", ""), fallback=spec.get("fallback_pool"),
+                   candidates=tuple(spec.get("candidates") or ()),
+                   labels=frozenset(spec.get("required_labels") or ()) | frozenset(labels),
+                   model=model or spec.get("model"))
 
 
-def ineligibility(host: HostView, pool: PoolView, route: RouteView | None = None, *, count_full: bool = True) -> list[str]:
+def serves(route: Route, host: HostView, pool_models: Collection[str]) -> bool:
+    """The model rule: the host's models if it lists any, else its pool's; nothing listed serves any model."""
+    if route.model is None:
+        return True
+    served = host.models or pool_models
+    return not served or route.model in served
+
+
+def ineligibility(host: HostView, pool: Pool, route: Route | None = None, *, count_full: bool = True) -> list[str]:
     """Every reason `host` cannot take the next session of `route` in `pool`; empty when it can."""
     reasons = []
     tenant = route.tenant if route else pool.tenant
@@ -121,14 +121,14 @@ def ineligibility(host: HostView, pool: PoolView, route: RouteView | None = None
         reasons.append(f"not in pool {pool.id}")
     if host.status == "revoked":
         reasons.append("revoked")
-    elif host.status != "active":
+    elif host.status != ACTIVE:
         reasons.append(f"status {host.status}")
     if route:
-        missing = [lbl for lbl in route.required_labels if lbl not in host.labels]
+        missing = sorted(route.labels.difference(host.labels))
         if missing:
             reasons.append("missing labels " + ", ".join(missing))
-        if route.model and host.models and route.model not in host.models or route.model and not host.models and pool.models and route.model not in pool.models:
+        if not serves(route, host, pool.models):
             reasons.append(f"does not serve model {route.model}")
-    if count_full and host.max_sessions and host.running >= host.max_sessions:
-        reasons.append(f"full ({host.running}/{host.max_sessions})")
+    if count_full and host.slots and host.used >= host.slots:
+        reasons.append(f"full ({host.used}/{host.slots})")
     return reasons

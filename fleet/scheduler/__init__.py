@@ -1,7 +1,8 @@
 """fleet.scheduler: the one pure placement engine (`schedule(snapshot, pending, now) -> DispatchPlan`) and the
 session phase table. Called by the dispatcher (fleet.dispatch), `fleet route test` (fleet.cli.route_cmds) and the
 plan's consequences (fleet.reconciler.consequences); it sits on the floor beside fleet.routing so that the
-reconciler, which may not import its sibling fleet.dispatch, calls the same code. Imports only fleet.routing.
+reconciler, which may not import its sibling fleet.dispatch, calls the same code. Imports only fleet.routing and
+fleet.schema (the one pool model, the vocabulary).
 
 Modules: `model` (the plain data in and out, the hard filters), `core` (`schedule`, `place`, the one reason a
 session waits), `index` (the per-pool heap: the fast path), `probe` (route test's question and one-off snapshots),

@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from fleet.routing.rules import Route, serves
 from fleet.scheduler.index import SlotHost, dispatchable, load_of
 from fleet.scheduler.model import (
-    LIVE_STATUSES,
     MISSING_LABEL,
     MODEL_UNSERVED,
     NO_HOST,
@@ -45,12 +45,11 @@ from fleet.scheduler.model import (
     Placement,
     PoolStatus,
     Reason,
-    Route,
     Snapshot,
     Unplaced,
-    serves,
     suits,
 )
+from fleet.schema.vocabulary import LIVE_STATUSES
 
 
 def group(requests: Iterable[tuple[str, str, Iterable[str], str | None]]) -> list[PendingGroup]:

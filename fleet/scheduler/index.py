@@ -16,27 +16,19 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from fleet.routing.rules import HostView
+from fleet.schema.vocabulary import ACTIVE
 
-class SlotHost(Protocol):
-    """What the scheduler reads of a host. fleet.scheduler.model.HostState and the dispatcher's DispatchHost are
-    both this shape."""
 
-    @property
-    def machine_id(self) -> str: ...
-    @property
-    def tenant(self) -> str: ...
-    @property
-    def pools(self) -> tuple[str, ...]: ...
+class SlotHost(HostView, Protocol):
+    """What the scheduler reads of a host: the one host shape (fleet.routing.HostView), its labels and models as
+    sets, plus the version the index ranks it by. fleet.scheduler.model.HostState and the dispatcher's
+    DispatchHost are both this shape."""
+
     @property
     def labels(self) -> frozenset[str]: ...
     @property
     def models(self) -> frozenset[str]: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def slots(self) -> int: ...
-    @property
-    def used(self) -> int: ...
     @property
     def version(self) -> int: ...
 
@@ -50,7 +42,7 @@ def load_of(used: int, slots: int) -> float:
 
 def dispatchable(host: SlotHost) -> bool:
     """Active with slots: the only hosts the index holds (the only ones a session may go to)."""
-    return host.status == "active" and host.slots > 0
+    return host.status == ACTIVE and host.slots > 0
 
 
 class PoolIndex:

@@ -1,5 +1,8 @@
 """The scheduler's plain data: what it reads (HostState, Route, Snapshot, PendingGroup), what it answers
 (DispatchPlan: Assignment, Unplaced, PoolDemand; PoolStatus, Reason) and the hard filters (`serves`, `suits`). Pure.
+`Route` and `serves` are fleet.routing's (the one route model and its model rule), pools are fleet.schema.models.Pool
+(the one pool model); both are re-exported here. `HostState` is the scheduler's host: fleet.routing.HostView plus the
+version its index ranks by.
 
 Read by fleet.scheduler.core (which decides) and by its callers through fleet.scheduler: the dispatcher keeps a
 `Snapshot` current host by host, `fleet route test` and the plan's consequences build one-off ones
@@ -16,10 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.routing.rules import PoolView, route_pools
+from fleet.routing.rules import Route, serves
 from fleet.scheduler.index import Entry, PoolIndex, SlotHost, load_of
-
-LIVE_STATUSES = frozenset({"active", "paused", "draining"})  # = fleet.hosts.model.LIVE_STATUSES (a test holds it)
+from fleet.schema.models import Pool
 
 # the kinds of reason a session waits (one per unplaced session)
 WAITS_FOR_BACKEND = "waits_for_backend"  # an elastic pool can add a host that suits it: no host yet, or all full
@@ -58,59 +60,9 @@ class HostState:
 
     @classmethod
     def of(cls, host: Any, slots: int | None = None) -> HostState:
-        """From a fleet.hosts.model.Host (or anything with its attributes: running, max_sessions)."""
+        """From a fleet.hosts.model.Host (or any fleet.routing.HostView)."""
         return cls(host.machine_id, host.tenant, tuple(host.pools), frozenset(host.labels), frozenset(host.models),
-                   host.status, host.max_sessions if slots is None else slots, host.running, host.hostname)
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """What a session asks of its host: its project's routing plus its own labels and model."""
-
-    project: str
-    tenant: str
-    mode: str
-    preferred: str
-    fallback: str | None = None
-    candidates: tuple[str, ...] = ()
-    labels: frozenset[str] = frozenset()
-    model: str | None = None
-
-    @property
-    def pools(self) -> tuple[str, ...]:
-        """The pools this route may use, in the order it tries them (fleet.routing.rules.route_pools)."""
-        return route_pools(self.mode, self.preferred, self.fallback, self.candidates)
-
-    def role(self, pool_id: str) -> str:
-        if pool_id == self.preferred:
-            return "preferred"
-        return "candidate" if self.mode == "adaptive" else "fallback"
-
-    def for_session(self, labels: Iterable[str] = (), model: str | None = None) -> Route:
-        """This route for a session that also needs `labels` and (instead of the route's) `model`."""
-        extra = frozenset(labels)
-        if not extra - self.labels and (model is None or model == self.model):
-            return self
-        return Route(self.project, self.tenant, self.mode, self.preferred, self.fallback, self.candidates,
-                     self.labels | extra, model or self.model)
-
-    @classmethod
-    def of(cls, project: str, spec: Mapping[str, Any], labels: Iterable[str] = (), model: str | None = None) -> Route:
-        """The route of `project` from its routing spec (fleet.reconciler.desired.route_spec), for a session with
-        these labels and model."""
-        return cls(project=project, tenant=spec.get("tenant", ""), mode=spec.get("mode", "preferred-only"),
-                   preferred=spec.get("preferred_pool", ""), fallback=spec.get("fallback_pool"),
-                   candidates=tuple(spec.get("candidates") or ()),
-                   labels=frozenset(spec.get("required_labels") or ()) | frozenset(labels),
-                   model=model or spec.get("model"))
-
-
-def serves(route: Route, host: SlotHost, pool_models: frozenset[str]) -> bool:
-    """The model rule: the host's models if it lists any, else its pool's; nothing listed serves any model."""
-    if route.model is None:
-        return True
-    served = host.models or pool_models
-    return not served or route.model in served
+                   host.status, host.slots if slots is None else slots, host.used, host.hostname)
 
 
 def suits(route: Route, host: SlotHost, pool_models: frozenset[str]) -> bool:
@@ -125,25 +77,25 @@ class Snapshot:
 
     def __init__(self) -> None:
         self.hosts: dict[str, SlotHost] = {}
-        self.pools: dict[str, PoolView] = {}
+        self.pools: dict[str, Pool] = {}
         self.routes: dict[str, Route] = {}
         self.index: dict[str, PoolIndex] = {}  # pool -> its active hosts by load
         self.members: dict[str, dict[str, SlotHost]] = {}  # pool -> every host that serves it, any status
         self.pool_models: dict[str, frozenset[str]] = {}
 
     @classmethod
-    def build(cls, hosts: Iterable[SlotHost], pools: Mapping[str, PoolView], routes: Mapping[str, Route]) -> Snapshot:
+    def build(cls, hosts: Iterable[SlotHost], pools: Mapping[str, Pool], routes: Mapping[str, Route]) -> Snapshot:
         snap = cls()
         snap.set_config(pools, routes)
         for host in hosts:
             snap.put_host(host)
         return snap
 
-    def set_config(self, pools: Mapping[str, PoolView], routes: Mapping[str, Route]) -> None:
+    def set_config(self, pools: Mapping[str, Pool], routes: Mapping[str, Route]) -> None:
         self.pools, self.routes = dict(pools), dict(routes)
         self.pool_models = {pid: frozenset(p.models) for pid, p in self.pools.items()}
 
-    def set_pool(self, pool_id: str, pool: PoolView | None) -> None:
+    def set_pool(self, pool_id: str, pool: Pool | None) -> None:
         """One pool applied, changed (or, None, deleted): a config change costs one pool, not all of them."""
         if pool is None:
             self.pools.pop(pool_id, None)

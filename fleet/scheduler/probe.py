@@ -12,20 +12,32 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fleet.routing.rules import PoolView
 from fleet.scheduler.core import schedule, statuses
 from fleet.scheduler.model import HostState, PendingGroup, PoolStatus, Reason, Route, Snapshot
+from fleet.schema.models import Pool
 
 
-def snapshot_of(hosts: Iterable[Any], pools: Mapping[str, Mapping[str, Any]], routes: Mapping[str, Mapping[str, Any]],
+def snapshot_of(hosts: Iterable[Any], pools: Mapping[str, Mapping[str, Any] | Pool],
+                routes: Mapping[str, Mapping[str, Any]],
                 *, slots: Mapping[str, int] | None = None) -> Snapshot:
-    """A one-off snapshot from observed hosts (fleet.hosts.model.Host), pool specs and routing specs (the shapes of
-    fleet.reconciler.desired: what the applied store and fleet.yaml hold). `slots`: a host's slots to use instead
+    """A one-off snapshot from observed hosts (fleet.hosts.model.Host), pools (Pools or their specs) and routing
+    specs (the shapes of fleet.reconciler.desired: what the applied store and fleet.yaml hold). `slots`: a host's slots to use instead
     of its own (machine id -> slots; the plan's `after` side). Used by `fleet route test` and the consequences."""
     slots = slots or {}
-    return Snapshot.build((HostState.of(h, slots.get(h.machine_id)) for h in hosts),
-                          {pid: PoolView.from_spec(pid, spec) for pid, spec in pools.items()},
+    return Snapshot.build((HostState.of(h, slots.get(h.machine_id)) for h in hosts), _pools(pools),
                           {project: Route.of(project, spec) for project, spec in routes.items()})
+
+
+def _pools(pools: Mapping[str, Mapping[str, Any] | Pool]) -> dict[str, Pool]:
+    """The pools that read as Pools; a record that does not (no tenant, a field of the wrong shape) is left out, as
+    the dispatcher's applied config leaves it out (fleet.hosts.config), so route test and the plan see its fleet."""
+    out = {}
+    for pid, spec in pools.items():
+        try:
+            out[pid] = Pool.from_spec(pid, spec)
+        except ValueError:
+            continue
+    return out
 
 
 @dataclass(frozen=True, slots=True)

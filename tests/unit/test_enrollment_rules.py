@@ -7,17 +7,18 @@ from datetime import UTC, datetime
 import pytest
 
 from fleet.bus.messages import EnrollRequest
-from fleet.bus.records import KeySpec, PoolSpec
+from fleet.bus.records import KeySpec
 from fleet.hosts.enrollment import check_enrollment
+from fleet.schema.models import Pool
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 KEY = KeySpec(tenant="fin-prod", pools=["pool-local-main", "pool-ci"], models=["m1", "m2"],
               labels=["region=eu-west"], max_uses=3, expires="2027-01-01T00:00:00Z", secret_digest="x")
 POOLS = {
-    "pool-local-main": PoolSpec(tenant="fin-prod", mode="persistent", labels=["tier=dev"],
-                                capacity={"max_concurrent_sessions": 4, "pool_max_disk_gb": 50},
-                                disconnect_grace_s=6),
-    "pool-gpu": PoolSpec(tenant="health-prod", mode="hybrid"),
+    "pool-local-main": Pool.from_spec("pool-local-main", {
+        "tenant": "fin-prod", "mode": "persistent", "labels": ["tier=dev"],
+        "capacity": {"max_concurrent_sessions": 4, "pool_max_disk_gb": 50}, "disconnect_grace_s": 6}),
+    "pool-gpu": Pool.from_spec("pool-gpu", {"tenant": "health-prod", "mode": "hybrid"}),
 }
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from fleet.dispatch.placement import DispatchHost
 from fleet.dispatch.queue import PendingQueue
-from fleet.routing import PoolView
 from fleet.scheduler import Route, Snapshot, place, why
+from fleet.schema.models import Pool
 
 
 def host(mid: str, *, tenant: str = "fin", pools: tuple[str, ...] = ("main",), labels: tuple[str, ...] = (),
@@ -23,7 +23,8 @@ def host(mid: str, *, tenant: str = "fin", pools: tuple[str, ...] = ("main",), l
 
 def index(hosts: list[DispatchHost], models: dict[str, tuple[str, ...]] | None = None) -> Snapshot:
     """A snapshot of `hosts` with persistent pools main, cloud and gpu of tenant fin."""
-    pools = {p: PoolView(p, "fin", "local", "persistent", 2, models=(models or {}).get(p, ()))
+    pools = {p: Pool.from_spec(p, {"tenant": "fin", "capacity": {"max_concurrent_sessions": 2},
+                                   "models": (models or {}).get(p, ())})
              for p in ("main", "cloud", "gpu")}
     return Snapshot.build(hosts, pools, {})
 

@@ -6,16 +6,14 @@ from __future__ import annotations
 import pytest
 
 from fleet.hosts.model import Host, host_slots
-from fleet.routing import PoolView, RouteView, ineligibility
+from fleet.routing import Route, ineligibility
+from fleet.schema.models import Pool
 
-LOCAL = PoolView(id="pool-local-main", tenant="fin-prod", backend="local", mode="persistent", max_concurrent_sessions=4,
-                 hosts_max=4, labels=("region=eu-west",), models=("claude-3-5-sonnet",))
-E2B = PoolView(id="pool-cloud-e2b", tenant="fin-prod", backend="e2b", mode="on_demand", max_concurrent_sessions=1,
-               labels=("region=eu-west",), models=("claude-3-5-sonnet",))
-K8S = PoolView(id="pool-k8s", tenant="fin-prod", backend="kubernetes", mode="hybrid", max_concurrent_sessions=8, hosts_max=3)
-ROUTE = RouteView(project="my-fintech-app", tenant="fin-prod", mode="preferred-with-fallback",
-                  preferred_pool="pool-local-main", fallback_pool="pool-cloud-e2b", required_labels=("region=eu-west",),
-                  model="claude-3-5-sonnet")
+LOCAL = Pool.from_spec("pool-local-main", {"tenant": "fin-prod", "backend": "local", "mode": "persistent",
+                                           "capacity": {"max_concurrent_sessions": 4}, "hosts": {"max": 4},
+                                           "labels": ["region=eu-west"], "models": ["claude-3-5-sonnet"]})
+ROUTE = Route(project="my-fintech-app", tenant="fin-prod", mode="preferred-with-fallback", preferred="pool-local-main",
+              fallback="pool-cloud-e2b", labels=frozenset({"region=eu-west"}), model="claude-3-5-sonnet")
 
 
 def host(**kw) -> Host:

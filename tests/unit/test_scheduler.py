@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from fleet.bus.messages import FINAL_PHASES, LIVE_PHASES, SessionPhase
 from fleet.dispatch.placement import dispatch_host
 from fleet.hosts.model import LIVE_STATUSES, STATUSES, Host
-from fleet.routing import PoolView
 from fleet.scheduler import (
     REASON_KINDS,
     HostState,
@@ -29,8 +28,10 @@ from fleet.scheduler import (
     snapshot_of,
     statuses,
 )
+from fleet.scheduler import core as sched_core
 from fleet.scheduler import model as sched
 from fleet.scheduler.phases import FINAL, LIVE, PHASES, TRANSITIONS, allowed, successors
+from fleet.schema.models import Pool
 
 T = "fin"
 
@@ -41,8 +42,9 @@ def H(mid: str, *pools: str, tenant: str = T, status: str = "active", labels: tu
 
 
 def P(pid: str, mode: str = "persistent", *, hosts_max: int | None = None, tenant: str = T,
-      labels: tuple[str, ...] = (), models: tuple[str, ...] = ()) -> PoolView:
-    return PoolView(pid, tenant, "local", mode, 2, hosts_max=hosts_max, labels=labels, models=models)
+      labels: tuple[str, ...] = (), models: tuple[str, ...] = (), slots: int = 2) -> Pool:
+    return Pool.from_spec(pid, {"tenant": tenant, "backend": "local", "mode": mode, "hosts": {"max": hosts_max},
+                                "capacity": {"max_concurrent_sessions": slots}, "labels": labels, "models": models})
 
 
 def R(preferred: str = "main", fallback: str | None = None, *, mode: str | None = None,
@@ -241,7 +243,7 @@ def test_final_phases_have_no_way_out_and_every_other_phase_has_one():
 def test_phase_table_matches_the_wire():
     assert set(get_args(SessionPhase)) == set(PHASES)
     assert FINAL_PHASES == FINAL and LIVE_PHASES == LIVE
-    assert set(LIVE_STATUSES) == sched.LIVE_STATUSES
+    assert LIVE_STATUSES is sched_core.LIVE_STATUSES  # one definition (fleet.schema.vocabulary)
 
 
 # ------------------------------------------------------------------------------------------- properties
@@ -255,11 +257,11 @@ MODELS = ("sonnet", "opus")
 def fleets(draw):
     pools = {}
     for pid in POOL_IDS:
-        pools[pid] = PoolView(pid, draw(st.sampled_from([T, T, T, "health"])), "local",
-                              draw(st.sampled_from(["persistent", "on_demand", "hybrid"])), draw(st.integers(1, 3)),
-                              hosts_max=draw(st.sampled_from([None, 0, 1, 2, 3])),
-                              labels=tuple(draw(st.lists(st.sampled_from(LABELS), unique=True, max_size=2))),
-                              models=tuple(draw(st.lists(st.sampled_from(MODELS), unique=True, max_size=1))))
+        pools[pid] = P(pid, draw(st.sampled_from(["persistent", "on_demand", "hybrid"])),
+                       tenant=draw(st.sampled_from([T, T, T, "health"])), slots=draw(st.integers(1, 3)),
+                       hosts_max=draw(st.sampled_from([None, 0, 1, 2, 3])),
+                       labels=tuple(draw(st.lists(st.sampled_from(LABELS), unique=True, max_size=2))),
+                       models=tuple(draw(st.lists(st.sampled_from(MODELS), unique=True, max_size=1))))
     hosts = []
     for i in range(draw(st.integers(0, 10))):
         slots = draw(st.integers(0, 3))
