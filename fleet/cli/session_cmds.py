@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import time
 from typing import Any
@@ -32,7 +33,7 @@ from fleet.cli.options import (
     nats_options,
     shown,
 )
-from fleet.cli.shared import run_async
+from fleet.cli.shared import iso_time, run_async
 from fleet.errors import EXIT_ERROR, UsageError
 from fleet.sessions.client import Client
 
@@ -74,11 +75,27 @@ def _iso(epoch: float | None) -> str | None:
 
 
 def session_json(s: SessionView) -> dict[str, Any]:
-    """The public JSON of a session: what the server says, times also as ISO 8601."""
+    """The public JSON of a session: what the server says, every time (submitted_at, started_at, finished_at, each
+    history event's `at`) in ISO 8601 with its zone, as the hosts' (fleet.cli.shared.iso_time; docs/cli.md)."""
     data = s.model_dump(mode="json", exclude={"v"})
     for key in ("submitted_at", "started_at", "finished_at"):
-        data[key.replace("_at", "")] = _iso(data.get(key))
+        data[key] = iso_time(getattr(s, key) or None)
+    for event, model in zip(data.get("history") or [], s.history, strict=False):
+        event["at"] = iso_time(model.at)
     return data
+
+
+def ended_by(exit_code: int | None) -> str:
+    """How a command ended, for people: ` (exit 3)`, ` (SIGTERM)` when a signal killed it (the agent reports
+    -N for signal N, as Python's subprocess does), `` when it has not ended."""
+    if exit_code is None:
+        return ""
+    if exit_code >= 0:
+        return f" (exit {exit_code})"
+    try:
+        return f" ({signal.Signals(-exit_code).name})"
+    except ValueError:
+        return f" (signal {-exit_code})"
 
 
 def exit_code_of(s: SessionView) -> int:
@@ -97,7 +114,7 @@ def summary(s: SessionView) -> str:
     """One line: `session 0195… succeeded (exit 0) on host-a in 1.2s, attempt 1 of 3`."""
     where = f" on {s.hostname or s.host}" if s.host else ""
     took = f" in {s.finished_at - s.started_at:.1f}s" if s.finished_at and s.started_at else ""
-    code = f" (exit {s.exit_code})" if s.exit_code is not None else ""
+    code = ended_by(s.exit_code)
     why = f": {s.reason}" if s.reason else ""
     attempt = f", attempt {s.attempt} of {s.max_attempts}" if s.attempt > 1 else ""
     if s.phase == "queued":
@@ -123,7 +140,7 @@ def render_show(s: SessionView) -> str:
     rows = [
         ("ID", s.id),
         ("Project", f"{s.project} (tenant {s.tenant})"),
-        ("Status", s.phase + (f" (exit {s.exit_code})" if s.exit_code is not None else "")),
+        ("Status", s.phase + ended_by(s.exit_code)),
         ("Command", " ".join(s.command)),
         ("Host", f"{s.hostname} ({s.host})" if s.hostname and s.host else s.host or "-"),
         ("Pool", s.pool or "-"),

@@ -66,7 +66,7 @@ def test_apply_converges_and_route_test(live_fleet, tmp_path: Path):
     assert "Converged: every live host runs the applied state" in r.stderr
     for name in ("a1", "a2"):
         h = live_fleet.by_name()[name]
-        assert h["sessions"]["max"] == 6 and h["capacity"]["maxConcurrentSessions"] == 6
+        assert h["sessions"]["max"] == 6 and h["capacity"]["max_concurrent_sessions"] == 6
         assert "ssd" in h["labels"]
 
     # pause a1 from the file: the plan says what it does to dispatch, apply makes it so
