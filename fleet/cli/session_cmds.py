@@ -34,7 +34,7 @@ from fleet.cli.options import (
     shown,
 )
 from fleet.cli.shared import iso_time, run_async
-from fleet.errors import EXIT_ERROR, UsageError
+from fleet.errors import EXIT_ERROR, FleetError, NotFound, UsageError
 from fleet.sessions.client import Client
 
 SESSION_ID = Name("session ID", pattern=r"^[0-9a-fA-F]{1,20}$", max_length=20, strip=True, lower=True,
@@ -216,11 +216,16 @@ def submit_cmd(project: str, labels: tuple[str, ...], model: str | None, priorit
     without an exit code or cancelled).
     """
     env_map = _env(env)
+    submitted: list[str] = []
 
     async def run() -> SessionView:
         async with _client(nats) as client:
-            s = await client.submit(project, list(command), labels=labels, model=model, priority=priority,
-                                    timeout=timeout_s, max_attempts=max_attempts, env=env_map)
+            try:
+                s = await client.submit(project, list(command), labels=labels, model=model, priority=priority,
+                                        timeout=timeout_s, max_attempts=max_attempts, env=env_map)
+            except NotFound as exc:
+                raise await _unknown_project(nats, project, exc) from None
+            submitted.append(s.id)
             if fmt != "json":
                 click.echo(s.id)
                 if s.phase == "queued":
@@ -235,7 +240,17 @@ def submit_cmd(project: str, labels: tuple[str, ...], model: str | None, priorit
                     sys.stdout.flush()
             return await client.wait(s.id)
 
-    s = run_async(run)
+    def interrupted() -> tuple[str, str | None]:
+        if not submitted:
+            return ("the session may or may not have been stored",
+                    f"`fleet sessions list --project {project}` shows it if it was")
+        sid = submitted[0]
+        if not wait:
+            return f"session {sid} is stored and runs", f"`fleet sessions show {sid}` shows it"
+        return (f"stopped waiting for session {sid}, which keeps running on the fleet",
+                f"follow it again with `fleet sessions logs {sid} --follow`; stop it with `fleet sessions cancel {sid}`")
+
+    s = run_async(run, interrupted)
     if fmt == "json":
         click.echo(json.dumps(session_json(s), indent=2))
     elif wait:
@@ -314,13 +329,45 @@ def cancel_cmd(session_id: str, nats: NatsSettings, fmt: str) -> None:
 @click.argument("session_id", type=SESSION_ID)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing output as it comes, until the session ends.")
 @nats_options
-def logs_cmd(session_id: str, follow: bool, nats: NatsSettings) -> None:
-    """Print a session's output (the bounded tail the server keeps; with --follow, the rest as it comes)."""
+@format_option("text", "json", default="text")
+def logs_cmd(session_id: str, follow: bool, nats: NatsSettings, fmt: str) -> None:
+    """Print a session's output (the bounded tail the server keeps; with --follow, the rest as it comes).
+
+    `--json`: one JSON object per line, `{"session", "text"}` for each piece of output as it arrives, then
+    `{"session", "end", "phase", "exit_code"}` (`end`: the session is over and its output complete).
+    """
 
     async def run() -> None:
         async with _client(nats) as client:
             async for text in client.logs(session_id, follow=follow):
-                sys.stdout.write(text)
+                if fmt == "json":
+                    sys.stdout.write(json.dumps({"session": session_id, "text": text}) + "\n")
+                else:
+                    sys.stdout.write(text)
                 sys.stdout.flush()
+            if fmt == "json":
+                s = await client.get(session_id)
+                sys.stdout.write(json.dumps({"session": s.id, "end": s.final, "phase": s.phase,
+                                             "exit_code": s.exit_code}) + "\n")
 
-    run_async(run)
+    def interrupted() -> tuple[str, str | None]:
+        return ("stopped following the output; the session keeps running",
+                f"resume with `fleet sessions logs {session_id} --follow` (it prints the kept output again first)")
+
+    run_async(run, interrupted)
+
+
+async def _unknown_project(nats: NatsSettings, project: str, exc: NotFound) -> FleetError:
+    """The server's "no project" refusal, with a 'did you mean' among the applied projects when this identity may
+    read them (an operator's; a submitter is told only that the project is not its tenant's)."""
+    if not exc.message.startswith("no project"):
+        return exc
+    from fleet.bus.connection import connect
+    from fleet.cli.route_cmds import read_applied, unknown_project_hint
+
+    try:
+        async with await connect(**nats.kwargs(), name="fleet-cli") as bus:
+            applied = await read_applied(bus)
+    except FleetError:
+        return exc
+    return NotFound(exc.message, hint=unknown_project_hint(project, applied.routes))

@@ -105,13 +105,16 @@ def test_apply_converges_and_route_test(live_fleet, tmp_path: Path):
         "  Would change:    the backend of pool-cloud-e2b adds a host (the capacity controller acts on this demand)\n"
         "  Queue:           empty\n"
     )
-    # a drift: someone resumes a2 by hand; plan shows it apart from the changes. The declared-status controller
-    # (fleet.hosts.declared) pauses a2 again within about 3 s, so the drift lasts only that long: resume and plan
-    # again until both plans saw it (on a busy machine one resume-and-plan can take longer than the window)
+    # the control plane refuses to resume a host that fleet.yaml declares paused (it would be paused again)
+    r = fleet(["hosts", "resume", a2], url, cwd=tmp_path)
+    assert r.returncode == 1 and "is declared paused in fleet.yaml" in r.stderr, r.stdout + r.stderr
+    # a drift: someone resumes a2 by hand, on its machine; plan shows it apart from the changes. The declared-status
+    # controller (fleet.hosts.declared) pauses a2 again within about 3 s, so the drift lasts only that long: resume
+    # and plan again until both plans saw it (on a busy machine one resume-and-plan can take longer than the window)
     assert live_fleet.procs  # agents still run
 
     def drift_seen() -> tuple[dict, str] | None:
-        r = fleet(["hosts", "resume", a2], url, cwd=tmp_path)
+        r = fleet(["agent", "resume", "--state-dir", str(live_fleet.agent_dir("a2"))], url, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         plan = json.loads(fleet(["plan", "--format", "json"], url, cwd=tmp_path).stdout)
         if not any(d["address"] == f"host.{a2}" for d in plan["drift"]):
