@@ -169,9 +169,10 @@ def sorted_hosts(hosts: list[Host]) -> list[Host]:
 
 
 @click.command("list")
+@click.option("--quiet", "-q", is_flag=True, help="Only the machine IDs, one per line (for scripts).")
 @nats_options
 @format_option("table", "json", default="table")
-def list_cmd(nats: NatsSettings, fmt: str) -> None:
+def list_cmd(quiet: bool, nats: NatsSettings, fmt: str) -> None:
     """List every host registered to the fleet (ID, HOSTNAME, STATUS, POOLS, SESSIONS, LAST SEEN), sorted by
     hostname; `--json` for scripts: `fleet list --json | jq '[.[] | select(.status == "active")]'`."""
 
@@ -180,6 +181,10 @@ def list_cmd(nats: NatsSettings, fmt: str) -> None:
             return await client.hosts()
 
     hosts = [host_json(h) for h in sorted_hosts(run_async(run))]
+    if quiet:
+        for h in hosts:
+            click.echo(h["id"])
+        return
     if fmt == "json":
         click.echo(json.dumps(hosts, indent=2))
         return

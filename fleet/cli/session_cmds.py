@@ -210,7 +210,7 @@ def submit_cmd(project: str, labels: tuple[str, ...], model: str | None, priorit
     Prints the session ID once the session is durably stored (queued or already assigned to a host). Put `--`
     before the command when it has options of its own:
 
-        fleet submit --project my-fintech-app --label model=claude-3-5-sonnet -- python job.py --fast
+        fleet submit --project my-fintech-app --model claude-3-5-sonnet -- python3 -c 'print("hello")'
 
     With --wait the output streams as it comes and the exit code is the command's (124: timed out, 1: failed
     without an exit code or cancelled).
