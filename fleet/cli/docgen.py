@@ -35,13 +35,13 @@ def _walk(cmd: click.Command, path: list[str], ctx: click.Context, out: list[str
 
 JSON_CONVENTIONS = """## JSON output
 
-Every command that prints something to read takes `--json`, the shorthand of `--format json` (both are accepted
-wherever either is). The same rules hold in every command's JSON:
+The commands that print data take `--json`, the shorthand of `--format json` (where one is accepted, so is the
+other). The same rules hold in every command's JSON:
 
 - **Keys are snake_case**, the spelling of fleet.yaml (`max_concurrent_sessions`, `pool_max_disk_gb`, `last_seen`),
-  in `fleet list`, `fleet show`, `fleet hosts …`, `fleet agent status`, `fleet sessions …`, `fleet submit`,
-  `fleet route …`, `fleet keys list`. (The seed's camelCase names, such as maxConcurrentSessions, are only names in
-  the prose of the docs.)
+  in `fleet list`, `fleet show`, the `fleet hosts` commands, `fleet agent status`, the `fleet sessions` commands,
+  `fleet submit`, the `fleet route` commands and `fleet keys list`. (The seed's camelCase names, such as
+  maxConcurrentSessions, appear only in the prose of the docs.)
 - **Times are ISO 8601 in UTC with their zone**: `2026-01-31T09:30:00.250Z` (milliseconds where fleet measured them,
   whole seconds where the record keeps whole seconds, e.g. `enrolled_at`); a time that has not happened is `null`.
   Durations are numbers of seconds in keys that end in `_s` (`uptime_s`, `last_seen_s_ago`, `timeout_s`).
