@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from fleet.cli.options import MACHINE_ID, NatsSettings, format_option, nats_options
-from fleet.cli.shared import run_async
+from fleet.cli.shared import iso_time, run_async
 from fleet.hosts.client import ControlPlaneClient
 from fleet.hosts.model import LIVE_STATUSES, Host
 
@@ -55,12 +55,9 @@ def duration(seconds: float | None) -> str:
     return " ".join(parts)
 
 
-def _iso(epoch: float | None) -> str | None:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else None
-
-
 def host_json(h: Host, now: float | None = None) -> dict[str, Any]:
-    """The public JSON of a host (`fleet list --json` items, `fleet show --json`): seed column names first."""
+    """The public JSON of a host (`fleet list --json` items, `fleet show --json`): seed column names first; keys in
+    snake_case (as fleet.yaml's and `fleet agent status --json`'s), times in ISO 8601 with their zone (docs/cli.md)."""
     now = time.time() if now is None else now
     live = h.status in LIVE_STATUSES
     return {
@@ -73,12 +70,12 @@ def host_json(h: Host, now: float | None = None) -> dict[str, Any]:
         "pool_modes": dict(zip(h.pools, h.pool_modes, strict=False)),
         "sessions": {"running": h.running, "max": h.max_sessions},
         "active_sessions": [{"id": s.session_id, "phase": s.phase} for s in h.sessions],
-        "last_seen": _iso(h.last_seen),
+        "last_seen": iso_time(h.last_seen),
         "last_seen_s_ago": round(now - h.last_seen, 3) if h.last_seen else None,
         "platform_version": h.version,
-        "started_at": _iso(h.started_at),
+        "started_at": iso_time(h.started_at),
         "uptime_s": round(now - h.started_at, 1) if h.started_at and live else None,
-        "capacity": {"maxConcurrentSessions": h.max_sessions, "poolMaxDiskGb": h.max_disk_gb},
+        "capacity": {"max_concurrent_sessions": h.max_sessions, "pool_max_disk_gb": h.max_disk_gb},
         "labels": list(h.labels),
         "models": list(h.models),
         "credential_socket": h.credential_socket,
@@ -140,8 +137,8 @@ def render_show(host: dict[str, Any]) -> str:
         ("Platform version", f"fleet {host['platform_version']}" if host.get("platform_version") else "-"),
         ("Uptime", f"{uptime} (last restart {host.get('started_at') or '-'})"),
         ("Last seen", ago(host.get("last_seen_s_ago"))),
-        ("Capacity", f"maxConcurrentSessions={cap.get('maxConcurrentSessions')}  "
-                     f"poolMaxDiskGb={cap.get('poolMaxDiskGb') if cap.get('poolMaxDiskGb') is not None else '-'}"),
+        ("Capacity", f"max_concurrent_sessions={cap.get('max_concurrent_sessions')}  "
+                     f"pool_max_disk_gb={cap.get('pool_max_disk_gb') if cap.get('pool_max_disk_gb') is not None else '-'}"),
         ("Sessions", f"{sessions.get('running', 0)}/{sessions.get('max', 0)}"),
     ]
     lines = [f"{k + ':':<19}{v}" for k, v in rows]
@@ -172,9 +169,10 @@ def sorted_hosts(hosts: list[Host]) -> list[Host]:
 
 
 @click.command("list")
+@click.option("--quiet", "-q", is_flag=True, help="Only the machine IDs, one per line (for scripts).")
 @nats_options
 @format_option("table", "json", default="table")
-def list_cmd(nats: NatsSettings, fmt: str) -> None:
+def list_cmd(quiet: bool, nats: NatsSettings, fmt: str) -> None:
     """List every host registered to the fleet (ID, HOSTNAME, STATUS, POOLS, SESSIONS, LAST SEEN), sorted by
     hostname; `--json` for scripts: `fleet list --json | jq '[.[] | select(.status == "active")]'`."""
 
@@ -183,6 +181,10 @@ def list_cmd(nats: NatsSettings, fmt: str) -> None:
             return await client.hosts()
 
     hosts = [host_json(h) for h in sorted_hosts(run_async(run))]
+    if quiet:
+        for h in hosts:
+            click.echo(h["id"])
+        return
     if fmt == "json":
         click.echo(json.dumps(hosts, indent=2))
         return

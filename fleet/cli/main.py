@@ -9,7 +9,8 @@ one-line helps here equal to the commands' own.
 stderr and exits with the error's code (fleet.errors: EXIT_CODES, documented in docs/cli.md); click's own usage
 errors exit EXIT_USAGE (64, not click's 2, which `fleet plan --detailed-exitcode` uses for "changes") and are
 printed the same way (one `error:` line and a hint; the values of fleet.cli.options' types are checked while
-parsing); every error line is one line, whatever the user typed (`one_line`); Ctrl-C
+parsing); every error line is one line, whatever the user typed (`one_line`; an error that lists several findings
+is printed as its heading and one line per item, `error_lines`); Ctrl-C
 exits 130; anything unexpected is reported in one line as an internal error (FLEET_DEBUG=1 shows the traceback).
 Called by the `fleet` console script and by tests through click's CliRunner.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import sys
 from typing import Any
 
@@ -76,9 +78,27 @@ def one_line(text: str) -> str:
                    for ch in text)
 
 
+_LIST_ITEM = re.compile(r"^  (- |… )")
+
+
+def error_lines(message: str) -> list[str]:
+    """The lines an error message is printed on: one, unless it is a heading that ends with `:` followed by list
+    items (`  - item`, and a closing `  … and N more`), as fleet's own errors of several findings are made (the hosts
+    that did not converge, the keys refused, what moved since a saved plan); each line escaped by `one_line`. Any
+    other newline (in a value the user typed) stays escaped, so that nobody can forge a line of output."""
+    head, *items = message.split("\n")
+    if items and head.endswith(":") and all(_LIST_ITEM.match(item) for item in items):
+        return [one_line(head), *(one_line(item) for item in items)]
+    return [one_line(message)]
+
+
 def echo_error(message: str, hint: str | None = None) -> None:
-    """Print `error: message` (and `hint: …`) on stderr, one line each."""
-    click.secho(f"error: {one_line(message)}", fg="red", err=True)
+    """Print `error: message` (and `hint: …`) on stderr: one line each, or the heading and its list items
+    (`error_lines`)."""
+    first, *rest = error_lines(message)
+    click.secho(f"error: {first}", fg="red", err=True)
+    for line in rest:
+        click.echo(line, err=True)
     if hint:
         click.echo(f"hint: {one_line(hint)}", err=True)
 

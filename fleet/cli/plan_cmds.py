@@ -145,6 +145,7 @@ class CliApplyView:
         self.interactive = sys.stderr.isatty()
         self._last_wait: str | None = None
         self._step = 1
+        self.wrote = 0  # changes written so far (0 after a failure: the store is as it was)
 
     def lock_acquired(self, info: LockInfo) -> None:
         click.echo(f"Acquired the apply lock {info.id}.", err=True)
@@ -160,6 +161,7 @@ class CliApplyView:
         await _confirm_async(self.auto_approve)
 
     def progress(self, done: int, total: int, change: Change) -> None:
+        self.wrote = done
         if self.interactive:
             click.echo(f"\r  applying {done}/{total} {change.symbol} {change.address[:60]:<60}", nl=False, err=True)
             if done == total:
@@ -268,13 +270,22 @@ def apply_cmd(plan_file: Path | None, file: Path, nats: NatsSettings, auto_appro
         config = load_config_or_report(file).config
     request = ApplyRequest(file=file, config=config, saved=saved, env=os.environ, lock_timeout=lock_timeout,
                            wait=wait, wait_timeout=wait_timeout, command=f"fleet apply {plan_file or file}")
-    view = CliApplyView(summary, auto_approve, SecretReveal(reveal_keys_to))
+    run_apply(nats, request, CliApplyView(summary, auto_approve, SecretReveal(reveal_keys_to)))
+
+
+def run_apply(nats: NatsSettings, request: ApplyRequest, view: CliApplyView) -> None:
+    """The apply of `fleet apply` (and of `fleet route set --apply`), shown by `view` (whose `wrote` says afterwards
+    whether anything reached the store)."""
 
     async def run() -> None:
         async with await _connect(nats) as bus:
             await apply(bus, request, view)
 
-    run_async(run)
+    run_async(run, _apply_interrupted)
+
+
+def _apply_interrupted() -> tuple[str, str | None]:
+    return ("the apply stopped where it was", "it released the apply lock; `fleet plan` shows what is left to apply")
 
 
 @click.command("force-unlock")

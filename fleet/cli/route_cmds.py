@@ -1,6 +1,8 @@
-"""`fleet route show|set|test` (formats of the Rensei seed) and the hidden deprecated `fleet execution route`.
+"""`fleet route show|list|set|test` (formats of the Rensei seed) and the hidden deprecated `fleet execution route`.
 
-show: a project's routing policy from fleet.yaml. set: edit fleet.yaml in place so that the change is a
+show: a project's routing policy as applied (what dispatch uses: the applied store, read directly from the
+control plane's KV), with a `Pending:` line when fleet.yaml says otherwise (`--from-file`: fleet.yaml's, without a
+fleet); list: every applied project, PENDING where fleet.yaml differs. set: edit fleet.yaml in place so that the change is a
 one-line diff (comments, order and formatting of everything else untouched), refusing unknown pools, pools
 of another tenant, and (adaptive) a preferred pool that is one of the candidates; `--apply` applies it. test:
 the next dispatch as the dispatcher would do it now (fleet.scheduler.probe on a snapshot of the live hosts and
@@ -15,14 +17,24 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
-from fleet.bus.connection import connect
+from fleet.bus.applied import ConfigStore
+from fleet.bus.connection import Bus, connect
 from fleet.cli.options import ID, NatsSettings, file_option, format_option, nats_options
-from fleet.cli.shared import atomic_write, load_config_or_report, plugin_registry, print_diagnostics
-from fleet.errors import FleetError, UsageError
+from fleet.cli.shared import (
+    atomic_write,
+    load_config_or_report,
+    plugin_registry,
+    print_diagnostics,
+    run_async,
+)
+from fleet.errors import EXIT_UNAVAILABLE, FleetError, UsageError
 from fleet.hosts.model import Host
 from fleet.reconciler.desired import pool_spec, route_spec
 from fleet.reconciler.live import QueuedSession
@@ -52,48 +64,201 @@ def pick_project(cfg: FleetConfig, slug: str | None) -> Project:
     return project
 
 
-def _pool_note(cfg: FleetConfig, pool_id: str | None) -> str:
-    pool = cfg.pool(pool_id) if pool_id else None
-    return f"({pool.backend}, {pool.mode})" if pool else ""
-
-
 @click.group("route")
 def route_group() -> None:
     """Show, change and test a project's routing policy (preferred pool, fallback pool, mode)."""
 
 
+@dataclass(frozen=True)
+class Applied:
+    """The applied routes and pools (specs of fleet.reconciler.desired's shapes), read from the control plane."""
+
+    routes: dict[str, dict[str, Any]]
+    pools: dict[str, dict[str, Any]]
+    revision: int
+
+
+async def read_applied(bus: Bus) -> Applied:
+    snap = await (await ConfigStore.open(bus)).snapshot()
+    return Applied({r.id: r.spec for r in snap.records.values() if r.kind == "route"},
+                   {r.id: r.spec for r in snap.records.values() if r.kind == "pool"}, snap.revision)
+
+
+def _applied_or_explain(nats: NatsSettings) -> Applied:
+    async def run() -> Applied:
+        async with await connect(**nats.kwargs(), name="fleet-cli") as bus:
+            return await read_applied(bus)
+
+    try:
+        return run_async(run)
+    except FleetError as exc:
+        if exc.exit_code == EXIT_UNAVAILABLE:
+            exc.hint = f"{exc.hint + '; ' if exc.hint else ''}`--from-file` shows what fleet.yaml declares, without a fleet"
+        raise
+
+
+def unknown_project_hint(slug: str, applied: Iterable[str]) -> str:
+    """The hint for a project the applied config does not have: a 'did you mean' among the applied projects, and
+    the command that lists them."""
+    near = did_you_mean(slug, applied)
+    return f"{near + ' ' if near else ''}`fleet route list` lists the applied projects"
+
+
+def _file_config(file: Path, explicit: bool) -> FleetConfig | None:
+    """fleet.yaml, to compare with the applied state: None when there is none (and none was named) or it has
+    errors (said on stderr: the comparison is skipped, the applied policy is still shown)."""
+    if not explicit and not file.exists():
+        return None
+    result = load_config_or_report(file, report=False, exit_on_error=False)
+    if result.config is None or not result.ok:
+        click.echo(f"warning: {file} has errors (`fleet validate` lists them): not compared with the applied policy",
+                   err=True)
+        return None
+    return result.config
+
+
+def _pick_applied(applied: Applied, slug: str | None, cfg: FleetConfig | None) -> str:
+    slug = slug or os.environ.get("FLEET_PROJECT")
+    if slug is None:
+        if len(applied.routes) == 1:
+            return next(iter(applied.routes))
+        names = ", ".join(sorted(applied.routes)) or "(none: run `fleet apply`)"
+        raise UsageError("which project? several are applied" if applied.routes else "no project is applied yet",
+                         hint=f"name one of: {names} (or set FLEET_PROJECT)")
+    if slug not in applied.routes:
+        if cfg is not None and cfg.project(slug) is not None:
+            raise UsageError(f"project {slug!r} is in fleet.yaml but not applied yet",
+                             hint="`fleet apply` applies it; `fleet route show --from-file` shows what the file says")
+        raise UsageError(f"no project {slug} in the applied config", hint=unknown_project_hint(slug, applied.routes))
+    return slug
+
+
+ROUTE_ATTRS = ("mode", "preferred_pool", "fallback_pool", "candidates", "required_labels", "model")
+
+
+def pending_changes(applied: Mapping[str, Any], cfg: FleetConfig | None, project: str) -> list[dict[str, Any]] | None:
+    """What fleet.yaml would change in `project`'s applied routing (`fleet apply` would write it): one item per
+    attribute; [{"attribute": "project", "file": None}] when the file no longer has the project; None when there is
+    no file to compare with."""
+    if cfg is None:
+        return None
+    p = cfg.project(project)
+    if p is None:
+        return [{"attribute": "project", "applied": project, "file": None}]
+    declared = route_spec(p)
+    return [{"attribute": a, "applied": applied.get(a), "file": declared.get(a)} for a in ROUTE_ATTRS
+            if (applied.get(a) or None) != (declared.get(a) or None)]
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(value) or "(none)"
+    return "(none)" if value is None else str(value)
+
+
+def route_json(project: str, spec: Mapping[str, Any], pools: Mapping[str, Mapping[str, Any]], source: str,
+               pending: list[dict[str, Any]] | None, file: Path) -> dict[str, Any]:
+    """The JSON of one project's routing (`route show --json`, items of `route list --json`)."""
+
+    def pool(pid: str | None) -> dict[str, Any] | None:
+        if pid is None:
+            return None
+        spec = pools.get(pid) or {}
+        return {"id": pid, **({"backend": spec["backend"], "mode": spec["mode"]} if spec else {})}
+
+    return {"project": project, "tenant": spec.get("tenant"), "source": source,
+            "routing_mode": spec.get("mode"), "preferred_pool": pool(spec.get("preferred_pool")),
+            "fallback_pool": pool(spec.get("fallback_pool")),
+            "candidates": [pool(c) for c in spec.get("candidates") or []],
+            "required_labels": list(spec.get("required_labels") or []), "model": spec.get("model"),
+            "pending": None if not pending else {"file": str(file), "changes": pending}}
+
+
 @route_group.command("show")
 @click.argument("project", type=ID, required=False)
+@click.option("--from-file", is_flag=True,
+              help="Show what fleet.yaml declares instead of the applied policy (needs no running fleet).")
 @file_option
+@nats_options
 @format_option("table", "json", default="table")
-def route_show(project: str | None, file: Path, fmt: str) -> None:
-    """Show the routing policy of PROJECT as fleet.yaml declares it."""
-    cfg = load_config_or_report(file).config
-    assert cfg is not None
-    p = pick_project(cfg, project)
-    r = p.routing
+def route_show(project: str | None, from_file: bool, file: Path, nats: NatsSettings, fmt: str) -> None:
+    """Show the routing policy of PROJECT that dispatch uses now: the applied one.
+
+    When fleet.yaml says otherwise (an edit not applied yet, e.g. by `fleet route set`), a `Pending:` line says
+    what `fleet apply` would change. `--from-file` shows fleet.yaml's policy instead.
+    """
+    explicit = click.get_current_context().get_parameter_source("file") != click.core.ParameterSource.DEFAULT
+    if from_file:
+        cfg = load_config_or_report(file).config
+        assert cfg is not None
+        p = pick_project(cfg, project)
+        pools = {x.id: pool_spec(x) for x in cfg.pools if not x.abstract}
+        data = route_json(p.id, route_spec(p), pools, "file", None, file)
+    else:
+        applied = _applied_or_explain(nats)
+        cfg = _file_config(file, explicit)
+        slug = _pick_applied(applied, project, cfg)
+        spec = applied.routes[slug]
+        data = route_json(slug, spec, applied.pools, "applied", pending_changes(spec, cfg, slug), file)
     if fmt == "json":
-        data = {"project": p.id, "tenant": p.tenant, **route_spec(p)}
-        data["preferred_pool"] = {"id": r.preferred_pool, **_pool_json(cfg, r.preferred_pool)}
-        data["fallback_pool"] = {"id": r.fallback_pool, **_pool_json(cfg, r.fallback_pool)} if r.fallback_pool else None
-        data["routing_mode"] = data.pop("mode")
         click.echo(json.dumps(data, indent=2))
         return
-    width = max(len(r.preferred_pool), len(r.fallback_pool or ""))
-    click.echo(f"{'Project:':<18}{p.id}")
-    click.echo(f"{'Preferred pool:':<18}{r.preferred_pool:<{width}}  {_pool_note(cfg, r.preferred_pool)}")
-    if r.mode == "adaptive":
-        for c in r.candidates:
-            click.echo(f"{'Candidate pool:':<18}{c:<{width}}  {_pool_note(cfg, c)}")
+    _echo_route(data)
+
+
+def _echo_route(data: dict[str, Any]) -> None:
+    def note(pool: dict[str, Any] | None) -> str:
+        return f"({pool['backend']}, {pool['mode']})" if pool and "backend" in pool else ""
+
+    preferred, fallback = data["preferred_pool"], data["fallback_pool"]
+    names = [preferred["id"], fallback["id"] if fallback else "", *(c["id"] for c in data["candidates"])]
+    width = max(len(n) for n in names)
+    click.echo(f"{'Project:':<18}{data['project']}")
+    click.echo(f"{'Preferred pool:':<18}{preferred['id']:<{width}}  {note(preferred)}".rstrip())
+    if data["routing_mode"] == "adaptive":
+        for c in data["candidates"]:
+            click.echo(f"{'Candidate pool:':<18}{c['id']:<{width}}  {note(c)}".rstrip())
     else:
-        fallback = f"{r.fallback_pool:<{width}}  {_pool_note(cfg, r.fallback_pool)}" if r.fallback_pool else "(none)"
-        click.echo(f"{'Fallback pool:':<18}{fallback}")
-    click.echo(f"{'Routing mode:':<18}{r.mode}")
+        shown = f"{fallback['id']:<{width}}  {note(fallback)}".rstrip() if fallback else "(none)"
+        click.echo(f"{'Fallback pool:':<18}{shown}")
+    click.echo(f"{'Routing mode:':<18}{data['routing_mode']}")
+    pending = data.get("pending")
+    if pending:
+        file = pending["file"]
+        if any(c["attribute"] == "project" for c in pending["changes"]):
+            what = f"{file} no longer has this project"
+        else:
+            what = f"{file} differs: " + "; ".join(f"{c['attribute']} {_words(c['applied'])} → {_words(c['file'])}"
+                                                   for c in pending["changes"])
+        click.echo(f"{'Pending:':<18}{what} (not applied: `fleet plan` shows it, `fleet apply` applies it)")
 
 
-def _pool_json(cfg: FleetConfig, pool_id: str | None) -> dict:
-    pool = cfg.pool(pool_id) if pool_id else None
-    return {"backend": pool.backend, "mode": pool.mode} if pool else {}
+@route_group.command("list")
+@file_option
+@nats_options
+@format_option("table", "json", default="table")
+def route_list(file: Path, nats: NatsSettings, fmt: str) -> None:
+    """List every applied project with its routing (PROJECT, TENANT, MODE, PREFERRED, FALLBACK, PENDING).
+
+    PENDING is `yes` where fleet.yaml would change the project's routing at the next `fleet apply`.
+    """
+    explicit = click.get_current_context().get_parameter_source("file") != click.core.ParameterSource.DEFAULT
+    applied = _applied_or_explain(nats)
+    cfg = _file_config(file, explicit)
+    items = [route_json(slug, spec, applied.pools, "applied", pending_changes(spec, cfg, slug), file)
+             for slug, spec in sorted(applied.routes.items())]
+    if fmt == "json":
+        click.echo(json.dumps(items, indent=2))
+        return
+    from fleet.cli.inventory_cmds import aligned
+
+    rows: list[tuple[str, ...]] = [(d["project"], d["tenant"] or "-", d["routing_mode"] or "-", d["preferred_pool"]["id"],
+             (d["fallback_pool"] or {}).get("id") or (("candidates: " + ", ".join(c["id"] for c in d["candidates"]))
+                                                      if d["candidates"] else "-"),
+             "yes" if d["pending"] else "-") for d in items]
+    click.echo(aligned(("PROJECT", "TENANT", "MODE", "PREFERRED", "FALLBACK", "PENDING"), rows))
+    if not items:
+        click.echo("no project is applied yet: `fleet apply` applies fleet.yaml", err=True)
 
 
 @route_group.command("set")
@@ -101,11 +266,12 @@ def _pool_json(cfg: FleetConfig, pool_id: str | None) -> dict:
 @click.option("--preferred-pool", type=ID, required=True, metavar="POOL", help="Pool ID to use as the primary execution target.")
 @click.option("--fallback-pool", type=ID, metavar="POOL",
               help="Pool ID to fall back to when the preferred pool is full. Omit to remove the fallback.")
-@click.option("--apply", "then_apply", is_flag=True, help="Also run `fleet apply --auto-approve` afterwards.")
+@click.option("--apply", "then_apply", is_flag=True,
+              help="Then apply fleet.yaml (as `fleet apply --auto-approve`); if that fails before it wrote anything, "
+                   "fleet.yaml is put back as it was.")
 @file_option
 @nats_options
-@click.pass_context
-def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fallback_pool: str | None, then_apply: bool,
+def route_set(project: str | None, preferred_pool: str, fallback_pool: str | None, then_apply: bool,
               file: Path, nats: NatsSettings) -> None:
     """Change PROJECT's routing in fleet.yaml, in place (a one-line diff in your pull request).
 
@@ -141,19 +307,60 @@ def route_set(ctx: click.Context, project: str | None, preferred_pool: str, fall
     if not checked.ok:
         print_diagnostics(checked)
         raise FleetError(f"the edited {file} would not be valid; nothing was written")
-    if new_text == result.document.text:
+    original = file.read_bytes() if then_apply else b""
+    changed = new_text != result.document.text
+    if not changed:
         click.echo(f"{p.id}: routing already preferred={preferred_pool} fallback={fallback_pool or '(none)'}; {file} unchanged")
     else:
         atomic_write(file, new_text)
         edited = checked.config.project(p.id) if checked.config else None
         mode = edited.routing.mode if edited else "?"
         click.echo(f"Updated {file}: {p.id} -> preferred {preferred_pool}, fallback {fallback_pool or '(none)'}, mode {mode}.")
-        click.echo("Takes effect on the next dispatch after `fleet apply`; in-flight sessions stay where they are.")
+        if not then_apply:
+            click.echo("Takes effect on the next dispatch after `fleet apply`; in-flight sessions stay where they are.")
     if then_apply:
-        from fleet.cli.plan_cmds import apply_cmd
+        _apply_or_restore(file, original, changed, checked.config, nats, p.id)
 
-        ctx.invoke(apply_cmd, plan_file=None, file=file, nats=nats, auto_approve=True, lock_timeout=0.0,
-                   reveal_keys_to=None, summary=False, wait=True, wait_timeout=60.0)
+
+def _apply_or_restore(file: Path, original: bytes, changed: bool, config: FleetConfig | None, nats: NatsSettings,
+                      project: str) -> None:
+    """`route set --apply`: apply the edited fleet.yaml (as `fleet apply --auto-approve` does); when that fails
+    before it wrote anything (no fleet, the lock held, Ctrl-C, …), put the file back byte for byte, so that the
+    edit is either applied or undone, never left half done."""
+    from fleet.cli.plan_cmds import CliApplyView, SecretReveal, run_apply
+    from fleet.reconciler.operation import ApplyRequest
+
+    view = CliApplyView(summary=False, auto_approve=True, reveal=SecretReveal(None))
+    request = ApplyRequest(file=file, config=config, env=os.environ, command=f"fleet route set {project} --apply")
+    try:
+        run_apply(nats, request, view)
+    except BaseException as exc:
+        if not changed or view.wrote:
+            raise  # the file was not edited, or the store already holds (part of) it: the file says what is applied
+        restore_bytes(file, original)
+        note = f"{file} is back as it was: nothing was applied"
+        if isinstance(exc, FleetError):
+            exc.hint = f"{note}; {exc.hint}" if exc.hint else note
+        else:
+            click.echo(note, err=True)
+        raise
+    click.echo("In effect from the next dispatch; in-flight sessions stay where they are.")
+
+
+def restore_bytes(path: Path, content: bytes) -> None:
+    """Put `content` back into `path` exactly (atomically: temp file + rename, keeping the file's mode)."""
+    target = path.resolve()
+    tmp = target.with_name(f".{target.name}.restore{os.getpid()}")
+    try:
+        mode = target.stat().st_mode & 0o777
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FleetError(f"cannot restore {path}: {exc.strerror or exc}",
+                         hint="nothing was applied; undo the edit by hand (`git checkout` the file)") from exc
 
 
 @route_group.command("test")

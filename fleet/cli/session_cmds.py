@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import time
 from typing import Any
@@ -32,8 +33,8 @@ from fleet.cli.options import (
     nats_options,
     shown,
 )
-from fleet.cli.shared import run_async
-from fleet.errors import EXIT_ERROR, UsageError
+from fleet.cli.shared import iso_time, run_async
+from fleet.errors import EXIT_ERROR, FleetError, NotFound, UsageError
 from fleet.sessions.client import Client
 
 SESSION_ID = Name("session ID", pattern=r"^[0-9a-fA-F]{1,20}$", max_length=20, strip=True, lower=True,
@@ -74,11 +75,27 @@ def _iso(epoch: float | None) -> str | None:
 
 
 def session_json(s: SessionView) -> dict[str, Any]:
-    """The public JSON of a session: what the server says, times also as ISO 8601."""
+    """The public JSON of a session: what the server says, every time (submitted_at, started_at, finished_at, each
+    history event's `at`) in ISO 8601 with its zone, as the hosts' (fleet.cli.shared.iso_time; docs/cli.md)."""
     data = s.model_dump(mode="json", exclude={"v"})
     for key in ("submitted_at", "started_at", "finished_at"):
-        data[key.replace("_at", "")] = _iso(data.get(key))
+        data[key] = iso_time(getattr(s, key) or None)
+    for event, model in zip(data.get("history") or [], s.history, strict=False):
+        event["at"] = iso_time(model.at)
     return data
+
+
+def ended_by(exit_code: int | None) -> str:
+    """How a command ended, for people: ` (exit 3)`, ` (SIGTERM)` when a signal killed it (the agent reports
+    -N for signal N, as Python's subprocess does), `` when it has not ended."""
+    if exit_code is None:
+        return ""
+    if exit_code >= 0:
+        return f" (exit {exit_code})"
+    try:
+        return f" ({signal.Signals(-exit_code).name})"
+    except ValueError:
+        return f" (signal {-exit_code})"
 
 
 def exit_code_of(s: SessionView) -> int:
@@ -97,7 +114,7 @@ def summary(s: SessionView) -> str:
     """One line: `session 0195… succeeded (exit 0) on host-a in 1.2s, attempt 1 of 3`."""
     where = f" on {s.hostname or s.host}" if s.host else ""
     took = f" in {s.finished_at - s.started_at:.1f}s" if s.finished_at and s.started_at else ""
-    code = f" (exit {s.exit_code})" if s.exit_code is not None else ""
+    code = ended_by(s.exit_code)
     why = f": {s.reason}" if s.reason else ""
     attempt = f", attempt {s.attempt} of {s.max_attempts}" if s.attempt > 1 else ""
     if s.phase == "queued":
@@ -123,7 +140,7 @@ def render_show(s: SessionView) -> str:
     rows = [
         ("ID", s.id),
         ("Project", f"{s.project} (tenant {s.tenant})"),
-        ("Status", s.phase + (f" (exit {s.exit_code})" if s.exit_code is not None else "")),
+        ("Status", s.phase + ended_by(s.exit_code)),
         ("Command", " ".join(s.command)),
         ("Host", f"{s.hostname} ({s.host})" if s.hostname and s.host else s.host or "-"),
         ("Pool", s.pool or "-"),
@@ -193,17 +210,22 @@ def submit_cmd(project: str, labels: tuple[str, ...], model: str | None, priorit
     Prints the session ID once the session is durably stored (queued or already assigned to a host). Put `--`
     before the command when it has options of its own:
 
-        fleet submit --project my-fintech-app --label model=claude-3-5-sonnet -- python job.py --fast
+        fleet submit --project my-fintech-app --model claude-3-5-sonnet -- python3 -c 'print("hello")'
 
     With --wait the output streams as it comes and the exit code is the command's (124: timed out, 1: failed
     without an exit code or cancelled).
     """
     env_map = _env(env)
+    submitted: list[str] = []
 
     async def run() -> SessionView:
         async with _client(nats) as client:
-            s = await client.submit(project, list(command), labels=labels, model=model, priority=priority,
-                                    timeout=timeout_s, max_attempts=max_attempts, env=env_map)
+            try:
+                s = await client.submit(project, list(command), labels=labels, model=model, priority=priority,
+                                        timeout=timeout_s, max_attempts=max_attempts, env=env_map)
+            except NotFound as exc:
+                raise await _unknown_project(nats, project, exc) from None
+            submitted.append(s.id)
             if fmt != "json":
                 click.echo(s.id)
                 if s.phase == "queued":
@@ -218,7 +240,17 @@ def submit_cmd(project: str, labels: tuple[str, ...], model: str | None, priorit
                     sys.stdout.flush()
             return await client.wait(s.id)
 
-    s = run_async(run)
+    def interrupted() -> tuple[str, str | None]:
+        if not submitted:
+            return ("the session may or may not have been stored",
+                    f"`fleet sessions list --project {project}` shows it if it was")
+        sid = submitted[0]
+        if not wait:
+            return f"session {sid} is stored and runs", f"`fleet sessions show {sid}` shows it"
+        return (f"stopped waiting for session {sid}, which keeps running on the fleet",
+                f"follow it again with `fleet sessions logs {sid} --follow`; stop it with `fleet sessions cancel {sid}`")
+
+    s = run_async(run, interrupted)
     if fmt == "json":
         click.echo(json.dumps(session_json(s), indent=2))
     elif wait:
@@ -297,13 +329,45 @@ def cancel_cmd(session_id: str, nats: NatsSettings, fmt: str) -> None:
 @click.argument("session_id", type=SESSION_ID)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing output as it comes, until the session ends.")
 @nats_options
-def logs_cmd(session_id: str, follow: bool, nats: NatsSettings) -> None:
-    """Print a session's output (the bounded tail the server keeps; with --follow, the rest as it comes)."""
+@format_option("text", "json", default="text")
+def logs_cmd(session_id: str, follow: bool, nats: NatsSettings, fmt: str) -> None:
+    """Print a session's output (the bounded tail the server keeps; with --follow, the rest as it comes).
+
+    `--json`: one JSON object per line, `{"session", "text"}` for each piece of output as it arrives, then
+    `{"session", "end", "phase", "exit_code"}` (`end`: the session is over and its output complete).
+    """
 
     async def run() -> None:
         async with _client(nats) as client:
             async for text in client.logs(session_id, follow=follow):
-                sys.stdout.write(text)
+                if fmt == "json":
+                    sys.stdout.write(json.dumps({"session": session_id, "text": text}) + "\n")
+                else:
+                    sys.stdout.write(text)
                 sys.stdout.flush()
+            if fmt == "json":
+                s = await client.get(session_id)
+                sys.stdout.write(json.dumps({"session": s.id, "end": s.final, "phase": s.phase,
+                                             "exit_code": s.exit_code}) + "\n")
 
-    run_async(run)
+    def interrupted() -> tuple[str, str | None]:
+        return ("stopped following the output; the session keeps running",
+                f"resume with `fleet sessions logs {session_id} --follow` (it prints the kept output again first)")
+
+    run_async(run, interrupted)
+
+
+async def _unknown_project(nats: NatsSettings, project: str, exc: NotFound) -> FleetError:
+    """The server's "no project" refusal, with a 'did you mean' among the applied projects when this identity may
+    read them (an operator's; a submitter is told only that the project is not its tenant's)."""
+    if not exc.message.startswith("no project"):
+        return exc
+    from fleet.bus.connection import connect
+    from fleet.cli.route_cmds import read_applied, unknown_project_hint
+
+    try:
+        async with await connect(**nats.kwargs(), name="fleet-cli") as bus:
+            applied = await read_applied(bus)
+    except FleetError:
+        return exc
+    return NotFound(exc.message, hint=unknown_project_hint(project, applied.routes))

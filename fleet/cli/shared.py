@@ -1,6 +1,7 @@
-"""Helpers shared by the CLI commands: running a command's async body (signals become a clean cancellation) and
-`fleet server`'s loop (`run_service`: uvloop), loading the config with diagnostics printed, the plugin registry,
-atomic file writes and bounded file reads.
+"""Helpers shared by the CLI commands: running a command's async body (signals become a clean cancellation, with
+the command's own words for what an interruption leaves behind) and `fleet server`'s loop (`run_service`: uvloop),
+loading the config with diagnostics printed, the plugin registry, atomic file writes, bounded file reads, and
+`iso_time`, the one form of a time in every JSON output of the CLI (ISO 8601 in UTC, with its zone: docs/cli.md).
 
 Called by fleet.cli.*_cmds modules only.
 """
@@ -13,6 +14,7 @@ import os
 import signal
 import stat
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,9 +50,19 @@ def run_service(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(main())
 
 
-def run_async(main: Callable[[], Awaitable[T]]) -> T:
+#: what a command says when a signal interrupts it: (message after "interrupted by SIGINT: ", hint); called then
+Interruption = Callable[[], tuple[str, str | None]]
+
+
+def _nothing_more() -> tuple[str, str | None]:
+    return "nothing more was done", None
+
+
+def run_async(main: Callable[[], Awaitable[T]], interrupted: Interruption = _nothing_more) -> T:
     """asyncio.run(main()), with Ctrl-C, SIGTERM and SIGHUP (a cancelled CD job, a dropped SSH session) turned into
-    a cancellation of the command: its `finally` blocks run (an apply releases its lock), then Interrupted."""
+    a cancellation of the command: its `finally` blocks run (an apply releases its lock), then Interrupted, in the
+    words `interrupted` gives (called then, so that it can name what the command was doing: the session it
+    followed, the lock it released)."""
     import asyncio  # here, not at the top: `fleet validate` and `fleet schema` never run a loop (~17 ms of imports)
 
     async def runner() -> T:
@@ -69,15 +81,23 @@ def run_async(main: Callable[[], Awaitable[T]]) -> T:
             return await main()
         except asyncio.CancelledError:
             if got:
-                raise Interrupted(f"interrupted by {signal.Signals(got[0]).name}; nothing more was done",
-                                  hint="an apply in progress released its lock; `fleet plan` shows what is left"
-                                  ) from None
+                what, hint = interrupted()
+                raise Interrupted(f"interrupted by {signal.Signals(got[0]).name}: {what}", hint=hint) from None
             raise
         finally:
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
 
     return asyncio.run(runner())
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """An epoch time as ISO 8601 in UTC with its zone and milliseconds (`2026-01-31T09:30:00.250Z`), the form of
+    every time in the CLI's JSON (hosts, sessions, their history); None stays None (never happened)."""
+    if epoch is None:
+        return None
+    seconds, millis = divmod(round(epoch * 1000), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def cyclic_gc_paused(command: Callable[..., T]) -> Callable[..., T]:

@@ -1,4 +1,5 @@
-"""The client of the control-plane API (`fleet.v1.api.*`): ping, every host page by page, one host, a command.
+"""The client of the control-plane API (`fleet.v1.api.*`): ping, every host page by page, one host, a command
+(refused here when fleet.yaml declares the host another status: fleet.hosts.model.declared_conflict).
 
 Called by the CLI (fleet.cli.inventory_cmds, runtime_cmds), the reconciler's plan and apply (observed hosts) and
 the benches; the server side of paging is fleet.hosts.paging. Requests go through fleet.bus.api.call (typed
@@ -26,8 +27,8 @@ from fleet.bus.messages import (
     HostsPageRequest,
 )
 from fleet.bus.settings import TlsSettings
-from fleet.errors import FleetError, ProtocolError, SnapshotExpired
-from fleet.hosts.model import Host, row_reader
+from fleet.errors import FleetError, ProtocolError, Refused, SnapshotExpired
+from fleet.hosts.model import COMMAND_STATUS, Host, declared_conflict, row_reader
 
 __all__ = ["SERVER_HINT", "ControlPlaneClient", "call", "host_pages", "hosts_of"]
 
@@ -161,6 +162,14 @@ class ControlPlaneClient:
 
     async def command(self, ident: str, action: str, *, force: bool = False) -> Host:
         """Not retried: a command that failed may still have taken effect, and an agent that did not answer in
-        time rarely answers a second later; the user sees the error and decides."""
+        time rarely answers a second later; the user sees the error and decides. A pause, resume or drain that
+        fleet.yaml's `hosts:` would undo (fleet.hosts.model.declared_conflict) is refused before it is sent."""
+        if action in COMMAND_STATUS:
+            host = await self.host(ident)
+            conflict = declared_conflict(host, action)
+            if conflict is not None:
+                raise Refused(conflict, hint=f"change or remove its entry under `hosts:` in fleet.yaml (id: "
+                                             f"{host.machine_id}) and run `fleet apply`")
+            ident = host.machine_id  # the prefix resolved once: the command goes to the host that was checked
         return _host(await call(self._bus(), subjects.API_HOSTS_COMMAND,
                                 HostCommand(id=ident, action=action, force=force), timeout=8.0, attempts=1))  # type: ignore[arg-type]

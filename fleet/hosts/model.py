@@ -98,6 +98,21 @@ def status_of(*, revoked: bool, live: bool, reported: str | None) -> str:
     return reported
 
 
+#: the status each remote control command (`fleet hosts pause|resume|drain`) puts a host in
+COMMAND_STATUS = {"pause": "paused", "resume": "active", "drain": "draining"}
+
+
+def declared_conflict(host: Host, action: str) -> str | None:
+    """Why `action` (pause, resume, drain) would not last on `host`: fleet.yaml declares another status for it
+    (`hosts:`), which the declared-status controller (fleet.hosts.declared) restores within seconds. None when it
+    would last."""
+    want = COMMAND_STATUS.get(action)
+    if want is None or host.declared is None or host.declared == want:
+        return None
+    return (f"host {host.machine_id} ({host.hostname}) is declared {host.declared} in fleet.yaml (`hosts:`): "
+            f"the control plane would make it {host.declared} again within seconds, so it was not told to {action}")
+
+
 def is_drained(status: str, running: int) -> bool:
     return status == "draining" and running == 0
 

@@ -8,11 +8,16 @@ elastic fallback without a host that WAITS FOR BACKEND, `--explain` with every r
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
+from fleet.agents.control import request as agent_request
+from fleet.agents.state import AgentPaths
+from fleet.errors import FleetError
 from tests.conftest import wait_for
 
 from .clihelpers import EXAMPLE, SECRETS, fleet
@@ -66,7 +71,7 @@ def test_apply_converges_and_route_test(live_fleet, tmp_path: Path):
     assert "Converged: every live host runs the applied state" in r.stderr
     for name in ("a1", "a2"):
         h = live_fleet.by_name()[name]
-        assert h["sessions"]["max"] == 6 and h["capacity"]["maxConcurrentSessions"] == 6
+        assert h["sessions"]["max"] == 6 and h["capacity"]["max_concurrent_sessions"] == 6
         assert "ssd" in h["labels"]
 
     # pause a1 from the file: the plan says what it does to dispatch, apply makes it so
@@ -105,14 +110,22 @@ def test_apply_converges_and_route_test(live_fleet, tmp_path: Path):
         "  Would change:    the backend of pool-cloud-e2b adds a host (the capacity controller acts on this demand)\n"
         "  Queue:           empty\n"
     )
-    # a drift: someone resumes a2 by hand; plan shows it apart from the changes. The declared-status controller
-    # (fleet.hosts.declared) pauses a2 again within about 3 s, so the drift lasts only that long: resume and plan
-    # again until both plans saw it (on a busy machine one resume-and-plan can take longer than the window)
+    # the control plane refuses to resume a host that fleet.yaml declares paused (it would be paused again)
+    r = fleet(["hosts", "resume", a2], url, cwd=tmp_path)
+    assert r.returncode == 1 and "is declared paused in fleet.yaml" in r.stderr, r.stdout + r.stderr
+    # a drift: someone resumes a2 by hand, on its machine (its local control socket), again and again; the
+    # declared-status controller (fleet.hosts.declared) pauses it again each time within about 0.5 s, so both plans
+    # must run while a2 is resumed: plan until both saw the drift
     assert live_fleet.procs  # agents still run
+    stop = threading.Event()
+
+    def resume_by_hand() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError, FleetError):
+                agent_request(AgentPaths.of(live_fleet.agent_dir("a2")).control_socket, {"cmd": "resume"})
+            stop.wait(0.05)
 
     def drift_seen() -> tuple[dict, str] | None:
-        r = fleet(["hosts", "resume", a2], url, cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
         plan = json.loads(fleet(["plan", "--format", "json"], url, cwd=tmp_path).stdout)
         if not any(d["address"] == f"host.{a2}" for d in plan["drift"]):
             return None
@@ -120,7 +133,13 @@ def test_apply_converges_and_route_test(live_fleet, tmp_path: Path):
         assert refresh.returncode == 2, refresh.stdout + refresh.stderr  # the pools without hosts drift anyway
         return (plan, refresh.stdout) if "the applied state says paused" in refresh.stdout else None
 
-    plan, refresh_only = wait_for(drift_seen, 60, 0.1, "the hand-made drift in both plans")
+    hand = threading.Thread(target=resume_by_hand, daemon=True)
+    hand.start()
+    try:
+        plan, refresh_only = wait_for(drift_seen, 60, 0.1, "the hand-made drift in both plans")
+    finally:
+        stop.set()
+        hand.join(5)
     assert plan["no_op"] is True
     assert any(d["address"] == f"host.{a2}" and "the applied state says paused" in d["message"] for d in plan["drift"])
     assert "the applied state says paused" in refresh_only

@@ -33,12 +33,12 @@ def test_show_has_the_seed_fields() -> None:
     text = render_show({
         "id": "b2c4", "hostname": "build-01.corp", "status": "active", "tenant": "fin-prod",
         "platform_version": "0.1.0", "uptime_s": 3725, "started_at": "2026-01-01T00:00:00Z",
-        "last_seen_s_ago": 2, "capacity": {"maxConcurrentSessions": 4, "poolMaxDiskGb": 50},
+        "last_seen_s_ago": 2, "capacity": {"max_concurrent_sessions": 4, "pool_max_disk_gb": 50},
         "sessions": {"running": 1, "max": 4}, "active_sessions": [{"id": "s-1", "phase": "running"}],
         "pools": ["pool-local-main"], "pool_modes": {"pool-local-main": "persistent"},
         "credential_socket": "/run/fleet/cred.sock", "labels": [], "models": [],
     })
     for expected in ("Platform version:  fleet 0.1.0", "1h 2m 5s (last restart 2026-01-01T00:00:00Z)",
-                     "maxConcurrentSessions=4  poolMaxDiskGb=50", "s-1", "running", "pool-local-main",
+                     "max_concurrent_sessions=4  pool_max_disk_gb=50", "s-1", "running", "pool-local-main",
                      "persistent", "Credential socket: /run/fleet/cred.sock"):
         assert expected in text

@@ -1,4 +1,5 @@
-"""`fleet route show|set` on fleet.yaml.example: seed formats, and in-place edits that change exactly the right lines."""
+"""`fleet route show --from-file|set` on fleet.yaml.example: seed formats, and in-place edits that change exactly the right lines
+(`route show` of the applied policy: tests/integration/test_cli_defects.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def changed_lines(before: str, after: str) -> list[str]:
 
 
 def test_route_show_seed_format(fleet_file):
-    r = run("route", "show", "my-fintech-app", "-f", str(fleet_file))
+    r = run("route", "show", "my-fintech-app", "--from-file", "-f", str(fleet_file))
     assert r.exit_code == 0
     assert r.output == (
         "Project:          my-fintech-app\n"
@@ -41,15 +42,15 @@ def test_route_show_seed_format(fleet_file):
         "Fallback pool:    pool-cloud-e2b   (e2b, on_demand)\n"
         "Routing mode:     preferred-with-fallback\n"
     )
-    data = json.loads(run("route", "show", "my-fintech-app", "--json", "-f", str(fleet_file)).output)
+    data = json.loads(run("route", "show", "my-fintech-app", "--from-file", "--json", "-f", str(fleet_file)).output)
     assert data["preferred_pool"] == {"id": "pool-local-main", "backend": "local", "mode": "persistent"}
     assert data["routing_mode"] == "preferred-with-fallback"
 
 
 def test_route_show_needs_a_project_when_there_are_several(fleet_file):
-    r = CliRunner().invoke(cli, ["route", "show", "-f", str(fleet_file)])
+    r = CliRunner().invoke(cli, ["route", "show", "--from-file", "-f", str(fleet_file)])
     assert r.exit_code == EXIT_USAGE and "my-fintech-app" in r.output
-    r = CliRunner().invoke(cli, ["route", "show", "my-fintech-ap", "-f", str(fleet_file)])
+    r = CliRunner().invoke(cli, ["route", "show", "my-fintech-ap", "--from-file", "-f", str(fleet_file)])
     # a name on the command line that fleet.yaml does not have is the same kind of mistake as any bad argument
     assert r.exit_code == EXIT_USAGE and "did you mean 'my-fintech-app'?" in r.output
 
@@ -130,7 +131,7 @@ def test_route_set_refuses_inconsistent_adaptive_routing_as_a_usage_error(fleet_
 
 
 def test_deprecated_execution_route_alias(fleet_file):
-    r = CliRunner().invoke(cli, ["execution", "route", "show", "my-fintech-app", "-f", str(fleet_file)])
+    r = CliRunner().invoke(cli, ["execution", "route", "show", "my-fintech-app", "--from-file", "-f", str(fleet_file)])
     assert r.exit_code == 0
     assert "deprecated" in r.stderr and "fleet route" in r.stderr
     assert "Preferred pool:   pool-local-main" in r.stdout

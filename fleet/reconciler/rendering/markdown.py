@@ -1,8 +1,9 @@
 """The Markdown view of a Plan, for a pull-request comment.
 
 Summary first, then consequences called out (a GitHub alert), a capacity table, then the changes in collapsible
-<details> sections grouped by tenant and, inside a tenant, by pool (a pool's own change with the routes and keys
-that use it), then drift. Never longer than GitHub's 65,536-character comment limit: when it would be, later
+<details> sections grouped by tenant and, inside a tenant, under a heading per pool (the pool's own change), per
+project (the project and its routing: a route change is the project's, not a pool's), then the enrollment keys and
+the declared host states, then drift. Never longer than GitHub's 65,536-character comment limit: when it would be, later
 sections are cut and a note points at the full JSON plan. Pure; called by `fleet plan --format markdown` and
 `fleet ci comment`.
 """
@@ -26,18 +27,25 @@ GITHUB_COMMENT_LIMIT = 65_536
 _RESERVE = 600  # room for the truncation note and the footer
 
 
-def _group(change: Change) -> tuple[str, str]:
-    """(tenant, pool) a change is shown under; ('(org)', '') for org-wide changes."""
+#: the order of the headings inside a tenant: the tenant itself, its pools, its projects (with their routing), its
+#: enrollment keys, then hosts' declared states
+_RANK = {"": 0, "pool": 1, "project": 2, "keys": 3, "hosts": 4}
+
+
+def _group(change: Change) -> tuple[str, tuple[int, str]]:
+    """(tenant, heading) a change is shown under; ('(org)', …) for org-wide changes. A pool's change is under that
+    pool, a project's and its route's under the project (a route is the project's routing, whichever pools it
+    names), keys together (a key may span pools), declared host states together."""
     tenant = change.tenant or "(org)"
-    spec = change.after or change.before or {}
     if change.kind == "pool":
-        return tenant, change.id
-    if change.kind == "route":
-        return tenant, spec.get("preferred_pool") or ""
+        return tenant, (_RANK["pool"], f"pool `{change.id}`")
+    if change.kind in ("project", "route"):
+        return tenant, (_RANK["project"], f"project `{change.id}`")
     if change.kind == "key":
-        pools = spec.get("pools") or []
-        return tenant, pools[0] if pools else ""
-    return tenant, ""
+        return tenant, (_RANK["keys"], "enrollment keys")
+    if change.kind == "host":
+        return tenant, (_RANK["hosts"], "hosts")
+    return tenant, (_RANK[""], "tenant" if change.kind == "tenant" else "org")
 
 
 def _counts(changes: list[Change]) -> str:
@@ -90,20 +98,19 @@ def render_markdown(plan: Plan, *, limit: int = GITHUB_COMMENT_LIMIT, reserved: 
         head.append("")
 
     sections: list[str] = []
-    by_tenant: dict[str, dict[str, list[Change]]] = defaultdict(lambda: defaultdict(list))
+    by_tenant: dict[str, dict[tuple[int, str], list[Change]]] = defaultdict(lambda: defaultdict(list))
     for c in plan.changes:
-        tenant, pool = _group(c)
-        by_tenant[tenant][pool].append(c)
+        tenant, heading = _group(c)
+        by_tenant[tenant][heading].append(c)
     if by_tenant:
         sections.append("### Changes\n")
     for tenant in sorted(by_tenant):
         pools = by_tenant[tenant]
         all_changes = [c for cs in pools.values() for c in cs]
         parts = [f"<details><summary><b>{'tenant ' + tenant if tenant != '(org)' else 'org'}</b>: {_counts(all_changes)}</summary>\n"]
-        for pool in sorted(pools):
-            title = f"pool `{pool}`" if pool else "tenant and projects"
-            blocks = "\n\n".join(_change_block(c) for c in pools[pool])
-            parts.append(f"#### {title}\n\n```diff\n{blocks}\n```\n")
+        for heading in sorted(pools):
+            blocks = "\n\n".join(_change_block(c) for c in pools[heading])
+            parts.append(f"#### {heading[1]}\n\n```diff\n{blocks}\n```\n")
         parts.append("</details>\n")
         sections.append("\n".join(parts))
     if plan.drift:
