@@ -267,7 +267,16 @@ class Runner:
         assert run.proc is not None and run.proc.stdout is not None
         last_sent = time.monotonic()
         while True:
-            data = await run.proc.stdout.read(MAX_OUTPUT_CHUNK)
+            if run.total > run.sent:  # output not sent yet: it goes out OUTPUT_EVERY_S after the last, more or not
+                try:
+                    data = await asyncio.wait_for(run.proc.stdout.read(MAX_OUTPUT_CHUNK),
+                                                  max(0.0, OUTPUT_EVERY_S - (time.monotonic() - last_sent)))
+                except TimeoutError:
+                    await self._flush_output(run)
+                    last_sent = time.monotonic()
+                    continue
+            else:
+                data = await run.proc.stdout.read(MAX_OUTPUT_CHUNK)
             if not data:
                 return
             run.total += len(data)

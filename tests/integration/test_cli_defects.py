@@ -164,8 +164,6 @@ def test_ctrl_c_in_submit_wait_and_logs_follow_says_the_session_keeps_running_an
     live_fleet.agent("c1", "--pool", "pool-local-main", key=SECRETS["FLEET_KEY_LOCAL_DEV"])
     live_fleet.wait_status("c1", "active", 30)
     go = live_fleet.shared / "go"
-    # the second line makes the agent send the first at once (it holds output that arrives within 0.1 s of the last
-    # it sent until more comes or the command ends: fleet.agents.sessions, reported, not this test's subject)
     script = f"echo started; sleep 0.3; echo waiting; while [ ! -e {go} ]; do sleep 0.05; done; echo finished"
 
     proc = popen(["submit", "-p", "my-fintech-app", "--wait", "--", "sh", "-c", script], url, cwd=tmp_path,

@@ -616,3 +616,17 @@ def test_a_hostile_submitter_gets_clear_errors_and_changes_nothing(live_fleet: L
         stored = admin.list()
         assert {s.project for s in stored} == {"health-app"} and len(stored) == 2  # the sleep and the quick one
     assert "Traceback" not in server_log(live_fleet)
+
+
+def test_a_line_a_session_prints_reaches_its_logs_while_it_still_runs(live_fleet: LiveFleet) -> None:
+    """Output is sent at most every OUTPUT_EVERY_S, and at the latest that long after it arrived: a session that
+    prints one line and then waits shows it (it waited for more output, or for the end, before)."""
+    keys = setup(live_fleet)
+    worker(live_fleet, "w-main", keys["fin"], MAIN)
+    go = live_fleet.shared / "go-logs"  # made when the line was seen
+    with client(live_fleet) as c:
+        s = c.submit("solo-app", ["sh", "-c", f"echo first-line; while [ ! -e {go} ]; do sleep 0.05; done"])
+        until(c, s.id, "running")
+        wait_for(lambda: "first-line" in "".join(c.logs(s.id)), 10, 0.05, "the first line in the session's logs")
+        go.touch()
+        assert until(c, s.id, "succeeded").phase == "succeeded"
