@@ -142,7 +142,8 @@ def _delete(data: Any, path: tuple) -> None:
 
 
 OTHER_TYPES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=True),
-                        st.text(max_size=8), st.just([]), st.just({}), st.just(["x"]), st.just({"id": "x"}))
+                        st.text(max_size=8), st.builds(list), st.builds(dict), st.builds(lambda: ["x"]),
+                        st.builds(lambda: {"id": "x"}))  # a fresh object each time: shared ones made cycles
 
 
 @st.composite
