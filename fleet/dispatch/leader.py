@@ -61,6 +61,7 @@ class Lease:
                 self.revision = await self.store.create(KEY, self._payload)
                 self.renewed_at = time.monotonic()
                 self.lost_why = None
+                log.info("this replica (%s) now dispatches", self.holder)
         elif self.held:
             try:
                 self.revision = await self.store.update(KEY, self._payload, last=self.revision)
@@ -79,6 +80,7 @@ class Lease:
         return self.held
 
     def _drop(self, why: str) -> None:
+        log.warning("this replica (%s) stops dispatching: %s", self.holder, why)
         self.revision = None
         self.lost_why = why
 

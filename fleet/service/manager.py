@@ -222,7 +222,7 @@ class Manager:
         if not self.leading:
             return
         self.leading = False
-        log.warning("this replica stops leading: %s", why)
+        log.info("stopping the leader's runnables: %s", why)
         for runnable in self.runnables.values():
             if runnable.leader_only:
                 await self._halt(runnable, state)
