@@ -11,7 +11,8 @@ meaning, are what leaves. A cancellation (asyncio.CancelledError, a BaseExceptio
 
 or `await retrying(...)(fn, *args)`. `Backoff(initial, cap, floor)` waits, before retry n (1-based),
 `uniform(floor, 1) * min(cap, initial * 2**(n-1))`: floor 0 is "full jitter" (contended compare-and-set writes),
-floor 0.5 keeps at least half of the delay (a client backing off a busy server). The supervised restarts of
+floor 0.5 keeps at least half of the delay (a client backing off a busy server); with `honour_retry_after`, an
+error that carries `retry_after` (seconds a server asked for) waits that long instead, capped. The supervised restarts of
 fleet.service.manager use the same Backoff. Used by fleet.bus (kv, api), fleet.sessions.client, fleet.agents.agent,
 fleet.cli.ci_providers and fleet.service (server, manager). Imports nothing of fleet but fleet.errors' layer.
 """
@@ -30,12 +31,15 @@ RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[Base
 class Backoff(tenacity.wait.wait_base):
     """Capped exponential backoff with jitter (see the module doc); a tenacity wait strategy."""
 
-    def __init__(self, initial: float, cap: float, *, floor: float = 0.0, rng: random.Random | None = None) -> None:
+    def __init__(self, initial: float, cap: float, *, floor: float = 0.0, honour_retry_after: bool = False,
+                 rng: random.Random | None = None) -> None:
         if not (initial > 0 and cap >= initial and 0.0 <= floor <= 1.0):
             raise ValueError(f"bad backoff: initial {initial}, cap {cap}, floor {floor}")
         self.initial = initial
         self.cap = cap
         self.floor = floor
+        #: wait what the error's `retry_after` says (a server's Retry-After, in seconds), capped, when it says it
+        self.honour_retry_after = honour_retry_after
         self._rng = rng or random
 
     def ceiling(self, n: int) -> float:
@@ -46,6 +50,10 @@ class Backoff(tenacity.wait.wait_base):
         return self._rng.uniform(self.floor, 1.0) * self.ceiling(n)
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        if self.honour_retry_after and retry_state.outcome is not None:
+            said = getattr(retry_state.outcome.exception(), "retry_after", None)
+            if isinstance(said, int | float) and not isinstance(said, bool):
+                return min(max(0.0, float(said)), self.cap)
         return self.delay(retry_state.attempt_number)
 
 

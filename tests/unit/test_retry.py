@@ -88,3 +88,36 @@ def test_sync_retrying_uses_the_given_sleep_and_stops_after_its_attempts() -> No
     with pytest.raises(TransientError, match="503"):
         retrying_sync(retry_on=TransientError, attempts=4, wait=Backoff(1.0, 2.0, floor=1.0), sleep=slept.append)(flaky)
     assert calls == 4 and slept == [1.0, 2.0, 2.0]
+
+
+def test_the_ci_api_backs_off_honours_retry_after_and_refuses_a_404_at_once() -> None:
+    import httpx
+
+    from fleet.cli.ci_providers import Api
+    from fleet.errors import FleetError
+
+    def api(status: int, headers: dict[str, str], slept: list[float]) -> Api:
+        def answer(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(status, headers=headers, json={"message": "nope"})
+        return Api("GitHub", "https://api.example.test", {}, "tok", sleep=slept.append,
+                   transport=httpx.MockTransport(answer))
+
+    slept: list[float] = []
+    with pytest.raises(TransientError, match=r"kept failing \(5 attempts\).*HTTP 502"):
+        api(502, {}, slept).request("GET", "/x", what="the comments")
+    assert slept == [0.5, 1.0, 2.0, 4.0]
+
+    slept = []
+    with pytest.raises(TransientError):
+        api(429, {"Retry-After": "7"}, slept).request("GET", "/x")
+    assert slept == [7.0] * 4
+
+    slept = []
+    with pytest.raises(TransientError):
+        api(503, {"Retry-After": "3600"}, slept).request("GET", "/x")
+    assert slept == [60.0] * 4  # capped
+
+    slept = []
+    with pytest.raises(FleetError) as refused:
+        api(404, {}, slept).request("GET", "/x", what="the comments")
+    assert not isinstance(refused.value, TransientError) and slept == []
