@@ -196,17 +196,21 @@ class Manager:
     async def _elect(self) -> None:
         election = self.election
         assert election is not None
-        while True:
-            try:
-                held = await election.tick()
-            except FleetError as exc:  # the store is out of reach: the lease lasts until its time is up
-                log.warning("dispatch lease: %s", exc.message)
-                held = election.held
-            if held and not self.leading:
-                self._step_up()
-            elif not held and self.leading:
-                await self._step_down(election.lost_why or "it no longer holds the lease")
-            await asyncio.sleep(election.renew_every if held else election.renew_every / 2)
+        try:
+            while True:
+                try:
+                    held = await election.tick()
+                except FleetError as exc:  # the store is out of reach: the lease lasts until its time is up
+                    log.warning("dispatch lease: %s", exc.message)
+                    held = election.held
+                if held and not self.leading:
+                    self._step_up()
+                elif not held and self.leading:
+                    await self._step_down(election.lost_why or "it no longer holds the lease")
+                await asyncio.sleep(election.renew_every if held else election.renew_every / 2)
+        except Exception:  # a bug: nobody renews until the restart, so the leader's runnables stop now
+            await self._step_down("the lease runnable failed")
+            raise
 
     def _step_up(self) -> None:
         """Start the leader's runnables, each in its own task: nothing here awaits them."""

@@ -287,3 +287,42 @@ def test_ping_lines_show_the_runnables_and_survive_a_hostile_reply() -> None:
     assert not any(line.startswith("role:") for line in lines)
     assert len(lines) <= 3 + 64 and max(len(line) for line in lines) < 400  # at most 64 rows, each bounded
     assert ping_lines(["not", "a", "dict"]) == ["fleet server answered with a reply this client does not understand"]
+
+
+def test_a_failing_election_stops_the_leaders_runnables_until_it_runs_again() -> None:
+    async def scenario() -> None:
+        election = FakeElection()
+        election.want = True
+        running = asyncio.Event()
+        stopped = asyncio.Event()
+        broken = False
+
+        async def tick() -> bool:
+            election.ticks += 1
+            if broken:
+                raise RuntimeError("lease bug")
+            return election.want
+
+        election.tick = tick  # type: ignore[method-assign]
+
+        async def dispatcher() -> None:
+            running.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                stopped.set()
+
+        m = Manager(backoff=Backoff(5.0, 5.0))  # restarts come late: the step-down must not wait for them
+        m.elect_with(election)
+        m.add("dispatcher", dispatcher, leader_only=True)
+        await m.start()
+        await running.wait()
+        broken = True
+        await asyncio.wait_for(stopped.wait(), 10)
+        await until(lambda: m.runnables["dispatcher"].state == "standby", "the step-down")
+        assert not m.leading
+        assert m.runnables["lease"].state == "restarting"
+        assert m.runnables["lease"].last_error == "RuntimeError: lease bug"
+        await m.stop()
+
+    run(scenario)
