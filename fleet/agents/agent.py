@@ -50,8 +50,16 @@ from fleet.bus.messages import (
 from fleet.bus.settings import TlsSettings
 from fleet.bus.trust import Key, creds_text
 from fleet.errors import EXIT_REVOKED, AuthRefused, FleetError, HostRevoked, Refused, TransientError
+from fleet.retry import Backoff, retrying
 
 log = logging.getLogger(__name__)
+
+#: between the attempts to enroll or join while no fleet server answers yet: 0.25 s doubling up to 1 s
+SERVER_WAIT = Backoff(0.25, 1.0, floor=0.5)
+
+
+def _waiting(attempt: int, exc: BaseException, delay: float) -> None:
+    log.info("waiting for the fleet server: %s", exc)
 
 __all__ = ["EXIT_REVOKED", "Agent", "AgentSettings", "Revoked"]
 
@@ -180,23 +188,20 @@ class Agent:
                                  labels=s.labels, models=s.models, max_sessions=s.max_sessions,
                                  pool_max_disk_gb=s.pool_max_disk_gb,
                                  credential_socket=self._socket_shown(), isolation=self._isolation())
-        deadline = time.monotonic() + s.join_timeout
         async with await connect(s.nats_url, creds=s.creds, tls=s.tls, connect_timeout=s.connect_timeout,
                                  name=f"fleet-agent {s.hostname} (enrolling)",
                                  inbox_prefix=enroll_inbox(nkey.public)) as bus:
-            while True:
-                try:
-                    reply = await request_enrollment(bus, req, box, timeout=10.0)
-                    if reply.ok or reply.reason not in (None, "rate_limited", "unavailable"):
-                        break
-                    raise TransientError(f"enrollment failed: {reply.message}")
-                except TransientError as exc:
-                    if time.monotonic() > deadline:
-                        raise TransientError(f"could not enroll: {exc}",
-                                             hint="is `fleet server` running (`fleet up` starts one), and of the same "
-                                                  "version? (it does not answer a request it cannot verify)") from exc
-                    log.info("waiting for the fleet server: %s", exc)
-                    await asyncio.sleep(1.0)
+            try:
+                async for attempt in retrying(retry_on=TransientError, within=s.join_timeout, wait=SERVER_WAIT,
+                                              on_retry=_waiting):
+                    with attempt:
+                        reply = await request_enrollment(bus, req, box, timeout=10.0)
+                        if not reply.ok and reply.reason in (None, "rate_limited", "unavailable"):
+                            raise TransientError(f"enrollment failed: {reply.message}")
+            except TransientError as exc:
+                raise TransientError(f"could not enroll: {exc}",
+                                     hint="is `fleet server` running (`fleet up` starts one), and of the same "
+                                          "version? (it does not answer a request it cannot verify)") from exc
         if not reply.ok:
             raise Refused(f"enrollment refused ({reply.reason}): {reply.message}")
         if not reply.machine_id or not reply.jwt:
@@ -209,17 +214,14 @@ class Agent:
 
     async def _join(self) -> None:
         """Register on this host's own subject (after a restart or a reconnect); retry while no server answers."""
-        deadline = time.monotonic() + self.settings.join_timeout
-        while True:
-            try:
-                reply = await self._register_once()
-                break
-            except (NoResponders, RequestTimeout, TransientError) as exc:
-                if time.monotonic() > deadline:
-                    raise TransientError(f"could not join the fleet: {exc}",
-                                         hint="is `fleet server` running? (`fleet up` starts one)") from exc
-                log.info("waiting for the fleet server: %s", exc)
-                await asyncio.sleep(0.5)
+        try:
+            async for attempt in retrying(retry_on=(NoResponders, RequestTimeout, TransientError),
+                                          within=self.settings.join_timeout, wait=SERVER_WAIT, on_retry=_waiting):
+                with attempt:
+                    reply = await self._register_once()
+        except (NoResponders, RequestTimeout, TransientError) as exc:
+            raise TransientError(f"could not join the fleet: {exc}",
+                                 hint="is `fleet server` running? (`fleet up` starts one)") from exc
         self._apply(reply)
 
     async def _register_once(self) -> JoinReply:

@@ -9,13 +9,12 @@ the reader of the pages knows how to start over.
 
 from __future__ import annotations
 
-import asyncio
-import random
 from typing import Any
 
 from fleet.bus.connection import Bus, NoResponders, RequestTimeout
 from fleet.bus.messages import ApiReply, Message, decode
 from fleet.errors import FleetError, ServerUnavailable, SnapshotExpired, from_wire
+from fleet.retry import Backoff, retrying
 
 
 class NotDelivered(ServerUnavailable):
@@ -25,20 +24,22 @@ class NotDelivered(ServerUnavailable):
 
 SERVER_HINT = "start one with `fleet up` (embedded) or `fleet server --nats URL`"
 ATTEMPTS = 3
+#: between attempts: 0.2 s doubling (50-100% of it), at most 1.6 s
+CALL_BACKOFF = Backoff(0.2, 1.6, floor=0.5)
 
 
 async def call(bus: Bus, subject: str, message: Message | None = None, *, timeout: float = 5.0,
                attempts: int = ATTEMPTS) -> Any:
     """One API request; the reply's data, or the FleetError it carries. Retryable failures are retried."""
     payload = message.encode() if message is not None else b'{"v": 1}'
-    for attempt in range(attempts):
-        try:
+    async for attempt in retrying(retry_on=_retryable, attempts=attempts, wait=CALL_BACKOFF):
+        with attempt:
             return await _call_once(bus, subject, payload, timeout)
-        except FleetError as exc:
-            if not exc.retryable or attempt == attempts - 1 or isinstance(exc, SnapshotExpired):
-                raise
-            await asyncio.sleep(random.uniform(0.5, 1.0) * 0.2 * 2 ** attempt)
     raise AssertionError("not reached")
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, FleetError) and exc.retryable and not isinstance(exc, SnapshotExpired)
 
 
 async def _call_once(bus: Bus, subject: str, payload: bytes, timeout: float) -> Any:

@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,8 +35,18 @@ import nats.js.errors
 
 from fleet.bus.connection import Bus
 from fleet.errors import Conflict, FleetError, PermissionDenied, TransientError
+from fleet.retry import Backoff, retrying
 
 log = logging.getLogger(__name__)
+
+#: between the attempts of a compare-and-set that lost its race: full jitter, 2 ms doubling up to 250 ms
+CAS_BACKOFF = Backoff(0.002, 0.25)
+#: between the attempts of a bucket's opening while JetStream starts: 0.1 s doubling up to 3.2 s (75-100%)
+STARTUP_BACKOFF = Backoff(0.1, 3.2, floor=0.75)
+
+
+class _LostRace(Exception):
+    """A compare-and-set of Store.modify lost to another writer: retried, then reported as Conflict."""
 
 _KV_OP = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"  # nats-server 2.11+: markers of TTL expiry and purges
@@ -218,19 +227,23 @@ class Store:
         returned); it may raise a FleetError to refuse (nothing is written). Conflict after `attempts` lost races.
         This is the one CAS retry loop of fleet: counters, host records and pool memberships all go through it.
         """
-        for attempt in range(attempts):
-            current = await self.get(key)
-            value = change(current)
-            if value is None:
-                return current
-            try:
-                if current is None:
-                    revision = await self.create(key, value)
-                else:
-                    revision = await self.update(key, value, last=current.revision)
-                return Entry(key, value, revision)
-            except Conflict:
-                await asyncio.sleep(random.uniform(0, min(0.25, 0.002 * 2 ** attempt)))
+        try:
+            async for attempt in retrying(retry_on=_LostRace, attempts=attempts, wait=CAS_BACKOFF):
+                with attempt:
+                    current = await self.get(key)
+                    value = change(current)
+                    if value is None:
+                        return current
+                    try:
+                        if current is None:
+                            revision = await self.create(key, value)
+                        else:
+                            revision = await self.update(key, value, last=current.revision)
+                    except Conflict as exc:
+                        raise _LostRace from exc
+                    return Entry(key, value, revision)
+        except _LostRace:
+            pass
         raise Conflict(f"{self.bucket}/{key}: too much contention, gave up after {attempts} attempts",
                        hint="retry; if it persists, something writes this key in a loop")
 
@@ -366,13 +379,10 @@ class Informer:
 async def open_store(bus: Bus, bucket: str, *, create: bool = True, history: int = 5, ttl: float | None = None) -> Store:
     """Open bucket `bucket`, creating it (file storage; entries expiring after `ttl` seconds if given) when missing
     and `create` is set. Idempotent."""
-    for delay in (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, None):
-        try:
+    # JetStream answers 503 for a moment after nats-server starts: 7 attempts, about 6 s in all
+    async for attempt in retrying(retry_on=JetStreamUnavailable, attempts=7, wait=STARTUP_BACKOFF):
+        with attempt:
             return await _open_store(bus, bucket, create=create, history=history, ttl=ttl)
-        except JetStreamUnavailable:
-            if delay is None:
-                raise
-            await asyncio.sleep(delay)  # JetStream answers 503 for a moment after nats-server starts
     raise AssertionError("not reached")
 
 
@@ -381,20 +391,19 @@ async def allow_message_ttls(store: Store) -> None:
     created allow them from the start; one created by an older client is updated (a setting nats-server lets one
     turn on, never off). Idempotent."""
     stream = f"KV_{store.bucket}"
-    for delay in (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, None):
-        try:
-            info = await store.js.stream_info(stream)
-            if not info.config.allow_msg_ttl:
-                await store.js.update_stream(dataclasses.replace(info.config, allow_msg_ttl=True))
-                log.info("KV bucket %s now allows values with a TTL of their own", store.bucket)
-            return
-        except nats.js.errors.ServiceUnavailableError as exc:  # a 503 for a moment after nats-server starts
-            if delay is None:
-                raise TransientError(f"cannot allow TTLs in KV bucket {store.bucket}: {exc}",
-                                     hint="is JetStream enabled on this nats-server?") from exc
-            await asyncio.sleep(delay)
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise TransientError(f"cannot allow TTLs in KV bucket {store.bucket}: {exc}",
+    try:
+        async for attempt in retrying(retry_on=nats.js.errors.ServiceUnavailableError, attempts=7,
+                                      wait=STARTUP_BACKOFF):
+            with attempt:  # a 503 for a moment after nats-server starts
+                info = await store.js.stream_info(stream)
+                if not info.config.allow_msg_ttl:
+                    await store.js.update_stream(dataclasses.replace(info.config, allow_msg_ttl=True))
+                    log.info("KV bucket %s now allows values with a TTL of their own", store.bucket)
+    except nats.js.errors.ServiceUnavailableError as exc:
+        raise TransientError(f"cannot allow TTLs in KV bucket {store.bucket}: {exc}",
+                             hint="is JetStream enabled on this nats-server?") from exc
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise TransientError(f"cannot allow TTLs in KV bucket {store.bucket}: {exc}",
                                  hint="nats-server 2.11 or newer is needed") from exc
 
 

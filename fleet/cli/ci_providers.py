@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from fleet.errors import FleetError, TransientError, UsageError
+from fleet.retry import Backoff, retrying_sync
 
 try:  # the `ci` extra: `pip install 'fleet[ci]'`
     import httpx
@@ -29,6 +30,16 @@ except ImportError:  # pragma: no cover - reported when the command runs
 MAX_ATTEMPTS = 5
 MAX_WAIT_S = 60.0
 BACKOFF_S = 0.5
+#: 0.5 s doubling (no jitter: one job, one client), or what Retry-After / the rate limit's reset says; at most 60 s
+API_BACKOFF = Backoff(BACKOFF_S, MAX_WAIT_S, floor=1.0, honour_retry_after=True)
+
+
+class _Again(Exception):
+    """A failed attempt worth another: why (for the final message), and how long the API asked to wait."""
+
+    def __init__(self, why: str, wait: float | None) -> None:
+        super().__init__(why)
+        self.retry_after = wait if wait is not None and wait >= 0 else None
 MAX_PAGES = 100  # 10,000 comments: far more than a PR has
 
 
@@ -82,28 +93,32 @@ class Api:
     def request(self, method: str, path: str, *, json_body: Any = None, params: Mapping[str, Any] | None = None,
                 what: str = "") -> Any:
         """The response of `method path` (an httpx.Response) after the retries; FleetError when refused."""
-        last = ""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                response = self.client.request(method, path.lstrip("/"), json=json_body, params=params)
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {_scrub(str(exc), self.token) or 'no answer'}"
-                wait = BACKOFF_S * 2 ** (attempt - 1)
-            else:
-                if response.status_code < 300:
-                    return response
-                wait_or_none = self._retry_after(response, attempt)
-                if wait_or_none is None:
-                    self._refuse(response, what)
-                wait = wait_or_none
-                last = f"HTTP {response.status_code}: {self._message(response)}"
-            if attempt < MAX_ATTEMPTS:
-                self.sleep(min(wait, MAX_WAIT_S))
-        raise TransientError(f"{self.provider} API kept failing ({MAX_ATTEMPTS} attempts) for {what}: {last}",
-                             hint="retry the job later; nothing half-written is left (the comment is one request)")
+        try:
+            for attempt in retrying_sync(retry_on=_Again, attempts=MAX_ATTEMPTS, wait=API_BACKOFF, sleep=self.sleep):
+                with attempt:
+                    return self._once(method, path, json_body, params, what)
+        except _Again as exc:
+            raise TransientError(f"{self.provider} API kept failing ({MAX_ATTEMPTS} attempts) for {what}: {exc}",
+                                 hint="retry the job later; nothing half-written is left (the comment is one "
+                                      "request)") from None
+        raise AssertionError("not reached")
 
-    def _retry_after(self, response: Any, attempt: int) -> float | None:
-        """Seconds to wait before retrying `response`, or None when it is not worth retrying."""
+    def _once(self, method: str, path: str, json_body: Any, params: Mapping[str, Any] | None, what: str) -> Any:
+        """One request: the response, a refusal (FleetError), or _Again (worth another attempt)."""
+        try:
+            response = self.client.request(method, path.lstrip("/"), json=json_body, params=params)
+        except httpx.TransportError as exc:
+            raise _Again(f"{type(exc).__name__}: {_scrub(str(exc), self.token) or 'no answer'}", None) from None
+        if response.status_code < 300:
+            return response
+        wait = self._retry_after(response)
+        if wait is None:
+            self._refuse(response, what)
+        raise _Again(f"HTTP {response.status_code}: {self._message(response)}", wait)
+
+    def _retry_after(self, response: Any) -> float | None:
+        """Seconds the API asks to wait before retrying `response`; -1.0: retry after the backoff (API_BACKOFF);
+        None when it is not worth retrying."""
         status = response.status_code
         headers = response.headers
         limited = status == 429 or (status == 403 and (headers.get("x-ratelimit-remaining") == "0"
@@ -122,7 +137,7 @@ class Api:
                 return max(0.0, float(reset) - time.time())
             except ValueError:
                 pass
-        return BACKOFF_S * 2 ** (attempt - 1)
+        return -1.0
 
     def _message(self, response: Any) -> str:
         try:

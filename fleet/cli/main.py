@@ -62,6 +62,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "Stop what `fleet up` started (and local agents under <state-dir>/agents/), by PID. Harmless if idle."),
     "server": ("fleet.cli.runtime_cmds", "server_cmd",
                "Run the control-plane service in the foreground (enrollment, registry, liveness, host API)."),
+    "ping": ("fleet.cli.ping_cmds", "ping_cmd",
+             "Ask the control plane whether it answers: version, hosts, leader or standby, and its runnables."),
     "ci": ("fleet.cli.ci_cmds", "ci_group", "CI/CD helpers: the pull-request comment with the plan (docs/ci.md)."),
     "agent": ("fleet.cli.agent_cmds", "agent_group",
               "Run the worker agent on this machine and control it through its local socket."),

@@ -5,17 +5,18 @@ One replica holds it and dispatches; the others wait and take over within about 
 SIGKILLed replica stops renewing; its entry expires). A holder that cannot renew in time steps down before the
 entry can expire (it stops at last renewal + TTL_S - MARGIN_S by its own clock), so two replicas never dispatch at
 once; and every session write is a compare-and-set on the session's revision, so even a holder that lingered could
-not overwrite the new one's work. Used by fleet.service.server with fleet.dispatch.dispatcher.
+not overwrite the new one's work. `Lease.tick()` is one step (take it if free, else renew it): the manager of
+`fleet server` (fleet.service.manager) calls it every RENEW_S from a task of its own, and starts and stops the
+leader's runnables (fleet.dispatch.dispatcher, the janitor) in other tasks, so that no takeover, however long, can
+delay a renewal. Used by fleet.service.server through that manager.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from fleet.bus import subjects
 from fleet.bus.connection import Bus
@@ -31,51 +32,57 @@ KEY = "leader"
 
 
 class Lease:
-    def __init__(self, store: Store, holder: str, on_elected: Callable[[], Awaitable[None]],
-                 on_lost: Callable[[], Awaitable[None]]) -> None:
+    renew_every = RENEW_S
+
+    def __init__(self, store: Store, holder: str) -> None:
         self.store = store
         self.holder = holder
-        self.on_elected = on_elected
-        self.on_lost = on_lost
         self.revision: int | None = None
         self.renewed_at = 0.0
+        self.renewals = 0
+        #: why this replica last stopped holding it (for the log and `fleet ping`)
+        self.lost_why: str | None = None
+        self._payload = json.dumps({"holder": holder}).encode()
 
     @classmethod
-    async def open(cls, bus: Bus, holder: str, on_elected: Callable[[], Awaitable[None]],
-                   on_lost: Callable[[], Awaitable[None]]) -> Lease:
+    async def open(cls, bus: Bus, holder: str) -> Lease:
         store = await open_store(bus, subjects.BUCKET_DISPATCH, history=1, ttl=TTL_S)
-        return cls(store, holder, on_elected, on_lost)
+        return cls(store, holder)
 
     @property
     def held(self) -> bool:
         return self.revision is not None and time.monotonic() < self.renewed_at + TTL_S - MARGIN_S
 
-    async def run(self) -> None:
-        payload = json.dumps({"holder": self.holder}).encode()
-        while True:
+    async def tick(self) -> bool:
+        """Take the lease if it is free, renew it if it is ours; whether this replica holds it now. A failure to
+        reach the store raises its FleetError (the lease is kept until `held` says its time is up)."""
+        if self.revision is None:
+            with contextlib.suppress(Conflict):
+                self.revision = await self.store.create(KEY, self._payload)
+                self.renewed_at = time.monotonic()
+                self.lost_why = None
+                log.info("this replica (%s) now dispatches", self.holder)
+        elif self.held:
             try:
-                if self.revision is None:
-                    with contextlib.suppress(Conflict):
-                        self.revision = await self.store.create(KEY, payload)
-                        self.renewed_at = time.monotonic()
-                        log.info("this replica (%s) now dispatches", self.holder)
-                        await self.on_elected()
-                else:
-                    try:
-                        self.revision = await self.store.update(KEY, payload, last=self.revision)
-                        self.renewed_at = time.monotonic()
-                    except Conflict:
-                        await self._lose("another replica holds the lease")
-            except FleetError as exc:
-                log.warning("dispatcher lease: %s", exc.message)
-            if self.revision is not None and not self.held:
-                await self._lose("it could not renew the lease in time")
-            await asyncio.sleep(RENEW_S if self.revision is not None else RENEW_S / 2)
+                self.revision = await self.store.update(KEY, self._payload, last=self.revision)
+                self.renewed_at = time.monotonic()
+                self.renewals += 1
+            except Conflict:
+                self._drop("another replica holds the lease")
+        if self.revision is not None and not self.held:
+            self._drop("it could not renew the lease in time")
+        return self.held
 
-    async def _lose(self, why: str) -> None:
+    def expire_if_late(self) -> bool:
+        """After a failed tick: drop the lease if its time is up; whether it is still held."""
+        if self.revision is not None and not self.held:
+            self._drop("it could not renew the lease in time")
+        return self.held
+
+    def _drop(self, why: str) -> None:
         log.warning("this replica (%s) stops dispatching: %s", self.holder, why)
         self.revision = None
-        await self.on_lost()
+        self.lost_why = why
 
     async def release(self) -> None:
         """Give the lease up at once (a clean shutdown), so that another replica takes over without waiting."""

@@ -4,7 +4,8 @@ Level-based: every INTERVAL_S it compares, for each declared host that is live, 
 with the declared one, and sends the agent the control command that closes the gap (on the host's own control
 subject), at most once per RETRY_S per host, a few at a time. A host that was offline gets it when it returns; a
 host is also told at (re)registration, in its JoinReply. Agents never read the store for this. Every replica
-runs it: the commands are idempotent. Started by fleet.service.server; `fleet apply` waits until hosts converge.
+runs it: the commands are idempotent. Run by fleet.service.server's manager; `fleet apply` waits until hosts
+converge.
 """
 
 from __future__ import annotations
@@ -46,17 +47,17 @@ class DeclaredStatus:
                 out.append((mid, ACTIONS[want]))
         return out
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(INTERVAL_S)
-            now = time.monotonic()
-            for mid, action in self.gaps():
-                if now - self._sent.get(mid, 0.0) < RETRY_S:
-                    continue
-                self._sent[mid] = now
-                task = asyncio.get_running_loop().create_task(self._tell(mid, action))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+    def tick(self) -> None:
+        """One pass: send what closes each gap not told within RETRY_S (the server's manager runs it every
+        INTERVAL_S: fleet.service.manager.every)."""
+        now = time.monotonic()
+        for mid, action in self.gaps():
+            if now - self._sent.get(mid, 0.0) < RETRY_S:
+                continue
+            self._sent[mid] = now
+            task = asyncio.get_running_loop().create_task(self._tell(mid, action))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _tell(self, mid: str, action: str) -> None:
         async with self._sem:

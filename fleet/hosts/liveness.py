@@ -1,13 +1,13 @@
 """Liveness at work: the monitor that marks silent hosts offline, the writer that persists what must survive a
 restart, and the reminder a revoked host gets when it keeps heartbeating.
 
-`Liveness.monitor()` runs `Registry.sweep` every monitor interval. `Liveness.writer()` drains `Registry.dirty`
+`Liveness.check()` runs `Registry.sweep`; the server's manager calls it every monitor interval. `Liveness.writer()` drains `Registry.dirty`
 in small concurrent batches and writes, by compare-and-set on the host record, the status the agent reports
 (active, paused, draining) and when it was last seen: on every status change and offline transition, never per
 heartbeat, so LAST SEEN and the platform version survive a server restart and a storm of transitions cannot
-flood the loop. Every replica may write the same transition; the second finds the record already there and
-writes nothing. Revoked hosts that still heartbeat are told again (at most every REVOKE_NUDGE_S each). Started by
-fleet.service.server.
+flood the loop. Both are runnables of the server's manager (fleet.service.manager), which restarts them if they fail. Every replica may write the same transition; the second finds the record already there and
+writes nothing. Revoked hosts that still heartbeat are told again (at most every REVOKE_NUDGE_S each). Both run as
+runnables of fleet.service.server's manager (fleet.service.manager), which restarts them if they fail.
 """
 
 from __future__ import annotations
@@ -41,12 +41,11 @@ class Liveness:
         self.wake = asyncio.Event()
         self._nudged: dict[str, float] = {}
 
-    async def monitor(self) -> None:
-        while True:
-            await asyncio.sleep(self.monitor_interval)
-            self.registry.sweep()
-            if self.registry.dirty or self.registry.revoked_seen:
-                self.wake.set()
+    def check(self) -> None:
+        """One pass of the offline monitor (fleet.service.manager.every runs it every monitor interval)."""
+        self.registry.sweep()
+        if self.registry.dirty or self.registry.revoked_seen:
+            self.wake.set()
 
     async def writer(self) -> None:
         registry = self.registry

@@ -12,7 +12,8 @@ instead of trusting the reply (an account JWT the server could not validate was 
 ../shared/notes/nats-trust.md): it looks the account up (`$SYS.REQ.ACCOUNT.<account>.CLAIMS.LOOKUP`), verifies the
 operator's signature and that every revocation is there. nats-server closes the revoked connections at once and
 refuses them from then on, across restarts (its full resolver keeps the JWT). `revoke()` records one more and
-pushes; `run()` pushes at start, after every reconnect, and every PUSH_EVERY_S, so any replica repairs a server
+pushes; the server pushes at start, after every reconnect, and every PUSH_EVERY_S (a runnable of its manager,
+which retries a failed push with backoff), so any replica repairs a server
 that lost the JWT. Every pushed account JWT is issued at least a second after the account.jwt that nats.conf
 preloads: nats-server keeps the stored JWT over the preloaded one at a restart only when it is strictly newer.
 Used by fleet.service.api (`fleet hosts revoke`, `fleet hosts rm`) and the enrollment authority (`is_revoked`).
@@ -30,7 +31,7 @@ from fleet.bus.connection import Bus
 from fleet.bus.kv import Entry, Store
 from fleet.bus.trust import TrustError, decode, verify
 from fleet.bus.trustdir import TrustDir
-from fleet.errors import FleetError, TransientError
+from fleet.errors import TransientError
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,3 @@ class Revocations:
         if missing:
             raise TransientError(f"nats-server did not take {len(missing)} revocation(s) (e.g. {missing[0][:12]}…)")
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.push()
-                await asyncio.sleep(PUSH_EVERY_S)
-            except FleetError as exc:
-                log.warning("pushing revocations to nats-server failed (%s); retrying", exc.message)
-                await asyncio.sleep(2.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from fleet import __version__
@@ -77,6 +78,8 @@ class HostApi:
         self.metrics = metrics or []
         #: operator mode: every requester replies on its identity's inbox (fleet.bus.replies.identity_inbox)
         self.strict_replies = False
+        #: the server's manager (fleet.service.manager.Manager.view): whether this replica leads, its runnables
+        self.manager_view: Callable[[], dict[str, Any]] | None = None
         #: registrations per host: an agent registers at start and after a reconnect; a flood is dropped unread
         self.registrations = PerHost(rate=REGISTER_RATE, burst=REGISTER_BURST)
 
@@ -141,8 +144,10 @@ class HostApi:
         merged: Counter[str] = Counter()
         for counter in self.metrics:
             merged.update(counter)
+        manager = self.manager_view() if self.manager_view is not None else {}
         return ApiReply(ok=True, data={"version": __version__, "server": self.server_id, **self.registry.counts(),
-                                       "heartbeats": merged.get("heartbeats", 0), "metrics": dict(merged)}).encode()
+                                       "heartbeats": merged.get("heartbeats", 0), "metrics": dict(merged),
+                                       **manager}).encode()
 
     async def page(self, msg: Any) -> bytes:
         return self.snapshots.page(decode(HostsPageRequest, msg.data), self._page_budget())

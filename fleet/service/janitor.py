@@ -7,20 +7,18 @@ storage on nats-server. Their identities may create only unnamed (ephemeral) con
 and `ConsumerJanitor` deletes, on the buckets others may read, every consumer nobody listens to on two sweeps in a
 row (CONSUMER_SWEEP_S apart): durable and pull consumers (fleet makes none) and push consumers without a subscriber
 on their deliver subject. fleet's own readers (ordered push consumers) are bound while they read. Run by the
-`fleet server` replica that holds the dispatch lease (fleet.service.server); a cap on consumers per stream would
+`fleet server` replica that holds the dispatch lease (a leader-only runnable of fleet.service.manager); a cap on consumers per stream would
 instead let the same identity block fleet's own readers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 
 from fleet.bus import subjects
 from fleet.bus.connection import Bus
 from fleet.bus.kv import delete_consumer, unbound_consumers
-from fleet.errors import FleetError
+from fleet.service.manager import every
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +47,8 @@ class ConsumerJanitor:
         self.removed += removed
         return removed
 
-    async def run(self, active: Callable[[], bool], every: float = CONSUMER_SWEEP_S) -> None:
-        while True:
-            await asyncio.sleep(every)
-            if not active():
-                self.suspects.clear()
-                continue
-            try:
-                await self.sweep_once()
-            except FleetError as exc:
-                log.info("sweeping left-behind consumers failed (%s); next try in %.0fs", exc.message, every)
+    async def run(self, interval: float = CONSUMER_SWEEP_S) -> None:
+        """The leader's sweeps, every `interval` seconds, from a clean slate (what was suspected while another
+        replica led is forgotten). A failed sweep raises: the server's manager restarts this with backoff."""
+        self.suspects.clear()
+        await every(interval, self.sweep_once)()

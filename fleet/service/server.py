@@ -13,11 +13,13 @@ benches and tests. `FleetServer.start()`:
    (fleet.bus.replies); with a trust directory it serves through two identities it signs for itself that may
    publish nothing but replies (fleet.bus.identities.server_replies, server_enroll), so the NATS server refuses a
    reply aimed anywhere else even if fleet's own check failed;
-4. starts the offline monitor and the writer of transitions (fleet.hosts.liveness) and the declared-status
-   controller (fleet.hosts.declared);
-5. runs for the dispatch lease (fleet.dispatch.leader): the replica that holds it dispatches sessions
-   (fleet.dispatch.dispatcher) and serves the session API and the hosts' work subjects (fleet.dispatch.api), and
-   clears away consumers that readers of the buckets left behind (fleet.service.janitor).
+4. hands every long-running loop to its manager (fleet.service.manager), which restarts a failed one with backoff
+   and logs why: the offline monitor and the writer of transitions (fleet.hosts.liveness), the declared-status
+   controller (fleet.hosts.declared), the revocation push (fleet.hosts.revocation), the metrics log;
+5. lets the manager run for the dispatch lease (fleet.dispatch.leader): while this replica holds it, the manager runs
+   the leader-only runnables: the dispatcher (fleet.dispatch.dispatcher, with the session API and the hosts' work
+   subjects of fleet.dispatch.api) and the janitor of consumers that readers of the buckets left behind
+   (fleet.service.janitor). The ping reply carries the manager's view of them (`fleet ping`).
 
 The backend controllers of a later issue join here, as further wiring.
 """
@@ -48,13 +50,16 @@ from fleet.dispatch.dispatcher import SESSION_RETENTION_S, Dispatcher
 from fleet.dispatch.leader import Lease
 from fleet.errors import FleetError
 from fleet.hosts.config import AppliedConfig
+from fleet.hosts.declared import INTERVAL_S as DECLARED_INTERVAL_S
 from fleet.hosts.declared import DeclaredStatus
 from fleet.hosts.enrollment import Enroller
 from fleet.hosts.liveness import Liveness
 from fleet.hosts.registry import DEFAULT_OFFLINE_AFTER, Registry
-from fleet.hosts.revocation import Revocations
+from fleet.hosts.revocation import PUSH_EVERY_S, Revocations
+from fleet.retry import Backoff, retrying
 from fleet.service.api import HostApi
 from fleet.service.janitor import ConsumerJanitor
+from fleet.service.manager import Manager, describe, every
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ DEFAULT_HEARTBEAT_INTERVAL = 2.0
 METRICS_LOG_S = 60.0
 API_CONCURRENCY = 64
 AGENT_CONCURRENCY = 32
+RESYNC_BACKOFF = Backoff(0.2, 5.0, floor=0.5)
 
 
 @dataclass
@@ -94,7 +100,9 @@ class FleetServer:
     enroll_bus: Bus | None = None  # answers enrollments (only into the enrollment inbox)
     dispatcher: Dispatcher | None = None
     lease: Lease | None = None
-    _tasks: set[asyncio.Task] = field(default_factory=set)
+    manager: Manager = field(default_factory=Manager)
+    _tasks: set[asyncio.Task] = field(default_factory=set)  # one-off tasks (resyncs after a reconnect)
+    _metrics_last: dict[str, int] = field(default_factory=dict)
     _informers: list[Informer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -167,14 +175,17 @@ class FleetServer:
                               max_bytes=MAX_MESSAGE_BYTES)
         for b in {id(x): x for x in (bus, serve_bus, enroll_bus)}.values():
             await b.flush()
-        self._spawn(liveness.monitor())
-        self._spawn(liveness.writer())
-        self._spawn(DeclaredStatus(registry, bus).run())
+        m = self.manager
+        m.add("liveness-monitor", every(s.monitor_interval, liveness.check))
+        m.add("liveness-writer", liveness.writer)
+        m.add("declared-status", every(DECLARED_INTERVAL_S, DeclaredStatus(registry, bus).tick))
         if revocations is not None:
-            self._spawn(revocations.run())
+            m.add("revocations", every(PUSH_EVERY_S, revocations.push, first=True))
         await self._start_dispatch(bus, serve_bus)
-        self._spawn(ConsumerJanitor(bus).run(lambda: self.lease is not None and self.lease.held))
-        self._spawn(self._log_metrics())
+        m.add("consumer-janitor", ConsumerJanitor(bus).run, leader_only=True)
+        m.add("metrics-log", every(METRICS_LOG_S, self._log_metrics))
+        api.manager_view = m.view
+        await m.start()
         self.ready.set()
         log.info("fleet server %s (%s) ready on %s (%d hosts known, offline after %.1fs)", self.server_id,
                  __version__, s.url, len(registry.entries), s.offline_after)
@@ -211,19 +222,22 @@ class FleetServer:
         self.api.metrics.append(dispatcher.metrics)
         session_api = SessionApi(serve_bus, dispatcher)
 
-        async def elected() -> None:
-            await dispatcher.take_over()
-            gc.collect()
-            gc.freeze()  # the sessions just read are long-lived: out of the collector's way
-            await session_api.start()
-            self._spawn(dispatcher.run())
+        async def dispatch() -> None:
+            """The leader's dispatcher: take over (read every session), serve the session API, dispatch. Run by the
+            manager while this replica holds the lease (and again, from a fresh takeover, if it fails)."""
+            try:
+                await dispatcher.take_over()
+                gc.collect()
+                gc.freeze()  # the sessions just read are long-lived: out of the collector's way
+                await session_api.start()
+                await dispatcher.run()
+            finally:
+                dispatcher.step_down()
+                await session_api.stop()
 
-        async def lost() -> None:
-            dispatcher.step_down()
-            await session_api.stop()
-
-        self.lease = await Lease.open(bus, self.server_id, elected, lost)
-        self._spawn(self.lease.run())
+        self.lease = await Lease.open(bus, self.server_id)
+        self.manager.elect_with(self.lease)
+        self.manager.add("dispatcher", dispatch, leader_only=True)
 
     async def _warn_if_exposed(self, s: ServerSettings) -> None:
         """Say so when the bus is open to eavesdroppers (no TLS beyond this machine) or to anyone (anonymous
@@ -244,32 +258,28 @@ class FleetServer:
             self._spawn(self._resync_one(informer))
 
     async def _resync_one(self, informer: Informer) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await informer.resync()
-                log.info("resynced %s after a reconnect", informer.store.bucket)
-                return
-            except Exception as exc:  # JetStream may need a moment after a server restart
-                log.warning("resync of %s failed (%s); retrying in %.1fs", informer.store.bucket, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        def failed(attempt: int, exc: BaseException, delay: float) -> None:
+            log.warning("resync of %s failed (%s); retrying in %.1fs", informer.store.bucket, describe(exc), delay)
 
-    async def _log_metrics(self) -> None:
+        # JetStream may need a moment after a server restart: retried until it works (or the server stops)
+        async for attempt in retrying(retry_on=Exception, wait=RESYNC_BACKOFF, on_retry=failed):
+            with attempt:
+                await informer.resync()
+        log.info("resynced %s after a reconnect", informer.store.bucket)
+
+    def _log_metrics(self) -> None:
         """Say, once a minute, what untrusted input was dropped or refused (nothing when nothing was)."""
-        last: dict[str, int] = {}
         quiet = {"heartbeats", "offline_transitions"}
-        while True:
-            await asyncio.sleep(METRICS_LOG_S)
-            now: dict[str, int] = {}
-            for counter in self.api.metrics:
-                for k, v in counter.items():
-                    now[k] = now.get(k, 0) + v
-            moved = {k: v - last.get(k, 0) for k, v in now.items() if k not in quiet and v != last.get(k, 0)}
-            if moved:
-                log.warning("in the last %.0fs, dropped or refused: %s", METRICS_LOG_S,
-                            ", ".join(f"{k} {v}" for k, v in sorted(moved.items())))
-            last = now
+        now: dict[str, int] = {}
+        for counter in self.api.metrics:
+            for k, v in counter.items():
+                now[k] = now.get(k, 0) + v
+        last = self._metrics_last
+        moved = {k: v - last.get(k, 0) for k, v in now.items() if k not in quiet and v != last.get(k, 0)}
+        if moved:
+            log.warning("in the last %.0fs, dropped or refused: %s", METRICS_LOG_S,
+                        ", ".join(f"{k} {v}" for k, v in sorted(moved.items())))
+        self._metrics_last = now
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -277,10 +287,7 @@ class FleetServer:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        if self.lease is not None:  # let another replica take over at once
-            if self.dispatcher is not None:
-                self.dispatcher.step_down()
-            await self.lease.release()
+        await self.manager.stop()  # the leader's runnables first, then the lease (another replica takes over at once)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -40,6 +40,7 @@ from fleet.bus.messages import (
 )
 from fleet.bus.settings import TlsSettings
 from fleet.errors import FleetError, InvalidRequest, ProtocolError, ServerUnavailable
+from fleet.retry import Backoff, retrying
 
 __all__ = ["Client", "SyncClient", "SessionView"]
 
@@ -48,6 +49,12 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 POLL_S = 30.0  # one long-poll of wait / logs
 SUBMIT_TIMEOUT_S = 5.0  # a stored session is answered in milliseconds: no answer by then, and it is sent again
 FAILOVER_S = 15.0  # how long a request is sent again while no dispatcher answers (a fail-over takes ~3 s)
+FAILOVER_BACKOFF = Backoff(0.1, 0.4, floor=0.5)  # between those requests: short, a new leader answers at once
+
+
+def _failover(exc: BaseException) -> bool:
+    """Worth sending again: nobody answered (a fail-over), or the server said "again"; not a refusal."""
+    return isinstance(exc, FleetError) and (isinstance(exc, ServerUnavailable) or exc.retryable)
 T = TypeVar("T")
 
 
@@ -115,15 +122,11 @@ class Client:
         sent again until FAILOVER_S passed; errors the server answered with are not."""
         await self.connect()
         assert self.bus is not None
-        deadline = time.monotonic() + FAILOVER_S
-        while True:
-            try:
+        async for attempt in retrying(retry_on=_failover, within=FAILOVER_S, wait=FAILOVER_BACKOFF):
+            with attempt:  # no answer (a fail-over: the next leader answers within seconds), or "again"
                 return await call(self.bus, subjects.api_sessions(self.tenant, verb), message, timeout=timeout,
                                   attempts=1)
-            except FleetError as exc:  # no answer (a fail-over: the next leader answers within seconds), or "again"
-                if not (isinstance(exc, ServerUnavailable) or exc.retryable) or time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(0.2)
+        raise AssertionError("not reached")
 
     async def submit(self, project: str, command: Sequence[str], *, labels: Sequence[str] = (),
                      model: str | None = None, priority: int = 0, timeout: float | None = None,
