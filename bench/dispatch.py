@@ -88,9 +88,8 @@ from fleet.bus.messages import (  # noqa: E402
 )
 from fleet.bus.trust import Key, Permissions, creds_text, inbox_prefix, write_secret  # noqa: E402
 from fleet.bus.trustdir import TrustDir  # noqa: E402
-from fleet.dispatch.placement import DispatchHost  # noqa: E402
 from fleet.routing import PoolView  # noqa: E402
-from fleet.scheduler import Route, Snapshot, place  # noqa: E402
+from fleet.scheduler import HostState, Route, Snapshot, place  # noqa: E402
 from fleet.sessions.client import Client  # noqa: E402
 
 TENANT = "bench"
@@ -551,9 +550,9 @@ def bench_route(decisions: int, hosts: int = 1000) -> dict[str, Any]:
     pools.set_config({"p": PoolView("p", TENANT, "local", "persistent", SLOTS)}, {})
     pool_hosts = []
     for i in range(hosts):
-        h = DispatchHost(machine_id=f"{i:08x}-0000-4000-8000-000000000000", tenant=TENANT, pools=("p",),
-                         labels=frozenset({"region=eu"} | ({"gpu"} if i % 10 == 0 else set())),
-                         models=frozenset(), status="active", slots=SLOTS)
+        h = HostState(machine_id=f"{i:08x}-0000-4000-8000-000000000000", tenant=TENANT, pools=("p",),
+                      labels=frozenset({"region=eu"} | ({"gpu"} if i % 10 == 0 else set())),
+                      models=frozenset(), status="active", slots=SLOTS)
         h.sessions = {f"s{i}-{k}" for k in range(rng.randrange(SLOTS))}
         pools.put_host(h)
         pool_hosts.append(h)

@@ -29,7 +29,9 @@ from fleet.bus.messages import (
     WorkEvent,
     decode,
 )
-from fleet.dispatch.dispatcher import Dispatcher, SessionState, public
+from fleet.dispatch.dispatcher import Dispatcher
+from fleet.dispatch.query import public
+from fleet.dispatch.store import SessionState
 from fleet.errors import InvalidRequest, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ class SessionApi:
             return self._reply(st)
         if verb == "list":
             lreq = decode(SessionListRequest, msg.data)
-            sessions = d.listing(tenant, lreq.project, lreq.phase, lreq.limit)
+            sessions = d.query.listing(tenant, lreq.project, lreq.phase, lreq.limit)
             items: list[dict[str, Any]] = []
             size = 0
             for st in reversed(sessions):  # the newest first, as many as one reply holds
@@ -104,17 +106,17 @@ class SessionApi:
                                            "truncated": len(items) < len(sessions)}).encode()
         if verb == "logs":
             logreq = decode(LogsRequest, msg.data)
-            st = await d.get(tenant, logreq.id)
+            st = await d.query.get(tenant, logreq.id)
             wait_s = logreq.wait_s if self.waiting[tenant] < WAITS_PER_TENANT else 0.0
             self.waiting[tenant] += 1
             try:
-                offset, text, end = await d.logs(st, logreq.offset, wait_s)
+                offset, text, end = await d.query.logs(st, logreq.offset, wait_s)
             finally:
                 self.waiting[tenant] -= 1
             return ApiReply(ok=True, data={"id": st.record.id, "offset": offset, "text": text, "end": end,
                                            "phase": st.record.phase, "exit_code": st.record.exit_code}).encode()
         query = decode(SessionQuery, msg.data)
-        st = await d.get(tenant, query.id)
+        st = await d.query.get(tenant, query.id)
         if verb == "cancel":
             await d.cancel(st)
         elif verb == "wait":
@@ -129,7 +131,7 @@ class SessionApi:
             return
         self.waiting[tenant] += 1
         try:
-            await self.dispatcher.wait(st, wait_s)
+            await self.dispatcher.query.wait(st, wait_s)
         finally:
             self.waiting[tenant] -= 1
 
@@ -141,8 +143,8 @@ class SessionApi:
         if host is not None:
             data["hostname"] = host.hostname
         if st.record.phase == "queued":
-            data["reason"] = self.dispatcher.waiting_reason(st.record) or data.get("reason")
-            data["wait_kind"], data["wait_pool"] = self.dispatcher.waiting_for(st.record)
+            reason, data["wait_kind"], data["wait_pool"] = self.dispatcher.waiting_for(st.record)
+            data["reason"] = reason or data.get("reason")
         route = self.dispatcher.route_of(st.record)
         if route is not None:
             data["route_labels"] = sorted(route.labels - set(st.record.labels))
@@ -184,4 +186,4 @@ class SessionApi:
         except ProtocolError:
             self.dispatcher.metrics["output_dropped"] += 1
             return
-        self.dispatcher.on_output(parts[0], chunk)
+        self.dispatcher.query.on_output(parts[0], chunk)

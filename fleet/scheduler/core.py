@@ -38,8 +38,6 @@ from fleet.scheduler.model import (
     UNKNOWN_POOL,
     UNKNOWN_PROJECT,
     WAITS_FOR_BACKEND,
-    Assignment,
-    DispatchPlan,
     Pass,
     PendingGroup,
     Placement,
@@ -47,10 +45,10 @@ from fleet.scheduler.model import (
     Reason,
     Route,
     Snapshot,
-    Unplaced,
     serves,
     suits,
 )
+from fleet.scheduler.plan import Assignment, DispatchPlan, Unplaced
 
 
 def group(requests: Iterable[tuple[str, str, Iterable[str], str | None]]) -> list[PendingGroup]:

@@ -18,8 +18,7 @@ from typing import Protocol
 
 
 class SlotHost(Protocol):
-    """What the scheduler reads of a host. fleet.scheduler.model.HostState and the dispatcher's DispatchHost are
-    both this shape."""
+    """What the scheduler reads of a host: fleet.scheduler.model.HostState (the one host model) has this shape."""
 
     @property
     def machine_id(self) -> str: ...
