@@ -3,7 +3,8 @@
 The tenant is a token of the subject, so NATS permissions scope a submitter to its tenant (fleet.bus.identities);
 `_all` is the token of identities that see every tenant (admin; a viewer may list, show, wait and read logs).
 Verbs: submit (SubmitRequest: the reply comes once the session is stored; with `wait_s`, once it ended or wait_s
-passed), list (SessionListRequest), get, cancel, wait (SessionQuery), logs (LogsRequest, long-polled). Hosts
+passed), submit_many (SubmitManyRequest: up to MAX_SUBMIT_BATCH sessions; the reply, one brief view each, once
+every one is stored), list (SessionListRequest), get, cancel, wait (SessionQuery), logs (LogsRequest, long-polled). Hosts
 report on `fleet.v1.work.<machine_id>.event` (WorkEvent -> WorkReply) and `.output` (OutputChunk): the machine ID
 is the subject's token, which only that host's identity may publish on. Subscribed only while this replica leads
 (fleet.service.server wires it).
@@ -20,11 +21,13 @@ from fleet.bus import subjects
 from fleet.bus.connection import Bus
 from fleet.bus.messages import (
     LIVE_PHASES,
+    SUBMIT_MANY_BYTES,
     ApiReply,
     LogsRequest,
     OutputChunk,
     SessionListRequest,
     SessionQuery,
+    SubmitManyRequest,
     SubmitRequest,
     WorkEvent,
     decode,
@@ -44,6 +47,8 @@ LIST_BYTES = 512 * 1024  # a list reply stays well under NATS's 1 MB message lim
 # a command and an environment of 64 KiB each, in JSON, with room to spare; below a submitter's NATS payload limit
 # (fleet.bus.identities.CLIENT_PAYLOAD), so a request of a size between the two gets a `too_large` reply
 SUBMIT_BYTES = 160 * 1024
+BRIEF = ("id", "tenant", "phase", "host", "hostname", "pool", "reason", "wait_kind", "wait_pool", "submitted_at",
+         "attempt", "route_labels", "route_model")
 
 
 class SessionApi:
@@ -59,6 +64,8 @@ class SessionApi:
         self._subs = [
             await bus.serve(f"{api}.submit", self.handle, queue=q, concurrency=WAIT_CONCURRENCY,
                             max_bytes=SUBMIT_BYTES),
+            await bus.serve(f"{api}.submit_many", self.handle, queue=q, concurrency=API_CONCURRENCY,
+                            max_bytes=SUBMIT_MANY_BYTES),
             await bus.serve(f"{api}.list", self.handle, queue=q, concurrency=API_CONCURRENCY),
             await bus.serve(f"{api}.get", self.handle, queue=q, concurrency=API_CONCURRENCY),
             await bus.serve(f"{api}.cancel", self.handle, queue=q, concurrency=API_CONCURRENCY),
@@ -90,6 +97,10 @@ class SessionApi:
             if req.wait_s:
                 await self._wait(tenant, st, req.wait_s)
             return self._reply(st)
+        if verb == "submit_many":
+            many = decode(SubmitManyRequest, msg.data, max_bytes=SUBMIT_MANY_BYTES)
+            states = await d.submit_many(tenant, many.requests())
+            return ApiReply(ok=True, data={"sessions": [self._brief(st) for st in states]}).encode()
         if verb == "list":
             lreq = decode(SessionListRequest, msg.data)
             sessions = d.query.listing(tenant, lreq.project, lreq.phase, lreq.limit)
@@ -151,6 +162,11 @@ class SessionApi:
             if st.record.model is None and route.model:
                 data["route_model"] = route.model
         return data
+
+    def _brief(self, st: SessionState) -> dict[str, Any]:
+        """A session as a batch submit answers it: where it is, or why it waits (the client knows the rest)."""
+        view = self._view(st)
+        return {k: view.get(k) for k in BRIEF}
 
     def _summary(self, st: SessionState) -> dict[str, Any]:
         """A session as a list shows it: no output, no history, the command cut at 200 characters."""
