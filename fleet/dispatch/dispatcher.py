@@ -61,6 +61,7 @@ __all__ = ["ALL_TENANTS", "KEEP_FINISHED", "RECONCILE_S", "SESSION_RETENTION_S",
 log = logging.getLogger(__name__)
 
 RECONCILE_S = 0.5
+PASS_GATHER_S = 0.002  # with sessions waiting, a pass waits this long for more events (slots freed, submits)
 
 
 class Dispatcher:
@@ -226,6 +227,8 @@ class Dispatcher:
         while self.leading:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._pass_wanted.wait(), RECONCILE_S)
+            if len(self.where.pending) > 1:  # a pass per batch of events: let the completions of this moment in
+                await asyncio.sleep(PASS_GATHER_S)
             self._pass_wanted.clear()
             try:
                 if self._resync_wanted:

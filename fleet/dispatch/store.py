@@ -10,7 +10,7 @@ Used by the dispatcher (fleet.dispatch.dispatcher), its plan applier (fleet.disp
   anyone else shows up as a compare-and-set conflict, and the store reports it (`on_conflict`) so that the
   dispatcher lists the bucket again instead of guessing.
 - the writer half: `create` (a new session) and `persist` (a session's current value by compare-and-set on its
-  revision). Every write is fenced twice: by the lease (`check_lease` raises unless this replica still holds it by
+  revision), pipelined (fleet.bus.kvpipe: many writes in flight, each returning once JetStream acknowledged it). Every write is fenced twice: by the lease (`check_lease` raises unless this replica still holds it by
   its own clock) and by the session's revision; a live session's record carries its fencing token. Writes of one
   session never overlap: one asked for while another is in flight is folded into the next (write batching), and
   `persist` returns once a write that includes the state as of the call has landed. A final value carries a TTL
@@ -24,8 +24,10 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fleet.bus.kv import Store
+from fleet.bus.kvpipe import PipelinedWriter
 from fleet.bus.messages import LIVE_PHASES, MAX_OUTPUT_TAIL, SessionRecord
 from fleet.dispatch.reconcile import HOST_GRACE_S
 from fleet.errors import Conflict, FleetError
@@ -76,6 +78,8 @@ class SessionStore:
     def __init__(self, kv: Store, *, check_lease: Callable[[], None], on_conflict: Callable[[SessionState], None],
                  metrics: Counter[str], retention: float = SESSION_RETENTION_S) -> None:
         self.kv = kv
+        # the writes: pipelined (fleet.bus.kvpipe) on a bucket of a live connection; else the store's own calls
+        self.writer: Any = PipelinedWriter(kv) if getattr(kv, "bus", None) is not None else kv
         self.check_lease = check_lease
         self.on_conflict = on_conflict
         self.metrics = metrics
@@ -152,7 +156,7 @@ class SessionStore:
     async def create(self, record: SessionRecord) -> int:
         """Store a new session; its revision (Conflict: the key exists)."""
         self.check_lease()
-        return await self.kv.create(record.id, record.encode())
+        return await self.writer.create(record.id, record.encode())
 
     async def persist(self, st: SessionState) -> None:
         """Write the session's current state by compare-and-set on its revision (see the module docstring)."""
@@ -171,8 +175,8 @@ class SessionStore:
                     st.record.fence = st.fence
                 try:
                     self.check_lease()
-                    st.revision = await self.kv.update(st.record.id, st.record.encode(), last=st.revision,
-                                                       ttl=self.retention if st.record.final else None)
+                    st.revision = await self.writer.update(st.record.id, st.record.encode(), last=st.revision,
+                                                           ttl=self.retention if st.record.final else None)
                 except FleetError as exc:
                     for fut in waiting:
                         if not fut.done():
