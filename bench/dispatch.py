@@ -88,8 +88,7 @@ from fleet.bus.messages import (  # noqa: E402
 )
 from fleet.bus.trust import Key, Permissions, creds_text, inbox_prefix, write_secret  # noqa: E402
 from fleet.bus.trustdir import TrustDir  # noqa: E402
-from fleet.dispatch.placement import DispatchHost  # noqa: E402
-from fleet.scheduler import Route, Snapshot, place  # noqa: E402
+from fleet.scheduler import HostState, Route, Snapshot, place  # noqa: E402
 from fleet.schema.models import Pool  # noqa: E402
 from fleet.sessions.client import Client  # noqa: E402
 
@@ -109,18 +108,20 @@ AGENT_TURNS = 2  # the sandboxed and unsandboxed agents are measured in turns, A
 
 SIZES = {  # operations per phase: x_1 at 1 in flight, x_n at 128 in flight, warm: the warm-ups; route: decisions
     "full": {"raw_1": 3000, "raw_n": 40000, "noop_1": 1500, "noop_n": 20000, "agent_1": 300, "agent_n": 4000,
-             "celery_1": 1000, "celery_n": 6000, "route": 100_000, "warm": 300},
+             "celery_1": 1000, "celery_n": 6000, "route": 100_000, "warm": 300, "bulk": 8_000},
     "quick": {"raw_1": 500, "raw_n": 6000, "noop_1": 300, "noop_n": 3000, "agent_1": 60, "agent_n": 640,
-              "celery_1": 200, "celery_n": 1500, "route": 20_000, "warm": 128},
+              "celery_1": 200, "celery_n": 1500, "route": 20_000, "warm": 128, "bulk": 4_000},
 }
 
-# Targets of the dispatch issue.
-MUST_CELERY_FACTOR = 10.0
-MUST_P50_S = 0.003
+# Targets of the scheduler issue (15).
+MUST_CELERY_FACTOR = 6.0
+MUST_P50_RAW_FACTOR = 4.0  # p50 at 1 in flight: below Celery's and at most this many times raw request/reply's
+MUST_SERVER_US = 150.0  # `fleet server` CPU per no-op session at 128 in flight
+GOAL_CELERY_FACTOR = 10.0
 GOAL_RAW_SHARE = 0.25
-GOAL_SESSIONS_PER_S = 5000
-GOAL_P50_RAW_FACTOR = 3.0
+GOAL_BULK_CELERY_FACTOR = 20.0  # sessions enqueued by submit_many and run, per second, against Celery's tasks/s
 GOAL_ROUTE_US = 50.0
+BULK_BATCH = 500  # sessions per submit_many request of the bulk phase (MAX_SUBMIT_BATCH is 1000)
 
 
 def submit_payload() -> bytes:
@@ -392,7 +393,8 @@ async def server_metrics(url: str, creds: str) -> dict[str, Any]:
 
 
 async def bench_sessions(url: str, creds: str, project: str, n1: int, nn: int, warm: int, meter: CpuMeter,
-                         trust: TrustDir, *, two_step: int = 0, profile: Any = None) -> dict[str, Any]:
+                         trust: TrustDir, *, two_step: int = 0, profile: Any = None, bulk: int = 0
+                         ) -> dict[str, Any]:
     """Sessions of `project` through the fleet client: warm-up, 1 in flight, 128 in flight (CPU metered), and
     optionally `two_step` sessions as submit then wait(id)."""
     bad: list[str] = []
@@ -436,7 +438,37 @@ async def bench_sessions(url: str, creds: str, project: str, n1: int, nn: int, w
         if prof is not None:
             out["profile"] = prof
         out["not_succeeded"] = bad[:5]
+        if bulk:
+            out["bulk"] = await bench_bulk(client, url, trust, project, bulk)
     return out
+
+
+async def bench_bulk(client: Client, url: str, trust: TrustDir, project: str, n: int) -> dict[str, Any]:
+    """`n` no-op sessions enqueued by Client.submit_many (BULK_BATCH a request, two requests in flight) and run to
+    their end: the time from the first request to the server's count of succeeded sessions reaching them all. `n`
+    stays below the server's bound of open sessions per tenant (10,000: past it a submit is refused, QueueFull)."""
+    admin = str(trust.path("admin.creds"))
+    done_before = (await server_metrics(url, admin)).get("finished_succeeded", 0)
+    batches = [BULK_BATCH] * (n // BULK_BATCH)
+    started = time.perf_counter()
+    stored_at: list[float] = []
+    window = asyncio.Semaphore(2)
+
+    async def one(size: int) -> None:
+        async with window:
+            views = await client.submit_many(project, [["true"]] * size)
+            assert len(views) == size
+            stored_at.append(time.perf_counter())
+
+    await asyncio.gather(*(one(b) for b in batches))
+    total = sum(batches)
+    while (await server_metrics(url, admin)).get("finished_succeeded", 0) - done_before < total:
+        if time.perf_counter() - started > 300:
+            raise RuntimeError("bulk sessions did not all succeed within 300 s")
+        await asyncio.sleep(0.02)
+    ended = time.perf_counter()
+    return {"sessions": total, "batch": BULK_BATCH, "stored_per_s": round(total / (max(stored_at) - started)),
+            "run_per_s": round(total / (ended - started)), "seconds": round(ended - started, 3)}
 
 
 def py_spy(pid: int, out: str, seconds: float, native: bool = False) -> subprocess.Popen | None:
@@ -564,9 +596,9 @@ def bench_route(decisions: int, hosts: int = 1000) -> dict[str, Any]:
     pools.set_config({"p": Pool.from_spec("p", {"tenant": TENANT, "capacity": {"max_concurrent_sessions": SLOTS}})}, {})
     pool_hosts = []
     for i in range(hosts):
-        h = DispatchHost(machine_id=f"{i:08x}-0000-4000-8000-000000000000", tenant=TENANT, pools=("p",),
-                         labels=frozenset({"region=eu"} | ({"gpu"} if i % 10 == 0 else set())),
-                         models=frozenset(), status="active", slots=SLOTS)
+        h = HostState(machine_id=f"{i:08x}-0000-4000-8000-000000000000", tenant=TENANT, pools=("p",),
+                      labels=frozenset({"region=eu"} | ({"gpu"} if i % 10 == 0 else set())),
+                      models=frozenset(), status="active", slots=SLOTS)
         h.sessions = {f"s{i}-{k}" for k in range(rng.randrange(SLOTS))}
         pools.put_host(h)
         pool_hosts.append(h)
@@ -682,7 +714,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     return py_spy(server.pid, args.py_spy, 8 if args.quick else 15, args.py_spy_native)
             noop = asyncio.run(bench_sessions(url, str(submitter), NOOP_PROJECT, sizes["noop_1"], sizes["noop_n"],
                                               sizes["warm"], meter, trust, two_step=sizes["noop_1"] // 2,
-                                              profile=profile))
+                                              profile=profile, bulk=sizes["bulk"]))
             if isinstance(noop.get("profile"), subprocess.Popen):
                 noop["profile"].wait(60)
                 note(f"py-spy profile of the fleet server written to {args.py_spy}")
@@ -696,7 +728,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "cpu_sys_us_per_op": cpu_per_op(noop["cpu_sys"], noop["par"].ops),
                                "seq_breakdown_ms": breakdown(noop["marks"], stamps),
                                "host_counts": counts, "not_succeeded": noop["not_succeeded"],
-                               "per_session": noop["per_session"]}
+                               "per_session": noop["per_session"], "bulk": noop.get("bulk")}
 
             # the same real agents twice: sessions sandboxed (fleet.agents.sandbox: a slot of their own uid, PID/mount/IPC
             # namespaces, bubblewrap), and unsandboxed (--no-sandbox, in a pool that says isolation: none); both groups
@@ -879,28 +911,38 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     fleet_n, fleet_p50 = r["noop"]["par"]["per_s"], r["noop"]["seq"]["p50_ms"]
     raw_n, raw_p50 = r["raw"]["par"]["per_s"], r["raw"]["seq"]["p50_ms"]
+    bulk = r["noop"].get("bulk") or {}
     cel = r.get("celery", {})
     if "par" in cel:
-        ratio = fleet_n / cel["par"]["per_s"]
-        out.append({"kind": "Must", "what": f"fleet throughput at {INFLIGHT} in flight >= {MUST_CELERY_FACTOR:g}x Celery's",
-                    "value": f"{fleet_n:,.0f} vs {cel['par']['per_s']:,.0f} tasks/s = {ratio:.1f}x",
-                    "met": ratio >= MUST_CELERY_FACTOR})
-        out.append({"kind": "Must", "what": "fleet p50 at 1 in flight below Celery's and <= 3 ms",
-                    "value": f"{fleet_p50:.2f} ms vs Celery {cel['seq']['p50_ms']:.2f} ms",
-                    "met": fleet_p50 < cel["seq"]["p50_ms"] and fleet_p50 <= MUST_P50_S * 1e3})
+        cel_n = cel["par"]["per_s"]
+        ratio = fleet_n / cel_n
+        for kind, factor in (("Must", MUST_CELERY_FACTOR), ("goal", GOAL_CELERY_FACTOR)):
+            out.append({"kind": kind, "what": f"fleet throughput at {INFLIGHT} in flight >= {factor:g}x Celery's",
+                        "value": f"{fleet_n:,.0f} vs {cel_n:,.0f} tasks/s = {ratio:.1f}x", "met": ratio >= factor})
+        out.append({"kind": "Must", "what": f"fleet p50 at 1 in flight below Celery's and <= {MUST_P50_RAW_FACTOR:g}x "
+                                            "raw request/reply's",
+                    "value": f"{fleet_p50:.2f} ms vs Celery {cel['seq']['p50_ms']:.2f} ms, raw {raw_p50:.2f} ms "
+                             f"({fleet_p50 / raw_p50:.1f}x)",
+                    "met": fleet_p50 < cel["seq"]["p50_ms"] and fleet_p50 <= MUST_P50_RAW_FACTOR * raw_p50})
+        if bulk:
+            b = bulk["run_per_s"] / cel_n
+            out.append({"kind": "goal", "what": f"bulk submit (submit_many, {bulk['batch']} a request) enqueued and "
+                                                f"run >= {GOAL_BULK_CELERY_FACTOR:g}x Celery's",
+                        "value": f"{bulk['run_per_s']:,} vs {cel_n:,.0f} tasks/s = {b:.1f}x "
+                                 f"(stored {bulk['stored_per_s']:,}/s)", "met": b >= GOAL_BULK_CELERY_FACTOR})
     else:
         out.append({"kind": "Must", "what": f"fleet throughput >= {MUST_CELERY_FACTOR:g}x Celery's; p50 below Celery's",
                     "value": f"not measured: Celery baseline skipped ({cel.get('skipped')})", "met": None})
-        out.append({"kind": "Must", "what": "fleet p50 at 1 in flight <= 3 ms", "value": f"{fleet_p50:.2f} ms",
-                    "met": fleet_p50 <= MUST_P50_S * 1e3})
+        out.append({"kind": "Must", "what": f"fleet p50 at 1 in flight <= {MUST_P50_RAW_FACTOR:g}x raw",
+                    "value": f"{fleet_p50:.2f} / {raw_p50:.2f} ms", "met": fleet_p50 <= MUST_P50_RAW_FACTOR * raw_p50})
+    server_us = (r["noop"].get("cpu_us_per_op") or {}).get("fleet server")
+    if server_us is not None:
+        out.append({"kind": "Must", "what": f"`fleet server` CPU per no-op session at {INFLIGHT} in flight "
+                                            f"<= {MUST_SERVER_US:g} µs",
+                    "value": f"{server_us:,.0f} µs", "met": server_us <= MUST_SERVER_US})
     share = fleet_n / raw_n
     out.append({"kind": "goal", "what": f"fleet >= {GOAL_RAW_SHARE:.0%} of raw request/reply throughput at {INFLIGHT}",
                 "value": f"{fleet_n:,.0f} / {raw_n:,.0f} = {share:.1%}", "met": share >= GOAL_RAW_SHARE})
-    out.append({"kind": "goal", "what": f"fleet >= {GOAL_SESSIONS_PER_S:,} sessions/s",
-                "value": f"{fleet_n:,.0f} sessions/s", "met": fleet_n >= GOAL_SESSIONS_PER_S})
-    out.append({"kind": "goal", "what": f"fleet p50 <= {GOAL_P50_RAW_FACTOR:g}x raw p50",
-                "value": f"{fleet_p50:.2f} / {raw_p50:.2f} ms = {fleet_p50 / raw_p50:.1f}x",
-                "met": fleet_p50 <= GOAL_P50_RAW_FACTOR * raw_p50})
     sb = r.get("sandbox")
     if sb:
         out.append({"kind": "Must", "what": f"sandboxed `true` sessions at {INFLIGHT} in flight >= 80% of unsandboxed",
@@ -934,6 +976,10 @@ def render(r: dict[str, Any]) -> str:
     row("fleet no-op session, 1 in flight", r["noop"]["seq"], "sess/s")
     row("fleet no-op session, 1 in flight, submit + wait(id)", r["noop"]["seq_two_step"], "sess/s")
     row(f"fleet no-op session, {INFLIGHT} in flight", r["noop"]["par"], "sess/s")
+    bulk = r["noop"].get("bulk")
+    if bulk:
+        lines.append(f"{'fleet no-op, bulk submit_many x ' + str(bulk['batch']) + ', enqueued and run':<60} "
+                     f"{format(bulk['run_per_s'], ',') + ' sess/s':>16}")
     row("fleet `true` on real agents, sandboxed, 1 in flight", r["agents"]["seq"], "sess/s")
     row(f"fleet `true` on real agents, sandboxed, {INFLIGHT} in flight", r["agents"]["par"], "sess/s")
     row("fleet `true` on real agents, unsandboxed, 1 in flight", r["agents_bare"]["seq"], "sess/s")

@@ -473,6 +473,48 @@ class SubmitRequest(Message):
         return self
 
 
+MAX_SUBMIT_BATCH = 1000  # sessions one submit_many request may carry (a request stays under a submitter's payload)
+SUBMIT_MANY_BYTES = 240 * 1024  # the largest submit_many request (below fleet.bus.identities.CLIENT_PAYLOAD)
+
+
+class BatchItem(BaseModel):
+    """One session of a SubmitManyRequest: its ID (the client's choice) and its command."""
+
+    id: SessionId
+    command: list[Arg] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
+
+
+class SubmitManyRequest(Message):
+    """fleet.v1.api.sessions.<tenant>.submit_many: run each of `sessions` for `project`, every one with the same
+    labels, model, priority, timeout, attempts and environment; the reply comes once every one is stored. At most
+    MAX_SUBMIT_BATCH sessions and SUBMIT_MANY_BYTES; the same IDs sent again are the same sessions."""
+
+    project: Ident
+    sessions: list[BatchItem] = Field(min_length=1, max_length=MAX_SUBMIT_BATCH)
+    labels: list[Label] = Field(default_factory=list, max_length=32)
+    model: Label | None = None
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    timeout_s: Seconds | None = None
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=MAX_ENV)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> SubmitManyRequest:
+        for item in self.sessions:
+            if sum(len(a) for a in item.command) > MAX_COMMAND_BYTES:
+                raise ValueError(f"session {item.id}: the command is longer than {MAX_COMMAND_BYTES} characters")
+        if sum(len(k) + len(v) for k, v in self.env.items()) > MAX_ENV_BYTES:
+            raise ValueError(f"the environment is larger than {MAX_ENV_BYTES} characters in all")
+        return self
+
+    def requests(self) -> list[SubmitRequest]:
+        """Each session as the SubmitRequest it stands for (already validated: built without validation)."""
+        shared: dict[str, Any] = {"project": self.project, "labels": self.labels, "model": self.model,
+                                  "priority": self.priority, "timeout_s": self.timeout_s,
+                                  "max_attempts": self.max_attempts, "env": self.env, "wait_s": 0.0}
+        return [SubmitRequest.model_construct(id=item.id, command=item.command, **shared) for item in self.sessions]
+
+
 class PhaseEvent(BaseModel):
     phase: SessionPhase
     at: float

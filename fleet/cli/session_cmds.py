@@ -15,11 +15,12 @@ import re
 import signal
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import click
 
-from fleet.bus.messages import FINAL_PHASES, SessionView
+from fleet.bus.messages import FINAL_PHASES, MAX_SUBMIT_BATCH, SessionView
 from fleet.cli.inventory_cmds import ago, aligned, duration
 from fleet.cli.options import (
     ID,
@@ -199,12 +200,15 @@ def _env(items: tuple[str, ...]) -> dict[str, str]:
                    "Values are stored with the session and only names are ever shown.")
 @click.option("--wait", "-w", is_flag=True,
               help="Follow the session: stream its output, then exit with the command's exit code.")
+@click.option("--count", "-n", type=Count(1, MAX_SUBMIT_BATCH), default=1, show_default=True,
+              help=f"Submit this many sessions of COMMAND in one request (at most {MAX_SUBMIT_BATCH}); "
+                   "prints one ID per line.")
 @click.argument("command", nargs=-1, required=True)
 @nats_options
 @format_option("human", "json", default="human")
 def submit_cmd(project: str, labels: tuple[str, ...], model: str | None, priority: int, timeout_s: float | None,
-               max_attempts: int, env: tuple[str, ...], wait: bool, command: tuple[str, ...], nats: NatsSettings,
-               fmt: str) -> None:
+               max_attempts: int, env: tuple[str, ...], wait: bool, count: int, command: tuple[str, ...],
+               nats: NatsSettings, fmt: str) -> None:
     """Run COMMAND on a host of the fleet, placed by PROJECT's routing policy.
 
     Prints the session ID once the session is durably stored (queued or already assigned to a host). Put `--`
@@ -216,6 +220,22 @@ def submit_cmd(project: str, labels: tuple[str, ...], model: str | None, priorit
     without an exit code or cancelled).
     """
     env_map = _env(env)
+    if count > 1:
+        if wait:
+            raise UsageError("--wait follows one session, --count submits many", hint="drop one of them")
+        many = run_async(lambda: _submit_count(nats, project, list(command), count, labels=labels, model=model,
+                                               priority=priority, timeout=timeout_s, max_attempts=max_attempts,
+                                               env=env_map))
+        if fmt == "json":
+            click.echo(json.dumps([session_json(x) for x in many], indent=2))
+            return
+        click.echo("\n".join(x.id for x in many))
+        placed = sum(1 for x in many if x.phase != "queued")
+        waits = Counter(x.reason or "waiting for a free slot" for x in many if x.phase == "queued")
+        click.echo(f"{len(many)} sessions stored: {placed} assigned to hosts, {len(many) - placed} queued", err=True)
+        for why, n in waits.most_common(5):
+            click.echo(f"queued ({n}): {why}", err=True)
+        return
     submitted: list[str] = []
 
     async def run() -> SessionView:
@@ -257,6 +277,12 @@ def submit_cmd(project: str, labels: tuple[str, ...], model: str | None, priorit
         click.secho(summary(s), err=True, fg="green" if s.phase == "succeeded" else "red")
     if wait and s.phase in FINAL_PHASES:
         sys.exit(exit_code_of(s))
+
+
+async def _submit_count(nats: NatsSettings, project: str, command: list[str], count: int, **kw: Any
+                        ) -> list[SessionView]:
+    async with _client(nats) as client:
+        return await client.submit_many(project, [command] * count, **kw)
 
 
 @click.group("sessions")

@@ -3,7 +3,8 @@
 The tenant is a token of the subject, so NATS permissions scope a submitter to its tenant (fleet.bus.identities);
 `_all` is the token of identities that see every tenant (admin; a viewer may list, show, wait and read logs).
 Verbs: submit (SubmitRequest: the reply comes once the session is stored; with `wait_s`, once it ended or wait_s
-passed), list (SessionListRequest), get, cancel, wait (SessionQuery), logs (LogsRequest, long-polled). Hosts
+passed), submit_many (SubmitManyRequest: up to MAX_SUBMIT_BATCH sessions; the reply, one brief view each, once
+every one is stored), list (SessionListRequest), get, cancel, wait (SessionQuery), logs (LogsRequest, long-polled). Hosts
 report on `fleet.v1.work.<machine_id>.event` (WorkEvent -> WorkReply) and `.output` (OutputChunk): the machine ID
 is the subject's token, which only that host's identity may publish on. Subscribed only while this replica leads
 (fleet.service.server wires it).
@@ -20,16 +21,20 @@ from fleet.bus import subjects
 from fleet.bus.connection import Bus
 from fleet.bus.messages import (
     LIVE_PHASES,
+    SUBMIT_MANY_BYTES,
     ApiReply,
     LogsRequest,
     OutputChunk,
     SessionListRequest,
     SessionQuery,
+    SubmitManyRequest,
     SubmitRequest,
     WorkEvent,
     decode,
 )
-from fleet.dispatch.dispatcher import Dispatcher, SessionState, public
+from fleet.dispatch.dispatcher import Dispatcher
+from fleet.dispatch.query import public
+from fleet.dispatch.store import SessionState
 from fleet.errors import InvalidRequest, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,8 @@ LIST_BYTES = 512 * 1024  # a list reply stays well under NATS's 1 MB message lim
 # a command and an environment of 64 KiB each, in JSON, with room to spare; below a submitter's NATS payload limit
 # (fleet.bus.identities.CLIENT_PAYLOAD), so a request of a size between the two gets a `too_large` reply
 SUBMIT_BYTES = 160 * 1024
+BRIEF = ("id", "tenant", "phase", "host", "hostname", "pool", "reason", "wait_kind", "wait_pool", "submitted_at",
+         "attempt", "route_labels", "route_model")
 
 
 class SessionApi:
@@ -57,6 +64,8 @@ class SessionApi:
         self._subs = [
             await bus.serve(f"{api}.submit", self.handle, queue=q, concurrency=WAIT_CONCURRENCY,
                             max_bytes=SUBMIT_BYTES),
+            await bus.serve(f"{api}.submit_many", self.handle, queue=q, concurrency=API_CONCURRENCY,
+                            max_bytes=SUBMIT_MANY_BYTES),
             await bus.serve(f"{api}.list", self.handle, queue=q, concurrency=API_CONCURRENCY),
             await bus.serve(f"{api}.get", self.handle, queue=q, concurrency=API_CONCURRENCY),
             await bus.serve(f"{api}.cancel", self.handle, queue=q, concurrency=API_CONCURRENCY),
@@ -88,9 +97,13 @@ class SessionApi:
             if req.wait_s:
                 await self._wait(tenant, st, req.wait_s)
             return self._reply(st)
+        if verb == "submit_many":
+            many = decode(SubmitManyRequest, msg.data, max_bytes=SUBMIT_MANY_BYTES)
+            states = await d.submit_many(tenant, many.requests())
+            return ApiReply(ok=True, data={"sessions": [self._brief(st) for st in states]}).encode()
         if verb == "list":
             lreq = decode(SessionListRequest, msg.data)
-            sessions = d.listing(tenant, lreq.project, lreq.phase, lreq.limit)
+            sessions = d.query.listing(tenant, lreq.project, lreq.phase, lreq.limit)
             items: list[dict[str, Any]] = []
             size = 0
             for st in reversed(sessions):  # the newest first, as many as one reply holds
@@ -104,17 +117,17 @@ class SessionApi:
                                            "truncated": len(items) < len(sessions)}).encode()
         if verb == "logs":
             logreq = decode(LogsRequest, msg.data)
-            st = await d.get(tenant, logreq.id)
+            st = await d.query.get(tenant, logreq.id)
             wait_s = logreq.wait_s if self.waiting[tenant] < WAITS_PER_TENANT else 0.0
             self.waiting[tenant] += 1
             try:
-                offset, text, end = await d.logs(st, logreq.offset, wait_s)
+                offset, text, end = await d.query.logs(st, logreq.offset, wait_s)
             finally:
                 self.waiting[tenant] -= 1
             return ApiReply(ok=True, data={"id": st.record.id, "offset": offset, "text": text, "end": end,
                                            "phase": st.record.phase, "exit_code": st.record.exit_code}).encode()
         query = decode(SessionQuery, msg.data)
-        st = await d.get(tenant, query.id)
+        st = await d.query.get(tenant, query.id)
         if verb == "cancel":
             await d.cancel(st)
         elif verb == "wait":
@@ -129,7 +142,7 @@ class SessionApi:
             return
         self.waiting[tenant] += 1
         try:
-            await self.dispatcher.wait(st, wait_s)
+            await self.dispatcher.query.wait(st, wait_s)
         finally:
             self.waiting[tenant] -= 1
 
@@ -141,14 +154,19 @@ class SessionApi:
         if host is not None:
             data["hostname"] = host.hostname
         if st.record.phase == "queued":
-            data["reason"] = self.dispatcher.waiting_reason(st.record) or data.get("reason")
-            data["wait_kind"], data["wait_pool"] = self.dispatcher.waiting_for(st.record)
+            reason, data["wait_kind"], data["wait_pool"] = self.dispatcher.waiting_for(st.record)
+            data["reason"] = reason or data.get("reason")
         route = self.dispatcher.route_of(st.record)
         if route is not None:
             data["route_labels"] = sorted(route.labels - set(st.record.labels))
             if st.record.model is None and route.model:
                 data["route_model"] = route.model
         return data
+
+    def _brief(self, st: SessionState) -> dict[str, Any]:
+        """A session as a batch submit answers it: where it is, or why it waits (the client knows the rest)."""
+        view = self._view(st)
+        return {k: view.get(k) for k in BRIEF}
 
     def _summary(self, st: SessionState) -> dict[str, Any]:
         """A session as a list shows it: no output, no history, the command cut at 200 characters."""
@@ -184,4 +202,4 @@ class SessionApi:
         except ProtocolError:
             self.dispatcher.metrics["output_dropped"] += 1
             return
-        self.dispatcher.on_output(parts[0], chunk)
+        self.dispatcher.query.on_output(parts[0], chunk)

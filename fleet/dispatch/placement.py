@@ -1,46 +1,70 @@
-"""The dispatcher's hosts as the scheduler reads them. Pure.
+"""Where the leader's sessions are: its hosts (fleet.scheduler.HostState, each with the sessions the leader gave it),
+the scheduler's snapshot of them with the applied pools and routes, and the pending queue. No I/O.
 
-`DispatchHost` is what dispatch keeps of a host: what the scheduler reads (tenant, pools, labels, models, status,
-slots, `used`: fleet.scheduler.SlotHost) plus the sessions the leader gave it, which the dispatcher needs to
-re-queue them when the host goes away. `dispatch_host()` makes one from a registry host (fleet.hosts.model.Host),
-keeping the sessions of the view it replaces. The dispatcher (fleet.dispatch.dispatcher) keeps them in its
-fleet.scheduler.Snapshot and places sessions only through fleet.scheduler.schedule: there are no placement rules
-here.
+One host model: a host here is the scheduler's own `HostState` (made by `HostState.tracked` from a registry host,
+keeping the sessions of the view it replaces); there are no placement rules here (those are fleet.scheduler's).
+Shared by the dispatcher (fleet.dispatch.dispatcher: host changes, submits, passes), which replaces it whole when
+it takes over, and the plan applier (fleet.dispatch.applier: reservations and releases).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet.dispatch.queue import GroupKey, PendingQueue
+from fleet.scheduler import HostState, Snapshot
 
-@dataclass(slots=True, eq=False)
-class DispatchHost:
-    machine_id: str
-    tenant: str
-    pools: tuple[str, ...]
-    labels: frozenset[str]
-    models: frozenset[str]
-    status: str
-    slots: int
-    hostname: str = ""
-    sessions: set[str] = field(default_factory=set)
-    version: int = 0
-
-    @property
-    def used(self) -> int:
-        return len(self.sessions)
-
-    @property
-    def free(self) -> int:
-        return self.slots - len(self.sessions)
+GONE_STATUSES = frozenset({"offline", "revoked"})  # a host in one of these has lost its sessions
 
 
-def dispatch_host(host: Any, current: DispatchHost | None = None) -> DispatchHost:
-    """The dispatcher's view of registry host `host` (a fleet.hosts.model.Host), keeping `current`'s sessions and
-    bumping its version (so the scheduler's index re-ranks it)."""
-    view = DispatchHost(host.machine_id, host.tenant, tuple(host.pools), frozenset(host.labels),
-                        frozenset(host.models), host.status, host.max_sessions, host.hostname)
-    if current is not None:
-        view.sessions, view.version = current.sessions, current.version + 1
-    return view
+def group_key(record: Any) -> GroupKey:
+    """The pending group of a session (fleet.bus.messages.SessionRecord): what it asks for."""
+    return (record.project, frozenset(record.labels), record.model)
+
+
+def note_reason(where: Placements, key: GroupKey, reason: Any) -> None:
+    """The scheduler's reason (fleet.scheduler.Reason) for the head of pending group `key`: the group keeps it."""
+    g = where.pending.groups.get(key)
+    if g is not None:
+        g.reason, g.wait_kind, g.wait_pool = reason.message, reason.kind, reason.pool
+
+
+@dataclass(eq=False)
+class Placements:
+    hosts: dict[str, HostState] = field(default_factory=dict)
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    pending: PendingQueue = field(default_factory=PendingQueue)
+    on_release: Callable[[], None] = lambda: None  # a slot opened: a dispatch pass is wanted
+
+    def reserve(self, host: HostState, session_id: str) -> None:
+        host.sessions.add(session_id)
+        self.rank(host)
+
+    def release(self, host_id: str | None, session_id: str) -> None:
+        host = self.hosts.get(host_id or "")
+        if host is not None and session_id in host.sessions:
+            host.sessions.discard(session_id)
+            self.rank(host)
+            self.on_release()
+
+    def rank(self, host: HostState) -> None:
+        host.version += 1
+        self.snapshot.rank(host)
+
+    def enqueue(self, record: Any) -> None:
+        self.pending.add(record.id, group_key(record), record.priority, seq=int(record.submitted_at * 1_000_000))
+
+    def put_host(self, host: Any) -> HostState:
+        """Our view of registry host `host` (fleet.hosts.model.Host), in place of the one it replaces."""
+        view = HostState.tracked(host, self.hosts.get(host.machine_id))
+        self.hosts[host.machine_id] = view
+        self.snapshot.put_host(view)
+        return view
+
+    def drop_host(self, machine_id: str) -> HostState | None:
+        view = self.hosts.pop(machine_id, None)
+        if view is not None:
+            self.snapshot.drop_host(machine_id)
+        return view

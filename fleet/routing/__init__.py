@@ -8,11 +8,10 @@ from fleet.routing.rules import (
     ELASTIC_MODES,
     HostView,
     Pool,
-    PoolView,
     Route,
     ineligibility,
     route_pools,
     serves,
 )
 
-__all__ = ["ELASTIC_MODES", "HostView", "Pool", "PoolView", "Route", "ineligibility", "route_pools", "serves"]
+__all__ = ["ELASTIC_MODES", "HostView", "Pool", "Route", "ineligibility", "route_pools", "serves"]

@@ -6,7 +6,7 @@
   models, status, slots and slots used). fleet.hosts.model.Host has it (this layer sits below the host registry,
   so it names the shape, not the class); the scheduler's own hosts (fleet.scheduler.HostState, the dispatcher's)
   add only the version its index ranks them by (fleet.scheduler.index.SlotHost).
-- Pools are fleet.schema.models.Pool, the one pool model (`PoolView` is its old name, kept for fleet.dispatch).
+- Pools are fleet.schema.models.Pool, the one pool model.
 - `route_pools(...)`, `serves(...)`: the pools a route tries in order, and the model rule.
 - `ineligibility(host, pool, route)`: every reason a host cannot take a route's next session in a pool (not only
   the first): other tenant, not in the pool, status not active, revoked, missing labels, model not served, full.
@@ -23,10 +23,8 @@ from typing import Any, Protocol
 from fleet.schema.models import Pool
 from fleet.schema.vocabulary import ACTIVE, ELASTIC_MODES
 
-__all__ = ["ELASTIC_MODES", "HostView", "Pool", "PoolView", "Route", "ineligibility", "route_pools", "serves"]
+__all__ = ["ELASTIC_MODES", "HostView", "Pool", "Route", "ineligibility", "route_pools", "serves"]
 
-#: the one pool model's old name here (fleet.dispatch.dispatcher still says PoolView.from_spec): the same class
-PoolView = Pool
 
 
 def route_pools(mode: str, preferred: str, fallback: str | None, candidates: Iterable[str]) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ fleet.schema (the one pool model, the vocabulary).
 
 Modules: `model` (the plain data in and out, the hard filters), `core` (`schedule`, `place`, the one reason a
 session waits), `index` (the per-pool heap: the fast path), `probe` (route test's question and one-off snapshots),
-`phases` (the phase transition table).
+`plan` (the DispatchPlan), `phases` (the phase transition table).
 """
 
 from fleet.scheduler.core import group, place, pool_status, schedule, statuses, why
@@ -14,21 +14,27 @@ from fleet.scheduler.index import PoolIndex, SlotHost
 from fleet.scheduler.model import (
     REASON_KINDS,
     WAITS_FOR_CAPACITY,
-    Assignment,
-    DispatchPlan,
     HostState,
     Pass,
     PendingGroup,
     Placement,
-    PoolDemand,
     PoolStatus,
     Reason,
     Route,
     Snapshot,
+)
+from fleet.scheduler.plan import (
+    Assignment,
+    DispatchPlan,
+    Failure,
+    PoolDemand,
+    Requeue,
+    Resend,
+    Stop,
     Unplaced,
 )
 from fleet.scheduler.probe import Probe, probe, snapshot_of
 
-__all__ = ["REASON_KINDS", "WAITS_FOR_CAPACITY", "Assignment", "DispatchPlan", "HostState", "Pass", "PendingGroup",
-           "Placement", "PoolDemand", "PoolIndex", "PoolStatus", "Probe", "Reason", "Route", "SlotHost", "Snapshot",
+__all__ = ["REASON_KINDS", "WAITS_FOR_CAPACITY", "Assignment", "DispatchPlan", "Failure", "HostState", "Pass", "PendingGroup",
+           "Placement", "PoolDemand", "PoolIndex", "PoolStatus", "Probe", "Reason", "Requeue", "Resend", "Route", "SlotHost", "Snapshot", "Stop",
            "Unplaced", "group", "place", "pool_status", "probe", "schedule", "snapshot_of", "statuses", "why"]

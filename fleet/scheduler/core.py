@@ -3,7 +3,7 @@
 Plain data in, plain data out, no asyncio, no nats. The dispatcher (fleet.dispatch.dispatcher) calls it on every
 submit and dispatch pass, `fleet route test` (fleet.cli.route_cmds, through fleet.scheduler.probe) on a probe session, and the plan's consequences
 (fleet.reconciler.consequences) on the queued sessions, each on a `Snapshot` of the same kind: hosts (status,
-tenant, pools, labels, models, slots used/max), pools (fleet.routing.PoolView: mode, hosts min/max, labels,
+tenant, pools, labels, models, slots used/max), pools (fleet.schema.models.Pool: mode, hosts min/max, labels,
 models) and routes (`Route`: preferred, fallback, candidates, mode, required labels, model).
 
 Rules (Rensei + Sagewai semantics, DESIGN.md §6): hard filters first, never relaxed: the host's tenant is the
@@ -38,17 +38,15 @@ from fleet.scheduler.model import (
     UNKNOWN_POOL,
     UNKNOWN_PROJECT,
     WAITS_FOR_BACKEND,
-    Assignment,
-    DispatchPlan,
     Pass,
     PendingGroup,
     Placement,
     PoolStatus,
     Reason,
     Snapshot,
-    Unplaced,
     suits,
 )
+from fleet.scheduler.plan import Assignment, DispatchPlan, Unplaced
 from fleet.schema.vocabulary import LIVE_STATUSES
 
 

@@ -22,8 +22,7 @@ from fleet.schema.vocabulary import ACTIVE
 
 class SlotHost(HostView, Protocol):
     """What the scheduler reads of a host: the one host shape (fleet.routing.HostView), its labels and models as
-    sets, plus the version the index ranks it by. fleet.scheduler.model.HostState and the dispatcher's
-    DispatchHost are both this shape."""
+    sets, plus the version the index ranks it by. fleet.scheduler.model.HostState (the one host model) has it."""
 
     @property
     def labels(self) -> frozenset[str]: ...

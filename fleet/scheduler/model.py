@@ -1,8 +1,9 @@
 """The scheduler's plain data: what it reads (HostState, Route, Snapshot, PendingGroup), what it answers
-(DispatchPlan: Assignment, Unplaced, PoolDemand; PoolStatus, Reason) and the hard filters (`serves`, `suits`). Pure.
+about a pool or a waiting session (PoolStatus, Reason) and the hard filters (`serves`, `suits`). Pure.
 `Route` and `serves` are fleet.routing's (the one route model and its model rule), pools are fleet.schema.models.Pool
 (the one pool model); both are re-exported here. `HostState` is the scheduler's host: fleet.routing.HostView plus the
-version its index ranks by.
+version its index ranks by. The plan it answers with (DispatchPlan and its parts) is in
+fleet.scheduler.plan.
 
 Read by fleet.scheduler.core (which decides) and by its callers through fleet.scheduler: the dispatcher keeps a
 `Snapshot` current host by host, `fleet route test` and the plan's consequences build one-off ones
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,9 +43,14 @@ STATE_WORDS = {None: "AVAILABLE", POOL_FULL: "FULL", WAITS_FOR_BACKEND: "WAITS F
                MODEL_UNSERVED: "MODEL NOT SERVED", NOT_ACTIVE: "NO ACTIVE HOST", UNKNOWN_POOL: "NOT APPLIED"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class HostState:
-    """A host as the scheduler sees it (fleet.scheduler.index.SlotHost), for one-off snapshots."""
+    """A host as the scheduler sees it (fleet.scheduler.index.SlotHost): the one host model of placement.
+
+    Its slots in use are `running` (the sessions a one-off snapshot saw it report: `fleet route test`, the plan's
+    consequences) plus `sessions` (the IDs of the sessions the dispatcher's leader gave it: it needs them to re-queue
+    them when the host goes away; empty in a one-off snapshot). Whoever changes its load bumps `version` and
+    re-ranks it (`Snapshot.rank`): the index keeps an entry while its version is current."""
 
     machine_id: str
     tenant: str
@@ -54,15 +59,34 @@ class HostState:
     models: frozenset[str]
     status: str
     slots: int
-    used: int = 0
+    running: int = 0
     hostname: str = ""
     version: int = 0
+    sessions: set[str] = field(default_factory=set)
+
+    @property
+    def used(self) -> int:
+        return self.running + len(self.sessions)
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.used
 
     @classmethod
     def of(cls, host: Any, slots: int | None = None) -> HostState:
         """From a fleet.hosts.model.Host (or any fleet.routing.HostView)."""
         return cls(host.machine_id, host.tenant, tuple(host.pools), frozenset(host.labels), frozenset(host.models),
                    host.status, host.slots if slots is None else slots, host.used, host.hostname)
+
+    @classmethod
+    def tracked(cls, host: Any, current: HostState | None = None) -> HostState:
+        """The dispatcher's view of registry host `host`: its load is the sessions the leader gave it (`current`'s,
+        kept), not what it reports; its version is bumped past `current`'s (so the index re-ranks it)."""
+        view = cls(host.machine_id, host.tenant, tuple(host.pools), frozenset(host.labels), frozenset(host.models),
+                   host.status, host.max_sessions, 0, host.hostname)
+        if current is not None:
+            view.sessions, view.version = current.sessions, current.version + 1
+        return view
 
 
 def suits(route: Route, host: SlotHost, pool_models: frozenset[str]) -> bool:
@@ -198,55 +222,6 @@ class PoolStatus:
             return f"[{self.used}/{self.total} slots used]"
         limit = f"up to {self.hosts_max} hosts" if self.hosts_max is not None else "no host limit"
         return f"[{self.used}/{self.total} slots, elastic {limit}]"
-
-
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    session: str
-    project: str
-    host: str
-    pool: str
-    role: str  # preferred | fallback | candidate
-
-
-@dataclass(frozen=True, slots=True)
-class Unplaced:
-    """`count` sessions of one group that wait, the first being `head`, all for one reason."""
-
-    project: str
-    labels: frozenset[str]
-    model: str | None
-    head: str
-    count: int
-    reason: Reason
-
-
-@dataclass(frozen=True, slots=True)
-class PoolDemand:
-    """Sessions that wait for one pool, by reason kind (plain data for the capacity controller)."""
-
-    pool: str
-    sessions: int
-    by_reason: Mapping[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchPlan:
-    assignments: tuple[Assignment, ...] = ()
-    unplaced: tuple[Unplaced, ...] = ()
-    at: float = 0.0
-
-    def demand(self) -> dict[str, PoolDemand]:
-        """Unplaced demand per pool: how many sessions wait for it, and why (sessions of an unknown project wait for
-        no pool and are only in `unplaced`)."""
-        counts: dict[str, Counter[str]] = {}
-        for u in self.unplaced:
-            if u.reason.pool is not None:
-                counts.setdefault(u.reason.pool, Counter())[u.reason.kind] += u.count
-        return {p: PoolDemand(p, sum(c.values()), dict(c)) for p, c in sorted(counts.items())}
-
-    def reason_of(self, session: str) -> Reason | None:
-        return next((u.reason for u in self.unplaced if u.head == session), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,10 +31,14 @@ from fleet.bus import subjects
 from fleet.bus.api import call
 from fleet.bus.connection import Bus, connect
 from fleet.bus.messages import (
+    MAX_SUBMIT_BATCH,
+    SUBMIT_MANY_BYTES,
+    BatchItem,
     LogsRequest,
     SessionListRequest,
     SessionQuery,
     SessionView,
+    SubmitManyRequest,
     SubmitRequest,
     new_session_id,
 )
@@ -146,6 +150,45 @@ class Client:
             raise InvalidRequest(f"cannot submit: {where}: {first.get('msg')}") from None
         return _view(await self._call("submit", req, timeout=SUBMIT_TIMEOUT_S + wait))
 
+    async def submit_many(self, project: str, commands: Sequence[Sequence[str]], *, labels: Sequence[str] = (),
+                          model: str | None = None, priority: int = 0, timeout: float | None = None,
+                          max_attempts: int = 3, env: dict[str, str] | None = None) -> list[SessionView]:
+        """Submit one session per command of `commands` for `project`, all with the same options, in one request;
+        returns (in order) once every one is durably stored (queued or already assigned). At most
+        MAX_SUBMIT_BATCH sessions and SUBMIT_MANY_BYTES of request: a larger batch is refused here (InvalidRequest)
+        before anything is sent. The IDs are the client's, so a batch sent again after a lost reply finds the
+        sessions stored the first time."""
+        if not commands:
+            return []
+        if len(commands) > MAX_SUBMIT_BATCH:
+            raise InvalidRequest(f"cannot submit {len(commands)} sessions in one request: at most {MAX_SUBMIT_BATCH}",
+                                 hint=f"send them in batches of up to {MAX_SUBMIT_BATCH}")
+        try:
+            req = SubmitManyRequest(project=project, sessions=[BatchItem(id=new_session_id(), command=list(c))
+                                                               for c in commands],
+                                    labels=list(labels), model=model, priority=priority, timeout_s=timeout,
+                                    max_attempts=max_attempts, env=dict(env or {}))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+            raise InvalidRequest(f"cannot submit: {where}: {first.get('msg')}") from None
+        size = len(req.encode())
+        if size > SUBMIT_MANY_BYTES:
+            raise InvalidRequest(f"cannot submit: the batch is {size} bytes, at most {SUBMIT_MANY_BYTES} in one request",
+                                 hint="send fewer sessions (or shorter commands) per request")
+        data = await self._call("submit_many", req, timeout=SUBMIT_TIMEOUT_S + len(commands) / 200)
+        briefs = data.get("sessions") if isinstance(data, dict) else None
+        if not isinstance(briefs, list) or len(briefs) != len(req.sessions):
+            raise ProtocolError("malformed submit_many reply from the fleet server")
+        shared = {"project": project, "labels": sorted(set(labels)), "model": model, "priority": priority,
+                  "timeout_s": timeout, "max_attempts": max_attempts, "env": sorted(env or {})}
+        out = []
+        for item, brief in zip(req.sessions, briefs, strict=True):
+            if not isinstance(brief, dict) or brief.get("id") != item.id:
+                raise ProtocolError("malformed submit_many reply from the fleet server")
+            out.append(_view({**shared, "command": item.command, **{k: v for k, v in brief.items() if v is not None}}))
+        return out
+
     async def get(self, session_id: str) -> SessionView:
         return _view(await self._call("get", SessionQuery(id=session_id)))
 
@@ -219,6 +262,9 @@ class SyncClient:
 
     def submit(self, project: str, command: Sequence[str], **kw: Any) -> SessionView:
         return self._run(self._client.submit(project, command, **kw))
+
+    def submit_many(self, project: str, commands: Sequence[Sequence[str]], **kw: Any) -> list[SessionView]:
+        return self._run(self._client.submit_many(project, commands, **kw))
 
     def get(self, session_id: str) -> SessionView:
         return self._run(self._client.get(session_id))

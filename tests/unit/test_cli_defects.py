@@ -25,9 +25,9 @@ from fleet.errors import NotConverged
 from fleet.reconciler.desired import desired_resources
 from fleet.reconciler.diff import make_plan
 from fleet.reconciler.rendering import render_markdown
-from fleet.routing import PoolView
 from fleet.scheduler import probe
 from fleet.scheduler.model import Route, Snapshot
+from fleet.schema.models import Pool
 
 from .reconciler_fixtures import BASIS, edited_config, hashes, live
 from .test_host_rows import host
@@ -183,7 +183,7 @@ def test_a_hybrid_pools_waiting_reason_says_hybrid_not_on_demand() -> None:
             "capacity": {"max_concurrent_sessions": 4}, "labels": [], "models": []}
     route = Route.of("p", {"tenant": "t", "mode": "preferred-only", "preferred_pool": "k8s", "fallback_pool": None,
                            "candidates": [], "required_labels": [], "model": None})
-    decision = probe(Snapshot.build([], {"k8s": PoolView.from_spec("k8s", spec)}, {"p": route}), "p")
+    decision = probe(Snapshot.build([], {"k8s": Pool.from_spec("k8s", spec)}, {"p": route}), "p")
     assert decision.reason is not None
     assert "hybrid" in decision.reason.message and "on demand" not in decision.reason.message, decision.reason.message
 

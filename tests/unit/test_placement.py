@@ -1,4 +1,4 @@
-"""Where one session goes (fleet.scheduler.place over the dispatcher's own hosts, fleet.dispatch.placement.DispatchHost),
+"""Where one session goes (fleet.scheduler.place over the dispatcher's own hosts, fleet.scheduler.HostState, as the dispatcher keeps them),
 why it waits (fleet.scheduler.why), and the pending queue (fleet.dispatch.queue), table-driven. The properties over
 generated fleets are in test_scheduler.py."""
 
@@ -8,20 +8,19 @@ import random
 
 import pytest
 
-from fleet.dispatch.placement import DispatchHost
 from fleet.dispatch.queue import PendingQueue
-from fleet.scheduler import Route, Snapshot, place, why
+from fleet.scheduler import HostState, Route, Snapshot, place, why
 from fleet.schema.models import Pool
 
 
 def host(mid: str, *, tenant: str = "fin", pools: tuple[str, ...] = ("main",), labels: tuple[str, ...] = (),
-         models: tuple[str, ...] = (), status: str = "active", slots: int = 2, running: int = 0) -> DispatchHost:
-    h = DispatchHost(mid, tenant, pools, frozenset(labels), frozenset(models), status, slots, hostname=mid)
+         models: tuple[str, ...] = (), status: str = "active", slots: int = 2, running: int = 0) -> HostState:
+    h = HostState(mid, tenant, pools, frozenset(labels), frozenset(models), status, slots, hostname=mid)
     h.sessions = {f"{mid}-s{i}" for i in range(running)}
     return h
 
 
-def index(hosts: list[DispatchHost], models: dict[str, tuple[str, ...]] | None = None) -> Snapshot:
+def index(hosts: list[HostState], models: dict[str, tuple[str, ...]] | None = None) -> Snapshot:
     """A snapshot of `hosts` with persistent pools main, cloud and gpu of tenant fin."""
     pools = {p: Pool.from_spec(p, {"tenant": "fin", "capacity": {"max_concurrent_sessions": 2},
                                    "models": (models or {}).get(p, ())})

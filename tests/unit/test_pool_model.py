@@ -20,7 +20,6 @@ from fleet.reconciler.converge import pending, targets
 from fleet.reconciler.desired import pool_spec
 from fleet.reconciler.live import ObservedHost
 from fleet.reconciler.plan import Change, Plan
-from fleet.routing import PoolView
 from fleet.scheduler import probe, snapshot_of
 from fleet.schema.api import load_fleet
 from fleet.schema.models import Pool
@@ -65,10 +64,9 @@ def test_a_malformed_spec_is_a_value_error(spec) -> None:
         Pool.from_spec("p", spec)
 
 
-def test_a_pool_passes_through_and_the_old_name_is_the_same_class() -> None:
+def test_a_pool_passes_through() -> None:
     pool = Pool.from_spec("p", {"tenant": "t"})
     assert Pool.from_spec("p", pool) is pool and Pool.from_spec("q", pool).id == "q"
-    assert PoolView is Pool
 
 
 def _entry(kind: str, ident: str, spec: dict) -> Entry:

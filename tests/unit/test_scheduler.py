@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.bus.messages import FINAL_PHASES, LIVE_PHASES, SessionPhase
-from fleet.dispatch.placement import dispatch_host
 from fleet.hosts.model import LIVE_STATUSES, STATUSES, Host
 from fleet.scheduler import (
     REASON_KINDS,
@@ -286,14 +285,14 @@ def fleets(draw):
 
 
 def dispatcher_snapshot(hosts, pools, spec) -> Snapshot:
-    """The snapshot as the dispatcher keeps it: its own DispatchHosts, put in one by one, then re-ranked."""
+    """The snapshot as the dispatcher keeps it: its own HostStates (HostState.tracked), put in one by one, then re-ranked."""
     snap = Snapshot()
     snap.set_config(pools, {"app": Route.of("app", spec)})
     for h in hosts:
-        view = dispatch_host(h)
+        view = HostState.tracked(h)
         view.sessions = {f"{h.machine_id}-{i}" for i in range(h.running)}
         snap.put_host(view)
-        again = dispatch_host(h, view)  # a heartbeat later: same host, new version
+        again = HostState.tracked(h, view)  # a heartbeat later: same host, new version
         snap.put_host(again)
     return snap
 
@@ -341,7 +340,7 @@ def test_scheduler_properties(fleet):
 @given(fleets())
 def test_route_test_decides_what_the_dispatcher_does(fleet):
     """`fleet route test`'s decision (its own snapshot of the observed hosts and fleet.yaml's pools and route)
-    equals the dispatcher's (its snapshot of its DispatchHosts, kept up to date host by host) on a session."""
+    equals the dispatcher's (its snapshot of its HostStates, kept up to date host by host) on a session."""
     hosts, pools, spec, _ = fleet
     specs = {pid: {"tenant": p.tenant, "backend": "local", "mode": p.mode,
                    "capacity": {"max_concurrent_sessions": p.max_concurrent_sessions},

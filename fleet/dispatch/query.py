@@ -1,0 +1,122 @@
+"""The query side of dispatch: finding and listing sessions, waiting for them to end, their output buffers and
+long-polled logs. Reads the session store (fleet.dispatch.store); writes nothing to KV.
+
+Used by the session API (fleet.dispatch.api: get, list, wait, logs) and by the dispatcher (fleet.dispatch.dispatcher),
+which hands it the hosts' output chunks (`on_output`) and wakes a session's waiters when it ends or the leader
+steps down (`wake`). A tenant sees only its own sessions (`_all`: every tenant's, for admin and viewer identities).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from fleet.bus.messages import MAX_OUTPUT_TAIL, OutputChunk, SessionRecord
+from fleet.dispatch.store import SessionState, SessionStore
+from fleet.errors import InvalidRequest, NotFound
+
+ALL_TENANTS = "_all"  # the tenant token of the session API for identities that see every tenant (admin, viewer)
+
+
+def public(record: SessionRecord) -> dict[str, Any]:
+    """A session as the API shows it: the environment's names, never its values."""
+    data = record.model_dump(mode="json")
+    data["env"] = sorted(record.env)
+    return data
+
+
+def wake(st: SessionState) -> None:
+    """Answer everyone who waits for this session (to end, or for more output)."""
+    for fut in st.waiters + st.log_waiters:
+        if not fut.done():
+            fut.set_result(None)
+    st.waiters, st.log_waiters = [], []
+
+
+class SessionQueries:
+    def __init__(self, store: SessionStore, leading: Callable[[], bool], metrics: Counter[str]) -> None:
+        self.store = store
+        self.leading = leading
+        self.metrics = metrics
+
+    def find(self, tenant: str, ident: str) -> SessionState | None:
+        """A session of `tenant` by ID or unique prefix, in memory (None if unknown here)."""
+        ident = ident.strip().lower()
+        if not ident or len(ident) > 20 or any(c not in "0123456789abcdef" for c in ident):
+            raise InvalidRequest(f"malformed session ID {ident[:24]!r}", hint="`fleet sessions list` shows them")
+        exact = self.store.known(ident)
+        if exact is not None and (tenant == ALL_TENANTS or exact.record.tenant == tenant):
+            return exact
+        matches = [st for pool in (self.store.sessions, self.store.finished) for sid, st in pool.items()
+                   if sid.startswith(ident) and (tenant == ALL_TENANTS or st.record.tenant == tenant)]
+        if len(matches) > 1:
+            raise InvalidRequest(f"session ID prefix {ident} matches {len(matches)} sessions",
+                                 hint="pass a longer prefix")
+        return matches[0] if matches else None
+
+    async def get(self, tenant: str, ident: str) -> SessionState:
+        st = self.find(tenant, ident)
+        if st is not None:
+            return st
+        if len(ident) == 20:  # an old session no longer in memory: the bucket has every session
+            stored = await self.store.read(ident)
+            if stored is not None and tenant in (ALL_TENANTS, stored.record.tenant):
+                return stored
+        raise NotFound(f"no session {ident}", hint="`fleet sessions list` shows them")
+
+    def listing(self, tenant: str, project: str | None, phase: str | None, limit: int) -> list[SessionState]:
+        out = [st for pool in (self.store.sessions, self.store.finished) for st in pool.values()
+               if (tenant == ALL_TENANTS or st.record.tenant == tenant)
+               and (project is None or st.record.project == project) and (phase is None or st.record.phase == phase)]
+        # by when the leader stored them: an ID's time prefix is the client's choice (one from the future would
+        # otherwise stay "the newest" in every list)
+        out.sort(key=lambda st: (st.record.submitted_at, st.record.id))
+        return out[-limit:]
+
+    async def wait(self, st: SessionState, timeout: float) -> None:
+        """Until the session is final or `timeout` passes."""
+        if st.record.final or timeout <= 0 or not self.leading():
+            return
+        fut = asyncio.get_running_loop().create_future()
+        st.waiters.append(fut)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fut, timeout)
+
+    async def logs(self, st: SessionState, offset: int, wait_s: float) -> tuple[int, str, bool]:
+        """(offset of the text returned, the text from `offset` on as far as it is known, whether it is the end)."""
+        if st.record.final and not st.output:
+            text = st.record.output_tail
+            return 0, text[offset:] if offset < len(text.encode()) else "", True
+        if offset >= st.output_end and not st.record.final and wait_s > 0 and self.leading():
+            fut = asyncio.get_running_loop().create_future()
+            st.log_waiters.append(fut)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, wait_s)
+        start = max(offset, st.output_start)
+        data = bytes(st.output[start - st.output_start:])
+        return start, data.decode("utf-8", "replace"), st.record.final
+
+    def on_output(self, machine_id: str, chunk: OutputChunk) -> None:
+        """A chunk of a session's output from the host it is assigned to, under its current fencing token (any
+        other is dropped): appended to the session's buffer (bounded), gaps marked, repeats cut."""
+        st = self.store.sessions.get(chunk.session)
+        if st is None or st.record.host != machine_id or st.fence != chunk.fence:
+            self.metrics["stale_output"] += 1
+            return
+        data = chunk.data.encode()
+        if chunk.offset > st.output_end:  # a gap (a chunk was lost): say so in the output
+            st.output += f"\n[… {chunk.offset - st.output_end} bytes lost …]\n".encode()
+        elif chunk.offset < st.output_end:  # a chunk sent again: keep only what is new
+            data = data[st.output_end - chunk.offset:]
+        st.output += data
+        if len(st.output) > MAX_OUTPUT_TAIL * 4:
+            drop = len(st.output) - MAX_OUTPUT_TAIL * 2
+            del st.output[:drop]
+            st.output_start += drop
+        for fut in st.log_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        st.log_waiters = []
