@@ -47,7 +47,7 @@ class Submitter:
     def project(self, tenant: str, project: str) -> dict[str, Any]:
         spec = self.d.config.routes.get(project)
         if spec is None and tenant == ALL_TENANTS:
-            raise NotFound(f"no project {project} in the applied config", hint="`fleet route show` lists them")
+            raise NotFound(f"no project {project} in the applied config", hint="`fleet route list` lists them")
         if tenant != ALL_TENANTS and (spec is None or spec.get("tenant") != tenant):
             if spec is not None:
                 self.d.security.note("foreign_submits", tenant, "a submitter of tenant %s asked for project %s of "
