@@ -65,7 +65,8 @@ def _predicate(retry_on: RetryOn) -> Callable[[BaseException], bool]:
 
 
 def _options(retry_on: RetryOn, attempts: int | None, within: float | None, wait: Backoff,
-             on_retry: Callable[[int, BaseException, float], None] | None) -> dict[str, Any]:
+             on_retry: Callable[[int, BaseException, float], None] | None,
+             sleep: Callable[[float], Any] | None = None) -> dict[str, Any]:
     accept = _predicate(retry_on)
     stop: Any = tenacity.stop_never
     if attempts is not None:
@@ -84,6 +85,8 @@ def _options(retry_on: RetryOn, attempts: int | None, within: float | None, wait
             exc = state.outcome.exception() if state.outcome is not None else None
             on_retry(state.attempt_number, exc, state.next_action.sleep if state.next_action else 0.0)  # type: ignore[arg-type]
         options["before_sleep"] = before_sleep
+    if sleep is not None:
+        options["sleep"] = sleep
     return options
 
 
@@ -91,17 +94,11 @@ def retrying(*, retry_on: RetryOn, wait: Backoff, attempts: int | None = None, w
              on_retry: Callable[[int, BaseException, float], None] | None = None,
              sleep: Callable[[float], Any] | None = None) -> tenacity.AsyncRetrying:
     """An asyncio retry controller; `on_retry(attempt, error, delay)` is called before each wait (to log)."""
-    options = _options(retry_on, attempts, within, wait, on_retry)
-    if sleep is not None:
-        options["sleep"] = sleep
-    return tenacity.AsyncRetrying(**options)
+    return tenacity.AsyncRetrying(**_options(retry_on, attempts, within, wait, on_retry, sleep))
 
 
 def retrying_sync(*, retry_on: RetryOn, wait: Backoff, attempts: int | None = None, within: float | None = None,
                   on_retry: Callable[[int, BaseException, float], None] | None = None,
                   sleep: Callable[[float], None] | None = None) -> tenacity.Retrying:
     """The blocking twin of `retrying` (`sleep` replaceable, e.g. by tests)."""
-    options = _options(retry_on, attempts, within, wait, on_retry)
-    if sleep is not None:
-        options["sleep"] = sleep
-    return tenacity.Retrying(**options)
+    return tenacity.Retrying(**_options(retry_on, attempts, within, wait, on_retry, sleep))

@@ -83,7 +83,6 @@ class Slot:
         self._done: asyncio.Future[int] | None = None  # the running session's exit code, to come
         self.clean = asyncio.Event()  # set: ready for a session (nothing of the last one is left)
         self.alive = False
-        self.sessions = 0
 
     @property
     def socket_path(self) -> Path:
@@ -157,7 +156,6 @@ class Slot:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=1 << 20)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
-        self.sessions += 1
         self.current = SlotProcess(self, int(reply["pid"]), reader, done)
         return self.current
 

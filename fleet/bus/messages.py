@@ -449,27 +449,36 @@ def new_session_id() -> str:
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
 
 
-class SubmitRequest(Message):
-    """fleet.v1.api.sessions.<tenant>.submit: run `command` for `project` (a project of that tenant), as session
-    `id` (the client's choice: the same ID sent again is the same session, never a second one)."""
+class SessionOptions(Message):
+    """What a submit and a submit_many say alike: the project and what its sessions ask (labels, model, priority,
+    timeout, attempts, environment). One set of fields and bounds for both."""
 
-    id: SessionId | None = None
     project: Ident
-    command: list[Arg] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
     labels: list[Label] = Field(default_factory=list, max_length=32)
     model: Model | None = None
     priority: int = Field(default=0, ge=-1000, le=1000)
     timeout_s: Seconds | None = None
     max_attempts: int = Field(default=3, ge=1, le=20)
     env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=MAX_ENV)
+
+    def _check_env(self) -> None:
+        if sum(len(k) + len(v) for k, v in self.env.items()) > MAX_ENV_BYTES:
+            raise ValueError(f"the environment is larger than {MAX_ENV_BYTES} characters in all")
+
+
+class SubmitRequest(SessionOptions):
+    """fleet.v1.api.sessions.<tenant>.submit: run `command` for `project` (a project of that tenant), as session
+    `id` (the client's choice: the same ID sent again is the same session, never a second one)."""
+
+    id: SessionId | None = None
+    command: list[Arg] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
     wait_s: float = Field(default=0.0, ge=0, le=3600)  # answer when the session ends (or after wait_s)
 
     @model_validator(mode="after")
     def _bounded(self) -> SubmitRequest:
         if sum(len(a) for a in self.command) > MAX_COMMAND_BYTES:
             raise ValueError(f"the command is longer than {MAX_COMMAND_BYTES} characters in all")
-        if sum(len(k) + len(v) for k, v in self.env.items()) > MAX_ENV_BYTES:
-            raise ValueError(f"the environment is larger than {MAX_ENV_BYTES} characters in all")
+        self._check_env()
         return self
 
 
@@ -484,35 +493,26 @@ class BatchItem(BaseModel):
     command: list[Arg] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
 
 
-class SubmitManyRequest(Message):
+class SubmitManyRequest(SessionOptions):
     """fleet.v1.api.sessions.<tenant>.submit_many: run each of `sessions` for `project`, every one with the same
     labels, model, priority, timeout, attempts and environment; the reply comes once every one is stored. At most
     MAX_SUBMIT_BATCH sessions and SUBMIT_MANY_BYTES; the same IDs sent again are the same sessions."""
 
-    project: Ident
     sessions: list[BatchItem] = Field(min_length=1, max_length=MAX_SUBMIT_BATCH)
-    labels: list[Label] = Field(default_factory=list, max_length=32)
-    model: Label | None = None
-    priority: int = Field(default=0, ge=-1000, le=1000)
-    timeout_s: Seconds | None = None
-    max_attempts: int = Field(default=3, ge=1, le=20)
-    env: dict[EnvName, EnvValue] = Field(default_factory=dict, max_length=MAX_ENV)
 
     @model_validator(mode="after")
     def _bounded(self) -> SubmitManyRequest:
         for item in self.sessions:
             if sum(len(a) for a in item.command) > MAX_COMMAND_BYTES:
                 raise ValueError(f"session {item.id}: the command is longer than {MAX_COMMAND_BYTES} characters")
-        if sum(len(k) + len(v) for k, v in self.env.items()) > MAX_ENV_BYTES:
-            raise ValueError(f"the environment is larger than {MAX_ENV_BYTES} characters in all")
+        self._check_env()
         return self
 
     def requests(self) -> list[SubmitRequest]:
         """Each session as the SubmitRequest it stands for (already validated: built without validation)."""
-        shared: dict[str, Any] = {"project": self.project, "labels": self.labels, "model": self.model,
-                                  "priority": self.priority, "timeout_s": self.timeout_s,
-                                  "max_attempts": self.max_attempts, "env": self.env, "wait_s": 0.0}
-        return [SubmitRequest.model_construct(id=item.id, command=item.command, **shared) for item in self.sessions]
+        shared: dict[str, Any] = {name: getattr(self, name) for name in SessionOptions.model_fields}
+        return [SubmitRequest.model_construct(id=item.id, command=item.command, wait_s=0.0, **shared)
+                for item in self.sessions]
 
 
 class PhaseEvent(BaseModel):

@@ -157,6 +157,21 @@ def _session_started(proc: subprocess.Popen, out: list[str]) -> bool:
     return "started" in "".join(out)
 
 
+def _interrupted(args: list[str], url: str, cwd: Path, what: str) -> tuple[int, str]:
+    """Run a fleet command until it has printed its first line of session output, then Ctrl-C it: its exit code
+    and what it said on stderr."""
+    proc = popen(args, url, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out: list[str] = []
+        wait_for(lambda: _session_started(proc, out), 30, 0, what)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
 def test_ctrl_c_in_submit_wait_and_logs_follow_says_the_session_keeps_running_and_how_to_follow_it(
         live_fleet: LiveFleet, tmp_path: Path) -> None:
     url = live_fleet.url
@@ -166,17 +181,9 @@ def test_ctrl_c_in_submit_wait_and_logs_follow_says_the_session_keeps_running_an
     go = live_fleet.shared / "go"
     script = f"echo started; sleep 0.3; echo waiting; while [ ! -e {go} ]; do sleep 0.05; done; echo finished"
 
-    proc = popen(["submit", "-p", "my-fintech-app", "--wait", "--", "sh", "-c", script], url, cwd=tmp_path,
-                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out: list[str] = []
-        wait_for(lambda: _session_started(proc, out), 30, 0, "the session's first line")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    code, err = _interrupted(["submit", "-p", "my-fintech-app", "--wait", "--", "sh", "-c", script], url, tmp_path,
+                             "the session's first line")
+    assert code == 130, err
     assert "apply" not in err and "lock" not in err, err
     sid = re.search(r"stopped waiting for session (\w{20}), which keeps running on the fleet", err)
     assert sid, err
@@ -186,17 +193,8 @@ def test_ctrl_c_in_submit_wait_and_logs_follow_says_the_session_keeps_running_an
     assert shown["phase"] == "running"  # Ctrl-C stopped the waiting, not the session
 
     # the command it names follows the session; Ctrl-C in it says how to resume
-    args = hint.group(1).split()[1:]
-    proc = popen(args, url, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out = []
-        wait_for(lambda: _session_started(proc, out), 30, 0, "the output so far")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130 and "apply" not in err, err
+    code, err = _interrupted(hint.group(1).split()[1:], url, tmp_path, "the output so far")
+    assert code == 130 and "apply" not in err, err
     assert "stopped following the output; the session keeps running" in err
     assert f"resume with `fleet sessions logs {sid.group(1)} --follow`" in err
 
