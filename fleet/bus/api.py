@@ -14,7 +14,7 @@ from typing import Any
 from fleet.bus.connection import Bus, NoResponders, RequestTimeout
 from fleet.bus.messages import ApiReply, Message, decode
 from fleet.errors import FleetError, ServerUnavailable, SnapshotExpired, from_wire
-from fleet.retry import Backoff, retrying
+from fleet.retry import Backoff, call_retrying
 
 
 class NotDelivered(ServerUnavailable):
@@ -32,10 +32,8 @@ async def call(bus: Bus, subject: str, message: Message | None = None, *, timeou
                attempts: int = ATTEMPTS) -> Any:
     """One API request; the reply's data, or the FleetError it carries. Retryable failures are retried."""
     payload = message.encode() if message is not None else b'{"v": 1}'
-    async for attempt in retrying(retry_on=_retryable, attempts=attempts, wait=CALL_BACKOFF):
-        with attempt:
-            return await _call_once(bus, subject, payload, timeout)
-    raise AssertionError("not reached")
+    return await call_retrying(_call_once, bus, subject, payload, timeout, retry_on=_retryable, attempts=attempts,
+                               wait=CALL_BACKOFF)
 
 
 def _retryable(exc: BaseException) -> bool:

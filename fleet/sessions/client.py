@@ -19,6 +19,7 @@ Used by the CLI (fleet.cli.session_cmds), bench/dispatch.py, examples and tests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -44,7 +45,7 @@ from fleet.bus.messages import (
 )
 from fleet.bus.settings import TlsSettings
 from fleet.errors import FleetError, InvalidRequest, ProtocolError, ServerUnavailable
-from fleet.retry import Backoff, retrying
+from fleet.retry import Backoff, call_retrying
 
 __all__ = ["Client", "SyncClient", "SessionView"]
 
@@ -126,11 +127,10 @@ class Client:
         sent again until FAILOVER_S passed; errors the server answered with are not."""
         await self.connect()
         assert self.bus is not None
-        async for attempt in retrying(retry_on=_failover, within=FAILOVER_S, wait=FAILOVER_BACKOFF):
-            with attempt:  # no answer (a fail-over: the next leader answers within seconds), or "again"
-                return await call(self.bus, subjects.api_sessions(self.tenant, verb), message, timeout=timeout,
-                                  attempts=1)
-        raise AssertionError("not reached")
+        # no answer (a fail-over: the next leader answers within seconds), or "again"
+        once = functools.partial(call, self.bus, subjects.api_sessions(self.tenant, verb), message, timeout=timeout,
+                                 attempts=1)
+        return await call_retrying(once, retry_on=_failover, within=FAILOVER_S, wait=FAILOVER_BACKOFF)
 
     async def submit(self, project: str, command: Sequence[str], *, labels: Sequence[str] = (),
                      model: str | None = None, priority: int = 0, timeout: float | None = None,

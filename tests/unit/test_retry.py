@@ -8,7 +8,7 @@ import random
 import pytest
 
 from fleet.errors import Conflict, InvalidRequest, TransientError
-from fleet.retry import Backoff, retrying, retrying_sync
+from fleet.retry import Backoff, call_retrying, retrying, retrying_sync
 
 
 def test_backoff_doubles_up_to_its_cap_and_jitters_within_floor_and_ceiling() -> None:
@@ -121,3 +121,43 @@ def test_the_ci_api_backs_off_honours_retry_after_and_refuses_a_404_at_once() ->
     with pytest.raises(FleetError) as refused:
         api(404, {}, slept).request("GET", "/x", what="the comments")
     assert not isinstance(refused.value, TransientError) and slept == []
+
+
+def test_call_retrying_makes_the_same_attempts_and_waits_as_the_controller() -> None:
+    """The bare first attempt must not change what a caller sees: attempts counted from 1, the backoff's
+    exponent continuing where the first failure left it, the last error raised itself."""
+    seen: list[tuple[int, str, float]] = []
+    calls: list[int] = []
+
+    async def flaky(until: int) -> str:
+        calls.append(1)
+        if len(calls) < until:
+            raise Conflict(f"lost {len(calls)}")
+        return "won"
+
+    wait = Backoff(0.001, 0.004)  # ceilings 0.001, 0.002, 0.004, 0.004
+    got = asyncio.run(call_retrying(flaky, 4, retry_on=Conflict, attempts=5, wait=wait,
+                                    on_retry=lambda n, exc, d: seen.append((n, str(exc), d))))
+    assert got == "won" and len(calls) == 4
+    assert [(n, m) for n, m, _ in seen] == [(1, "lost 1"), (2, "lost 2"), (3, "lost 3")]
+    assert [d <= c for (_, _, d), c in zip(seen, (0.001, 0.002, 0.004), strict=True)] == [True] * 3
+    assert wait.after(2).ceiling(1) == wait.ceiling(3)
+
+    calls.clear()
+    with pytest.raises(Conflict, match="lost 3"):  # attempts bound the whole call, the first one included
+        asyncio.run(call_retrying(flaky, 99, retry_on=Conflict, attempts=3, wait=Backoff(0.001, 0.001)))
+    assert len(calls) == 3
+
+    calls.clear()
+    with pytest.raises(Conflict, match="lost 1"):  # one attempt: no retry at all
+        asyncio.run(call_retrying(flaky, 99, retry_on=Conflict, attempts=1, wait=Backoff(0.001, 0.001)))
+    assert len(calls) == 1
+
+    async def refused() -> None:
+        calls.append(1)
+        raise InvalidRequest("bad")
+
+    calls.clear()
+    with pytest.raises(InvalidRequest):  # not accepted: leaves at once
+        asyncio.run(call_retrying(refused, retry_on=Conflict, attempts=5, wait=Backoff(0.001, 0.001)))
+    assert len(calls) == 1
