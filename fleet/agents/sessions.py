@@ -1,6 +1,6 @@
 """Running sessions on a host: the agent's executor (a sandboxed process per session, fleet.agents.sandbox).
 
-`Runner` is started by fleet.agents.agent. For each Assignment (on the host's own subject) it starts the command in
+`Runner` is started by fleet.agents.agent. For each Assignment (in the Assignments messages on the host's own subject) it starts the command in
 the host's sandbox (fleet.agents.sandbox: an idle sandbox slot, with another uid than the agent's, PID/mount/IPC
 namespaces and a view without the agent's state), in the slot's scratch directory (SESSION_DIR, 0700, the slot uid's,
 emptied after each session), with an environment that holds only PATH, LANG, HOME/TMPDIR (the scratch directory), the
@@ -41,9 +41,11 @@ from fleet.agents.slots import Slot
 from fleet.bus import subjects
 from fleet.bus.connection import Bus
 from fleet.bus.messages import (
+    MAX_MESSAGE_BYTES,
     MAX_OUTPUT_CHUNK,
     MAX_OUTPUT_TAIL,
     Assignment,
+    Assignments,
     CancelOrder,
     OutputChunk,
     SessionInfo,
@@ -117,11 +119,16 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------ from the server
     async def on_assign(self, msg: object) -> None:
+        """The server's Assignments for this host (one message for those of one moment)."""
         try:
-            assignment = decode(Assignment, msg.data)  # type: ignore[attr-defined]
+            batch = decode(Assignments, msg.data, max_bytes=MAX_MESSAGE_BYTES + 1024)  # type: ignore[attr-defined]
         except ProtocolError as exc:
-            log.warning("ignoring a malformed assignment: %s", exc.message)
+            log.warning("ignoring malformed assignments: %s", exc.message)
             return
+        for assignment in batch.items:
+            await self._take(assignment)
+
+    async def _take(self, assignment: Assignment) -> None:
         current = self.runs.get(assignment.session)
         if current is not None:
             if current.assignment.fence == assignment.fence:

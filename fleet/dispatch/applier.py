@@ -32,12 +32,16 @@ from typing import Any
 from fleet.bus import subjects
 from fleet.bus.connection import Bus
 from fleet.bus.messages import (
+    ASSIGNMENTS_BYTES,
+    MAX_ASSIGNMENTS,
     MAX_HISTORY,
     MAX_OUTPUT_TAIL,
+    PROTOCOL_VERSION,
     Assignment,
     CancelOrder,
     PhaseEvent,
     SessionRecord,
+    trusted,
 )
 from fleet.dispatch.placement import Placements
 from fleet.dispatch.query import wake
@@ -52,7 +56,7 @@ log = logging.getLogger(__name__)
 
 def event(**kw: Any) -> PhaseEvent:
     """A history event from values the dispatcher itself holds (already validated): built without validation."""
-    return PhaseEvent.model_construct(**kw)
+    return trusted(PhaseEvent, **kw)
 
 
 def transition(record: SessionRecord, ev: PhaseEvent) -> None:
@@ -80,6 +84,9 @@ class PlanApplier:
         self.metrics = metrics
         self.check_lease = check_lease
         self.want_pass = want_pass
+        self._outbox: dict[str, list[tuple[str, bytes]]] = {}  # host -> (session, encoded Assignment), in order
+        self._flushing = False
+        self._tasks: set[asyncio.Task] = set()
 
     async def apply(self, plan: DispatchPlan) -> None:
         self.check_lease()
@@ -104,7 +111,8 @@ class PlanApplier:
             st = sessions.get(rs.session)
             if st is not None and st.record.phase == "assigned":
                 st.assigned_at = time.monotonic()
-                await self.send_assignment(st)
+                self.send_assignment(st)
+        await self.flush()  # what this plan assigned, now (and whatever else waited for this turn to end)
 
     def _reserve(self, assignments: tuple[Placed, ...], now: float) -> list[tuple[SessionState, Placed, SessionRecord]]:
         """Take every assignment's slot and make it assigned in memory (nothing awaits: a submit meanwhile sees the
@@ -135,19 +143,39 @@ class PlanApplier:
             return
         st.fence, st.assigned_at, st.sends = st.revision, time.monotonic(), 0
         st.arm()
-        await self.send_assignment(st)
+        self.send_assignment(st)
 
-    async def send_assignment(self, st: SessionState) -> None:
+    def send_assignment(self, st: SessionState) -> None:
+        """Queue the session's assignment for its host. What one turn of the event loop queued goes out as one
+        Assignments message per host (`flush`, called soon; a plan's `apply` calls it at its end): under load many
+        sessions are assigned in the same turn (their writes are acknowledged together), and one message per host
+        instead of one per session is that much less for the server, nats-server and the host to handle."""
         record = st.record
         assert record.host is not None and st.fence is not None
         st.sends += 1
-        msg = Assignment.model_construct(session=record.id, fence=st.fence, attempt=record.attempt,
-                                         tenant=record.tenant, project=record.project, command=record.command,
-                                         env=record.env, timeout_s=record.timeout_s)
-        try:
-            await self.bus.publish(subjects.host_assign(record.host), msg.encode())
-        except FleetError as exc:  # the reconciliation sends it again
-            log.info("could not send session %s to %s: %s", record.id, record.host, exc)
+        msg = trusted(Assignment, session=record.id, fence=st.fence, attempt=record.attempt,
+                      tenant=record.tenant, project=record.project, command=record.command,
+                      env=record.env, timeout_s=record.timeout_s)
+        self._outbox.setdefault(record.host, []).append((record.id, msg.model_dump_json().encode()))
+        if not self._flushing:
+            self._flushing = True
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def flush(self) -> None:
+        """Publish every queued assignment: per host, in as few Assignments messages as MAX_ASSIGNMENTS and
+        ASSIGNMENTS_BYTES allow. One that could not be sent is sent again by the reconciliation."""
+        self._flushing = False
+        outbox, self._outbox = self._outbox, {}
+        for host, items in outbox.items():
+            for batch in _batches(items):
+                payload = b'{"v":%d,"items":[%s]}' % (PROTOCOL_VERSION, b",".join(data for _, data in batch))
+                try:
+                    await self.bus.publish(subjects.host_assign(host), payload)
+                except FleetError as exc:  # the reconciliation sends them again
+                    log.info("could not send %d session(s) to %s (%s): %s", len(batch), host,
+                             ", ".join(sid for sid, _ in batch[:3]), exc)
 
     async def tell_stop(self, machine_id: str, session_id: str, fence: int | None, reason: str) -> None:
         with contextlib.suppress(FleetError):
@@ -204,3 +232,19 @@ class PlanApplier:
         await self.store.persist(st)
         self.placements().enqueue(record)
         self.want_pass()
+
+
+def _batches(items: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+    """`items` cut into runs of at most MAX_ASSIGNMENTS and ASSIGNMENTS_BYTES (one larger item goes alone)."""
+    out: list[list[tuple[str, bytes]]] = []
+    batch: list[tuple[str, bytes]] = []
+    size = 0
+    for item in items:
+        if batch and (len(batch) >= MAX_ASSIGNMENTS or size + len(item[1]) + 1 > ASSIGNMENTS_BYTES):
+            out.append(batch)
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item[1]) + 1
+    if batch:
+        out.append(batch)
+    return out

@@ -23,7 +23,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from fleet.bus.messages import SessionRecord, SubmitRequest, new_session_id
+from fleet.bus.messages import SessionRecord, SubmitRequest, new_session_id, trusted
 from fleet.dispatch.applier import assign_in_memory, event
 from fleet.dispatch.placement import group_key, note_reason
 from fleet.dispatch.query import ALL_TENANTS
@@ -112,7 +112,7 @@ class Submitter:
                 raise QueueFull(f"tenant {tenant} has {store.open_by_tenant[tenant]} sessions queued or running "
                                 f"already (at most {MAX_OPEN_PER_TENANT})", hint="submit again when some have ended")
         now = time.time()
-        records = [SessionRecord.model_construct(  # from a validated request: no second validation
+        records = [trusted(SessionRecord,  # from a validated request: no second validation
             id=sid, tenant=spec["tenant"], project=req.project, command=req.command, env=req.env,
             labels=sorted(set(req.labels)), model=req.model, priority=req.priority, timeout_s=req.timeout_s,
             max_attempts=req.max_attempts, submitted_at=now, history=[event(phase="queued", at=now)],
@@ -177,7 +177,7 @@ class Submitter:
                 d._want_pass()
         for st in out:
             if st.record.id in placed and by_id.get(st.record.id) is st.record:
-                await d.applier.send_assignment(st)
+                d.applier.send_assignment(st)  # sent at the end of this turn, with the others of this moment
         if failed is not None:
             raise failed  # the stored ones are in memory: the same batch sent again finds them
         return out

@@ -162,3 +162,24 @@ def test_a_session_view_carries_every_label_its_route_requires() -> None:
     labels = [f"zone-{i}=x" for i in range(100)]
     view = SessionView(id="0" * 20, tenant="t", project="p", command=["true"], route_labels=labels)
     assert decode(SessionView, view.encode()).route_labels == labels
+
+
+def test_trusted_builds_what_model_construct_builds_and_refuses_holes() -> None:
+    """The dispatcher's fast constructor must give the same model (fields, order on the wire, which fields were
+    set) as pydantic's model_construct, never share a mutable default between two models, and refuse a record
+    with a required field missing or a field the model does not have."""
+    from fleet.bus.messages import PhaseEvent, SessionRecord, new_session_id, trusted
+
+    ev = trusted(PhaseEvent, phase="queued", at=1.0)
+    kw = dict(id=new_session_id(), tenant="acme", project="web", command=["true"], priority=2, submitted_at=1.0, history=[ev])
+    a, b = SessionRecord.model_construct(**kw), trusted(SessionRecord, **kw)
+    assert a.encode() == b.encode() and a.model_fields_set == b.model_fields_set
+    assert SessionRecord.model_validate_json(b.encode()) == SessionRecord.model_validate_json(a.encode())
+    c, d = trusted(SessionRecord, **kw), trusted(SessionRecord, **kw)
+    assert c.env is not d.env and c.labels is not d.labels
+    c.labels.append("gpu")
+    assert d.labels == []
+    with pytest.raises(TypeError, match="missing"):
+        trusted(SessionRecord, id="s-2")
+    with pytest.raises(TypeError, match="unknown fields"):
+        trusted(PhaseEvent, phase="queued", at=1.0, bogus=1)

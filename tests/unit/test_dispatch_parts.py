@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fleet.bus.messages import Assignment as AssignMsg
-from fleet.bus.messages import CancelOrder, OutputChunk, SessionRecord
+from fleet.bus.messages import Assignments, CancelOrder, OutputChunk, SessionRecord, decode
 from fleet.dispatch import reconcile as rc
 from fleet.dispatch.applier import PlanApplier
 from fleet.dispatch.placement import Placements
@@ -125,8 +125,11 @@ class Rig:
         return st
 
     def sent(self, kind: type) -> list[Any]:
-        suffix = {AssignMsg: ".assign", CancelOrder: ".cancel"}[kind]
-        return [kind.model_validate_json(d) for s, d in self.bus.sent if s.endswith(suffix)]
+        """The assignments (each Assignments message unpacked) or cancel orders sent, in order."""
+        if kind is AssignMsg:
+            return [a for s, d in self.bus.sent if s.endswith(".assign")
+                    for a in decode(Assignments, d, max_bytes=len(d)).items]
+        return [kind.model_validate_json(d) for s, d in self.bus.sent if s.endswith(".cancel")]
 
 
 def run(coro: Any) -> Any:
@@ -240,6 +243,47 @@ def test_a_resend_sends_only_an_assignment_not_yet_running() -> None:
         await rig.applier.apply(DispatchPlan(resends=(Resend(SID[0]), Resend(SID[1]))))
         assert [m.session for m in rig.sent(AssignMsg)] == [SID[0]]
     run(go())
+
+
+def test_the_assignments_of_one_moment_go_out_as_one_message_per_host() -> None:
+    """Three sessions placed by one plan on hosts a (two) and b (one): two messages, not three, each on its own
+    host's subject, with every session under its own fence; assignments queued by single submits in the same
+    turn of the event loop are sent together once the turn ends."""
+    async def go() -> None:
+        rig = Rig()
+        states = [await rig.add(record(sid)) for sid in SID[:3]]
+        plan = DispatchPlan(assignments=tuple(Assignment(st.record.id, "app", host, "main", "preferred",
+                                                         revision=st.revision)
+                                              for st, host in zip(states, ("a", "b", "a"), strict=True)))
+        await rig.applier.apply(plan)
+        subjects_sent = [s for s, _ in rig.bus.sent]
+        assert len(subjects_sent) == 2 and sorted(s.split(".")[-2] for s in subjects_sent) == ["a", "b"]
+        got = {m.session: m.fence for m in rig.sent(AssignMsg)}
+        assert got == {st.record.id: st.revision for st in states} and all(st.fence == st.revision for st in states)
+
+        rig.bus.sent.clear()
+        extra = [await rig.add(record(sid, phase="assigned", host="a")) for sid in SID[3:5]]
+        for st in extra:  # what two submits do, one after the other, in the same turn
+            rig.applier.send_assignment(st)
+        assert rig.bus.sent == []  # not yet: the turn has not ended
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        [(subject, _)] = rig.bus.sent
+        assert subject.endswith("a.assign") and [m.session for m in rig.sent(AssignMsg)] == SID[3:5]
+    run(go())
+
+
+def test_assignments_are_cut_into_messages_by_count_and_by_bytes() -> None:
+    from fleet.bus.messages import ASSIGNMENTS_BYTES, MAX_ASSIGNMENTS
+    from fleet.dispatch.applier import _batches
+
+    small = [(f"s{i}", b"x" * 100) for i in range(MAX_ASSIGNMENTS + 1)]
+    assert [len(b) for b in _batches(small)] == [MAX_ASSIGNMENTS, 1]
+    big = [(f"s{i}", b"x" * (ASSIGNMENTS_BYTES // 3)) for i in range(4)]
+    cut = _batches(big)
+    assert [len(b) for b in cut] == [2, 2] and all(sum(len(d) + 1 for _, d in b) <= ASSIGNMENTS_BYTES for b in cut)
+    huge = [("alone", b"x" * (ASSIGNMENTS_BYTES + 5)), ("next", b"y")]
+    assert [[sid for sid, _ in b] for b in _batches(huge)] == [["alone"], ["next"]]
 
 
 # ---------------------------------------------------------------------------------------------- the store
