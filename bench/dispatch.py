@@ -13,9 +13,10 @@ temp dir and stops by PID:
 - (b) fleet: `fleet apply` of a small fleet (tenant `bench`, pools `pool-noop` and `pool-agents`, 32 slots a host),
   a real `fleet server` process, then **no-op hosts**: 4 hosts enrolled for real (each its own nkey, the enrollment
   key over the enrollment identity, the host JWT the server signs), in one process, each with its own connection:
-  they register, heartbeat (fleet.bus.messages.Heartbeat, every 2 s), take each Assignment on their own assign
-  subject and answer it at once with a final WorkEvent (phase succeeded) by request/reply on their work subject:
-  the real protocol without a subprocess. The client is fleet.sessions.client.Client with a submitter identity of
+  they register, heartbeat (fleet.bus.messages.Heartbeat, every 2 s), take each Assignments message (the server's
+  assignments of one moment for that host) on their own assign subject and answer it at once with the final
+  WorkEvents (phase succeeded) of its sessions in one request on their work subject (`.events`, as an agent
+  reports the sessions that ended in the same moment): the real protocol without a subprocess. The client is fleet.sessions.client.Client with a submitter identity of
   tenant `bench`; one session = `submit(project, ["true"], wait=…)`, one request answered when the session is final
   (submit -> stored and assigned -> host -> completed -> reply). 1 in flight (p50/p99) and 128 in flight
   (sessions/s). Also, at 1 in flight, `submit` then `wait(id)` as two requests, the other way a client follows a
@@ -85,7 +86,8 @@ from fleet.bus.messages import (  # noqa: E402
     SessionRecord,
     SubmitRequest,
     WorkEvent,
-    WorkReply,
+    WorkEvents,
+    WorkReplies,
     decode,
     new_session_id,
 )
@@ -152,7 +154,8 @@ async def role_echo(url: str, creds: str) -> None:
 
 async def role_hosts(url: str, spec_file: str) -> None:
     """No-op hosts: each enrolled host (machine ID + its own creds) connects, registers, heartbeats, and answers
-    every Assignment at once with a final WorkEvent (succeeded) on its work subject, by request/reply."""
+    every Assignments message at once with the final WorkEvents (succeeded) of its sessions, one request on its work
+    subject (`.events`) per message, as a fleet agent reports the sessions that ended in the same moment."""
     spec = json.loads(Path(spec_file).read_text())
     counts = {"assigned": 0, "acked": 0, "refused": 0, "errors": 0}
     stamps: dict[str, tuple[float, float]] = {}  # session -> (assignment received, completion acknowledged), wall
@@ -167,29 +170,37 @@ async def role_hosts(url: str, spec_file: str) -> None:
             hostname=item["hostname"], version=__version__).encode(), timeout=10))
         if not reply.ok:
             raise SystemExit(f"host {item['hostname']} could not register: {reply.message}")
-        host = {"mid": mid, "bus": bus, "running": {}, "seq": 0, "event": f"{subjects.host_work(mid)}.event"}
+        host = {"mid": mid, "bus": bus, "running": {}, "seq": 0, "events": f"{subjects.host_work(mid)}.events"}
         hosts.append(host)
 
-        async def finish(a: Assignment, received: float, host: dict = host) -> None:
+        async def finish(batch: list[Assignment], received: float, host: dict = host) -> None:
+            """The final events of one Assignments message, in one WorkEvents request (as the agent's Reports
+            sends the sessions that ended in the same moment)."""
             now = time.time()
-            ev = WorkEvent(session=a.session, fence=a.fence, phase="succeeded", exit_code=0, started_at=now, at=now)
+            events = [WorkEvent(session=a.session, fence=a.fence, phase="succeeded", exit_code=0, started_at=now,
+                                at=now) for a in batch]
             try:
-                answer = decode(WorkReply, await host["bus"].request(host["event"], ev.encode(), timeout=10))
-                stamps[a.session] = (received, time.time())
-                counts["acked" if answer.ok else "refused"] += 1
+                answer = decode(WorkReplies, await host["bus"].request(
+                    host["events"], WorkEvents(items=events).encode(), timeout=10), max_bytes=2**20)
+                done = time.time()
+                for a, reply in zip(batch, answer.items, strict=True):
+                    stamps[a.session] = (received, done)
+                    counts["acked" if reply.ok else "refused"] += 1
             except Exception:  # counted; the bench reports it
-                counts["errors"] += 1
+                counts["errors"] += len(batch)
             finally:
-                host["running"].pop(a.session, None)
+                for a in batch:
+                    host["running"].pop(a.session, None)
 
         async def on_assign(msg: Any, host: dict = host, finish: Any = finish) -> None:
             received = time.time()
-            for a in decode(Assignments, msg.data, max_bytes=MAX_MESSAGE_BYTES + 1024).items:
+            batch = decode(Assignments, msg.data, max_bytes=MAX_MESSAGE_BYTES + 1024).items
+            for a in batch:
                 counts["assigned"] += 1
                 host["running"][a.session] = a.fence
-                task = asyncio.get_running_loop().create_task(finish(a, received))  # as the agent's Runner
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            task = asyncio.get_running_loop().create_task(finish(batch, received))  # as the agent's Runner
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
         await bus.subscribe(subjects.host_assign(mid), on_assign)
         await bus.flush()

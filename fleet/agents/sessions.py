@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.agents.control import serve_json_socket
+from fleet.agents.reports import Reports
 from fleet.agents.sandbox import SESSION_DIR, SESSION_SOCKET, Sandbox
 from fleet.agents.slots import Slot
 from fleet.bus import subjects
@@ -50,7 +51,6 @@ from fleet.bus.messages import (
     OutputChunk,
     SessionInfo,
     WorkEvent,
-    WorkReply,
     decode,
 )
 from fleet.errors import FleetError, ProtocolError
@@ -96,6 +96,7 @@ class Runner:
         self.on_change = on_change  # a heartbeat should go out now (a session started or ended)
         self.runs: dict[str, Run] = {}
         self.unreported: dict[str, tuple[Run, WorkEvent]] = {}
+        self.reports = Reports(bus, machine_id)  # the events of one moment in one request
         self._tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------------------------------ state
@@ -322,9 +323,7 @@ class Runner:
         """Tell the server, again and again until it answers (ok or stale); a final phase is never dropped."""
         while not run.silenced:
             try:
-                data = await self.bus.request(f"{subjects.host_work(self.machine_id)}.event", event.encode(),
-                                              timeout=5.0, what="the dispatcher")
-                reply = decode(WorkReply, data)
+                reply = await self.reports.send(event)
                 if reply.ok or reply.stale:
                     if reply.stale:
                         log.info("session %s: the server says it is no longer ours (%s)", run.session, reply.message)
@@ -383,5 +382,6 @@ class Runner:
 
     async def close(self) -> None:
         await self.kill_all("the agent stops")
+        self.reports.close()
         for task in list(self._tasks):
             task.cancel()

@@ -80,7 +80,7 @@ def server_replies() -> Permissions:
         pub_allow=("_INBOX.>",),
         pub_deny=(f"{ENROLL_INBOX}.>",),
         sub_allow=(f"{subjects.PREFIX}.api.>", subjects.REGISTER_WILDCARD, f"{subjects.WORK_PREFIX}*.event",
-                   f"{subjects.WORK_PREFIX}*.output"),
+                   f"{subjects.WORK_PREFIX}*.events", f"{subjects.WORK_PREFIX}*.output"),
     )
 
 

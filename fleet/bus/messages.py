@@ -16,6 +16,7 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -126,6 +127,7 @@ class Message(BaseModel):
 
 
 B = TypeVar("B", bound=BaseModel)
+T = TypeVar("T")
 _Plan = tuple[dict[str, Any], list[tuple[str, Any]], list[tuple[str, Any]], frozenset[str]]
 _PLANS: dict[type, _Plan] = {}
 
@@ -671,6 +673,29 @@ MAX_ASSIGNMENTS = 256
 ASSIGNMENTS_BYTES = 60 * 1024
 
 
+def batched(items: Sequence[T], size: Callable[[T], int], *, most: int, max_bytes: int) -> list[list[T]]:
+    """`items` in order, cut into runs of at most `most` items and `max_bytes` of `size` (+1 a separator each); an
+    item larger than `max_bytes` goes alone. How Assignments and WorkEvents messages are filled."""
+    out: list[list[T]] = []
+    batch: list[T] = []
+    total = 0
+    for item in items:
+        n = size(item) + 1
+        if batch and (len(batch) >= most or total + n > max_bytes):
+            out.append(batch)
+            batch, total = [], 0
+        batch.append(item)
+        total += n
+    if batch:
+        out.append(batch)
+    return out
+
+
+def items_payload(encoded: Iterable[bytes]) -> bytes:
+    """The encoding of an Assignments or WorkEvents message whose items are encoded already (no second encode)."""
+    return b'{"v":%d,"items":[%s]}' % (PROTOCOL_VERSION, b",".join(encoded))
+
+
 class Assignments(Message):
     """Server -> host on fleet.v1.host.<machine_id>.assign: the assignments of this host that one moment made (one
     message per host per event-loop turn of the dispatcher, not one per session: fleet.dispatch.applier)."""
@@ -703,6 +728,23 @@ class WorkReply(Message):
     ok: bool
     stale: bool = False  # the session is no longer this host's under this fence: stop it, report nothing more
     message: str | None = None
+
+
+#: most events one WorkEvents request carries, and its most bytes (the agent starts another past either)
+MAX_WORK_EVENTS = 128
+WORK_EVENTS_BYTES = 60 * 1024
+
+
+class WorkEvents(Message):
+    """Host -> server on fleet.v1.work.<machine_id>.events (request/reply): the phase changes of this host's sessions
+    that one moment made, answered by WorkReplies (one reply per event, in order). What fleet agents send; the
+    single WorkEvent on `.event` stays for a host that reports one at a time."""
+
+    items: list[WorkEvent] = Field(min_length=1, max_length=MAX_WORK_EVENTS)
+
+
+class WorkReplies(Message):
+    items: list[WorkReply]
 
 
 class OutputChunk(Message):

@@ -104,7 +104,7 @@ def work_parts(subject: str) -> tuple[str, str] | None:
     if not subject.startswith(WORK_PREFIX):
         return None
     mid, _, kind = subject[len(WORK_PREFIX):].partition(".")
-    return (mid, kind) if is_machine_id(mid) and kind in ("event", "output") else None
+    return (mid, kind) if is_machine_id(mid) and kind in ("event", "events", "output") else None
 
 
 def session_api_parts(subject: str) -> tuple[str, str] | None:

@@ -5,13 +5,15 @@ The tenant is a token of the subject, so NATS permissions scope a submitter to i
 Verbs: submit (SubmitRequest: the reply comes once the session is stored; with `wait_s`, once it ended or wait_s
 passed), submit_many (SubmitManyRequest: up to MAX_SUBMIT_BATCH sessions; the reply, one brief view each, once
 every one is stored), list (SessionListRequest), get, cancel, wait (SessionQuery), logs (LogsRequest, long-polled). Hosts
-report on `fleet.v1.work.<machine_id>.event` (WorkEvent -> WorkReply) and `.output` (OutputChunk): the machine ID
+report on `fleet.v1.work.<machine_id>.events` (WorkEvents -> WorkReplies: what fleet agents send, the events of
+one moment together), `.event` (one WorkEvent -> WorkReply) and `.output` (OutputChunk): the machine ID
 is the subject's token, which only that host's identity may publish on. Subscribed only while this replica leads
 (fleet.service.server wires it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter
@@ -30,12 +32,15 @@ from fleet.bus.messages import (
     SubmitManyRequest,
     SubmitRequest,
     WorkEvent,
+    WorkEvents,
+    WorkReplies,
+    WorkReply,
     decode,
 )
 from fleet.dispatch.dispatcher import Dispatcher
 from fleet.dispatch.query import public
 from fleet.dispatch.store import SessionState
-from fleet.errors import InvalidRequest, ProtocolError
+from fleet.errors import FleetError, InvalidRequest, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,7 @@ class SessionApi:
             await bus.serve(f"{api}.wait", self.handle, queue=q, concurrency=WAIT_CONCURRENCY),
             await bus.serve(f"{api}.logs", self.handle, queue=q, concurrency=WAIT_CONCURRENCY),
             await bus.serve(f"{subjects.WORK_PREFIX}*.event", self.on_event, queue=q, concurrency=WORK_CONCURRENCY),
+            await bus.serve(f"{subjects.WORK_PREFIX}*.events", self.on_events, queue=q, concurrency=WORK_CONCURRENCY),
             await bus.subscribe(f"{subjects.WORK_PREFIX}*.output", self.on_output, queue=q),
         ]
         await bus.flush()
@@ -191,6 +197,36 @@ class SessionApi:
         if parts is None:
             raise ProtocolError(f"no such work subject {msg.subject[:80]}")
         return (await self.dispatcher.on_event(parts[0], decode(WorkEvent, msg.data))).encode()
+
+    async def on_events(self, msg: Any) -> bytes:
+        """A host's batch of events: each handled as a single one would be (the same checks, one by one: a foreign
+        or stale event refused on its own), the events of one session in the order sent, different sessions
+        together; one reply per event. A failure of one (e.g. its write) is that event's `ok: false`: the host
+        sends that one again."""
+        parts = subjects.work_parts(msg.subject)
+        if parts is None:
+            raise ProtocolError(f"no such work subject {msg.subject[:80]}")
+        events = decode(WorkEvents, msg.data).items
+        replies: list[WorkReply | None] = [None] * len(events)
+        by_session: dict[str, list[int]] = {}
+        for i, ev in enumerate(events):
+            by_session.setdefault(ev.session, []).append(i)
+
+        async def one_session(indices: list[int]) -> None:
+            for i in indices:
+                try:
+                    replies[i] = await self.dispatcher.on_event(parts[0], events[i])
+                except FleetError as exc:
+                    replies[i] = WorkReply(ok=False, message=exc.message)
+                except Exception as exc:  # a bug: logged, and this event alone refused
+                    log.exception("work event of session %s failed", events[i].session)
+                    replies[i] = WorkReply(ok=False, message=f"internal error in the fleet server ({type(exc).__name__})")
+
+        if len(by_session) == 1:
+            await one_session(next(iter(by_session.values())))
+        else:
+            await asyncio.gather(*(one_session(ix) for ix in by_session.values()))
+        return WorkReplies(items=[r for r in replies if r is not None]).encode()
 
     async def on_output(self, msg: Any) -> None:
         parts = subjects.work_parts(msg.subject)

@@ -36,11 +36,12 @@ from fleet.bus.messages import (
     MAX_ASSIGNMENTS,
     MAX_HISTORY,
     MAX_OUTPUT_TAIL,
-    PROTOCOL_VERSION,
     Assignment,
     CancelOrder,
     PhaseEvent,
     SessionRecord,
+    batched,
+    items_payload,
     trusted,
 )
 from fleet.dispatch.placement import Placements
@@ -169,8 +170,8 @@ class PlanApplier:
         self._flushing = False
         outbox, self._outbox = self._outbox, {}
         for host, items in outbox.items():
-            for batch in _batches(items):
-                payload = b'{"v":%d,"items":[%s]}' % (PROTOCOL_VERSION, b",".join(data for _, data in batch))
+            for batch in batched(items, lambda item: len(item[1]), most=MAX_ASSIGNMENTS, max_bytes=ASSIGNMENTS_BYTES):
+                payload = items_payload(data for _, data in batch)
                 try:
                     await self.bus.publish(subjects.host_assign(host), payload)
                 except FleetError as exc:  # the reconciliation sends them again
@@ -233,18 +234,3 @@ class PlanApplier:
         self.placements().enqueue(record)
         self.want_pass()
 
-
-def _batches(items: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
-    """`items` cut into runs of at most MAX_ASSIGNMENTS and ASSIGNMENTS_BYTES (one larger item goes alone)."""
-    out: list[list[tuple[str, bytes]]] = []
-    batch: list[tuple[str, bytes]] = []
-    size = 0
-    for item in items:
-        if batch and (len(batch) >= MAX_ASSIGNMENTS or size + len(item[1]) + 1 > ASSIGNMENTS_BYTES):
-            out.append(batch)
-            batch, size = [], 0
-        batch.append(item)
-        size += len(item[1]) + 1
-    if batch:
-        out.append(batch)
-    return out

@@ -274,8 +274,10 @@ def test_the_assignments_of_one_moment_go_out_as_one_message_per_host() -> None:
 
 
 def test_assignments_are_cut_into_messages_by_count_and_by_bytes() -> None:
-    from fleet.bus.messages import ASSIGNMENTS_BYTES, MAX_ASSIGNMENTS
-    from fleet.dispatch.applier import _batches
+    from fleet.bus.messages import ASSIGNMENTS_BYTES, MAX_ASSIGNMENTS, batched
+
+    def _batches(items: list[tuple[str, bytes]]) -> list[list[tuple[str, bytes]]]:
+        return batched(items, lambda item: len(item[1]), most=MAX_ASSIGNMENTS, max_bytes=ASSIGNMENTS_BYTES)
 
     small = [(f"s{i}", b"x" * 100) for i in range(MAX_ASSIGNMENTS + 1)]
     assert [len(b) for b in _batches(small)] == [MAX_ASSIGNMENTS, 1]
