@@ -19,6 +19,8 @@ future on an error ack, so a compare-and-set that loses would never return, and 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import itertools
 import json
 import time
@@ -35,13 +37,47 @@ EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST = (10071, 10164)  # JetStream's err_code of a wrong last (subject) sequence
 
 
+class Window:
+    """At most `size` holders at once; the others wait and are let in first come, first served. What
+    asyncio.Semaphore does, at O(1) per release: Python 3.11's walks every waiter it already woke, which made a burst
+    of a bulk submit's writes quadratic (cProfile: 600k `done()` calls for 36k releases)."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # let in, then cancelled before it ran: the place goes to the next
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the place passes to it
+                return
+        self.free += 1
+
+
 class PipelinedWriter:
     def __init__(self, store: Store, *, window: int = WINDOW, timeout: float = ACK_TIMEOUT_S) -> None:
         assert store.bus is not None
         self.store = store
         self.nc = store.bus.nc
         self.timeout = timeout
-        self._window = asyncio.Semaphore(window)
+        self._window = Window(window)
         self._futures: dict[str, asyncio.Future[Any]] = {}
         self._tokens = itertools.count()
         self._prefix = ""
@@ -72,19 +108,20 @@ class PipelinedWriter:
             await self.start()
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        async with self._window:
-            token = str(next(self._tokens))
-            fut: asyncio.Future[Any] = loop.create_future()
-            self._futures[token] = fut
-            timer = loop.call_later(self.timeout, _expire, fut)
-            try:
-                await self.nc.publish(self._subject + key, value, reply=self._prefix + token, headers=headers)
-                ack = await fut
-            except (TimeoutError, nats.errors.Error) as exc:
-                raise self.store._failed(what, exc, started) from exc
-            finally:
-                timer.cancel()
-                self._futures.pop(token, None)
+        await self._window.acquire()
+        token = str(next(self._tokens))
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._futures[token] = fut
+        timer = loop.call_later(self.timeout, _expire, fut)
+        try:
+            await self.nc.publish(self._subject + key, value, reply=self._prefix + token, headers=headers)
+            ack = await fut
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise self.store._failed(what, exc, started) from exc
+        finally:
+            timer.cancel()
+            self._futures.pop(token, None)
+            self._window.release()
         err = ack.get("error")
         if err is None:
             seq = ack.get("seq")

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
+import pydantic_core
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -399,6 +400,13 @@ class ApiReply(Message):
     hint: str | None = None
     retryable: bool | None = None  # so that even a code this client does not know keeps its retry meaning
     data: Any = None
+
+
+def ok_reply(data: Any) -> bytes:
+    """ApiReply(ok=True, data=data).encode(), without building the model around `data` (a JSON-able value): the
+    answer to every submit, built once per session."""
+    return b'{"v":%d,"ok":true,"error":null,"message":null,"hint":null,"retryable":null,"data":%s}' % (
+        PROTOCOL_VERSION, pydantic_core.to_json(data))
 
 
 #: most rows one host page may carry (the server also keeps a page under the NATS max_payload)

@@ -33,11 +33,12 @@ from fleet.bus.messages import (
     SubmitRequest,
     WorkEvent,
     WorkEvents,
-    WorkReplies,
     WorkReply,
     decode,
+    items_payload,
+    ok_reply,
 )
-from fleet.dispatch.dispatcher import Dispatcher
+from fleet.dispatch.dispatcher import WORK_OK, Dispatcher
 from fleet.dispatch.query import public
 from fleet.dispatch.store import SessionState
 from fleet.errors import FleetError, InvalidRequest, ProtocolError
@@ -189,14 +190,14 @@ class SessionApi:
         return data
 
     def _reply(self, st: SessionState) -> bytes:
-        return ApiReply(ok=True, data=self._view(st)).encode()
+        return ok_reply(self._view(st))
 
     # ------------------------------------------------------------------------------------------ hosts
     async def on_event(self, msg: Any) -> bytes:
         parts = subjects.work_parts(msg.subject)
         if parts is None:
             raise ProtocolError(f"no such work subject {msg.subject[:80]}")
-        return (await self.dispatcher.on_event(parts[0], decode(WorkEvent, msg.data))).encode()
+        return _encoded(await self.dispatcher.on_event(parts[0], decode(WorkEvent, msg.data)))
 
     async def on_events(self, msg: Any) -> bytes:
         """A host's batch of events: each handled as a single one would be (the same checks, one by one: a foreign
@@ -226,7 +227,7 @@ class SessionApi:
             await one_session(next(iter(by_session.values())))
         else:
             await asyncio.gather(*(one_session(ix) for ix in by_session.values()))
-        return WorkReplies(items=[r for r in replies if r is not None]).encode()
+        return items_payload(_encoded(r) for r in replies if r is not None)  # a WorkReplies message
 
     async def on_output(self, msg: Any) -> None:
         parts = subjects.work_parts(msg.subject)
@@ -239,3 +240,10 @@ class SessionApi:
             self.dispatcher.metrics["output_dropped"] += 1
             return
         self.dispatcher.query.on_output(parts[0], chunk)
+
+
+_WORK_OK = WORK_OK.encode()
+
+
+def _encoded(reply: WorkReply) -> bytes:
+    return _WORK_OK if reply is WORK_OK else reply.encode()

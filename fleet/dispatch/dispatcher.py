@@ -62,6 +62,7 @@ __all__ = ["ALL_TENANTS", "KEEP_FINISHED", "RECONCILE_S", "SESSION_RETENTION_S",
            "public"]
 
 log = logging.getLogger(__name__)
+WORK_OK = WorkReply(ok=True)  # the answer to most host reports: one instance, encoded once (fleet.dispatch.api)
 
 RECONCILE_S = 0.5
 PASS_GATHER_S = 0.002  # with sessions waiting, a pass waits this long for more events (slots freed, submits)
@@ -324,13 +325,13 @@ class Dispatcher:
                 transition(record, event(phase="running", at=record.started_at, host=machine_id,
                                          attempt=record.attempt))
                 await self.store.persist(st)
-            return WorkReply(ok=True)
+            return WORK_OK
         if record.phase == "assigned":  # it ran and ended before its running event was sent: both happened
             record.started_at = ev.started_at or ev.at
             transition(record, event(phase="running", at=record.started_at, host=machine_id, attempt=record.attempt))
         await self.applier.finish(st, ev.phase, at=ev.at, exit_code=ev.exit_code, reason=ev.note, host=machine_id,
                                   output=ev.output_tail or None)
-        return WorkReply(ok=True)
+        return WORK_OK
 
     # ------------------------------------------------------------------------------------------ cancel
     async def cancel(self, st: SessionState) -> None:

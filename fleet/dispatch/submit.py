@@ -23,6 +23,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from fleet.bus.kvpipe import Window
 from fleet.bus.messages import SessionRecord, SubmitRequest, new_session_id, trusted
 from fleet.dispatch.applier import assign_in_memory, event
 from fleet.dispatch.placement import group_key, note_reason
@@ -189,11 +190,14 @@ class Submitter:
                 return [await store.create(records[0])]
             except FleetError as exc:
                 return [exc]
-        window = asyncio.Semaphore(WRITE_WINDOW)
+        window = Window(WRITE_WINDOW)
 
         async def one(r: SessionRecord) -> int:
-            async with window:
+            await window.acquire()
+            try:
                 return await store.create(r)
+            finally:
+                window.release()
 
         return list(await asyncio.gather(*(one(r) for r in records), return_exceptions=True))
 

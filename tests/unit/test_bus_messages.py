@@ -183,3 +183,13 @@ def test_trusted_builds_what_model_construct_builds_and_refuses_holes() -> None:
         trusted(SessionRecord, id="s-2")
     with pytest.raises(TypeError, match="unknown fields"):
         trusted(PhaseEvent, phase="queued", at=1.0, bogus=1)
+
+
+
+def test_ok_reply_is_byte_for_byte_what_the_api_reply_model_encodes() -> None:
+    """The submit's reply is built without the ApiReply model: a field added to ApiReply (or a change of its
+    encoding) must show up here, not as a reply that clients read differently."""
+    from fleet.bus.messages import ApiReply, ok_reply
+
+    for data in ({"id": "x", "n": [1, 2], "s": "é\u202e\n", "t": None, "f": 1.5, "e": {}}, [], None, "text", 3):
+        assert ok_reply(data) == ApiReply(ok=True, data=data).encode()
