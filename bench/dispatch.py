@@ -41,6 +41,7 @@ run on a timing. If redis-server or Celery is missing, the Celery baseline is sk
     python bench/dispatch.py --quick    # short run (make bench, ~12 s)
     python bench/dispatch.py --json     # one JSON object
     python bench/dispatch.py --py-spy out.svg   # also profile the fleet server during the 128-in-flight no-op run
+    python bench/dispatch.py --cprofile s.prof  # or cProfile it (CPU clock, that run only): python -m pstats s.prof
 """
 
 from __future__ import annotations
@@ -407,8 +408,8 @@ async def server_metrics(url: str, creds: str) -> dict[str, Any]:
 
 
 async def bench_sessions(url: str, creds: str, project: str, n1: int, nn: int, warm: int, meter: CpuMeter,
-                         trust: TrustDir, *, two_step: int = 0, profile: Any = None, bulk: int = 0
-                         ) -> dict[str, Any]:
+                         trust: TrustDir, *, two_step: int = 0, profile: Any = None, bulk: int = 0,
+                         cprofile: tuple[int, str] | None = None) -> dict[str, Any]:
     """Sessions of `project` through the fleet client: warm-up, 1 in flight, 128 in flight (CPU metered), and
     optionally `two_step` sessions as submit then wait(id)."""
     bad: list[str] = []
@@ -445,9 +446,17 @@ async def bench_sessions(url: str, creds: str, project: str, n1: int, nn: int, w
         before = await bus_counters(url, trust)
         meter.start()
         prof = profile() if profile is not None else None
+        if cprofile is not None:  # (server pid, stats file): cProfile in the server, the 128-in-flight run only
+            Path(cprofile[1]).unlink(missing_ok=True)
+            os.kill(cprofile[0], signal.SIGUSR1)
         out["par"] = await closed_loop(one, nn, INFLIGHT)
         if isinstance(prof, subprocess.Popen):  # the profile covers the 128-in-flight run only
             prof.send_signal(signal.SIGINT)
+        if cprofile is not None:
+            os.kill(cprofile[0], signal.SIGUSR2)
+            deadline = time.monotonic() + 30
+            while not Path(cprofile[1]).exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         out["cpu"] = meter.stop()
         out["cpu_sys"] = meter.spent_system
         out["per_session"] = per_op(before, await bus_counters(url, trust), out["par"].ops)
@@ -707,7 +716,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cfg = work / "fleet.yaml"
             cfg.write_text(fleet_yaml(KEY_ENV))
             env = {"FLEET_NATS_URL": url, "FLEET_NATS_CREDS": admin, KEY_ENV: secret, "NO_COLOR": "1", "CI": "true"}
-            server, results["server_starts"] = start_server(url, trust, work)
+            server, results["server_starts"] = start_server(url, trust, work, cprofile=args.cprofile)
             # after the server: it creates the buckets, which an admin identity may only read and write
             fleet_cli(["apply", "--auto-approve", "--no-wait", "--summary", "-f", str(cfg)], env)
             enroll_creds = str(trust.path("enroll.creds"))
@@ -730,7 +739,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     return py_spy(server.pid, args.py_spy, 60, args.py_spy_native)
             noop = asyncio.run(bench_sessions(url, str(submitter), NOOP_PROJECT, sizes["noop_1"], sizes["noop_n"],
                                               sizes["warm"], meter, trust, two_step=sizes["noop_1"] // 2,
-                                              profile=profile, bulk=sizes["bulk"]))
+                                              profile=profile, bulk=sizes["bulk"],
+                                              cprofile=(server.pid, args.cprofile) if args.cprofile else None))
             if isinstance(noop.get("profile"), subprocess.Popen):
                 noop["profile"].wait(60)
                 note(f"py-spy profile of the fleet server written to {args.py_spy}")
@@ -874,14 +884,16 @@ async def _metered_raw(url: str, creds: str, sizes: dict[str, int], meter: CpuMe
                 "per_request": per_op(before, await bus_counters(url, trust), par.ops)}
 
 
-def start_server(url: str, trust: TrustDir, work: Path, tries: int = 2) -> tuple[subprocess.Popen, int]:
+def start_server(url: str, trust: TrustDir, work: Path, tries: int = 2, cprofile: str | None = None
+                 ) -> tuple[subprocess.Popen, int]:
     """A real `fleet server` process (as `fleet up` runs it: server identity, trust dir; default heartbeat, grace and
     monitor settings); waits until it answers ping. One that exits at start is started once more, and the bench says
     so (stderr, and `server_starts` in --json): a flaky start is a finding, not something to hide."""
     for attempt in range(1, tries + 1):
         log = work / f"server-{attempt}.log"
         server = subprocess.Popen(
-            [sys.executable, *(["/tmp/sbx/cprof_run.py"] if os.environ.get("CPROF") else ["-m", "fleet.cli.main"]), "server", "--nats", url, "--creds", str(trust.path("server.creds")),
+            [sys.executable, *([str(ROOT / "bench" / "benchkit" / "cprofile_server.py"), cprofile] if cprofile else
+                               ["-m", "fleet.cli.main"]), "server", "--nats", url, "--creds", str(trust.path("server.creds")),
              "--trust-dir", str(trust.root)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log.open("wb"), cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "FLEET_DEBUG": "1"})
@@ -1083,6 +1095,10 @@ def main() -> None:
     ap.add_argument("--py-spy-native", action="store_true",
                     help="with --py-spy: native frames too (the garbage collector, the socket writes); stops the "
                          "server at each sample, so it slows it down")
+    ap.add_argument("--cprofile", metavar="FILE",
+                    help="run the fleet server under cProfile with a CPU clock (bench/benchkit/cprofile_server.py) "
+                         "and write the stats of the no-op run at 128 in flight to FILE (`python -m pstats FILE`); "
+                         "cProfile roughly doubles the server's cost: read call counts and proportions")
     ap.add_argument("--role", choices=["echo", "hosts", "celery-worker"], help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--creds", help=argparse.SUPPRESS)
