@@ -77,7 +77,7 @@ class Dispatcher:
         self.config = config
         self.metrics: Counter[str] = Counter()
         self.leading = False
-        self.where = Placements(on_release=self._want_pass)
+        self.where = Placements(on_release=self._slot_opened)
         self.plan = DispatchPlan()  # the last dispatch pass's plan (its unplaced demand: `demand()`)
         self.passing = False  # a dispatch pass is under way (a submit then queues behind it)
         self.store = SessionStore(store, check_lease=self._check_lease, on_conflict=self._lost_race,
@@ -127,7 +127,7 @@ class Dispatcher:
         """Become the dispatcher: rebuild everything from the hosts the registry knows and the stored sessions.
         Called when this replica is elected, and again when a write found that someone else wrote a session."""
         states = await self.store.load()  # first: nothing below awaits until the new state is in place
-        self.where = where = Placements(on_release=self._want_pass)
+        self.where = where = Placements(on_release=self._slot_opened)
         where.snapshot.set_config({pid: Pool.from_spec(pid, spec) for pid, spec in self.config.pools.items()},
                                   {p: Route.of(p, spec) for p, spec in self.config.routes.items()})
         for mid in list(self.registry.entries):
@@ -220,6 +220,11 @@ class Dispatcher:
     # ------------------------------------------------------------------------------------------ the loop
     def _want_pass(self) -> None:
         self._pass_wanted.set()
+
+    def _slot_opened(self) -> None:
+        """A slot opened: worth a pass only if a session waits (most completions free a slot nobody waits for)."""
+        if self.where.pending:
+            self._pass_wanted.set()
 
     def pass_due(self) -> bool:
         """A dispatch pass is under way or due: a submit that a waiting session could be ahead of queues behind."""

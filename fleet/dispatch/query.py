@@ -9,7 +9,6 @@ steps down (`wake`). A tenant sees only its own sessions (`_all`: every tenant's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,21 @@ def public(record: SessionRecord) -> dict[str, Any]:
     data = record.model_dump(mode="json")
     data["env"] = sorted(record.env)
     return data
+
+
+async def _until(fut: asyncio.Future[None], timeout: float) -> None:
+    """Until `fut` is answered (wake) or `timeout` passed: one timer on the future itself, not asyncio.wait_for's
+    second future and callbacks (every submit that waits for its session goes through here)."""
+    handle = asyncio.get_running_loop().call_later(timeout, _expire, fut)
+    try:
+        await fut
+    finally:
+        handle.cancel()
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def wake(st: SessionState) -> None:
@@ -82,8 +96,7 @@ class SessionQueries:
             return
         fut = asyncio.get_running_loop().create_future()
         st.waiters.append(fut)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(fut, timeout)
+        await _until(fut, timeout)
 
     async def logs(self, st: SessionState, offset: int, wait_s: float) -> tuple[int, str, bool]:
         """(offset of the text returned, the text from `offset` on as far as it is known, whether it is the end)."""
@@ -93,8 +106,7 @@ class SessionQueries:
         if offset >= st.output_end and not st.record.final and wait_s > 0 and self.leading():
             fut = asyncio.get_running_loop().create_future()
             st.log_waiters.append(fut)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, wait_s)
+            await _until(fut, wait_s)
         start = max(offset, st.output_start)
         data = bytes(st.output[start - st.output_start:])
         return start, data.decode("utf-8", "replace"), st.record.final
