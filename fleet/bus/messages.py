@@ -164,6 +164,19 @@ def trusted(cls: type[B], **values: Any) -> B:
     return m
 
 
+def set_trusted(model: BaseModel, **values: Any) -> None:
+    """Set fields of `model` to values fleet itself holds (already valid), as `model.field = value` each would on a
+    model without assignment validation, in one step: the dispatcher sets ~11 fields per session (pydantic's
+    __setattr__ walks its handlers for each)."""
+    if model.model_config.get("validate_assignment") or model.model_config.get("frozen"):
+        raise TypeError(f"set_trusted({type(model).__name__}): a model that validates or refuses assignment")
+    unknown = values.keys() - type(model).model_fields.keys()
+    if unknown:
+        raise TypeError(f"set_trusted({type(model).__name__}): unknown fields {sorted(unknown)}")
+    model.__dict__.update(values)
+    model.__pydantic_fields_set__.update(values)
+
+
 def _trusted_plan(cls: type[BaseModel]) -> _Plan:
     """How `trusted` fills the fields of `cls`: computed once per class."""
     if cls.__pydantic_post_init__ or cls.__private_attributes__ or cls.__pydantic_root_model__:

@@ -42,6 +42,7 @@ from fleet.bus.messages import (
     SessionRecord,
     batched,
     items_payload,
+    set_trusted,
     trusted,
 )
 from fleet.dispatch.placement import Placements
@@ -72,7 +73,7 @@ def transition(record: SessionRecord, ev: PhaseEvent) -> None:
 
 
 def assign_in_memory(record: SessionRecord, pool: str, host: str, now: float) -> None:
-    record.phase, record.host, record.pool, record.fence, record.reason = "assigned", host, pool, None, None
+    set_trusted(record, phase="assigned", host=host, pool=pool, fence=None, reason=None)
     transition(record, event(phase="assigned", at=now, host=host, attempt=record.attempt))
 
 
@@ -189,14 +190,14 @@ class PlanApplier:
         its waiters answered."""
         record = st.record
         was_host = record.host
+        ended: dict[str, Any] = {"phase": phase, "finished_at": at, "exit_code": exit_code, "reason": reason}
         if st.fence is not None:
-            record.fence = st.fence
-        record.phase, record.finished_at, record.exit_code = phase, at, exit_code  # type: ignore[assignment]
-        record.reason = reason
+            ended["fence"] = st.fence
         if output is not None:
-            record.output_tail = output
+            ended["output_tail"] = output
         elif st.output:
-            record.output_tail = st.output[-MAX_OUTPUT_TAIL:].decode("utf-8", "replace")
+            ended["output_tail"] = st.output[-MAX_OUTPUT_TAIL:].decode("utf-8", "replace")
+        set_trusted(record, **ended)
         transition(record, event(phase=phase, at=at, host=host or was_host, attempt=record.attempt, note=reason))
         await self.store.persist(st)
         self.store.retire(st)

@@ -43,7 +43,7 @@ from typing import Any
 
 from fleet.bus.connection import Bus
 from fleet.bus.kv import Store
-from fleet.bus.messages import LIVE_PHASES, SessionRecord, SubmitRequest, WorkEvent, WorkReply
+from fleet.bus.messages import LIVE_PHASES, SessionRecord, SubmitRequest, WorkEvent, WorkReply, set_trusted
 from fleet.dispatch.applier import PlanApplier, event, transition
 from fleet.dispatch.audit import SecurityLog
 from fleet.dispatch.placement import GONE_STATUSES, Placements, note_reason
@@ -326,13 +326,13 @@ class Dispatcher:
             return WorkReply(ok=False, stale=True, message=f"a session {record.phase} cannot become {ev.phase}")
         if ev.phase == "running":
             if record.phase == "assigned":
-                record.phase, record.started_at = "running", ev.started_at or ev.at
+                set_trusted(record, phase="running", started_at=ev.started_at or ev.at)
                 transition(record, event(phase="running", at=record.started_at, host=machine_id,
                                          attempt=record.attempt))
                 await self.store.persist(st)
             return WORK_OK
         if record.phase == "assigned":  # it ran and ended before its running event was sent: both happened
-            record.started_at = ev.started_at or ev.at
+            set_trusted(record, started_at=ev.started_at or ev.at)
             transition(record, event(phase="running", at=record.started_at, host=machine_id, attempt=record.attempt))
         await self.applier.finish(st, ev.phase, at=ev.at, exit_code=ev.exit_code, reason=ev.note, host=machine_id,
                                   output=ev.output_tail or None)

@@ -193,3 +193,16 @@ def test_ok_reply_is_byte_for_byte_what_the_api_reply_model_encodes() -> None:
 
     for data in ({"id": "x", "n": [1, 2], "s": "é\u202e\n", "t": None, "f": 1.5, "e": {}}, [], None, "text", 3):
         assert ok_reply(data) == ApiReply(ok=True, data=data).encode()
+
+
+def test_set_trusted_sets_fields_as_assignment_would_and_refuses_unknown_ones() -> None:
+    from fleet.bus.messages import PhaseEvent, SessionRecord, new_session_id, set_trusted, trusted
+
+    kw = dict(id=new_session_id(), tenant="acme", project="web", command=["true"], submitted_at=1.0,
+              history=[trusted(PhaseEvent, phase="queued", at=1.0)])
+    a, b = SessionRecord.model_validate(kw), SessionRecord.model_validate(kw)
+    a.phase, a.host, a.exit_code = "succeeded", "h-1", 0  # type: ignore[assignment]
+    set_trusted(b, phase="succeeded", host="h-1", exit_code=0)
+    assert a.encode() == b.encode() and a.model_fields_set == b.model_fields_set
+    with pytest.raises(TypeError, match="unknown fields"):
+        set_trusted(b, phse="failed")
