@@ -20,7 +20,19 @@ import pytest
 from fleet.bus import subjects
 from fleet.bus.connection import connect
 from fleet.bus.kv import open_store
-from fleet.bus.messages import FINAL_PHASES, SessionRecord, SessionView, WorkEvent, WorkReply, decode
+from fleet.bus.messages import (
+    FINAL_PHASES,
+    MAX_WORK_EVENTS,
+    ApiReply,
+    SessionRecord,
+    SessionView,
+    WorkEvent,
+    WorkEvents,
+    WorkReplies,
+    WorkReply,
+    decode,
+    new_session_id,
+)
 from fleet.errors import Refused
 from fleet.sessions.client import Client, SyncClient
 from tests.conftest import LiveFleet, fleet_argv, run_cli, wait_for, wait_for_async
@@ -280,7 +292,8 @@ def test_a_worker_of_one_tenant_cannot_claim_or_see_another_tenants_session(live
     health_host = worker(live_fleet, "w-health", keys["health"], HEALTH)
     health_creds = str(live_fleet.agent_dir("w-health") / "host.creds")
 
-    async def attack(session_id: str, fence: int) -> tuple[WorkReply, list[str], list[str]]:
+    async def attack(session_id: str, fence: int) -> tuple[WorkReply, list[WorkReply], ApiReply, list[str],
+                                                           list[str]]:
         bus = await connect(live_fleet.url, creds=health_creds)
         got: list[str] = []
 
@@ -292,13 +305,22 @@ def test_a_worker_of_one_tenant_cannot_claim_or_see_another_tenants_session(live
             ev = WorkEvent(session=session_id, fence=fence, phase="succeeded", exit_code=0, at=time.time())
             reply = decode(WorkReply, await bus.request(f"{subjects.host_work(health_host)}.event", ev.encode(),
                                                         timeout=5))
+            # 1b. the same in a batch on its own `.events` subject, twice, beside a session nobody has: each refused
+            other = ev.model_copy(update={"session": new_session_id()})
+            batch = WorkEvents(items=[ev, ev, other])
+            replies = decode(WorkReplies, await bus.request(f"{subjects.host_work(health_host)}.events",
+                                                            batch.encode(), timeout=5)).items
+            # 1c. a batch over the bound is refused as a whole, before any event is looked at
+            over = b'{"v":1,"items":[%s]}' % b",".join([ev.encode()] * (MAX_WORK_EVENTS + 1))
+            too_many = decode(ApiReply, await bus.request(f"{subjects.host_work(health_host)}.events", over,
+                                                          timeout=5))
             # 2. the same on the fin host's subject, and listen to the fin host's assignments
             await bus.publish(f"{subjects.host_work(fin_host)}.event", ev.encode())
             await bus.subscribe(subjects.host_assign(fin_host), on_msg)
             await bus.subscribe(f"{subjects.API_SESSIONS}.fin-prod.>", on_msg)
             await bus.flush()
             await asyncio.sleep(0.5)
-            return reply, [text for _, text in bus.denials], got
+            return reply, replies, too_many, [text for _, text in bus.denials], got
         finally:
             await bus.close()
 
@@ -306,8 +328,10 @@ def test_a_worker_of_one_tenant_cannot_claim_or_see_another_tenants_session(live
         s = c.submit("solo-app", ["sleep", "60"])
         running = until(c, s.id, "running")
         assert running.fence is not None
-        reply, denials, seen = asyncio.run(attack(s.id, running.fence))
+        reply, replies, too_many, denials, seen = asyncio.run(attack(s.id, running.fence))
         assert reply.ok is False and reply.stale is True
+        assert [(r.ok, r.stale) for r in replies] == [(False, True)] * 3
+        assert too_many.ok is False and too_many.error == "malformed", too_many
         assert any("publish" in d and fin_host in d for d in denials), denials
         assert any("subscription" in d and fin_host in d for d in denials), denials
         assert any("subscription" in d and "sessions.fin-prod" in d for d in denials), denials
