@@ -11,6 +11,9 @@ makes the service publish where it chooses; a payload over the subject's size li
 agent, never stalls the others, and a flood waits in NATS instead of becoming tasks), and every FleetError a
 handler raises goes back as its wire code (fleet.errors.WIRE_ERRORS); anything else is logged and answered as
 an internal error. Drops and refusals are counted in `Bus.metrics`.
+
+A request (or the opening of a KV bucket, fleet.bus.kv) whose publish the NATS server refuses this identity ends
+with PermissionDenied as soon as the server says so (`Bus.refusable`), not when its timeout runs out.
 """
 
 from __future__ import annotations
@@ -64,6 +67,35 @@ class RequestTimeout(TransientError):
     """A request got no reply in time."""
 
 
+class Refused(nats.errors.Error):
+    """The NATS server refused this identity the publish an operation waited on (raised inside `Bus.refusable`,
+    as soon as the server says so; the caller turns it into PermissionDenied, as after a timeout)."""
+
+
+class _Watch:
+    """A task waiting on an operation that publishes to `subject` (or below it); `refusal`, once the server refused
+    that publish. Entered and left around the awaited operation, by `Bus.refusable`."""
+
+    __slots__ = ("bus", "subject", "task", "refusal")
+
+    def __init__(self, bus: Bus, subject: str) -> None:
+        self.bus, self.subject = bus, subject.lower()  # nats-py lowercases the subject of a refusal
+        self.task: asyncio.Task | None = None
+        self.refusal: str | None = None
+
+    def __enter__(self) -> _Watch:
+        self.task = asyncio.current_task()
+        self.bus._watches.append(self)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.bus._watches.remove(self)
+        # cancelled by the refusal only (uncancel: no one else cancelled it too): the operation was refused
+        if (self.refusal is not None and kind is asyncio.CancelledError and self.task is not None
+                and self.task.uncancel() == 0):
+            raise Refused(self.refusal) from None
+
+
 def _servers(url: str) -> list[str]:
     return [u.strip() for u in url.split(",") if u.strip()]
 
@@ -86,6 +118,27 @@ class Bus:
         #: the reply subjects `serve` answers unless told otherwise (fleet.bus.replies)
         self.reply_rule: replies.ReplyRule = replies.any_inbox
         self._refusals_logged = 0.0
+        self._watches: list[_Watch] = []  # operations to end as soon as the server refuses their publish
+
+    def refusable(self, subject: str) -> _Watch:
+        """`with bus.refusable(subject): await …`: if the NATS server refuses this identity a publish to `subject`
+        (or to a subject below it) meanwhile, the awaited operation ends at once with `Refused` (a nats error),
+        instead of waiting out its timeout: nats-py tells only error_cb, the operation itself would just time out."""
+        return _Watch(self, subject)
+
+    def _on_denial(self, text: str) -> None:
+        """Called by error_cb for each refusal: end the operations waiting on a publish to that subject."""
+        if not self._watches:
+            return
+        parts = text.lower().split('"')
+        if " for publish to " not in text.lower() or len(parts) < 3:
+            return
+        refused = parts[1]
+        for watch in list(self._watches):
+            if watch.refusal is None and watch.task is not None and (
+                    refused == watch.subject or refused.startswith(watch.subject + ".")):
+                watch.refusal = text.removeprefix("nats: ")
+                watch.task.cancel()
 
     def denied(self, subject: str, since: float) -> str | None:
         """The NATS server's refusal of `subject` (or of any subject, if it refused something) since `since`."""
@@ -192,10 +245,11 @@ class Bus:
         itself would just time out)."""
         started = time.monotonic()
         try:
-            msg = await self.nc.request(subject, payload, timeout=timeout)
+            with _Watch(self, subject):
+                msg = await self.nc.request(subject, payload, timeout=timeout)
         except nats.errors.NoRespondersError as exc:
             raise NoResponders(f"no {what or 'service'} answers on {subject} at {self.url}") from exc
-        except (TimeoutError, nats.errors.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.TimeoutError, Refused) as exc:
             refusal = self.denied(subject, started)
             if refusal is not None:
                 raise PermissionDenied(f"NATS refused this request: {refusal}",
@@ -298,6 +352,7 @@ async def connect(
     attempts = max(1, int(connect_timeout / (attempt_timeout + wait)))
     denials: deque[tuple[float, str]] = deque(maxlen=64)
     first_errors: list[str] = []
+    made: list[Bus] = []  # the Bus, once made (error_cb tells it of refusals)
 
     async def error_cb(exc: Exception) -> None:
         text = str(exc)
@@ -305,6 +360,8 @@ async def connect(
             # nats-py reports a refused publish or subscribe here, not to the caller (it lowercases the subject)
             denials.append((time.monotonic(), text))
             log.debug("NATS refused: %s", text.removeprefix("nats: "))  # surfaced as PermissionDenied where it matters
+            if made:
+                made[0]._on_denial(text)
         else:
             if len(first_errors) < 4:
                 first_errors.append(text)
@@ -371,6 +428,7 @@ async def connect(
         nc.options["reconnect_time_wait"] = 0.5
     bus = Bus(nc, url, hooks)
     bus.denials = denials
+    made.append(bus)
     bus.inbox = inbox
     return bus
 

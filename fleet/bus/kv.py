@@ -415,7 +415,8 @@ async def _open_store(bus: Bus, bucket: str, *, create: bool, history: int, ttl:
     js = bus.js
     started = time.monotonic()
     try:
-        kv = await js.key_value(bucket)
+        with bus.refusable(f"$JS.API.STREAM.INFO.KV_{bucket}"):  # a refusal ends it at once, not after 5 s
+            kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError as exc:
         if not create:
             raise TransientError(f"KV bucket {bucket} does not exist at {bus.url}",
