@@ -158,6 +158,7 @@ class ApplyLock:
         self.lost: str | None = None
         self._payload = b""
         self._refresher: asyncio.Task | None = None
+        self._renewed = 0.0  # monotonic: the last write of the lock that landed (taken or renewed)
 
     @classmethod
     async def open(cls, bus: Bus, ttl: float | None = None) -> ApplyLock:
@@ -210,6 +211,7 @@ class ApplyLock:
             self.info = LockInfo(info.id, info.holder, info.command, info.acquired_at, rev)
             self._payload = payload
             self.lost = None
+            self._renewed = time.monotonic()
             self._refresher = asyncio.create_task(self._refresh())
             return self.info
 
@@ -221,9 +223,15 @@ class ApplyLock:
             raise LockLost(self.lost)
         try:
             rev = await self.store.update(APPLY_LOCK_KEY, self._payload, last=self.info.revision)
+        except TransientError as exc:
+            if time.monotonic() - self._renewed < self.ttl:  # not expired yet: the next refresh tries again
+                raise
+            self.lost = f"lost the apply lock {self.info.id}: not renewed within its {self.ttl:g}s TTL ({exc.message})"
+            raise LockLost(self.lost, hint="another apply may have taken it after it expired; run `fleet plan` again") from exc
         except FleetError as exc:
             self.lost = f"lost the apply lock {self.info.id}: {exc.message}"
             raise LockLost(self.lost, hint="another apply may have taken it after it expired; run `fleet plan` again") from exc
+        self._renewed = time.monotonic()
         self.info = LockInfo(self.info.id, self.info.holder, self.info.command, self.info.acquired_at, rev)
 
     def check(self) -> None:
@@ -236,7 +244,7 @@ class ApplyLock:
             await asyncio.sleep(self.ttl / 3)
             if self.info is None:
                 return
-            with contextlib.suppress(LockLost):
+            with contextlib.suppress(LockLost, TransientError):  # transient: tried again at the next tick
                 await self.refresh()
 
     async def release(self) -> None:
