@@ -6,14 +6,13 @@ one WorkEvents request on `fleet.v1.work.<machine_id>.events` (cut at MAX_WORK_E
 an event larger than that goes alone), and the WorkReplies answer each event in order. Under load many sessions
 end together (their assignments came together): one request for them costs the server, nats-server and this host
 one message each way instead of one per session. A request that fails (no dispatcher for a moment, NATS away, an
-answer that does not match) fails every event in it with that FleetError, and the Runner sends each again, as it
+answer that does not match) fails every event in it with that error, and the Runner sends each again, as it
 did one by one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from fleet.bus import subjects
 from fleet.bus.connection import Bus
@@ -28,9 +27,7 @@ from fleet.bus.messages import (
     decode,
     items_payload,
 )
-from fleet.errors import FleetError, ProtocolError
-
-log = logging.getLogger(__name__)
+from fleet.errors import ProtocolError
 
 REPORT_TIMEOUT_S = 5.0
 
@@ -66,7 +63,7 @@ class Reports:
             replies = decode(WorkReplies, data, max_bytes=MAX_MESSAGE_BYTES * 4).items
             if len(replies) != len(batch):
                 raise ProtocolError(f"the dispatcher answered {len(replies)} of {len(batch)} events")
-        except FleetError as exc:
+        except Exception as exc:  # a FleetError, or a bug: every event of the batch learns it, none waits forever
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
