@@ -223,13 +223,13 @@ class ApplyLock:
             raise LockLost(self.lost)
         try:
             rev = await self.store.update(APPLY_LOCK_KEY, self._payload, last=self.info.revision)
-        except TransientError as exc:
-            if time.monotonic() - self._renewed < self.ttl:  # not expired yet: the next refresh tries again
-                raise
-            self.lost = f"lost the apply lock {self.info.id}: not renewed within its {self.ttl:g}s TTL ({exc.message})"
-            raise LockLost(self.lost, hint="another apply may have taken it after it expired; run `fleet plan` again") from exc
         except FleetError as exc:
-            self.lost = f"lost the apply lock {self.info.id}: {exc.message}"
+            why = exc.message
+            if isinstance(exc, TransientError):
+                if time.monotonic() - self._renewed < self.ttl:  # not expired yet: the next refresh tries again
+                    raise
+                why = f"not renewed within its {self.ttl:g}s TTL ({exc.message})"
+            self.lost = f"lost the apply lock {self.info.id}: {why}"
             raise LockLost(self.lost, hint="another apply may have taken it after it expired; run `fleet plan` again") from exc
         self._renewed = time.monotonic()
         self.info = LockInfo(self.info.id, self.info.holder, self.info.command, self.info.acquired_at, rev)

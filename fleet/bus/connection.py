@@ -130,8 +130,9 @@ class Bus:
         """Called by error_cb for each refusal: end the operations waiting on a publish to that subject."""
         if not self._watches:
             return
-        parts = text.lower().split('"')
-        if " for publish to " not in text.lower() or len(parts) < 3:
+        low = text.lower()
+        parts = low.split('"')
+        if " for publish to " not in low or len(parts) < 3:
             return
         refused = parts[1]
         for watch in list(self._watches):
@@ -245,7 +246,7 @@ class Bus:
         itself would just time out)."""
         started = time.monotonic()
         try:
-            with _Watch(self, subject):
+            with self.refusable(subject):
                 msg = await self.nc.request(subject, payload, timeout=timeout)
         except nats.errors.NoRespondersError as exc:
             raise NoResponders(f"no {what or 'service'} answers on {subject} at {self.url}") from exc
