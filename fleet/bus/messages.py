@@ -418,8 +418,13 @@ class ApiReply(Message):
 def ok_reply(data: Any) -> bytes:
     """ApiReply(ok=True, data=data).encode(), without building the model around `data` (a JSON-able value): the
     answer to every submit, built once per session."""
+    return ok_reply_raw(pydantic_core.to_json(data))
+
+
+def ok_reply_raw(data: bytes) -> bytes:
+    """ok_reply of `data` encoded already (JSON)."""
     return b'{"v":%d,"ok":true,"error":null,"message":null,"hint":null,"retryable":null,"data":%s}' % (
-        PROTOCOL_VERSION, pydantic_core.to_json(data))
+        PROTOCOL_VERSION, data)
 
 
 #: most rows one host page may carry (the server also keeps a page under the NATS max_payload)
@@ -598,6 +603,49 @@ class SubmitManyRequest(SessionOptions):
         shared: dict[str, Any] = {name: getattr(self, name) for name in SessionOptions.model_fields}
         return [trusted(SubmitRequest, id=item.id, command=item.command, wait_s=0.0, **shared)
                 for item in self.sessions]
+
+
+class SubmitBatchRequest(Message):
+    """fleet.v1.api.sessions.<tenant>.submit_batch: independent submits, each a whole SubmitRequest (its own project,
+    command, options and `wait_s`), sent together by a client that had several at the same moment
+    (fleet.sessions.client coalesces concurrent `submit` calls). Each item is answered on its own, as a `submit`
+    would answer it, in SubmitBatchReply messages on the request's reply subject: an item stored without a wait as
+    soon as the batch is stored, one with `wait_s` once it ended or wait_s passed. At most MAX_SUBMIT_BATCH items
+    and SUBMIT_MANY_BYTES; every item carries its ID (the client's), so an item sent again is the same session."""
+
+    items: list[SubmitRequest] = Field(min_length=1, max_length=MAX_SUBMIT_BATCH)
+
+    @model_validator(mode="after")
+    def _ids(self) -> SubmitBatchRequest:
+        ids = [item.id for item in self.items]
+        if None in ids:
+            raise ValueError("every item of a batch names its session ID")
+        if len(set(ids)) < len(ids):
+            raise ValueError("a batch names one session ID twice")
+        return self
+
+
+class BatchResult(BaseModel):
+    """One item's answer in a SubmitBatchReply: `i` is its index in the request; `session` (a SessionView's
+    fields) when ok, else the error fields of an ApiReply."""
+
+    i: int = Field(ge=0, lt=MAX_SUBMIT_BATCH)
+    ok: bool
+    session: dict[str, Any] | None = None
+    error: str | None = None
+    message: str | None = None
+    hint: str | None = None
+    retryable: bool | None = None
+
+
+class SubmitBatchReply(BaseModel):
+    """The `data` of each ApiReply on the reply subject of a SubmitBatchRequest, as many as it takes: the items
+    answered at one moment (one message per event-loop turn, not one per item). `last`: no more come for this
+    request. An ApiReply with `ok: false` there answers every item not answered yet with that error (the request was
+    refused, or the server failed midway: such items are sent again, and the same IDs find any that was stored)."""
+
+    results: list[BatchResult] = Field(max_length=MAX_SUBMIT_BATCH)
+    last: bool = False
 
 
 class PhaseEvent(BaseModel):

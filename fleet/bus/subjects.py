@@ -36,9 +36,10 @@ API_HOSTS_COMMAND = f"{PREFIX}.api.hosts.command"
 API_HOSTS_PAGE = f"{PREFIX}.api.hosts.page"
 
 # Submitters -> server: the session API of one tenant (the tenant is a subject token, so that NATS permissions
-# scope a submitter to its tenant): api_sessions(tenant, verb), verbs submit, submit_many, list, get, cancel, wait, logs.
+# scope a submitter to its tenant): api_sessions(tenant, verb), verbs submit, submit_many, submit_batch, list, get,
+# cancel, wait, logs.
 API_SESSIONS = f"{PREFIX}.api.sessions"
-SESSION_VERBS = ("submit", "submit_many", "list", "get", "cancel", "wait", "logs")
+SESSION_VERBS = ("submit", "submit_many", "submit_batch", "list", "get", "cancel", "wait", "logs")
 
 # KV buckets (JetStream, file storage).
 BUCKET_CONFIG = "fleet-v1-config"

@@ -19,6 +19,8 @@ import logging
 from collections import Counter
 from typing import Any
 
+import pydantic_core
+
 from fleet.bus import subjects
 from fleet.bus.connection import Bus
 from fleet.bus.messages import (
@@ -29,6 +31,7 @@ from fleet.bus.messages import (
     OutputChunk,
     SessionListRequest,
     SessionQuery,
+    SubmitBatchRequest,
     SubmitManyRequest,
     SubmitRequest,
     WorkEvent,
@@ -37,6 +40,7 @@ from fleet.bus.messages import (
     decode,
     items_payload,
     ok_reply,
+    ok_reply_raw,
 )
 from fleet.dispatch.dispatcher import WORK_OK, Dispatcher
 from fleet.dispatch.query import public
@@ -71,6 +75,8 @@ class SessionApi:
             await bus.serve(f"{api}.submit", self.handle, queue=q, concurrency=WAIT_CONCURRENCY,
                             max_bytes=SUBMIT_BYTES),
             await bus.serve(f"{api}.submit_many", self.handle, queue=q, concurrency=API_CONCURRENCY,
+                            max_bytes=SUBMIT_MANY_BYTES),
+            await bus.serve(f"{api}.submit_batch", self.submit_batch, queue=q, concurrency=API_CONCURRENCY,
                             max_bytes=SUBMIT_MANY_BYTES),
             await bus.serve(f"{api}.list", self.handle, queue=q, concurrency=API_CONCURRENCY),
             await bus.serve(f"{api}.get", self.handle, queue=q, concurrency=API_CONCURRENCY),
@@ -140,6 +146,48 @@ class SessionApi:
         elif verb == "wait":
             await self._wait(tenant, st, query.wait_s)
         return self._reply(st)
+
+    async def submit_batch(self, msg: Any) -> bytes:
+        """Independent submits sent together (SubmitBatchRequest): one store pass and one scheduling pass for all
+        of them (Dispatcher.submit_many), each item answered as its own `submit` would be (a refused project, a
+        full queue: that item's error), those that wait once they ended; the answers of one moment in one
+        SubmitBatchReply on the request's reply subject, the last one returned (Bus.serve sends it)."""
+        parts = subjects.session_api_parts(msg.subject)
+        if parts is None:
+            raise InvalidRequest(f"no such session API subject {msg.subject[:80]}")
+        tenant = parts[0]
+        batch = decode(SubmitBatchRequest, msg.data, max_bytes=SUBMIT_MANY_BYTES)
+        d = self.dispatcher
+        answers = _Answers(self.bus, msg.reply)
+        good: list[int] = []
+        for i, req in enumerate(batch.items):
+            try:
+                d.submitter.project(tenant, req.project)
+            except FleetError as exc:
+                answers.error(i, exc)
+                continue
+            good.append(i)
+        if good:
+            try:
+                states = await d.submit_many(tenant, [batch.items[i] for i in good])
+            except FleetError as exc:
+                for i in good:
+                    answers.error(i, exc)
+                return await answers.last()
+            waits = []
+            for i, st in zip(good, states, strict=True):
+                if batch.items[i].wait_s and not st.record.final:
+                    waits.append(self._answer_when_ended(answers, i, tenant, st, batch.items[i].wait_s))
+                else:
+                    answers.session(i, self._view(st))
+            if waits:
+                await asyncio.gather(*waits)
+        return await answers.last()
+
+    async def _answer_when_ended(self, answers: _Answers, i: int, tenant: str, st: SessionState,
+                                 wait_s: float) -> None:
+        await self._wait(tenant, st, wait_s)
+        answers.session(i, self._view(st))
 
     async def _wait(self, tenant: str, st: SessionState, wait_s: float) -> None:
         """Hold the request until the session ends (or wait_s); at most WAITS_PER_TENANT at once per tenant, so
@@ -243,6 +291,54 @@ class SessionApi:
 
 
 _WORK_OK = WORK_OK.encode()
+
+
+class _Answers:
+    """The answers to one submit_batch request: those of one event-loop turn sent together (a task that runs on the
+    next turn), the rest with the last reply. Each answer is encoded once, when it is given."""
+
+    def __init__(self, bus: Bus, reply: str) -> None:
+        self.bus, self.reply = bus, reply
+        self._ready: list[bytes] = []
+        self._flush: asyncio.Task[None] | None = None
+        self._sending = False
+
+    def session(self, i: int, view: dict[str, Any]) -> None:
+        self._add(pydantic_core.to_json({"i": i, "ok": True, "session": view}))
+
+    def error(self, i: int, exc: FleetError) -> None:
+        self._add(pydantic_core.to_json({"i": i, "ok": False, **exc.to_wire()}))
+
+    def _add(self, encoded: bytes) -> None:
+        self._ready.append(encoded)
+        if self._flush is None and self.reply:
+            self._flush = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        self._sending = True
+        ready, self._ready = self._ready, []
+        try:
+            await self.bus.publish(self.reply, _batch_reply(ready, last=False))
+        except FleetError:  # the requester is gone, or NATS is: it sends the items again on its own
+            pass
+        finally:
+            self._flush, self._sending = None, False
+
+    async def last(self) -> bytes:
+        """The last reply (every answer not sent yet); an earlier one still being sent goes first."""
+        if self._flush is not None:
+            if self._sending:
+                await self._flush
+            else:
+                self._flush.cancel()  # not started: its answers go in this one
+                self._flush = None
+        ready, self._ready = self._ready, []
+        return _batch_reply(ready, last=True)
+
+
+def _batch_reply(results: list[bytes], *, last: bool) -> bytes:
+    """An ApiReply whose data is a SubmitBatchReply of answers encoded already."""
+    return ok_reply_raw(b'{"results":[%s],"last":%s}' % (b",".join(results), b"true" if last else b"false"))
 
 
 def _encoded(reply: WorkReply) -> bytes:

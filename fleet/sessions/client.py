@@ -46,6 +46,7 @@ from fleet.bus.messages import (
 from fleet.bus.settings import TlsSettings
 from fleet.errors import FleetError, InvalidRequest, ProtocolError, ServerUnavailable
 from fleet.retry import Backoff, call_retrying
+from fleet.sessions.coalesce import SubmitCoalescer
 
 __all__ = ["Client", "SyncClient", "SessionView"]
 
@@ -99,6 +100,8 @@ class Client:
         self.url, self.creds, self.tls, self.connect_timeout = url, creds, tls, connect_timeout
         self.tenant = tenant or tenant_of_creds(creds) or ALL_TENANTS
         self.bus: Bus | None = None
+        #: concurrent submits of this client, sent together (fleet.sessions.coalesce)
+        self.submits = SubmitCoalescer(self._bus, self.tenant, self._submit_one, _view, SUBMIT_TIMEOUT_S)
 
     @classmethod
     def from_env(cls, **kw: Any) -> Client:
@@ -110,7 +113,13 @@ class Client:
                                      name="fleet-client")
         return self
 
+    async def _bus(self) -> Bus:
+        await self.connect()
+        assert self.bus is not None
+        return self.bus
+
     async def close(self) -> None:
+        await self.submits.close()
         if self.bus is not None:
             await self.bus.close()
             self.bus = None
@@ -139,7 +148,8 @@ class Client:
         """Submit `command` for `project`; returns once it is durably stored (queued or already assigned), or, with
         `wait` seconds, once it ended or `wait` passed. The client picks the session's ID (or takes `session_id`),
         so a submit sent again after a lost reply finds the session stored the first time instead of storing a
-        second one."""
+        second one. Submits made at the same moment (concurrent tasks, threads of a SyncClient) go to the server
+        together, each answered on its own (fleet.sessions.coalesce)."""
         try:
             req = SubmitRequest(id=session_id or new_session_id(), project=project, command=list(command),
                                 labels=list(labels), model=model, priority=priority, timeout_s=timeout,
@@ -148,7 +158,11 @@ class Client:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "request"
             raise InvalidRequest(f"cannot submit: {where}: {first.get('msg')}") from None
-        return _view(await self._call("submit", req, timeout=SUBMIT_TIMEOUT_S + wait))
+        return await self.submits.submit(req)
+
+    async def _submit_one(self, req: SubmitRequest) -> SessionView:
+        """One session, one `submit` request (with the client's retries and fail-over)."""
+        return _view(await self._call("submit", req, timeout=SUBMIT_TIMEOUT_S + req.wait_s))
 
     async def submit_many(self, project: str, commands: Sequence[Sequence[str]], *, labels: Sequence[str] = (),
                           model: str | None = None, priority: int = 0, timeout: float | None = None,
