@@ -7,10 +7,12 @@ must not exist; a per-message TTL as `Nats-TTL`) and a reply subject on one inbo
 stream's acknowledgement (or its error) comes back there and resolves that write's future. Nothing changes for
 durability or fencing: a write returns only once JetStream acknowledged it (its revision), and a wrong last revision
 is a Conflict, exactly as Store.create / Store.update. What changes is the cost: no request/reply machinery per
-write (one future and one timer each, the ack parsed once), and at most WINDOW acks outstanding at once (the next
-write waits for a slot). A write unanswered within ACK_TIMEOUT_S fails (TransientError, or PermissionDenied when
-nats-server refused this identity the subject); a `create` that meets an existing revision asks Store.create, which
-also recreates a key whose last value was a delete marker.
+write (one future each, the ack parsed once, one sweeping timer for all), and at most WINDOW writes outstanding at
+once (the next write waits for a place; a place is free again when the ack came or the write timed out).
+`create_many` sends a batch's creates together and collects their acks without a task per write. A write
+unanswered within ACK_TIMEOUT_S (+ up to SWEEP_S) fails (TransientError, or PermissionDenied when nats-server refused
+this identity the subject); a `create` that meets an existing revision asks Store.create, which also recreates a
+key whose last value was a delete marker.
 
 (nats-py's own JetStreamContext.publish_async is not used: its acknowledgement handler raises instead of failing the
 future on an error ack, so a compare-and-set that loses would never return, and it has no timeout.)
@@ -29,10 +31,11 @@ from typing import Any
 import nats.errors
 
 from fleet.bus.kv import Store
-from fleet.errors import Conflict, TransientError
+from fleet.errors import Conflict, FleetError, TransientError
 
 WINDOW = 512  # writes awaiting their acknowledgement at once
 ACK_TIMEOUT_S = 5.0
+SWEEP_S = 0.5  # how often writes past ACK_TIMEOUT_S are failed (one timer, not one per write)
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST = (10071, 10164)  # JetStream's err_code of a wrong last (subject) sequence
 
@@ -78,7 +81,9 @@ class PipelinedWriter:
         self.nc = store.bus.nc
         self.timeout = timeout
         self._window = Window(window)
-        self._futures: dict[str, asyncio.Future[Any]] = {}
+        self._futures: dict[str, asyncio.Future[Any]] = {}  # writes awaiting their ack, by token; each holds a place
+        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()  # (when it expires, token)
+        self._sweeping: asyncio.TimerHandle | None = None
         self._tokens = itertools.count()
         self._prefix = ""
         self._sub: Any = None
@@ -92,7 +97,10 @@ class PipelinedWriter:
 
     async def _on_ack(self, msg: Any) -> None:
         fut = self._futures.pop(msg.subject[len(self._prefix):], None)
-        if fut is None or fut.done():
+        if fut is None:
+            return
+        self._window.release()
+        if fut.done():
             return
         if msg.headers and msg.headers.get("Status") == "503":
             fut.set_result({"error": {"code": 503, "description": "no JetStream stream answered"}})
@@ -103,25 +111,40 @@ class PipelinedWriter:
             ack = None
         fut.set_result(ack if isinstance(ack, dict) else {"error": {"code": 0, "description": "malformed ack"}})
 
-    async def _write(self, key: str, value: bytes, headers: dict[str, str], what: str) -> int:
+    def _sweep(self) -> None:
+        """Fail the writes unanswered for `timeout` (one timer for all of them, every SWEEP_S while any is out)."""
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            fut = self._futures.pop(self._deadlines.popleft()[1], None)
+            if fut is not None:
+                self._window.release()
+                if not fut.done():
+                    fut.set_exception(TimeoutError("no acknowledgement in time"))
+        if not self._futures:
+            self._deadlines.clear()
+        self._sweeping = (asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
+                          if self._futures else None)
+
+    async def _send(self, key: str, value: bytes, headers: dict[str, str]) -> asyncio.Future[Any]:
+        """Publish one write (once a place in the window is free); the future of its ack."""
         if self._sub is None:
             await self.start()
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
         await self._window.acquire()
         token = str(next(self._tokens))
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futures[token] = fut
-        timer = loop.call_later(self.timeout, _expire, fut)
+        self._deadlines.append((time.monotonic() + self.timeout, token))
+        if self._sweeping is None:
+            self._sweeping = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
         try:
             await self.nc.publish(self._subject + key, value, reply=self._prefix + token, headers=headers)
-            ack = await fut
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise self.store._failed(what, exc, started) from exc
-        finally:
-            timer.cancel()
-            self._futures.pop(token, None)
-            self._window.release()
+        except BaseException:
+            if self._futures.pop(token, None) is not None:
+                self._window.release()
+            raise
+        return fut
+
+    def _revision(self, ack: dict[str, Any], key: str, headers: dict[str, str], what: str) -> int:
         err = ack.get("error")
         if err is None:
             seq = ack.get("seq")
@@ -132,6 +155,14 @@ class PipelinedWriter:
             raise Conflict(f"{self.store.bucket}/{key} changed (expected {headers.get(EXPECTED_LAST)})")
         raise TransientError(f"{what} failed: {err.get('description') if isinstance(err, dict) else err}")
 
+    async def _write(self, key: str, value: bytes, headers: dict[str, str], what: str) -> int:
+        started = time.monotonic()
+        try:
+            ack = await (await self._send(key, value, headers))
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise self.store._failed(what, exc, started) from exc
+        return self._revision(ack, key, headers, what)
+
     async def create(self, key: str, value: bytes) -> int:
         """Write only if `key` does not exist; Conflict otherwise."""
         try:
@@ -139,15 +170,39 @@ class PipelinedWriter:
         except Conflict:
             return await self.store.create(key, value)  # a delete marker, or really there (Conflict)
 
+    async def create_many(self, items: list[tuple[str, bytes]], *, at_once: int = WINDOW // 2
+                          ) -> list[int | FleetError]:
+        """`create` of each (key, value): at most `at_once` of them in flight at a time, no task per write; each
+        one's revision, or its error (Conflict, TransientError, PermissionDenied), in the order given."""
+        out: list[int | FleetError] = []
+        headers = {EXPECTED_LAST: "0"}
+        for start in range(0, len(items), at_once):
+            chunk = items[start:start + at_once]
+            started = time.monotonic()
+            sent: list[asyncio.Future[Any] | FleetError] = []
+            for key, value in chunk:
+                try:
+                    sent.append(await self._send(key, value, headers))
+                except (TimeoutError, nats.errors.Error) as exc:
+                    sent.append(self.store._failed(f"KV create {self.store.bucket}/{key}", exc, started))
+            for (key, value), fut in zip(chunk, sent, strict=True):
+                what = f"KV create {self.store.bucket}/{key}"
+                try:
+                    if isinstance(fut, FleetError):
+                        raise fut
+                    try:
+                        out.append(self._revision(await fut, key, headers, what))
+                    except (TimeoutError, nats.errors.Error) as exc:
+                        raise self.store._failed(what, exc, started) from exc
+                    except Conflict:
+                        out.append(await self.store.create(key, value))  # as `create` does
+                except FleetError as exc:
+                    out.append(exc)
+        return out
+
     async def update(self, key: str, value: bytes, last: int, *, ttl: float | None = None) -> int:
         """Write only if the key is still at revision `last`; Conflict otherwise (`ttl`: as Store.update)."""
         headers = {EXPECTED_LAST: str(last)}
         if ttl is not None:
             headers["Nats-TTL"] = str(int(ttl))
         return await self._write(key, value, headers, f"KV update {self.store.bucket}/{key}")
-
-
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError("no acknowledgement in time"))
-

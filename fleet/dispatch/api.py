@@ -174,20 +174,35 @@ class SessionApi:
                 for i in good:
                     answers.error(i, exc)
                 return await answers.last()
-            waits = []
+            held: dict[float, list[tuple[int, SessionState]]] = {}  # by wait_s (a client's batch: one wait_s)
             for i, st in zip(good, states, strict=True):
                 if batch.items[i].wait_s and not st.record.final:
-                    waits.append(self._answer_when_ended(answers, i, tenant, st, batch.items[i].wait_s))
+                    held.setdefault(batch.items[i].wait_s, []).append((i, st))
                 else:
                     answers.session(i, self._view(st))
-            if waits:
-                await asyncio.gather(*waits)
+            await asyncio.gather(*(self._answer_when_ended(answers, tenant, items, wait_s)
+                                   for wait_s, items in held.items()))
         return await answers.last()
 
-    async def _answer_when_ended(self, answers: _Answers, i: int, tenant: str, st: SessionState,
+    async def _answer_when_ended(self, answers: _Answers, tenant: str, held: list[tuple[int, SessionState]],
                                  wait_s: float) -> None:
-        await self._wait(tenant, st, wait_s)
-        answers.session(i, self._view(st))
+        """Answer each item once its session ended, the rest after `wait_s`. Each counts as one wait of its tenant:
+        past WAITS_PER_TENANT, an item is answered at once, as it is (as a plain submit's wait would be)."""
+        room = max(0, WAITS_PER_TENANT - self.waiting[tenant])
+        for i, st in held[room:]:
+            self.dispatcher.metrics["waits_refused"] += 1
+            answers.session(i, self._view(st))
+        held = held[:room]
+        if not held:
+            return
+        self.waiting[tenant] += len(held)
+        try:
+            late = await self.dispatcher.query.wait_each([st for _, st in held], wait_s,
+                                                         lambda k: answers.session(held[k][0], self._view(held[k][1])))
+        finally:
+            self.waiting[tenant] -= len(held)
+        for k in late:
+            answers.session(held[k][0], self._view(held[k][1]))
 
     async def _wait(self, tenant: str, st: SessionState, wait_s: float) -> None:
         """Hold the request until the session ends (or wait_s); at most WAITS_PER_TENANT at once per tenant, so

@@ -9,6 +9,7 @@ steps down (`wake`). A tenant sees only its own sessions (`_all`: every tenant's
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -97,6 +98,38 @@ class SessionQueries:
         fut = asyncio.get_running_loop().create_future()
         st.waiters.append(fut)
         await _until(fut, timeout)
+
+    async def wait_each(self, states: list[SessionState], timeout: float, ended: Callable[[int], None]) -> list[int]:
+        """Until every one of `states` is final or `timeout` passes, with one future per session and one timer for
+        all (no task each: the waits of a submit batch). `ended(k)` is called as `states[k]` ends (or is woken by a
+        lost lead); returns the indices of those that did not end in time, for which it is never called."""
+        if timeout <= 0 or not self.leading():
+            return list(range(len(states)))
+        loop = asyncio.get_running_loop()
+        pending = set(range(len(states)))
+        every: asyncio.Future[None] = loop.create_future()
+
+        def woken(k: int, _: asyncio.Future[None]) -> None:
+            if k in pending:
+                pending.discard(k)
+                ended(k)
+                if not pending and not every.done():
+                    every.set_result(None)
+
+        for k, st in enumerate(states):
+            if st.record.final:
+                woken(k, every)
+            else:
+                fut: asyncio.Future[None] = loop.create_future()
+                fut.add_done_callback(functools.partial(woken, k))
+                st.waiters.append(fut)
+        try:
+            if pending:
+                await _until(every, timeout)
+        finally:
+            late = sorted(pending)
+            pending.clear()  # a session that ends from now on is not answered here
+        return late
 
     async def logs(self, st: SessionState, offset: int, wait_s: float) -> tuple[int, str, bool]:
         """(offset of the text returned, the text from `offset` on as far as it is known, whether it is the end)."""

@@ -158,6 +158,20 @@ class SessionStore:
         self.check_lease()
         return await self.writer.create(record.id, record.encode())
 
+    async def create_many(self, records: list[SessionRecord], at_once: int) -> list[int | FleetError]:
+        """Store new sessions, at most `at_once` writes in flight: each one's revision or its error, in order."""
+        self.check_lease()
+        items = [(r.id, r.encode()) for r in records]
+        if hasattr(self.writer, "create_many"):
+            return list(await self.writer.create_many(items, at_once=at_once))
+        out: list[int | FleetError] = []
+        for key, value in items:  # the store's own calls, one by one
+            try:
+                out.append(await self.writer.create(key, value))
+            except FleetError as exc:
+                out.append(exc)
+        return out
+
     async def persist(self, st: SessionState) -> None:
         """Write the session's current state by compare-and-set on its revision (see the module docstring)."""
         st.dirty = True

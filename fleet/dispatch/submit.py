@@ -23,7 +23,6 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from fleet.bus.kvpipe import Window
 from fleet.bus.messages import SessionRecord, SubmitRequest, new_session_id, trusted
 from fleet.dispatch.applier import assign_in_memory, event
 from fleet.dispatch.placement import group_key, note_reason
@@ -183,23 +182,14 @@ class Submitter:
             raise failed  # the stored ones are in memory: the same batch sent again finds them
         return out
 
-    async def _create_all(self, records: list[SessionRecord]) -> list[int | BaseException]:
+    async def _create_all(self, records: list[SessionRecord]) -> list[int | FleetError]:
         store = self.d.store
         if len(records) == 1:
             try:
                 return [await store.create(records[0])]
             except FleetError as exc:
                 return [exc]
-        window = Window(WRITE_WINDOW)
-
-        async def one(r: SessionRecord) -> int:
-            await window.acquire()
-            try:
-                return await store.create(r)
-            finally:
-                window.release()
-
-        return list(await asyncio.gather(*(one(r) for r in records), return_exceptions=True))
+        return await store.create_many(records, WRITE_WINDOW)
 
     async def _ended_long_ago(self, sid: str) -> SessionState | None:
         """Session `sid` as stored, if it is final: one that ended before the sessions kept in memory (a client's

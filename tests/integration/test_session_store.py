@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from fleet.bus.connection import connect
-from fleet.bus.kv import allow_message_ttls, open_store
+from fleet.bus.kv import Store, allow_message_ttls, open_store
 from fleet.bus.kvpipe import PipelinedWriter
 from fleet.bus.messages import SessionRecord, new_session_id
 from fleet.dispatch.store import SessionState, SessionStore
@@ -52,6 +52,37 @@ def test_the_pipelined_writer_creates_once_and_compares_and_sets(nats_server) ->
             await wait_for_async(lambda: store.get("k1"), lambda e: e is None, 10, what="k1 expired")
             assert await w.create("k1", b"again") > rev2
     asyncio.run(run())
+
+
+def test_create_many_answers_each_in_order_and_an_unanswered_write_fails_and_frees_its_place(nats_server) -> None:
+    async def run() -> None:
+        async with await connect(nats_server.url) as bus:
+            store = await open_store(bus, "many-test", history=1)
+            w = PipelinedWriter(store, window=8)
+            taken = await w.create("taken", b"x")
+            keys = [f"n{i}" for i in range(40)]
+            # more than the window and more than one chunk at a time; one key exists already
+            out = await w.create_many([(k, k.encode()) for k in keys[:20]] + [("taken", b"y")] +
+                                      [(k, k.encode()) for k in keys[20:]], at_once=6)
+            assert isinstance(out[20], Conflict)
+            revs = out[:20] + out[21:]
+            assert all(isinstance(r, int) for r in revs) and len(set(revs)) == 40
+            for k, r in zip(keys, revs, strict=True):
+                assert (await store.get(k)).revision == r  # each its own revision, in the order given
+            assert (await store.get("taken")).revision == taken
+            # a stream that never answers (something listens, so no "no responders"): each write fails once its
+            # timeout passed, and gives its place back: a window of 2 does not stay full
+            hole = await bus.nc.subscribe("$KV.silent.>", cb=_ignore)
+            silent = PipelinedWriter(Store(store._kv, "silent", store.js, bus), window=2, timeout=0.3)
+            results = await asyncio.gather(*(silent.create(f"s{i}", b"v") for i in range(5)), return_exceptions=True)
+            assert all(isinstance(r, TransientError) and "no acknowledgement" in r.message for r in results)
+            assert silent._window.free == 2 and not silent._futures
+            await hole.unsubscribe()
+    asyncio.run(run())
+
+
+async def _ignore(msg: object) -> None:
+    return None
 
 
 def test_the_store_fences_its_writes_and_folds_them(nats_server) -> None:
