@@ -168,13 +168,18 @@ def set_trusted(model: BaseModel, **values: Any) -> None:
     """Set fields of `model` to values fleet itself holds (already valid), as `model.field = value` each would on a
     model without assignment validation, in one step: the dispatcher sets ~11 fields per session (pydantic's
     __setattr__ walks its handlers for each)."""
-    if model.model_config.get("validate_assignment") or model.model_config.get("frozen"):
-        raise TypeError(f"set_trusted({type(model).__name__}): a model that validates or refuses assignment")
-    unknown = values.keys() - type(model).model_fields.keys()
-    if unknown:
-        raise TypeError(f"set_trusted({type(model).__name__}): unknown fields {sorted(unknown)}")
+    fields = _SETTABLE.get(type(model))
+    if fields is None:
+        if model.model_config.get("validate_assignment") or model.model_config.get("frozen"):
+            raise TypeError(f"set_trusted({type(model).__name__}): a model that validates or refuses assignment")
+        fields = _SETTABLE[type(model)] = frozenset(type(model).model_fields)
+    if not fields.issuperset(values):
+        raise TypeError(f"set_trusted({type(model).__name__}): unknown fields {sorted(values.keys() - fields)}")
     model.__dict__.update(values)
     model.__pydantic_fields_set__.update(values)
+
+
+_SETTABLE: dict[type, frozenset[str]] = {}  # set_trusted: the fields of each model class it may set
 
 
 def _trusted_plan(cls: type[BaseModel]) -> _Plan:
