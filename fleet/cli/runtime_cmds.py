@@ -60,6 +60,7 @@ from fleet.service.server import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_MONITOR_INTERVAL,
     DEFAULT_OFFLINE_AFTER,
+    MAX_OPEN_PER_TENANT,
     SESSION_RETENTION_S,
     FleetServer,
     ServerSettings,
@@ -332,6 +333,10 @@ def down_cmd(state_dir: Path) -> None:
               show_default=True, envvar="FLEET_SESSION_RETENTION", show_envvar=True,
               help="Seconds the sessions bucket keeps a finished session (its record, output tail and history); "
                    "sessions not yet final are kept until they are.")
+@click.option("--max-open-sessions", type=click.IntRange(1, 10_000_000), default=MAX_OPEN_PER_TENANT, metavar="N",
+              show_default=True, envvar="FLEET_MAX_OPEN_SESSIONS", show_envvar=True,
+              help="Sessions one tenant may have queued or running at once; a submit past it is refused "
+                   "(queue_full) until some end. Held exactly under concurrent submits.")
 @click.option("--pid-file", type=OutputFile(), default=None, help="Write the server's PID here.")
 @click.option("--trust-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), envvar="FLEET_TRUST_DIR",
               show_envvar=True, default=None,
@@ -339,7 +344,8 @@ def down_cmd(state_dir: Path) -> None:
                    "identities at enrollment and revoke them. Without it the server cannot enroll hosts.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float, heartbeat_interval: float,
-               session_retention: float, pid_file: Path | None, trust_dir: Path | None, verbose: bool) -> None:
+               session_retention: float, max_open_sessions: int, pid_file: Path | None, trust_dir: Path | None,
+               verbose: bool) -> None:
     """Run the control-plane service in the foreground (enrollment, registry, liveness, host API).
 
     Connect it with the fleet server identity (--creds …/trust/server.creds) and give it the trust directory."""
@@ -356,7 +362,7 @@ def server_cmd(nats: NatsSettings, offline_after: float, monitor_interval: float
     settings = ServerSettings(url=nats.url, creds=nats.creds, tls=nats.tls, connect_timeout=nats.connect_timeout,
                               offline_after=offline_after, monitor_interval=monitor_interval,
                               heartbeat_interval=heartbeat_interval, session_retention=session_retention,
-                              trust_dir=str(trust_dir) if trust_dir else None)
+                              max_open_sessions=max_open_sessions, trust_dir=str(trust_dir) if trust_dir else None)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -150,7 +150,8 @@ class SessionApi:
     async def submit_batch(self, msg: Any) -> bytes:
         """Independent submits sent together (SubmitBatchRequest): one store pass and one scheduling pass for all
         of them (Dispatcher.submit_many), each item answered as its own `submit` would be (a refused project, a
-        full queue: that item's error), those that wait once they ended; the answers of one moment in one
+        tenant at its limit of open sessions: that item's error, the items before it are stored), those that wait
+        once they ended; the answers of one moment in one
         SubmitBatchReply on the request's reply subject, the last one returned (Bus.serve sends it)."""
         parts = subjects.session_api_parts(msg.subject)
         if parts is None:
@@ -160,9 +161,14 @@ class SessionApi:
         d = self.dispatcher
         answers = _Answers(self.bus, msg.reply)
         good: list[int] = []
+        room: dict[str, int] = {}  # places left per tenant: the items past them are that item's queue_full
         for i, req in enumerate(batch.items):
             try:
-                d.submitter.project(tenant, req.project)
+                owner = d.submitter.project(tenant, req.project)["tenant"]
+                if d.submitter.is_new(req.id):
+                    left = room[owner] = room.get(owner, d.submitter.room(owner)) - 1
+                    if left < 0:
+                        raise d.submitter.full(owner)
             except FleetError as exc:
                 answers.error(i, exc)
                 continue

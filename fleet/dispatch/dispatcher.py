@@ -50,7 +50,7 @@ from fleet.dispatch.placement import GONE_STATUSES, Placements, note_reason
 from fleet.dispatch.query import ALL_TENANTS, SessionQueries, public, wake
 from fleet.dispatch.reconcile import reconcile
 from fleet.dispatch.store import KEEP_FINISHED, SESSION_RETENTION_S, SessionState, SessionStore
-from fleet.dispatch.submit import Submitter
+from fleet.dispatch.submit import MAX_OPEN_PER_TENANT, Submitter
 from fleet.errors import FleetError, TransientError
 from fleet.hosts.config import AppliedConfig
 from fleet.hosts.registry import Registry
@@ -58,8 +58,8 @@ from fleet.scheduler import DispatchPlan, PendingGroup, PoolDemand, Route, sched
 from fleet.scheduler.phases import allowed
 from fleet.schema.models import Pool
 
-__all__ = ["ALL_TENANTS", "KEEP_FINISHED", "RECONCILE_S", "SESSION_RETENTION_S", "Dispatcher", "SessionState",
-           "public"]
+__all__ = ["ALL_TENANTS", "KEEP_FINISHED", "MAX_OPEN_PER_TENANT", "RECONCILE_S", "SESSION_RETENTION_S", "Dispatcher",
+           "SessionState", "public"]
 
 log = logging.getLogger(__name__)
 WORK_OK = WorkReply(ok=True)  # the answer to most host reports: one instance, encoded once (fleet.dispatch.api)
@@ -70,7 +70,8 @@ PASS_GATHER_S = 0.002  # with sessions waiting, a pass waits this long for more 
 
 class Dispatcher:
     def __init__(self, bus: Bus, registry: Registry, config: AppliedConfig, store: Store,
-                 lease_ok: Callable[[], bool] = lambda: True, retention: float = SESSION_RETENTION_S) -> None:
+                 lease_ok: Callable[[], bool] = lambda: True, retention: float = SESSION_RETENTION_S,
+                 max_open: int = MAX_OPEN_PER_TENANT) -> None:
         self.bus = bus
         self.lease_ok = lease_ok
         self.registry = registry
@@ -86,7 +87,7 @@ class Dispatcher:
         self.applier = PlanApplier(bus, self.store, lambda: self.where, self.metrics, self._check_lease,
                                    self._want_pass)
         self.security = SecurityLog(self.metrics)
-        self.submitter = Submitter(self)
+        self.submitter = Submitter(self, max_open)
         self._changed: set[str] = set()
         self._pass_wanted = asyncio.Event()
         self._resync_wanted = False

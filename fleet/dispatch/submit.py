@@ -7,7 +7,10 @@ Called by the dispatcher (fleet.dispatch.dispatcher.Dispatcher.submit / submit_m
    or nobody's: no oracle of other tenants' project names; another tenant's is logged as a security event);
 2. an ID already stored (a client that lost its reply sends the same request again) answers with the session stored
    the first time; an ID of another tenant or project is refused as taken;
-3. the tenant's open sessions are bounded (MAX_OPEN_PER_TENANT: QueueFull past it);
+3. the tenant's open sessions are bounded (`fleet server --max-open-sessions`, MAX_OPEN_PER_TENANT by default:
+   QueueFull past it), exactly, under concurrent submits: the check and a reservation of the batch's places happen
+   in one step of the single writer's event loop, and the places stay reserved while the creates are in flight
+   (until the stored sessions count as open, or a failed create gives its place back);
 4. one scheduling pass (fleet.scheduler.schedule) for the whole batch, on the leader's snapshot: a session the
    scheduler places is stored already assigned; one it cannot place is stored queued with the scheduler's reason
    (its kind and pool: `wait_kind`, `wait_pool`). A session queues behind others of its own kind that wait, and
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from fleet.bus.messages import SessionRecord, SubmitRequest, new_session_id, trusted
@@ -40,9 +44,25 @@ BEHIND = "a host has room: the next dispatch pass places it (sessions that waite
 
 
 class Submitter:
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, max_open: int = MAX_OPEN_PER_TENANT) -> None:
         self.d = dispatcher
+        self.max_open = max_open
         self._submitting: dict[str, asyncio.Future[SessionState]] = {}
+        self._reserved: Counter[str] = Counter()  # places of creates in flight, per tenant (see the docstring, 3.)
+
+    def full(self, tenant: str) -> QueueFull:
+        """The refusal of a submit past the tenant's limit (counted)."""
+        self.d.metrics["queue_full"] += 1
+        return QueueFull(f"tenant {tenant} has {self.max_open - self.room(tenant)} sessions queued, running or being "
+                         f"stored already (at most {self.max_open})", hint="submit again when some have ended")
+
+    def is_new(self, sid: str | None) -> bool:
+        """A session ID not stored and not being stored (one that would take a place)."""
+        return sid is None or (self.d.store.known(sid) is None and sid not in self._submitting)
+
+    def room(self, tenant: str) -> int:
+        """How many more sessions `tenant` may submit now (its open ones and those being stored count)."""
+        return max(0, self.max_open - self.d.store.open_by_tenant[tenant] - self._reserved[tenant])
 
     def project(self, tenant: str, project: str) -> dict[str, Any]:
         spec = self.d.config.routes.get(project)
@@ -104,13 +124,18 @@ class Submitter:
         return known
 
     async def _store_new(self, items: list[tuple[str, dict[str, Any], SubmitRequest]]) -> list[SessionState]:
+        need = Counter(spec["tenant"] for _, spec, _ in items)
+        for tenant, n in need.items():
+            if n > self.room(tenant):
+                raise self.full(tenant)
+        self._reserved.update(need)  # no await since the check: no other submit came between
+        try:
+            return await self._store_checked(items)
+        finally:
+            self._reserved.subtract(need)  # the stored ones count as open now; the failed ones free their place
+
+    async def _store_checked(self, items: list[tuple[str, dict[str, Any], SubmitRequest]]) -> list[SessionState]:
         d, store, where = self.d, self.d.store, self.d.where
-        for tenant in {spec["tenant"] for _, spec, _ in items}:
-            n = sum(1 for _, spec, _ in items if spec["tenant"] == tenant)
-            if store.open_by_tenant[tenant] + n > MAX_OPEN_PER_TENANT:
-                d.metrics["queue_full"] += 1
-                raise QueueFull(f"tenant {tenant} has {store.open_by_tenant[tenant]} sessions queued or running "
-                                f"already (at most {MAX_OPEN_PER_TENANT})", hint="submit again when some have ended")
         now = time.time()
         records = [trusted(SessionRecord,  # from a validated request: no second validation
             id=sid, tenant=spec["tenant"], project=req.project, command=req.command, env=req.env,

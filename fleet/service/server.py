@@ -46,7 +46,7 @@ from fleet.bus.messages import MAX_MESSAGE_BYTES
 from fleet.bus.settings import TlsSettings
 from fleet.bus.trustdir import TrustDir
 from fleet.dispatch.api import SessionApi
-from fleet.dispatch.dispatcher import SESSION_RETENTION_S, Dispatcher
+from fleet.dispatch.dispatcher import MAX_OPEN_PER_TENANT, SESSION_RETENTION_S, Dispatcher
 from fleet.dispatch.leader import Lease
 from fleet.errors import FleetError
 from fleet.hosts.config import AppliedConfig
@@ -85,6 +85,7 @@ class ServerSettings:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     page_bytes: int | None = None  # most bytes of one host page; None: the NATS server's max_payload
     session_retention: float = SESSION_RETENTION_S  # seconds the sessions bucket keeps a finished session
+    max_open_sessions: int = MAX_OPEN_PER_TENANT  # sessions of one tenant queued or running at once
 
 
 @dataclass
@@ -218,7 +219,8 @@ class FleetServer:
         await allow_message_ttls(sessions)  # finished sessions expire (Dispatcher.retention)
         self.dispatcher = dispatcher = Dispatcher(bus, self.registry, self.config, sessions,
                                                   lease_ok=lambda: self.lease is not None and self.lease.held,
-                                                  retention=self.settings.session_retention)
+                                                  retention=self.settings.session_retention,
+                                                  max_open=self.settings.max_open_sessions)
         self.api.metrics.append(dispatcher.metrics)
         session_api = SessionApi(serve_bus, dispatcher)
 
