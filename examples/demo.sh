@@ -163,7 +163,7 @@ echo
 echo "== fleet sessions list --project my-fintech-app --limit 5   (the newest five: this run's)"
 fleet sessions list --project my-fintech-app --limit 5
 if ! fleet sessions list --json --project my-fintech-app | python3 -c 'import json, sys
-sessions = json.load(sys.stdin)
+sessions = json.load(sys.stdin)["sessions"]
 wanted = sys.argv[1:]
 got = {s["id"]: s for s in sessions}
 bad = [i for i in wanted if i not in got or got[i]["phase"] != "succeeded" or got[i]["pool"] != "pool-local-main"]

@@ -713,12 +713,29 @@ class SessionQuery(Message):
     wait_s: float = Field(default=0.0, ge=0, le=3600)
 
 
+LIST_MAX = 10_000  # sessions one list request may ask for
+
+
 class SessionListRequest(Message):
-    """fleet.v1.api.sessions.<tenant>.list."""
+    """fleet.v1.api.sessions.<tenant>.list: sessions oldest first (by when the leader stored them), `limit` of them:
+    without `after`, the newest `limit`; with `after` (the `next` of a SessionPage, or "" for the very first), the
+    `limit` that come after that cursor. The reply is a SessionPage."""
 
     project: Ident | None = None
     phase: SessionPhase | None = None
-    limit: int = Field(default=1000, ge=1, le=10_000)
+    limit: int = Field(default=1000, ge=1, le=LIST_MAX)
+    after: str | None = Field(default=None, max_length=64)
+
+
+class SessionPage(BaseModel):
+    """The reply to a list: `sessions` (oldest first; at most 512 KiB of them, so maybe fewer than asked), `total`
+    (how many match), `truncated` (these are not all that match) and `next` (the cursor that continues after the
+    last one, while there are more after it; else null). Client.list_page follows `next` to fill a request."""
+
+    sessions: list[SessionView]
+    total: int = Field(ge=0)
+    truncated: bool
+    next: str | None = None
 
 
 class LogsRequest(Message):

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from fleet.bus.messages import FINAL_PHASES, MAX_SUBMIT_BATCH, SessionView
+from fleet.bus.messages import FINAL_PHASES, MAX_SUBMIT_BATCH, SessionPage, SessionView
 from fleet.cli.inventory_cmds import ago, aligned, duration
 from fleet.cli.options import (
     ID,
@@ -294,22 +294,31 @@ def sessions_group() -> None:
 @click.option("--project", "-p", type=ID, default=None, help="Only this project's sessions.")
 @click.option("--status", "phase", type=click.Choice(PHASES), default=None, help="Only sessions in this phase.")
 @click.option("--limit", type=Count(1, 10_000), default=1000, show_default=True, help="At most this many (newest).")
+@click.option("--all", "every", is_flag=True, help="Every session the server holds (page after page), not only the "
+              "newest --limit.")
 @nats_options
 @format_option("table", "json", default="table")
-def list_cmd(project: str | None, phase: str | None, limit: int, nats: NatsSettings, fmt: str) -> None:
-    """List sessions, oldest first (ID, PROJECT, STATUS, HOST, POOL, ATTEMPT, AGE, COMMAND); `--json` for scripts.
-    A submitter sees its tenant's sessions only."""
+def list_cmd(project: str | None, phase: str | None, limit: int, every: bool, nats: NatsSettings, fmt: str) -> None:
+    """List sessions, oldest first (ID, PROJECT, STATUS, HOST, POOL, ATTEMPT, AGE, COMMAND); `--json` for scripts:
+    `{"sessions": […], "total": M, "truncated": …, "next": …}`, where `truncated` says the list is not every session
+    that matches (the newest --limit of `total`; --all for every one). A submitter sees its tenant's sessions
+    only."""
 
-    async def run() -> list[SessionView]:
+    async def run() -> SessionPage:
         async with _client(nats) as client:
-            return await client.list(project=project, phase=phase, limit=limit)
+            return await client.list_page(project=project, phase=phase, limit=limit, every=every)
 
-    sessions = run_async(run)
+    page = run_async(run)
+    sessions = page.sessions
     if fmt == "json":
-        click.echo(json.dumps([session_json(s) for s in sessions], indent=2))
+        click.echo(json.dumps({"sessions": [session_json(s) for s in sessions], "total": page.total,
+                               "truncated": page.truncated, "next": page.next}, indent=2))
         return
     now = time.time()
     click.echo(render_table([row(s, now) for s in sessions], colour=sys.stdout.isatty()))
+    if page.truncated:
+        click.echo(f"showing {len(sessions)} of {page.total} sessions (the newest); --limit N for more, --all for "
+                   "every one")
     queued = [s for s in sessions if s.phase == "queued" and s.reason]
     for s in queued[:10]:
         click.echo(f"{s.id} waits: {s.reason}", err=True)

@@ -43,7 +43,7 @@ from fleet.bus.messages import (
     ok_reply_raw,
 )
 from fleet.dispatch.dispatcher import WORK_OK, Dispatcher
-from fleet.dispatch.query import public
+from fleet.dispatch.query import cursor, public
 from fleet.dispatch.store import SessionState
 from fleet.errors import FleetError, InvalidRequest, ProtocolError
 
@@ -116,18 +116,19 @@ class SessionApi:
             return ApiReply(ok=True, data={"sessions": [self._brief(st) for st in states]}).encode()
         if verb == "list":
             lreq = decode(SessionListRequest, msg.data)
-            sessions = d.query.listing(tenant, lreq.project, lreq.phase, lreq.limit)
+            window, total, start = d.query.page(tenant, lreq.project, lreq.phase, lreq.limit, lreq.after)
             items: list[dict[str, Any]] = []
             size = 0
-            for st in reversed(sessions):  # the newest first, as many as one reply holds
+            for st in window:  # oldest first, as many as one reply holds; `next` continues after the last
                 item = self._summary(st)
                 size += len(json.dumps(item)) + 1
-                if size > LIST_BYTES:
+                if size > LIST_BYTES and items:
                     break
                 items.append(item)
-            items.reverse()
-            return ApiReply(ok=True, data={"sessions": items, "total": len(sessions),
-                                           "truncated": len(items) < len(sessions)}).encode()
+            more = start + len(items) < total
+            return ApiReply(ok=True, data={"sessions": items, "total": total, "truncated": len(items) < total,
+                                           "next": cursor(window[len(items) - 1]) if items and more else None,
+                                           }).encode()
         if verb == "logs":
             logreq = decode(LogsRequest, msg.data)
             st = await d.query.get(tenant, logreq.id)

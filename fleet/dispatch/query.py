@@ -9,7 +9,9 @@ steps down (`wake`). A tenant sees only its own sessions (`_all`: every tenant's
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +43,28 @@ async def _until(fut: asyncio.Future[None], timeout: float) -> None:
 def _expire(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def order(st: SessionState) -> tuple[float, str]:
+    """Lists are ordered by when the leader stored a session, then its ID: an ID's time prefix is the client's
+    choice (one from the future would otherwise stay "the newest" in every list)."""
+    return (st.record.submitted_at, st.record.id)
+
+
+def cursor(st: SessionState) -> str:
+    """The cursor of a list that continues after `st` (a SessionPage's `next`)."""
+    return f"{st.record.submitted_at!r}_{st.record.id}"
+
+
+def parse_cursor(text: str) -> tuple[float, str]:
+    ts, _, sid = text.partition("_")
+    try:
+        at = float(ts)
+    except ValueError:
+        at = math.nan
+    if not math.isfinite(at) or len(sid) != 20 or any(c not in "0123456789abcdef" for c in sid):
+        raise InvalidRequest(f"malformed list cursor {text[:64]!r}", hint="pass the `next` of the previous page")
+    return at, sid
 
 
 def wake(st: SessionState) -> None:
@@ -82,14 +106,26 @@ class SessionQueries:
                 return stored
         raise NotFound(f"no session {ident}", hint="`fleet sessions list` shows them")
 
-    def listing(self, tenant: str, project: str | None, phase: str | None, limit: int) -> list[SessionState]:
+    def listing(self, tenant: str, project: str | None, phase: str | None) -> list[SessionState]:
+        """Every session of `tenant` in memory that matches, oldest first (see `order`)."""
         out = [st for pool in (self.store.sessions, self.store.finished) for st in pool.values()
                if (tenant == ALL_TENANTS or st.record.tenant == tenant)
                and (project is None or st.record.project == project) and (phase is None or st.record.phase == phase)]
-        # by when the leader stored them: an ID's time prefix is the client's choice (one from the future would
-        # otherwise stay "the newest" in every list)
-        out.sort(key=lambda st: (st.record.submitted_at, st.record.id))
-        return out[-limit:]
+        out.sort(key=order)
+        return out
+
+    def page(self, tenant: str, project: str | None, phase: str | None, limit: int,
+             after: str | None) -> tuple[list[SessionState], int, int]:
+        """(the sessions of one list request, from its start on, at most `limit`; how many match; the index of the
+        first): without `after` the newest `limit`, with it those after that cursor (`cursor`)."""
+        sessions = self.listing(tenant, project, phase)
+        if after is None:
+            start = max(0, len(sessions) - limit)
+        elif after == "":
+            start = 0
+        else:
+            start = bisect.bisect_right([order(st) for st in sessions], parse_cursor(after))
+        return sessions[start:start + limit], len(sessions), start
 
     async def wait(self, st: SessionState, timeout: float) -> None:
         """Until the session is final or `timeout` passes."""

@@ -54,7 +54,7 @@ async def observe_queued(bus: Bus, project: str | None = None) -> tuple[list[Que
     """The sessions waiting in the dispatcher's pending queue (the plan says which a change leaves unroutable), and
     a warning instead when no dispatcher answers or this identity may not list sessions."""
     try:
-        sessions = await list_sessions(bus, phase="queued", project=project, limit=10_000)
+        sessions = (await list_sessions(bus, phase="queued", project=project, every=True)).sessions
     except (ServerUnavailable, PermissionDenied) as exc:
         return [], f"{exc.message}: queued sessions were not observed"
     return [QueuedSession(session_id=s.id, project=s.project, tenant=s.tenant, required_labels=tuple(s.labels),

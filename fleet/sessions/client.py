@@ -32,11 +32,13 @@ from fleet.bus import subjects
 from fleet.bus.api import call
 from fleet.bus.connection import Bus, connect
 from fleet.bus.messages import (
+    LIST_MAX,
     MAX_SUBMIT_BATCH,
     SUBMIT_MANY_BYTES,
     BatchItem,
     LogsRequest,
     SessionListRequest,
+    SessionPage,
     SessionQuery,
     SessionView,
     SubmitManyRequest,
@@ -48,7 +50,7 @@ from fleet.errors import FleetError, InvalidRequest, ProtocolError, ServerUnavai
 from fleet.retry import Backoff, call_retrying
 from fleet.sessions.coalesce import SubmitCoalescer
 
-__all__ = ["Client", "SyncClient", "SessionView"]
+__all__ = ["Client", "SyncClient", "SessionPage", "SessionView"]
 
 ALL_TENANTS = "_all"
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -82,14 +84,29 @@ def _view(data: Any) -> SessionView:
 
 
 async def list_sessions(bus: Bus, tenant: str = ALL_TENANTS, *, project: str | None = None, phase: str | None = None,
-                        limit: int = 1000) -> list[SessionView]:
-    """Sessions of `tenant` (oldest first, the newest `limit`), over an open connection: what `Client.list` and
-    the reconciler's plan (queued sessions, fleet.reconciler.operation) use."""
-    data = await call(bus, subjects.api_sessions(tenant, "list"),
-                      SessionListRequest(project=project, phase=phase, limit=limit))  # type: ignore[arg-type]
-    if not isinstance(data, dict) or not isinstance(data.get("sessions"), list):
-        raise ProtocolError("malformed session list from the fleet server")
-    return [_view(item) for item in data["sessions"]]
+                        limit: int = 1000, every: bool = False) -> SessionPage:
+    """Sessions of `tenant`, oldest first: the newest `limit`, or with `every` all that match, over an open
+    connection, in as many requests as it takes (a reply holds at most 512 KiB: each page's `next` is followed).
+    The page returned says how many match (`total`) and whether these are all of them (`truncated`). What
+    `Client.list_page` and the reconciler's plan (every queued session, fleet.reconciler.operation) use."""
+    got: list[SessionView] = []
+    after: str | None = "" if every else None
+    total = 0
+    while True:
+        want = LIST_MAX if every else limit - len(got)
+        data = await call(bus, subjects.api_sessions(tenant, "list"), SessionListRequest(
+            project=project, phase=phase, limit=want, after=after))  # type: ignore[arg-type]
+        try:
+            page = SessionPage.model_validate(data)
+        except ValueError as exc:
+            raise ProtocolError(f"malformed session list from the fleet server: {exc}") from exc
+        got += page.sessions
+        total = page.total
+        if page.next is None or not page.sessions or (not every and len(got) >= limit):
+            break
+        after = page.next
+    return SessionPage(sessions=got, total=max(total, len(got)), truncated=len(got) < total,
+                       next=page.next if not every else None)
 
 
 class Client:
@@ -209,11 +226,17 @@ class Client:
     async def cancel(self, session_id: str) -> SessionView:
         return _view(await self._call("cancel", SessionQuery(id=session_id)))
 
-    async def list(self, *, project: str | None = None, phase: str | None = None,
-                   limit: int = 1000) -> list[SessionView]:
+    async def list(self, *, project: str | None = None, phase: str | None = None, limit: int = 1000,
+                   every: bool = False) -> list[SessionView]:
+        """The newest `limit` sessions (or with `every`, all of them), oldest first; `list_page` also says how many
+        match and whether these are all."""
+        return (await self.list_page(project=project, phase=phase, limit=limit, every=every)).sessions
+
+    async def list_page(self, *, project: str | None = None, phase: str | None = None, limit: int = 1000,
+                        every: bool = False) -> SessionPage:
         await self.connect()
         assert self.bus is not None
-        return await list_sessions(self.bus, self.tenant, project=project, phase=phase, limit=limit)
+        return await list_sessions(self.bus, self.tenant, project=project, phase=phase, limit=limit, every=every)
 
     async def wait(self, session_id: str, timeout: float | None = None) -> SessionView:
         """The session once it is final (succeeded, failed, cancelled, timed_out), or as it is after `timeout`."""
@@ -288,6 +311,9 @@ class SyncClient:
 
     def list(self, **kw: Any) -> list[SessionView]:
         return self._run(self._client.list(**kw))
+
+    def list_page(self, **kw: Any) -> SessionPage:
+        return self._run(self._client.list_page(**kw))
 
     def wait(self, session_id: str, timeout: float | None = None) -> SessionView:
         return self._run(self._client.wait(session_id, timeout))
