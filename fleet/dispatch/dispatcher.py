@@ -21,9 +21,11 @@ claims it), cancels, and the leader's loop: a dispatch pass when something chang
 RECONCILE_S. A host's lease is its liveness: when the registry says it is offline, revoked or gone, its sessions are
 re-queued and their fencing tokens die with the assignment, so a late completion from the old holder is refused.
 
-Delivery guarantee (docs/protocol.md): a session's command may start more than once when its host dies or is cut
-off mid-run; at most one completion per session is ever accepted (compare-and-set on the session's revision), and
-a session is never lost: every session reaches a final phase. Two replicas never dispatch at once: every write first
+Delivery guarantee (docs/protocol.md): a session's command may start more than once only when its host loses its
+lease mid-run (dies, is revoked, or is not heard for its grace while this replica listens: a host this replica has
+not heard yet is `Registry.awaited`, and its sessions are kept, not re-queued); at most one completion per session
+is ever accepted (compare-and-set on the session's revision), and a session is never lost: every session reaches a
+final phase. Two replicas never dispatch at once: every write first
 checks that this replica still holds the lease by its own clock (`lease_ok`); a write that loses a compare-and-set
 race makes this replica list the whole bucket again (`take_over`) instead of guessing.
 
@@ -142,7 +144,7 @@ class Dispatcher:
                 st.assigned_at = time.monotonic()
                 st.arm()
                 host = where.hosts.get(record.host)
-                if host is None or host.status in GONE_STATUSES:
+                if host is None or (host.status in GONE_STATUSES and not self.registry.awaited(record.host)):
                     lost.append(st)
                 else:
                     where.reserve(host, record.id)
@@ -204,7 +206,9 @@ class Dispatcher:
             gone = self.where.drop_host(machine_id)
             return self._orphans(gone.sessions) if gone is not None and requeue else []
         view = self.where.put_host(self.registry.host(entry))
-        return self._orphans(view.sessions) if requeue and view.status in GONE_STATUSES else []
+        if not requeue or view.status not in GONE_STATUSES or self.registry.awaited(machine_id):
+            return []
+        return self._orphans(view.sessions)
 
     def _orphans(self, sessions: Iterable[str]) -> list[SessionState]:
         return [self.store.sessions[s] for s in list(sessions) if s in self.store.sessions]
@@ -308,13 +312,7 @@ class Dispatcher:
     async def on_event(self, machine_id: str, ev: WorkEvent) -> WorkReply:
         st = self.store.sessions.get(ev.session)
         if st is None or st.record.host != machine_id or st.fence != ev.fence or st.record.phase not in LIVE_PHASES:
-            owner = st.record.host if st is not None else None
-            if owner is not None and owner != machine_id:
-                self.security.note("foreign_claims", machine_id, "host %s reported %s on session %s, which is "
-                                   "assigned to host %s: refused", machine_id, ev.phase, ev.session, owner)
-            else:
-                self.metrics["stale_events"] += 1
-            return WorkReply(ok=False, stale=True, message="this session is not yours under that fencing token")
+            return self._refuse(machine_id, ev, st)
         host = self.where.hosts.get(machine_id)
         if host is not None and host.status == "revoked":
             self.security.note("revoked_reports", machine_id, "revoked host %s reported on session %s: refused",
@@ -339,6 +337,22 @@ class Dispatcher:
                                   output=ev.output_tail or None)
         return WORK_OK
 
+    def _refuse(self, machine_id: str, ev: WorkEvent, st: SessionState | None) -> WorkReply:
+        """The answer to a report on a session that is not this host's under that fencing token (see on_event)."""
+        record = st.record if st is not None else None
+        if (record is not None and record.final and record.host == machine_id and st is not None
+                and st.fence == ev.fence and record.phase == ev.phase):
+            self.metrics["duplicate_events"] += 1  # its own report sent again (the answer was lost): done already
+            return WORK_OK
+        if record is not None and record.host is not None and record.host != machine_id and not any(
+                e.host == machine_id for e in record.history):
+            self.security.note("foreign_claims", machine_id, "host %s reported %s on session %s, which was never "
+                               "assigned to it (it is host %s's): refused", machine_id, ev.phase, ev.session,
+                               record.host)
+        else:  # a former holder's late word (it lost the session to a re-queue), or a session already ended
+            self.metrics["stale_events"] += 1
+        return WorkReply(ok=False, stale=True, message="this session is not yours under that fencing token")
+
     # ------------------------------------------------------------------------------------------ cancel
     async def cancel(self, st: SessionState) -> None:
         record = st.record
@@ -349,7 +363,7 @@ class Dispatcher:
             await self.applier.finish(st, "cancelled", at=time.time(), reason="cancelled before it ran")
             return
         host = self.where.hosts.get(record.host or "")
-        if host is None or host.status in GONE_STATUSES:
+        if host is None or (host.status in GONE_STATUSES and not self.registry.awaited(host.machine_id)):
             await self.applier.finish(st, "cancelled", at=time.time(), reason="cancelled; its host was gone")
             return
         if st.cancel_at is None:

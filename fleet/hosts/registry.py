@@ -67,13 +67,16 @@ HEARTBEAT_RATE, HEARTBEAT_BURST = 20.0, 40.0
 class HostEntry:
     """The registry's slot for one host: its stored record (and KV revision), its liveness, its heartbeat budget."""
 
-    __slots__ = ("record", "revision", "beat", "live", "budget", "deferred")
+    __slots__ = ("record", "revision", "beat", "live", "awaited", "budget", "deferred")
 
     def __init__(self, record: HostRecord, revision: int) -> None:
         self.record = record
         self.revision = revision
         self.beat: Beat | None = None
         self.live = False
+        #: not heard since this replica listens, and not for a whole grace yet: it may well be alive (this replica
+        #: just started), so its sessions are kept; `sweep` ends the wait (then it is offline for good)
+        self.awaited = True
         self.budget: TokenBucket | None = None  # made at its first heartbeat
         self.deferred: bytes | None = None  # its latest heartbeat beyond the budget, not yet taken
 
@@ -108,6 +111,9 @@ class Registry:
         #: called with a machine ID when a host's record, liveness or reported status changes (the dispatcher listens)
         self.watchers: list[Callable[[str], None]] = []
         self._sorted: list[str] | None = None
+        #: monotonic time since which this replica hears heartbeats without a break (`listen`); None while it
+        #: cannot (not subscribed yet, or cut off from NATS): then nobody's silence counts (`sweep` waits)
+        self.listening_since: float | None = float("-inf")
         self._poolsets: dict[tuple[str, ...], _PoolSet] = {}
         self._poolsets_version = -1
 
@@ -152,6 +158,16 @@ class Registry:
             del self.by_nkey[record.nkey]
 
     # ------------------------------------------------------------------------------------------ liveness
+    def listen(self, now: float | None = None) -> None:
+        """This replica hears heartbeats from `now` on (its subscription is up: at start, after a NATS reconnect).
+        Silence counts only from then: a live host's grace restarts, and a host not heard yet is awaited for its
+        whole grace before it is offline for good (its sessions are kept meanwhile: fleet.dispatch.dispatcher)."""
+        self.listening_since = time.monotonic() if now is None else now
+
+    def deaf(self) -> None:
+        """This replica can hear nobody (its NATS connection is down): no host goes offline meanwhile."""
+        self.listening_since = None
+
     def heartbeat(self, subject: str, data: bytes, now: float | None = None, now_wall: float | None = None) -> bool:
         """Take one heartbeat; True if it was accepted. Bounded work whatever the payload."""
         if len(data) > MAX_HEARTBEAT_BYTES:
@@ -193,6 +209,7 @@ class Registry:
                           hb.started_at, hb.version, hb.seq, time.monotonic() if now is None else now,
                           time.time() if now_wall is None else now_wall)
         entry.live = True
+        entry.awaited = False
         if before != hb.status:  # came alive, or changed status: the dispatcher re-reads it (never per heartbeat)
             self._changed(entry.record.machine_id)
         self.metrics["heartbeats"] += 1
@@ -214,7 +231,7 @@ class Registry:
         entry = self.entries.get(mid) if mid is not None else None
         if entry is None or not entry.live:
             return None
-        entry.live = False
+        entry.live = entry.awaited = False
         self.metrics["offline_transitions"] += 1
         self.dirty.add(entry.record.machine_id)
         log.info("host %s (%s) said goodbye: offline", entry.record.machine_id, entry.record.hostname)
@@ -222,22 +239,44 @@ class Registry:
         return entry
 
     def sweep(self, now: float | None = None) -> list[HostEntry]:
-        """Mark hosts whose last heartbeat is older than their grace period offline; returns them."""
+        """Mark hosts silent for their grace period offline (counted from their last heartbeat, or from when this
+        replica began to listen if later; never while it cannot hear: `deaf`), and end the wait for hosts not heard
+        for a whole grace since it listens; returns the hosts that went offline."""
         now = time.monotonic() if now is None else now
         if self._deferred:
             self._take_deferred(now)
-        gone = []
+        since = self.listening_since
+        if since is None:
+            return []
+        gone, settled = [], []
         for entry in self.entries.values():
-            if entry.live and entry.beat is not None and now - entry.beat.at > self.grace(entry.record):
-                entry.live = False
-                gone.append(entry)
-                self.dirty.add(entry.record.machine_id)
-                log.info("host %s (%s) offline: no heartbeat for %.1fs", entry.record.machine_id,
-                         entry.record.hostname, now - entry.beat.at)
+            if entry.live:
+                assert entry.beat is not None
+                silent = now - max(entry.beat.at, since)
+                if silent > self.grace(entry.record):
+                    entry.live = False
+                    gone.append(entry)
+                    self.dirty.add(entry.record.machine_id)
+                    log.info("host %s (%s) offline: no heartbeat for %.1fs", entry.record.machine_id,
+                             entry.record.hostname, silent)
+            elif entry.awaited and entry.record.revoked:
+                entry.awaited = False  # nothing to wait for: revoked is gone already
+            elif entry.awaited and now - since > self.grace(entry.record):
+                entry.awaited = False
+                settled.append(entry)
+                if since > float("-inf"):
+                    log.info("host %s (%s) offline: not heard for %.1fs since this server listens",
+                             entry.record.machine_id, entry.record.hostname, now - since)
         self.metrics["offline_transitions"] += len(gone)
-        for entry in gone:
+        for entry in (*gone, *settled):
             self._changed(entry.record.machine_id)
         return gone
+
+    def awaited(self, machine_id: str) -> bool:
+        """Whether host `machine_id` is offline only because this replica has not listened long enough to know
+        (it started, or reconnected, less than the host's grace ago): its sessions are not lost yet."""
+        entry = self.entries.get(machine_id)
+        return entry is not None and entry.awaited and not entry.live and not entry.record.revoked
 
     def _take_deferred(self, now: float) -> None:
         """The heartbeats kept back by the budget, as far as it now allows (the latest of each host)."""

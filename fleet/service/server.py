@@ -108,12 +108,16 @@ class FleetServer:
 
     def __post_init__(self) -> None:
         self.registry = Registry(self.config, offline_after=self.settings.offline_after)
+        self.registry.deaf()  # until its heartbeat subscription is up (start)
 
     async def start(self) -> None:
         s = self.settings
         trust = TrustDir.load(Path(s.trust_dir)) if s.trust_dir else None
+        async def deaf() -> None:
+            self.registry.deaf()
+
         self.bus = bus = await connect(s.url, creds=s.creds, tls=s.tls, connect_timeout=s.connect_timeout,
-                                       name="fleet-server", persistent=True)
+                                       name="fleet-server", persistent=True, on_disconnect=deaf)
         await self._warn_if_exposed(s)
         config_store = await open_store(bus, subjects.BUCKET_CONFIG)
         self.hosts_store = hosts_store = await open_store(bus, subjects.BUCKET_HOSTS)
@@ -163,6 +167,13 @@ class FleetServer:
 
         await bus.subscribe(subjects.HEARTBEAT_WILDCARD, on_heartbeat)
         await bus.subscribe(subjects.BYE_WILDCARD, on_bye)
+        await bus.flush()
+        registry.listen()  # silence counts from now: the hosts alive before this start are heard within their grace
+
+        async def listen_again() -> None:
+            registry.listen()
+
+        bus.on_reconnect(listen_again)
         q = subjects.SERVER_QUEUE
         await enroll_bus.serve(subjects.ENROLL, api.enroll, queue=q, concurrency=AGENT_CONCURRENCY,
                                max_bytes=MAX_MESSAGE_BYTES, answer_refusals=not api.strict_replies)

@@ -19,7 +19,6 @@ Used by the CLI (fleet.cli.session_cmds), bench/dispatch.py, examples and tests.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import threading
 import time
@@ -125,6 +124,9 @@ class Client:
         return cls(os.environ.get("FLEET_NATS_URL", DEFAULT_URL), creds=os.environ.get("FLEET_NATS_CREDS"), **kw)
 
     async def connect(self) -> Client:
+        """Connect (again, when the connection closed for good: NATS was away longer than its reconnects last)."""
+        if self.bus is not None and self.bus.nc.is_closed:
+            self.bus = None
         if self.bus is None:
             self.bus = await connect(self.url, creds=self.creds, tls=self.tls, connect_timeout=self.connect_timeout,
                                      name="fleet-client")
@@ -151,11 +153,12 @@ class Client:
         """One request to the session API. Every request is idempotent (a submit carries the session ID the client
         chose), so one that got no answer (no dispatcher for a moment, or one that died holding the request) is
         sent again until FAILOVER_S passed; errors the server answered with are not."""
-        await self.connect()
-        assert self.bus is not None
+        subject = subjects.api_sessions(self.tenant, verb)
+
+        async def once() -> Any:  # (its own connection each time: a closed one is replaced)
+            return await call(await self._bus(), subject, message, timeout=timeout, attempts=1)
+
         # no answer (a fail-over: the next leader answers within seconds), or "again"
-        once = functools.partial(call, self.bus, subjects.api_sessions(self.tenant, verb), message, timeout=timeout,
-                                 attempts=1)
         return await call_retrying(once, retry_on=_failover, within=FAILOVER_S, wait=FAILOVER_BACKOFF)
 
     async def submit(self, project: str, command: Sequence[str], *, labels: Sequence[str] = (),

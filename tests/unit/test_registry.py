@@ -182,6 +182,35 @@ def test_sweep_marks_silent_hosts_offline() -> None:
     assert mid(2) in reg.dirty  # its last_seen is persisted
 
 
+def test_a_host_not_heard_since_the_server_listens_is_awaited_for_its_grace_then_offline() -> None:
+    reg = registry(record(1), record(2), record(3, revoked=True), offline_after=1.0)
+    changed: list[str] = []
+    reg.watchers.append(changed.append)
+    reg.deaf()
+    assert reg.sweep(now=50.0) == [] and changed == []  # not listening yet: nobody's silence counts
+    reg.listen(now=100.0)
+    assert reg.awaited(mid(1)) and reg.awaited(mid(2))
+    assert not reg.awaited(mid(3))  # a revoked host is not waited for
+    reg.heartbeat(subjects.heartbeat(mid(1)), beat(), now=100.4)
+    assert not reg.awaited(mid(1))  # heard: alive
+    reg.sweep(now=100.9)
+    assert reg.awaited(mid(2)) and changed == [mid(1)]  # within its grace since listening: still awaited
+    reg.sweep(now=101.2)
+    assert not reg.awaited(mid(2)) and changed == [mid(1), mid(2)]  # a whole grace unheard: offline for good
+    assert {h.machine_id: h.status for h in reg.hosts()}[mid(2)] == "offline"
+
+
+def test_silence_while_the_server_is_cut_off_does_not_count() -> None:
+    reg = registry(record(1), offline_after=1.0)
+    reg.listen(now=0.0)
+    reg.heartbeat(subjects.heartbeat(mid(1)), beat(), now=10.0)
+    reg.deaf()  # its NATS connection dropped at 10.2
+    assert reg.sweep(now=30.0) == []  # 20 s without a heartbeat, but it could hear nobody
+    reg.listen(now=30.0)  # reconnected: the host's grace restarts
+    assert reg.sweep(now=30.9) == []
+    assert [e.record.machine_id for e in reg.sweep(now=31.1)] == [mid(1)]
+
+
 def test_records_that_do_not_decode_or_lie_about_their_key_are_skipped() -> None:
     reg = registry()
     reg.apply_record(mid(1), Entry(mid(1), b'{"v": 1, "machine_id": "nope"}', 1))
