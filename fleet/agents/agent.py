@@ -155,6 +155,7 @@ class Agent:
                                      (subjects.host_assign(mid), self.runner.on_assign),
                                      (subjects.host_cancel(mid), self.runner.on_cancel)):
                 await self.bus.subscribe(subject, self._from_server(subject, handler))
+            self.runner.resume()  # the reports an earlier run kept (fleet.agents.outbox): listed, and sent again
             self._servers.append(await serve_json_socket(self.paths.control_socket, self._on_local))
             log.info("agent %s (%s) running: tenant %s, pools %s, status %s", self.machine_id, s.hostname,
                      self.tenant, ", ".join(p.id for p in self.pools), self.status)

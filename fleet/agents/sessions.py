@@ -10,15 +10,19 @@ agent's own environment, with its enrollment key, is never passed on). The crede
 the request) and is gone when the session ends. The runner streams the output to the server (bounded chunks) and
 keeps a bounded tail, reports `running` (when the command lives longer than RUNNING_AFTER_S) and the final phase:
 succeeded (exit 0), failed, timed_out (its timeout killed it) or cancelled. A final phase is reported until the
-server acknowledges it or says it is stale, and is listed in the heartbeats meanwhile, so that a dispatcher
-fail-over never makes the host run it again. When the command ends, every process it started ends with it (the
+server acknowledges it or says it is stale (with backoff, across server restarts and NATS outages), is kept in the
+agent's outbox (fleet.agents.outbox) until then, so that an agent restarted meanwhile sends it again, and is listed
+in the heartbeats meanwhile, so that a dispatcher fail-over never makes the host run it again. When the command ends, every process it started ends with it (the
 slot's init kills every process of the slot); a stop sends SIGTERM to all of them, then SIGKILL after KILL_GRACE_S,
 then discards the whole slot.
 
 A host that lost its lease stops its sessions (self-fencing): when its NATS connection has been down, or the agent
 itself was stopped (SIGSTOP), for longer than the lease the server gave it, the server has re-queued them and they
-may already run elsewhere; `kill_all` ends them and they are not reported (the server would refuse them anyway:
-their fencing tokens are dead).
+may already run elsewhere; `kill_all` ends them at once (SIGTERM, SIGKILL after LEASE_KILL_GRACE_S, all together)
+and they are not reported (the server would refuse them anyway: their fencing tokens are dead). The reports of
+sessions that had already ended are still sent: whether they count is the server's to say (they do when the
+session was not re-queued meanwhile). A session the server says is not this host's any more (a stale `running`
+report, or a stop order after a heartbeat listed it under an old fencing token) is ended the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.agents.control import serve_json_socket
+from fleet.agents.outbox import Outbox
 from fleet.agents.reports import Reports
 from fleet.agents.sandbox import SESSION_DIR, SESSION_SOCKET, Sandbox
 from fleet.agents.slots import Slot
@@ -54,14 +59,17 @@ from fleet.bus.messages import (
     decode,
 )
 from fleet.errors import FleetError, ProtocolError
+from fleet.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 RUNNING_AFTER_S = 0.05  # a command that ends sooner is reported once, with its final phase (both phases recorded)
 OUTPUT_EVERY_S = 0.1
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this long
+LEASE_KILL_GRACE_S = 0.3  # ... when the lease is lost (another copy may run elsewhere: no time to lose)
 MAX_UNREPORTED = 1000
-REPORT_RETRY_S = 0.5
+#: between two sends of a report the server did not answer: 0.25 s doubling up to 5 s, at least half of it
+REPORT_BACKOFF = Backoff(0.25, 5.0, floor=0.5)
 SOCKET_CLIENTS = 4  # open connections a session may hold on its credential socket (more are closed at once)
 
 
@@ -95,7 +103,8 @@ class Runner:
         self._socket_seq = 0
         self.on_change = on_change  # a heartbeat should go out now (a session started or ended)
         self.runs: dict[str, Run] = {}
-        self.unreported: dict[str, tuple[Run, WorkEvent]] = {}
+        self.unreported: dict[str, WorkEvent] = {}  # final reports the server has not answered yet
+        self.outbox = Outbox(state_dir)
         self.reports = Reports(bus, machine_id)  # the events of one moment in one request
         self._tasks: set[asyncio.Task] = set()
 
@@ -106,12 +115,24 @@ class Runner:
     def infos(self) -> list[SessionInfo]:
         """What the heartbeat reports: running sessions and finished ones not yet acknowledged by the server."""
         out = [SessionInfo(id=r.session, phase=r.phase, fence=r.assignment.fence) for r in self.runs.values()]  # type: ignore[arg-type]
-        out += [SessionInfo(id=sid, phase=ev.phase, fence=ev.fence) for sid, (_, ev) in self.unreported.items()]
+        out += [SessionInfo(id=sid, phase=ev.phase, fence=ev.fence) for sid, ev in self.unreported.items()]
         return out[:128]
 
     def runs_session(self, session_id: str) -> Run | None:
         run = self.runs.get(session_id)
         return run if run is not None and not run.silenced else None
+
+    def resume(self) -> int:
+        """Send again the final reports an earlier run of this agent could not deliver (its outbox); how many."""
+        events = self.outbox.load()
+        for event in events:
+            if event.session not in self.unreported and event.session not in self.runs:
+                self.unreported[event.session] = event
+                self._spawn(self._deliver(event))
+        if events:
+            log.info("sending again %d report(s) an earlier run of this agent kept", len(events))
+            self.on_change()
+        return len(events)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -314,47 +335,66 @@ class Runner:
                           exit_code=max(-255, min(255, code)) if code is not None else None,
                           started_at=run.started_at, at=time.time(), output_tail=tail, note=note)
         self.runs.pop(run.session, None)
+        if run.silenced:
+            return
         if len(self.unreported) < MAX_UNREPORTED:
-            self.unreported[run.session] = (run, event)
+            self.unreported[run.session] = event
+        self.outbox.put(event)  # before it is sent: an agent killed meanwhile sends it at its next start
         self.on_change()
-        await self._report(run, event, final=True)
+        await self._deliver(event)
 
-    async def _report(self, run: Run, event: WorkEvent, *, final: bool) -> None:
-        """Tell the server, again and again until it answers (ok or stale); a final phase is never dropped."""
-        while not run.silenced:
+    async def _deliver(self, event: WorkEvent) -> None:
+        """Send a final report until the server answers it (ok, or stale: no longer ours); it is never dropped."""
+        tries = 0
+        while True:
             try:
                 reply = await self.reports.send(event)
                 if reply.ok or reply.stale:
                     if reply.stale:
-                        log.info("session %s: the server says it is no longer ours (%s)", run.session, reply.message)
-                        if not final:
-                            await self._stop(run, "stale", silence=True)
+                        log.info("session %s: the server did not take its %s report (%s)", event.session,
+                                 event.phase, reply.message)
                     break
-            except FleetError as exc:  # no dispatcher right now (a fail-over), or NATS is away: try again
+            except FleetError as exc:  # no dispatcher right now (a restart, a fail-over), or NATS is away
+                log.debug("reporting session %s: %s", event.session, exc)
+            tries += 1
+            await asyncio.sleep(REPORT_BACKOFF.delay(tries))
+        self.unreported.pop(event.session, None)
+        self.outbox.drop(event.session)
+        self.on_change()
+
+    async def _report(self, run: Run, event: WorkEvent, *, final: bool) -> None:
+        """The `running` report: sent until the server answers it or the session ends (the final report carries
+        started_at too); when the server says the session is no longer ours, it is ended at once."""
+        tries = 0
+        while not run.silenced and run.phase == "running":
+            try:
+                reply = await self.reports.send(event)
+                if reply.stale:
+                    log.info("session %s: the server says it is no longer ours (%s)", run.session, reply.message)
+                    await self._stop(run, "stale", silence=True, grace=LEASE_KILL_GRACE_S)
+                if reply.ok or reply.stale:
+                    return
+            except FleetError as exc:
                 log.debug("reporting session %s: %s", run.session, exc)
-            if not final:
-                return  # a lost `running` report is harmless: the final one carries started_at
-            await asyncio.sleep(REPORT_RETRY_S)
-        if final:
-            self.unreported.pop(run.session, None)
-            self.on_change()
+            tries += 1
+            await asyncio.sleep(REPORT_BACKOFF.delay(tries))
 
     # ------------------------------------------------------------------------------------------ stopping
-    async def _stop(self, run: Run, reason: str, *, silence: bool = False) -> None:
+    async def _stop(self, run: Run, reason: str, *, silence: bool = False, grace: float = KILL_GRACE_S) -> None:
         run.stop_reason = reason
         run.silenced = run.silenced or silence
-        await self._kill(run)
+        await self._kill(run, grace)
 
-    async def _kill(self, run: Run) -> None:
-        """SIGTERM to every process of the session, SIGKILL after KILL_GRACE_S; a sandboxed session that does not
+    async def _kill(self, run: Run, grace: float = KILL_GRACE_S) -> None:
+        """SIGTERM to every process of the session, SIGKILL after `grace`; a sandboxed session that does not
         end then either takes its whole slot with it."""
         proc = run.proc
         if proc is None or proc.returncode is not None:
             return
-        for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_GRACE_S)):
             self._signal(proc, sig)
             try:
-                await asyncio.wait_for(proc.wait(), grace)
+                await asyncio.wait_for(proc.wait(), wait)
                 return
             except TimeoutError:
                 continue
@@ -369,19 +409,18 @@ class Runner:
         else:
             proc.send_signal(sig)  # the slot's init signals every process of the session
 
-    async def kill_all(self, reason: str) -> None:
-        """The lease is lost: stop every session, report none of them."""
-        runs = list(self.runs.values())
+    async def kill_all(self, reason: str, *, grace: float = LEASE_KILL_GRACE_S) -> None:
+        """The lease is lost: stop every running session at once, report none of them (the reports of the
+        sessions that had ended before are still delivered: the server decides whether they count)."""
+        runs = [run for run in self.runs.values() if not run.silenced]
         if runs:
             log.warning("stopping %d session(s): %s", len(runs), reason)
         for run in runs:
-            await self._stop(run, reason, silence=True)
-        for run, _ in list(self.unreported.values()):
-            run.silenced = True
-        self.unreported.clear()
+            run.silenced = True  # first, all of them: none may report while the others are being stopped
+        await asyncio.gather(*(self._stop(run, reason, silence=True, grace=grace) for run in runs))
 
     async def close(self) -> None:
-        await self.kill_all("the agent stops")
+        await self.kill_all("the agent stops", grace=KILL_GRACE_S)
         self.reports.close()
         for task in list(self._tasks):
             task.cancel()

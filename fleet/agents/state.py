@@ -12,6 +12,7 @@ Layout of STATE_DIR:
     s/<n>.sock      the credential socket of one running session (a sandboxed session sees it at
                     /run/fleet/session.sock; it answers for that session only and is gone when it ends)
     sessions/<id>/  the scratch directory of one running session (owned by the session's uid, removed after)
+    outbox/<id>.json  the final report of a session that the server has not acknowledged yet (fleet.agents.outbox)
 Everything is the agent's alone: the directory is 0700 and the files 0600, owned by the agent's uid.
 """
 
