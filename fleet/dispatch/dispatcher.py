@@ -346,8 +346,8 @@ class Dispatcher:
             return WORK_OK
         if record is not None and record.host is not None and record.host != machine_id and not any(
                 e.host == machine_id for e in record.history):
-            self.security.note("foreign_claims", machine_id, "host %s reported %s on session %s, which was never "
-                               "assigned to it (it is host %s's): refused", machine_id, ev.phase, ev.session,
+            self.security.note("foreign_claims", machine_id, "host %s reported %s on session %s, which is assigned to "
+                               "host %s (and never was to it): refused", machine_id, ev.phase, ev.session,
                                record.host)
         else:  # a former holder's late word (it lost the session to a re-queue), or a session already ended
             self.metrics["stale_events"] += 1

@@ -265,7 +265,8 @@ class Registry:
                 entry.awaited = False
                 settled.append(entry)
                 if since > float("-inf"):
-                    log.info("host %s (%s) offline: not heard for %.1fs since this server listens",
+                    log.info("host %s (%s) not heard within its grace (%.1fs since this server listens): its "
+                             "sessions, if any, are lost",
                              entry.record.machine_id, entry.record.hostname, now - since)
         self.metrics["offline_transitions"] += len(gone)
         for entry in (*gone, *settled):

@@ -37,7 +37,7 @@ def test_multi_tenant_example_runs_every_session_in_its_tenant_and_shows_the_thr
     # 1. the claim, refused by the dispatcher (and logged), the publish on the other worker's subject by NATS
     assert re.search(r'dispatcher: +REFUSED ok=false stale=true "this session is not yours', out), out
     assert re.search(r"server\.log: +security: host \S+ reported succeeded on session \w{20}, which is assigned to "
-                     r"host \S+: refused", out), out
+                     r"host \S+ \(and never was to it\): refused", out), out
     assert re.search(r'NATS server: REFUSED permissions violation for publish to "fleet\.v1\.work\.', out), out
     assert "✓ the session is untouched: still running on health-w" in out
     # 2. the subscriptions
