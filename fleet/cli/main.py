@@ -65,6 +65,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ping": ("fleet.cli.ping_cmds", "ping_cmd",
              "Ask the control plane whether it answers: version, hosts, leader or standby, and its runnables."),
     "ci": ("fleet.cli.ci_cmds", "ci_group", "CI/CD helpers: the pull-request comment with the plan (docs/ci.md)."),
+    "backends": ("fleet.cli.backend_cmds", "backends_group",
+                 "The capacity backends installed (entry points), their versions, and why one failed to load."),
     "agent": ("fleet.cli.agent_cmds", "agent_group",
               "Run the worker agent on this machine and control it through its local socket."),
 }
