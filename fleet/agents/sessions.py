@@ -12,8 +12,8 @@ keeps a bounded tail, reports `running` (when the command lives longer than RUNN
 succeeded (exit 0), failed, timed_out (its timeout killed it) or cancelled. A final phase is reported until the
 server acknowledges it or says it is stale (with backoff, across server restarts and NATS outages), is kept in the
 agent's outbox (fleet.agents.outbox) until then, so that an agent restarted meanwhile sends it again, and is listed
-in the heartbeats meanwhile, so that a dispatcher fail-over never makes the host run it again. When the command ends, every process it started ends with it (the
-slot's init kills every process of the slot); a stop sends SIGTERM to all of them, then SIGKILL after KILL_GRACE_S,
+in the heartbeats meanwhile, so that a dispatcher fail-over never makes the host run it again. When the command
+ends, every process it started ends with it (the slot's init kills every process of the slot); a stop sends SIGTERM to all of them, then SIGKILL after KILL_GRACE_S,
 then discards the whole slot.
 
 A host that lost its lease stops its sessions (self-fencing): when its NATS connection has been down, or the agent
@@ -290,7 +290,7 @@ class Runner:
         await asyncio.sleep(RUNNING_AFTER_S)
         run.phase = "running"
         await self._report(run, WorkEvent(session=run.session, fence=run.assignment.fence, phase="running",
-                                          started_at=run.started_at, at=time.time()), final=False)
+                                          started_at=run.started_at, at=time.time()))
 
     async def _read(self, run: Run) -> None:
         assert run.proc is not None and run.proc.stdout is not None
@@ -362,7 +362,7 @@ class Runner:
         self.outbox.drop(event.session)
         self.on_change()
 
-    async def _report(self, run: Run, event: WorkEvent, *, final: bool) -> None:
+    async def _report(self, run: Run, event: WorkEvent) -> None:
         """The `running` report: sent until the server answers it or the session ends (the final report carries
         started_at too); when the server says the session is no longer ours, it is ended at once."""
         tries = 0

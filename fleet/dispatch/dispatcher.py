@@ -144,7 +144,7 @@ class Dispatcher:
                 st.assigned_at = time.monotonic()
                 st.arm()
                 host = where.hosts.get(record.host)
-                if host is None or (host.status in GONE_STATUSES and not self.registry.awaited(record.host)):
+                if host is None or self._gone(record.host, host):
                     lost.append(st)
                 else:
                     where.reserve(host, record.id)
@@ -206,9 +206,12 @@ class Dispatcher:
             gone = self.where.drop_host(machine_id)
             return self._orphans(gone.sessions) if gone is not None and requeue else []
         view = self.where.put_host(self.registry.host(entry))
-        if not requeue or view.status not in GONE_STATUSES or self.registry.awaited(machine_id):
-            return []
-        return self._orphans(view.sessions)
+        return self._orphans(view.sessions) if requeue and self._gone(machine_id, view) else []
+
+    def _gone(self, machine_id: str, host: Any) -> bool:
+        """Whether host `machine_id` (our view of it, None if unknown) has lost its sessions: unknown, revoked, or
+        offline for good (not merely unheard since this replica listens: `Registry.awaited`)."""
+        return host is None or (host.status in GONE_STATUSES and not self.registry.awaited(machine_id))
 
     def _orphans(self, sessions: Iterable[str]) -> list[SessionState]:
         return [self.store.sessions[s] for s in list(sessions) if s in self.store.sessions]
@@ -340,11 +343,11 @@ class Dispatcher:
     def _refuse(self, machine_id: str, ev: WorkEvent, st: SessionState | None) -> WorkReply:
         """The answer to a report on a session that is not this host's under that fencing token (see on_event)."""
         record = st.record if st is not None else None
-        if (record is not None and record.final and record.host == machine_id and st is not None
-                and st.fence == ev.fence and record.phase == ev.phase):
+        if (st is not None and st.record.final and st.record.host == machine_id and st.fence == ev.fence
+                and st.record.phase == ev.phase):
             self.metrics["duplicate_events"] += 1  # its own report sent again (the answer was lost): done already
             return WORK_OK
-        if record is not None and record.host is not None and record.host != machine_id and not any(
+        if record is not None and record.host not in (None, machine_id) and not any(
                 e.host == machine_id for e in record.history):
             self.security.note("foreign_claims", machine_id, "host %s reported %s on session %s, which is assigned to "
                                "host %s (and never was to it): refused", machine_id, ev.phase, ev.session,
@@ -362,8 +365,7 @@ class Dispatcher:
             self.where.pending.remove(record.id)
             await self.applier.finish(st, "cancelled", at=time.time(), reason="cancelled before it ran")
             return
-        host = self.where.hosts.get(record.host or "")
-        if host is None or (host.status in GONE_STATUSES and not self.registry.awaited(host.machine_id)):
+        if self._gone(record.host or "", self.where.hosts.get(record.host or "")):
             await self.applier.finish(st, "cancelled", at=time.time(), reason="cancelled; its host was gone")
             return
         if st.cancel_at is None:
